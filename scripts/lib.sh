@@ -1,0 +1,153 @@
+# shellcheck shell=bash
+# Shared helpers of scripts/stack.sh and scripts/kafka-class.sh (source it, don't run it).
+#
+# Downloads and builds are cached outside the clone, in ${AP_CACHE_DIR}, so a fresh clone on the
+# same machine reuses them; they are fetched/built again when absent (a new machine):
+#   ${AP_CACHE_DIR}/kafka-<version>/libs/   Kafka broker + tools jars (Maven Central, scripts/kafka/pom.xml)
+#   ${AP_CACHE_DIR}/bin/ferretdb            FerretDB built from the Go module proxy
+
+AP_SCRIPTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
+AP_REPO_ROOT=$(cd "${AP_SCRIPTS_DIR}/.." && pwd -P)
+if [[ -z "${HOME:-}" ]]; then
+    HOME=$(getent passwd "$(id -u)" | cut -d: -f6)
+    export HOME
+fi
+AP_CACHE_DIR=${AP_CACHE_DIR:-${HOME}/.cache/activity-pipeline}
+
+AP_KAFKA_VERSION=4.4.0
+AP_KAFKA_POM="${AP_SCRIPTS_DIR}/kafka/pom.xml"
+AP_KAFKA_HOME="${AP_CACHE_DIR}/kafka-${AP_KAFKA_VERSION}"
+AP_KAFKA_LIBS="${AP_KAFKA_HOME}/libs"
+
+AP_FERRETDB_MODULE=github.com/FerretDB/FerretDB
+AP_FERRETDB_VERSION=v1.24.2
+AP_FERRETDB_BIN="${AP_CACHE_DIR}/bin/ferretdb"
+
+ap_log() { printf '[stack] %s\n' "$*" >&2; }
+ap_die() {
+    printf '[stack] ERROR: %s\n' "$*" >&2
+    exit 1
+}
+
+# ap_lock NAME / ap_unlock: an exclusive lock on ${AP_CACHE_DIR}/.NAME.lock, so that two
+# concurrent runs do not fetch or build the same thing at the same time.
+ap_lock() {
+    mkdir -p "${AP_CACHE_DIR}"
+    exec {AP_LOCK_FD}>"${AP_CACHE_DIR}/.$1.lock"
+    flock "${AP_LOCK_FD}"
+}
+ap_unlock() {
+    exec {AP_LOCK_FD}>&-
+}
+
+# ap_apt_install CMD PACKAGE: install a Debian package when the command CMD is missing.
+# `apt-get update` runs once per process, and only when something must be installed.
+AP_APT_UPDATED=0
+ap_apt_install() {
+    local cmd=$1 pkg=$2 sudo=()
+    command -v "${cmd}" >/dev/null 2>&1 && return 0
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || ap_die "'${cmd}' is missing; install the Debian package '${pkg}' (needs root)"
+        sudo=(sudo -n)
+    fi
+    command -v apt-get >/dev/null 2>&1 || ap_die "'${cmd}' is missing and there is no apt-get; install '${pkg}' by hand"
+    ap_log "'${cmd}' is missing: installing Debian package ${pkg}"
+    if [[ ${AP_APT_UPDATED} -eq 0 ]]; then
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 \
+            || ap_die "apt-get update failed"
+        AP_APT_UPDATED=1
+    fi
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkg}" >&2 \
+        || ap_die "apt-get install ${pkg} failed"
+    command -v "${cmd}" >/dev/null 2>&1 || ap_die "installed ${pkg} but '${cmd}' is still missing"
+}
+
+ap_require_java() {
+    ap_apt_install java openjdk-17-jre-headless
+}
+
+# ap_kafka_libs_ok: the jar cache is complete and was made from the current pom.xml.
+ap_kafka_libs_ok() {
+    local want have
+    [[ -f "${AP_KAFKA_LIBS}/.complete" ]] || return 1
+    want=$(sha256sum "${AP_KAFKA_POM}" | cut -d' ' -f1)
+    have=$(cat "${AP_KAFKA_LIBS}/.complete")
+    [[ "${want}" == "${have}" ]]
+}
+
+# ap_ensure_kafka_libs: copy the broker and tools jars from Maven Central into ${AP_KAFKA_LIBS}
+# (once; ~/.m2 also keeps them). Takes minutes the first time on a new machine.
+ap_ensure_kafka_libs() {
+    ap_kafka_libs_ok && return 0
+    ap_require_java
+    ap_apt_install mvn maven
+    ap_lock kafka-libs
+    if ap_kafka_libs_ok; then # fetched by a concurrent run while we waited for the lock
+        ap_unlock
+        return 0
+    fi
+    local tmp="${AP_KAFKA_HOME}/libs.tmp.$$" mvnlog="${AP_KAFKA_HOME}/mvn.log" sum
+    mkdir -p "${AP_KAFKA_HOME}"
+    rm -rf "${tmp}"
+    ap_log "fetching Kafka ${AP_KAFKA_VERSION} jars from Maven Central into ${AP_KAFKA_LIBS} (first time: may take minutes; log: ${mvnlog})"
+    if ! (cd "${AP_KAFKA_HOME}" && mvn -B -q -Dstyle.color=never -f "${AP_KAFKA_POM}" \
+        dependency:copy-dependencies -DincludeScope=runtime "-DoutputDirectory=${tmp}") >"${mvnlog}" 2>&1 </dev/null; then
+        tail -n 30 "${mvnlog}" >&2
+        rm -rf "${tmp}"
+        ap_die "kafka: fetching the jars with Maven failed (full log: ${mvnlog})"
+    fi
+    ls "${tmp}"/kafka_2.13-*.jar "${tmp}"/kafka-tools-*.jar >/dev/null 2>&1 \
+        || ap_die "kafka: Maven ran but the broker/tools jars are missing in ${tmp} (log: ${mvnlog})"
+    sum=$(sha256sum "${AP_KAFKA_POM}" | cut -d' ' -f1)
+    printf '%s\n' "${sum}" >"${tmp}/.complete"
+    rm -rf "${AP_KAFKA_LIBS}"
+    mv "${tmp}" "${AP_KAFKA_LIBS}"
+    ap_unlock
+    ap_log "kafka: $(find "${AP_KAFKA_LIBS}" -name '*.jar' | wc -l) jars in ${AP_KAFKA_LIBS}"
+}
+
+ap_ferretdb_ok() {
+    [[ -x "${AP_FERRETDB_BIN}" ]] && "${AP_FERRETDB_BIN}" --version >/dev/null 2>&1
+}
+
+# ap_ensure_ferretdb: build FerretDB into ${AP_FERRETDB_BIN} when it is absent or broken.
+#
+# A plain `GOBIN=... go install github.com/FerretDB/FerretDB/cmd/ferretdb@v1.24.2` builds a binary
+# that panics at start ("Invalid build/version/version.txt file content"): the module zip lacks the
+# generated build/version/version.txt that FerretDB embeds. So the module source is copied from the
+# Go module cache into ${AP_CACHE_DIR}/build, version.txt is written, and it is built there.
+ap_ferretdb_src_dir() {
+    (cd / && go mod download -json "${AP_FERRETDB_MODULE}@${AP_FERRETDB_VERSION}") |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])'
+}
+ap_ensure_ferretdb() {
+    ap_ferretdb_ok && return 0
+    command -v go >/dev/null 2>&1 || ap_die "mongo: FerretDB must be built but 'go' (>= 1.24) is not installed"
+    ap_lock ferretdb
+    if ap_ferretdb_ok; then
+        ap_unlock
+        return 0
+    fi
+    local src work="${AP_CACHE_DIR}/build/ferretdb-${AP_FERRETDB_VERSION}" buildlog="${AP_CACHE_DIR}/build/ferretdb-build.log"
+    mkdir -p "${AP_CACHE_DIR}/build" "${AP_CACHE_DIR}/bin"
+    ap_log "building FerretDB ${AP_FERRETDB_VERSION} into ${AP_FERRETDB_BIN} (first time: takes minutes; log: ${buildlog})"
+    : >"${buildlog}"
+    src=$(ap_ferretdb_src_dir 2>>"${buildlog}") \
+        || ap_die "mongo: go mod download ${AP_FERRETDB_MODULE}@${AP_FERRETDB_VERSION} failed (log: ${buildlog})"
+    [[ -f "${src}/go.mod" ]] || ap_die "mongo: no FerretDB module source at '${src}'"
+    rm -rf "${work}"
+    cp -R "${src}" "${work}"
+    chmod -R u+w "${work}"
+    printf '%s\n' "${AP_FERRETDB_VERSION}" >"${work}/build/version/version.txt"
+    printf 'local\n' >"${work}/build/version/package.txt"
+    if ! (cd "${work}" && GOFLAGS=-buildvcs=false go build -trimpath -o "${AP_FERRETDB_BIN}.tmp" ./cmd/ferretdb) \
+        >>"${buildlog}" 2>&1 </dev/null; then
+        tail -n 30 "${buildlog}" >&2
+        ap_die "mongo: building FerretDB failed (full log: ${buildlog})"
+    fi
+    mv -f "${AP_FERRETDB_BIN}.tmp" "${AP_FERRETDB_BIN}"
+    ap_ferretdb_ok || ap_die "mongo: the FerretDB binary built at ${AP_FERRETDB_BIN} does not run (log: ${buildlog})"
+    rm -rf "${work}"
+    ap_unlock
+    ap_log "mongo: built $("${AP_FERRETDB_BIN}" --version 2>&1 | head -n 1)"
+}

@@ -1,0 +1,547 @@
+//! Configuration: one typed [`Settings`] tree, layered from the compiled-in `config/default.toml`, the
+//! files given with `--config`, `AP_SECTION__KEY` environment variables and `--set section.key=value`
+//! flags, in that order of precedence (last wins).
+//!
+//! Loading fails with a message naming the offending key, so a bad value stops start-up instead of
+//! surfacing later as a confusing runtime error.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::domain::{ApiKeyDigest, TenantId};
+
+/// The defaults, compiled in so that the binary runs from any working directory.
+const DEFAULTS_TOML: &str = include_str!("../config/default.toml");
+
+/// Prefix of environment variables that override configuration (`AP_KAFKA__BROKERS`).
+pub const ENV_PREFIX: &str = "AP_";
+/// Separator between nested keys in environment variable names.
+pub const ENV_SEPARATOR: &str = "__";
+
+/// Everything the binary can be configured with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub kafka: KafkaSettings,
+    pub consumer: ConsumerSettings,
+    pub mongo: MongoSettings,
+    pub redis: RedisSettings,
+    pub log: LogSettings,
+    pub limits: LimitSettings,
+    /// Tenant id -> its API key digest. Empty by default: a deployment must say who may send.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+    /// 0 means one worker per core.
+    pub workers: usize,
+    pub max_body_bytes: usize,
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    /// The spelling librdkafka expects for `security.protocol`.
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    pub fn uses_sasl(self) -> bool {
+        matches!(self, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub client_id: String,
+    pub security_protocol: SecurityProtocol,
+    pub sasl_mechanism: String,
+    #[serde(default)]
+    pub sasl_username: Option<String>,
+    /// Never logged: `SecretString`'s Debug prints `[REDACTED]`.
+    #[serde(default)]
+    pub sasl_password: Option<SecretString>,
+    #[serde(default)]
+    pub ssl_ca_location: Option<PathBuf>,
+    pub topic: String,
+    pub retry_topic: String,
+    pub dlq_topic: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub consumer_group: String,
+    pub delivery_timeout_ms: u64,
+    pub linger_ms: u64,
+    pub compression: Compression,
+    pub queue_max_messages: u32,
+}
+
+impl KafkaSettings {
+    pub fn delivery_timeout(&self) -> Duration {
+        Duration::from_millis(self.delivery_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerSettings {
+    pub batch_max_records: usize,
+    pub batch_max_wait_ms: u64,
+    pub outage_backoff_initial_ms: u64,
+    pub outage_backoff_max_ms: u64,
+}
+
+impl ConsumerSettings {
+    pub fn batch_max_wait(&self) -> Duration {
+        Duration::from_millis(self.batch_max_wait_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MongoSettings {
+    /// May carry credentials, hence secret.
+    pub uri: SecretString,
+    pub database: String,
+    pub collection: String,
+    pub server_selection_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// May carry credentials, hence secret.
+    pub url: SecretString,
+    pub key_prefix: String,
+    pub idempotency_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    pub metadata_max_bytes: usize,
+    pub metadata_max_depth: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSettings {
+    pub api_key_sha256: String,
+}
+
+/// A configuration that could not be loaded; the message always names the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(String),
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+    #[error("configuration flag `--set {0}`: expected `section.key=value`")]
+    MalformedOverride(String),
+}
+
+/// Where settings come from, besides the compiled-in defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// Files layered over the defaults, in order.
+    pub files: Vec<PathBuf>,
+    /// Read `AP_*` environment variables (tests turn this off to stay hermetic).
+    pub environment: bool,
+    /// `section.key=value` overrides, applied last.
+    pub overrides: Vec<String>,
+}
+
+impl Settings {
+    /// Loads and validates the settings from `sources`.
+    pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS_TOML));
+        for file in &sources.files {
+            if !file.is_file() {
+                return Err(ConfigError::Load(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        if sources.environment {
+            // Only variables with a section separator are configuration keys; this leaves
+            // `AP_CONFIG` and the stack scripts' `AP_STACK_*` variables alone.
+            figment = figment.merge(
+                Env::prefixed(ENV_PREFIX)
+                    .filter(|key| key.as_str().contains(ENV_SEPARATOR))
+                    .split(ENV_SEPARATOR),
+            );
+        }
+        for assignment in &sources.overrides {
+            let (key, value) = parse_override(assignment)?;
+            figment = figment.merge(Serialized::global(&key, value));
+        }
+        let settings: Settings = figment
+            .extract()
+            .map_err(|error| ConfigError::Load(describe_figment_error(error)))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Loads the compiled-in defaults layered with `files`, ignoring the environment.
+    pub fn from_files(files: &[PathBuf]) -> Result<Settings, ConfigError> {
+        Settings::load(&Sources {
+            files: files.to_vec(),
+            environment: false,
+            overrides: Vec::new(),
+        })
+    }
+
+    /// The tenants with their parsed ids and key digests.
+    pub fn tenant_credentials(&self) -> Result<Vec<(TenantId, ApiKeyDigest)>, ConfigError> {
+        self.tenants
+            .iter()
+            .map(|(id, tenant)| {
+                let key = format!("tenants.{id}");
+                let tenant_id = TenantId::parse(id).map_err(|error| invalid(&key, error))?;
+                let digest = ApiKeyDigest::from_hex(&tenant.api_key_sha256)
+                    .map_err(|error| invalid(&format!("{key}.api_key_sha256"), error))?;
+                Ok((tenant_id, digest))
+            })
+            .collect()
+    }
+
+    /// Rejects values that parse but cannot work, naming the key.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let kafka = &self.kafka;
+        require(!kafka.brokers.trim().is_empty(), "kafka.brokers", "must name at least one broker")?;
+        for (key, topic) in [
+            ("kafka.topic", &kafka.topic),
+            ("kafka.retry_topic", &kafka.retry_topic),
+            ("kafka.dlq_topic", &kafka.dlq_topic),
+        ] {
+            require(
+                is_valid_topic_name(topic),
+                key,
+                "must be 1-249 characters of [A-Za-z0-9._-]",
+            )?;
+        }
+        require(
+            kafka.topic != kafka.retry_topic
+                && kafka.topic != kafka.dlq_topic
+                && kafka.retry_topic != kafka.dlq_topic,
+            "kafka.dlq_topic",
+            "the main, retry and DLQ topics must be three different topics",
+        )?;
+        require(kafka.partitions >= 1, "kafka.partitions", "must be at least 1")?;
+        require(kafka.replication_factor >= 1, "kafka.replication_factor", "must be at least 1")?;
+        require(!kafka.consumer_group.is_empty(), "kafka.consumer_group", "must not be empty")?;
+        require(kafka.delivery_timeout_ms >= 1, "kafka.delivery_timeout_ms", "must be at least 1")?;
+        require(kafka.queue_max_messages >= 1, "kafka.queue_max_messages", "must be at least 1")?;
+        if kafka.security_protocol.uses_sasl() {
+            require(
+                matches!(
+                    kafka.sasl_mechanism.as_str(),
+                    "SCRAM-SHA-256" | "SCRAM-SHA-512" | "PLAIN"
+                ),
+                "kafka.sasl_mechanism",
+                "must be SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN",
+            )?;
+            require(
+                kafka.sasl_username.as_deref().is_some_and(|user| !user.is_empty()),
+                "kafka.sasl_username",
+                "is required with a sasl_* security_protocol",
+            )?;
+            require(
+                kafka.sasl_password.is_some(),
+                "kafka.sasl_password",
+                "is required with a sasl_* security_protocol",
+            )?;
+        }
+        let consumer = &self.consumer;
+        require(consumer.batch_max_records >= 1, "consumer.batch_max_records", "must be at least 1")?;
+        require(
+            consumer.outage_backoff_initial_ms >= 1
+                && consumer.outage_backoff_initial_ms <= consumer.outage_backoff_max_ms,
+            "consumer.outage_backoff_initial_ms",
+            "must be at least 1 and at most consumer.outage_backoff_max_ms",
+        )?;
+        require(!self.mongo.database.is_empty(), "mongo.database", "must not be empty")?;
+        require(!self.mongo.collection.is_empty(), "mongo.collection", "must not be empty")?;
+        require(
+            self.redis.idempotency_ttl_secs >= 1,
+            "redis.idempotency_ttl_secs",
+            "must be at least 1",
+        )?;
+        require(self.http.max_body_bytes >= 1024, "http.max_body_bytes", "must be at least 1024")?;
+        require(self.limits.metadata_max_depth >= 1, "limits.metadata_max_depth", "must be at least 1")?;
+        require(
+            self.limits.metadata_max_bytes >= 2,
+            "limits.metadata_max_bytes",
+            "must be at least 2",
+        )?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.filter)
+            .map_err(|error| invalid("log.filter", error))?;
+        self.tenant_credentials()?;
+        Ok(())
+    }
+}
+
+fn require(condition: bool, key: &str, message: &str) -> Result<(), ConfigError> {
+    if condition {
+        Ok(())
+    } else {
+        Err(invalid(key, message))
+    }
+}
+
+fn invalid(key: &str, message: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.to_string(),
+    }
+}
+
+/// Kafka's own rule for topic names.
+fn is_valid_topic_name(topic: &str) -> bool {
+    (1..=249).contains(&topic.len())
+        && topic != "."
+        && topic != ".."
+        && topic
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
+}
+
+/// Splits `section.key=value`; the value is read as a TOML value when it is one (numbers, booleans)
+/// and as a plain string otherwise, so `--set kafka.brokers=host:9092` needs no quoting.
+fn parse_override(assignment: &str) -> Result<(String, toml_value::Value), ConfigError> {
+    let (key, raw) = assignment
+        .split_once('=')
+        .ok_or_else(|| ConfigError::MalformedOverride(assignment.to_owned()))?;
+    let key = key.trim();
+    let well_formed = !key.is_empty()
+        && key.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-')
+        });
+    if !well_formed {
+        return Err(ConfigError::MalformedOverride(assignment.to_owned()));
+    }
+    Ok((key.to_owned(), toml_value::parse(raw)))
+}
+
+/// Figment's error names the key and the source; keep all of it, one cause per line.
+fn describe_figment_error(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|error| error.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Scalar parsing for `--set` values without pulling a TOML parser into the public API.
+mod toml_value {
+    use serde::Serialize;
+
+    #[derive(Debug, Clone, PartialEq, Serialize)]
+    #[serde(untagged)]
+    pub enum Value {
+        Bool(bool),
+        Integer(i64),
+        Float(f64),
+        String(String),
+    }
+
+    pub fn parse(raw: &str) -> Value {
+        let trimmed = raw.trim();
+        if let Ok(boolean) = trimmed.parse::<bool>() {
+            Value::Bool(boolean)
+        } else if let Ok(integer) = trimmed.parse::<i64>() {
+            Value::Integer(integer)
+        } else if let Ok(float) = trimmed.parse::<f64>().map_err(|_| ()).and_then(|float| {
+            if float.is_finite() {
+                Ok(float)
+            } else {
+                Err(())
+            }
+        }) {
+            Value::Float(float)
+        } else {
+            Value::String(raw.to_owned())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_with(overrides: &[&str]) -> Result<Settings, ConfigError> {
+        Settings::load(&Sources {
+            files: vec![],
+            environment: false,
+            overrides: overrides.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    #[test]
+    fn defaults_load_and_are_valid() {
+        let settings = load_with(&[]).expect("defaults must load");
+        assert_eq!(settings.kafka.topic, "activities");
+        assert_eq!(settings.kafka.partitions, 12);
+        assert_eq!(settings.redis.idempotency_ttl_secs, 86_400);
+        assert!(settings.tenants.is_empty());
+    }
+
+    #[test]
+    fn dev_profile_has_the_demo_tenants() {
+        let settings =
+            Settings::from_files(&[PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/config/dev.toml"))])
+                .expect("dev config must load");
+        let tenants: Vec<String> = settings
+            .tenant_credentials()
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id.to_string())
+            .collect();
+        assert_eq!(tenants, ["acme", "globex"]);
+    }
+
+    #[test]
+    fn overrides_win_and_are_typed() {
+        let settings = load_with(&["kafka.partitions=3", "kafka.brokers=h1:9092,h2:9092"]).unwrap();
+        assert_eq!(settings.kafka.partitions, 3);
+        assert_eq!(settings.kafka.brokers, "h1:9092,h2:9092");
+    }
+
+    #[test]
+    fn a_bad_type_names_the_key() {
+        let error = load_with(&["kafka.partitions=many"]).unwrap_err().to_string();
+        assert!(error.contains("partitions"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused() {
+        let error = load_with(&["kafka.partitons=3"]).unwrap_err().to_string();
+        assert!(error.contains("partitons"), "{error}");
+    }
+
+    #[test]
+    fn an_invalid_value_names_the_key() {
+        let error = load_with(&["kafka.partitions=0"]).unwrap_err().to_string();
+        assert_eq!(error, "configuration key `kafka.partitions`: must be at least 1");
+        let error = load_with(&["kafka.topic=bad topic!"]).unwrap_err().to_string();
+        assert!(error.starts_with("configuration key `kafka.topic`"), "{error}");
+        let error = load_with(&["log.filter=[[["]).unwrap_err().to_string();
+        assert!(error.starts_with("configuration key `log.filter`"), "{error}");
+    }
+
+    #[test]
+    fn sasl_requires_credentials() {
+        let error = load_with(&["kafka.security_protocol=sasl_ssl"]).unwrap_err().to_string();
+        assert!(error.contains("kafka.sasl_username"), "{error}");
+        let settings = load_with(&[
+            "kafka.security_protocol=sasl_ssl",
+            "kafka.sasl_username=app",
+            "kafka.sasl_password=hunter2",
+        ])
+        .unwrap();
+        assert!(!format!("{settings:?}").contains("hunter2"), "secrets must not be printed");
+    }
+
+    #[test]
+    fn a_bad_tenant_digest_names_the_tenant() {
+        let error = load_with(&["tenants.acme.api_key_sha256=abc"]).unwrap_err().to_string();
+        assert!(error.contains("tenants.acme.api_key_sha256"), "{error}");
+        let error = load_with(&[&format!("tenants.Bad Tenant.api_key_sha256={}", "a".repeat(64))]);
+        assert!(error.is_err());
+    }
+
+    #[test]
+    fn malformed_overrides_are_refused() {
+        for bad in ["novalue", "=3", "a..b=1", "a b=1"] {
+            let error = load_with(&[bad]).unwrap_err();
+            assert!(matches!(error, ConfigError::MalformedOverride(_)), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let error = Settings::from_files(&[PathBuf::from("/nonexistent/x.toml")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("/nonexistent/x.toml"), "{error}");
+    }
+
+    #[test]
+    fn override_values_parse_as_scalars() {
+        assert_eq!(toml_value::parse("42"), toml_value::Value::Integer(42));
+        assert_eq!(toml_value::parse("true"), toml_value::Value::Bool(true));
+        assert_eq!(toml_value::parse("1.5"), toml_value::Value::Float(1.5));
+        assert_eq!(toml_value::parse("inf"), toml_value::Value::String("inf".into()));
+        assert_eq!(
+            toml_value::parse("127.0.0.1:9092"),
+            toml_value::Value::String("127.0.0.1:9092".into())
+        );
+    }
+}

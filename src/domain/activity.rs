@@ -1,0 +1,358 @@
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The JSON Schema every activity body is checked against: the single source of truth, also served to
+/// clients at `GET /schemas/activity.v1.json`.
+pub const ACTIVITY_SCHEMA_JSON: &str = include_str!("../../schemas/activity.v1.json");
+/// Carried in the envelope and a record header, so consumers know how to read the payload.
+pub const ACTIVITY_SCHEMA_ID: &str = "activity.v1";
+
+/// A validated activity, as the client sent it (field names stay camelCase on the wire).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewActivity {
+    pub actor_id: String,
+    pub actor_name: String,
+    #[serde(rename = "type")]
+    pub activity_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// One reason a body was refused: where (`/metadata/x`, or `/` for the whole body), which rule, and a
+/// sentence for humans.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub rule: String,
+    pub message: String,
+}
+
+/// Why a body is not a valid activity. The first error is the headline; all are reported.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.summary())]
+pub struct ValidationFailure {
+    pub errors: Vec<FieldError>,
+}
+
+impl ValidationFailure {
+    fn single(field: &str, rule: &str, message: impl Into<String>) -> ValidationFailure {
+        ValidationFailure {
+            errors: vec![FieldError {
+                field: field.to_owned(),
+                rule: rule.to_owned(),
+                message: message.into(),
+            }],
+        }
+    }
+
+    /// The seed's clients read `error`: keep a short sentence, naming the missing fields the way the
+    /// seed did when that is the problem.
+    pub fn summary(&self) -> String {
+        let missing: Vec<&str> = self
+            .errors
+            .iter()
+            .filter(|error| error.rule == "required")
+            .map(|error| error.message.as_str())
+            .collect();
+        if !missing.is_empty() {
+            return format!("Missing required fields: {}", missing.join(", "));
+        }
+        match self.errors.first() {
+            Some(error) if error.field == "/" => format!("Invalid activity: {}", error.message),
+            Some(error) => format!("Invalid activity: {}: {}", error.field, error.message),
+            None => "Invalid activity".to_owned(),
+        }
+    }
+}
+
+/// Checks bodies against the activity schema plus the configured size and depth limits, which a
+/// schema cannot express.
+pub struct ActivityValidator {
+    schema: jsonschema::Validator,
+    metadata_max_bytes: usize,
+    metadata_max_depth: usize,
+}
+
+impl std::fmt::Debug for ActivityValidator {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ActivityValidator")
+            .field("metadata_max_bytes", &self.metadata_max_bytes)
+            .field("metadata_max_depth", &self.metadata_max_depth)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ActivityValidator {
+    pub fn new(metadata_max_bytes: usize, metadata_max_depth: usize) -> ActivityValidator {
+        let schema: Value =
+            serde_json::from_str(ACTIVITY_SCHEMA_JSON).expect("the bundled activity schema is valid JSON");
+        let schema = jsonschema::draft202012::new(&schema).expect("the bundled activity schema compiles");
+        ActivityValidator {
+            schema,
+            metadata_max_bytes,
+            metadata_max_depth,
+        }
+    }
+
+    /// Parses and validates a request body.
+    pub fn parse_body(&self, body: &[u8]) -> Result<NewActivity, ValidationFailure> {
+        let value: Value = serde_json::from_slice(body).map_err(|error| {
+            ValidationFailure::single("/", "json", format!("body is not valid JSON ({error})"))
+        })?;
+        self.validate(value)
+    }
+
+    /// Validates an already parsed JSON value.
+    pub fn validate(&self, value: Value) -> Result<NewActivity, ValidationFailure> {
+        let errors: Vec<FieldError> = self.schema.iter_errors(&value).map(describe_schema_error).collect();
+        if !errors.is_empty() {
+            return Err(ValidationFailure { errors });
+        }
+        if let Some(metadata) = value.get("metadata") {
+            self.check_metadata_limits(metadata)?;
+        }
+        // The schema admits exactly the shape of `NewActivity`, so this cannot fail; keep the error
+        // path anyway rather than trust two definitions to stay in step.
+        serde_json::from_value(value)
+            .map_err(|error| ValidationFailure::single("/", "shape", error.to_string()))
+    }
+
+    fn check_metadata_limits(&self, metadata: &Value) -> Result<(), ValidationFailure> {
+        let size = serde_json::to_vec(metadata).map(|bytes| bytes.len()).unwrap_or(usize::MAX);
+        if size > self.metadata_max_bytes {
+            return Err(ValidationFailure::single(
+                "/metadata",
+                "maxBytes",
+                format!("is {size} bytes serialized; the limit is {}", self.metadata_max_bytes),
+            ));
+        }
+        if let Some(number) = first_unstorable_number(metadata) {
+            return Err(ValidationFailure::single(
+                "/metadata",
+                "integerRange",
+                format!("{number} is outside the 64-bit signed integer range MongoDB stores"),
+            ));
+        }
+        let depth = nesting_depth(metadata);
+        if depth > self.metadata_max_depth {
+            return Err(ValidationFailure::single(
+                "/metadata",
+                "maxDepth",
+                format!("nests {depth} levels deep; the limit is {}", self.metadata_max_depth),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Depth of objects and arrays: `{}` is 1, `{"a":{}}` is 2, scalars are 0.
+fn nesting_depth(value: &Value) -> usize {
+    // Iterative, so a hostile body cannot overflow the stack (serde_json already caps parsing at 128).
+    let mut deepest = 0;
+    let mut pending = vec![(value, 1usize)];
+    while let Some((value, depth)) = pending.pop() {
+        match value {
+            Value::Object(map) => {
+                deepest = deepest.max(depth);
+                pending.extend(map.values().map(|child| (child, depth + 1)));
+            }
+            Value::Array(items) => {
+                deepest = deepest.max(depth);
+                pending.extend(items.iter().map(|child| (child, depth + 1)));
+            }
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// An integer above i64::MAX parses as JSON but has no BSON representation; found here, it is a 400
+/// instead of poison for the consumer.
+fn first_unstorable_number(value: &Value) -> Option<&serde_json::Number> {
+    let mut pending = vec![value];
+    while let Some(value) = pending.pop() {
+        match value {
+            Value::Number(number) if number.is_u64() && number.as_i64().is_none() => return Some(number),
+            Value::Object(map) => pending.extend(map.values()),
+            Value::Array(items) => pending.extend(items),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn describe_schema_error(error: jsonschema::ValidationError<'_>) -> FieldError {
+    use jsonschema::error::ValidationErrorKind;
+
+    let path = error.instance_path().as_str();
+    let field = if path.is_empty() { "/".to_owned() } else { path.to_owned() };
+    let rule = error.kind().keyword().to_owned();
+    let message = match error.kind() {
+        // The field list is what a client needs; the seed's summary is built from it.
+        ValidationErrorKind::Required { property } => property.as_str().unwrap_or_default().to_owned(),
+        ValidationErrorKind::AdditionalProperties { unexpected } => {
+            format!("unknown field(s): {}", unexpected.join(", "))
+        }
+        ValidationErrorKind::Pattern { pattern } if path.is_empty() || path.starts_with("/metadata") => {
+            format!("{} does not match {pattern}", short_instance(&error))
+        }
+        _ => error.masked().to_string(),
+    };
+    FieldError { field, rule, message }
+}
+
+/// The offending value, shortened so an error never echoes a huge body back.
+fn short_instance(error: &jsonschema::ValidationError<'_>) -> String {
+    let mut text = error.instance().to_string();
+    if text.len() > 80 {
+        let mut cut = 77;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn validator() -> ActivityValidator {
+        ActivityValidator::new(16 * 1024, 8)
+    }
+
+    fn fields(failure: &ValidationFailure) -> Vec<(&str, &str)> {
+        failure
+            .errors
+            .iter()
+            .map(|error| (error.field.as_str(), error.rule.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn accepts_the_seed_contract() {
+        let activity = validator()
+            .validate(json!({
+                "actorId": "u1", "actorName": "Alice", "type": "comment.created",
+                "entityId": "doc-42", "metadata": {"text": "hi", "nested": {"n": [1, 2, {"x": null}]}}
+            }))
+            .unwrap();
+        assert_eq!(activity.actor_id, "u1");
+        assert_eq!(activity.activity_type, "comment.created");
+        assert_eq!(activity.entity_id.as_deref(), Some("doc-42"));
+        let minimal = validator()
+            .validate(json!({"actorId": "u1", "actorName": "Alice", "type": "login"}))
+            .unwrap();
+        assert_eq!(minimal.metadata, None);
+        let null_entity = validator()
+            .validate(json!({"actorId": "u1", "actorName": "A", "type": "t", "entityId": null}))
+            .unwrap();
+        assert_eq!(null_entity.entity_id, None);
+    }
+
+    #[test]
+    fn names_every_missing_field_like_the_seed() {
+        let failure = validator().validate(json!({"actorId": "u1"})).unwrap_err();
+        assert_eq!(failure.summary(), "Missing required fields: actorName, type");
+        assert_eq!(fields(&failure), [("/", "required"), ("/", "required")]);
+    }
+
+    #[test]
+    fn rejects_wrong_types_lengths_and_unknown_fields() {
+        let failure = validator()
+            .validate(json!({"actorId": 7, "actorName": "", "type": "has space", "extra": 1}))
+            .unwrap_err();
+        let mut found = fields(&failure);
+        found.sort();
+        assert_eq!(
+            found,
+            [("/", "additionalProperties"), ("/actorId", "type"), ("/actorName", "minLength"), ("/type", "pattern")]
+        );
+        assert!(validator().validate(json!([1, 2])).is_err());
+        assert!(validator().validate(json!("text")).is_err());
+        let long = "x".repeat(129);
+        let failure = validator()
+            .validate(json!({"actorId": long, "actorName": "A", "type": "t"}))
+            .unwrap_err();
+        assert_eq!(fields(&failure), [("/actorId", "maxLength")]);
+    }
+
+    #[test]
+    fn rejects_keys_mongodb_would_refuse_at_any_depth() {
+        for metadata in [
+            json!({"$set": 1}),
+            json!({"a.b": 1}),
+            json!({"ok": {"$where": "x"}}),
+            json!({"ok": [{"a.b": 1}]}),
+            json!({"a\u{0}b": 1}),
+            json!({"": 1}),
+        ] {
+            let body = json!({"actorId": "u", "actorName": "A", "type": "t", "metadata": metadata});
+            let failure = validator().validate(body.clone()).unwrap_err();
+            assert!(failure.errors[0].field.starts_with("/metadata"), "{body}: {failure:?}");
+        }
+    }
+
+    #[test]
+    fn rejects_nul_in_strings() {
+        let failure = validator()
+            .validate(json!({"actorId": "u\u{0}", "actorName": "A", "type": "t"}))
+            .unwrap_err();
+        assert_eq!(fields(&failure), [("/actorId", "pattern")]);
+        let failure = validator()
+            .validate(json!({"actorId": "u", "actorName": "A", "type": "t", "metadata": {"k": "v\u{0}"}}))
+            .unwrap_err();
+        assert!(failure.errors[0].field.starts_with("/metadata"));
+    }
+
+    #[test]
+    fn enforces_metadata_size_and_depth() {
+        let small = ActivityValidator::new(64, 2);
+        let failure = small
+            .validate(json!({"actorId": "u", "actorName": "A", "type": "t", "metadata": {"k": "x".repeat(100)}}))
+            .unwrap_err();
+        assert_eq!(fields(&failure), [("/metadata", "maxBytes")]);
+        let failure = small
+            .validate(json!({"actorId": "u", "actorName": "A", "type": "t", "metadata": {"a": {"b": {}}}}))
+            .unwrap_err();
+        assert_eq!(fields(&failure), [("/metadata", "maxDepth")]);
+        assert!(small
+            .validate(json!({"actorId": "u", "actorName": "A", "type": "t", "metadata": {"a": {"b": 1}}}))
+            .is_ok());
+    }
+
+    #[test]
+    fn rejects_integers_bson_cannot_hold() {
+        let failure = validator()
+            .validate(json!({"actorId": "u", "actorName": "A", "type": "t", "metadata": {"a": [u64::MAX]}}))
+            .unwrap_err();
+        assert_eq!(fields(&failure), [("/metadata", "integerRange")]);
+        assert!(validator()
+            .validate(json!({"actorId": "u", "actorName": "A", "type": "t", "metadata": {"a": i64::MAX, "b": i64::MIN, "c": 1e300}}))
+            .is_ok());
+    }
+
+    #[test]
+    fn bad_json_is_a_validation_failure() {
+        for body in [&b"{"[..], b"", b"not json", b"{\"actorId\":}", &[0xff, 0xfe]] {
+            let failure = validator().parse_body(body).unwrap_err();
+            assert_eq!(fields(&failure), [("/", "json")]);
+            assert!(failure.summary().starts_with("Invalid activity: body is not valid JSON"));
+        }
+    }
+
+    #[test]
+    fn nesting_depth_counts_containers() {
+        assert_eq!(nesting_depth(&json!(1)), 0);
+        assert_eq!(nesting_depth(&json!({})), 1);
+        assert_eq!(nesting_depth(&json!({"a": [{"b": 1}]})), 3);
+    }
+}

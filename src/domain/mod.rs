@@ -1,0 +1,14 @@
+//! Pure types of the product: tenants, idempotency keys, activities and the Kafka envelope.
+//!
+//! Architecture invariant: nothing here does I/O or knows about Kafka, MongoDB, Redis or HTTP; the
+//! roles translate these types to and from their wire formats.
+
+mod activity;
+mod envelope;
+mod idempotency;
+mod tenant;
+
+pub use activity::{ActivityValidator, FieldError, NewActivity, ValidationFailure, ACTIVITY_SCHEMA_ID, ACTIVITY_SCHEMA_JSON};
+pub use envelope::{ActivityEnvelope, EnvelopeError};
+pub use idempotency::{IdempotencyKey, InvalidIdempotencyKey};
+pub use tenant::{ApiKeyDigest, InvalidTenant, TenantDirectory, TenantId};

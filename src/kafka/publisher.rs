@@ -1,0 +1,149 @@
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+
+use super::consumer::ConsumedRecord;
+use super::{base_client_config, headers};
+use crate::config::KafkaSettings;
+use crate::domain::{ActivityEnvelope, ACTIVITY_SCHEMA_ID};
+
+/// Why a record was not acknowledged. Either way the API must not answer 202.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The producer's in-memory queue is full: the broker is slower than the intake. Retry later.
+    #[error("the producer queue is full")]
+    QueueFull,
+    /// The broker did not acknowledge within `kafka.delivery_timeout_ms`, or refused the record.
+    #[error("the broker did not acknowledge the record: {0}")]
+    NotAcknowledged(String),
+}
+
+/// Publishes to Kafka with an idempotent, `acks=all` producer and waits for the delivery report:
+/// a successful `publish` means the record is durably in the topic.
+#[derive(Clone)]
+pub struct ActivityPublisher {
+    producer: FutureProducer,
+    topic: String,
+    dlq_topic: String,
+}
+
+/// A record that cannot be processed, with the facts an operator needs to decide what to do with it.
+#[derive(Debug, Clone)]
+pub struct DeadLetter<'a> {
+    pub record: &'a ConsumedRecord,
+    pub error: String,
+    /// `poison` (cannot be decoded or validated), `rejected` (the store refused it), ...
+    pub error_class: &'static str,
+    pub attempts: u32,
+    pub first_failure_at: DateTime<Utc>,
+    pub last_failure_at: DateTime<Utc>,
+}
+
+impl ActivityPublisher {
+    pub fn new(settings: &KafkaSettings) -> anyhow::Result<ActivityPublisher> {
+        let producer: FutureProducer = base_client_config(settings)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", settings.linger_ms.to_string())
+            .set("compression.type", settings.compression.as_librdkafka())
+            .set("message.timeout.ms", settings.delivery_timeout_ms.to_string())
+            .set("queue.buffering.max.messages", settings.queue_max_messages.to_string())
+            .create()
+            .map_err(|error| anyhow::anyhow!("creating the Kafka producer: {error}"))?;
+        Ok(ActivityPublisher {
+            producer,
+            topic: settings.topic.clone(),
+            dlq_topic: settings.dlq_topic.clone(),
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Publishes one activity keyed by tenant (per-tenant order on the main path) and waits for the
+    /// broker's acknowledgement.
+    #[tracing::instrument(skip_all, fields(tenant = %envelope.tenant_id, key = %envelope.idempotency_key))]
+    pub async fn publish(&self, envelope: &ActivityEnvelope) -> Result<(), PublishError> {
+        let payload = envelope.encode();
+        let record_headers = OwnedHeaders::new_with_capacity(2)
+            .insert(Header {
+                key: headers::IDEMPOTENCY_KEY,
+                value: Some(envelope.idempotency_key.as_str()),
+            })
+            .insert(Header {
+                key: headers::SCHEMA,
+                value: Some(ACTIVITY_SCHEMA_ID),
+            });
+        let record = FutureRecord::to(&self.topic)
+            .key(envelope.tenant_id.as_str())
+            .payload(&payload)
+            .headers(record_headers);
+        self.deliver(record).await
+    }
+
+    /// Writes a dead letter: the original key, value and headers, plus the failure's facts.
+    pub async fn dead_letter(&self, letter: &DeadLetter<'_>) -> Result<(), PublishError> {
+        let record = letter.record;
+        let mut record_headers = OwnedHeaders::new_with_capacity(record.headers.len() + 9);
+        for (name, value) in &record.headers {
+            record_headers = record_headers.insert(Header {
+                key: name,
+                value: value.as_deref(),
+            });
+        }
+        let facts = [
+            (headers::ERROR, letter.error.clone()),
+            (headers::ERROR_CLASS, letter.error_class.to_owned()),
+            (headers::ATTEMPTS, letter.attempts.to_string()),
+            (headers::FIRST_FAILURE_AT, letter.first_failure_at.to_rfc3339()),
+            (headers::LAST_FAILURE_AT, letter.last_failure_at.to_rfc3339()),
+            (headers::SOURCE_TOPIC, record.topic.clone()),
+            (headers::SOURCE_PARTITION, record.partition.to_string()),
+            (headers::SOURCE_OFFSET, record.offset.to_string()),
+        ];
+        for (name, value) in &facts {
+            record_headers = record_headers.insert(Header {
+                key: name,
+                value: Some(value.as_str()),
+            });
+        }
+        let mut dead_letter = FutureRecord::<[u8], [u8]>::to(&self.dlq_topic).headers(record_headers);
+        if let Some(key) = &record.key {
+            dead_letter = dead_letter.key(key.as_slice());
+        }
+        if let Some(payload) = &record.payload {
+            dead_letter = dead_letter.payload(payload.as_slice());
+        }
+        self.deliver(dead_letter).await
+    }
+
+    /// Waits up to `timeout` for queued records to be delivered (graceful shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(error) = self.producer.flush(Timeout::After(timeout)) {
+            tracing::warn!(%error, "records were still unacknowledged when the producer was flushed");
+        }
+    }
+
+    /// Records waiting in the producer queue, for metrics and readiness.
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+
+    async fn deliver<K, P>(&self, record: FutureRecord<'_, K, P>) -> Result<(), PublishError>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
+        // A zero queue timeout: when the queue is full, fail now (503) instead of blocking a worker.
+        match self.producer.send(record, Timeout::After(Duration::ZERO)).await {
+            Ok(_) => Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(PublishError::QueueFull),
+            Err((error, _)) => Err(PublishError::NotAcknowledged(error.to_string())),
+        }
+    }
+}

@@ -1,0 +1,67 @@
+use crate::domain::{IdempotencyKey, TenantId};
+
+/// The names of every Redis key and channel, in one place. A configurable prefix lets several
+/// deployments (or parallel test runs) share one Redis without seeing each other.
+///
+/// Each name embeds the tenant inside `{...}`, a Redis Cluster hash tag: all of one tenant's keys and
+/// its channel hash to the same slot, so the per-record Lua step (mark, count, publish) is valid on a
+/// cluster too.
+#[derive(Debug, Clone, Default)]
+pub struct RedisKeys {
+    prefix: String,
+}
+
+impl RedisKeys {
+    pub fn new(prefix: impl Into<String>) -> RedisKeys {
+        RedisKeys { prefix: prefix.into() }
+    }
+
+    /// Set (NX, 24 h) by the consumer once an activity is stored; its value is the document id.
+    pub fn idempotency(&self, tenant: &TenantId, key: &IdempotencyKey) -> String {
+        format!("{}idempotency:{{{tenant}}}:{key}", self.prefix)
+    }
+
+    /// Hash of activity type -> count for one tenant.
+    pub fn analytics(&self, tenant: &TenantId) -> String {
+        format!("{}analytics:{{{tenant}}}", self.prefix)
+    }
+
+    /// Pub/Sub channel carrying the tenant's newly stored activities to the SSE endpoints.
+    pub fn channel(&self, tenant: &TenantId) -> String {
+        format!("{}activities:{{{tenant}}}", self.prefix)
+    }
+
+    /// Set by the API after the broker acknowledged, so a client retry is answered without producing
+    /// again (the queue-level layer of idempotency).
+    pub fn accepted(&self, tenant: &TenantId, key: &IdempotencyKey) -> String {
+        format!("{}accepted:{{{tenant}}}:{key}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_formats_are_stable() {
+        let tenant = TenantId::parse("acme").unwrap();
+        let key = IdempotencyKey::parse("order-42").unwrap();
+        let keys = RedisKeys::new("");
+        assert_eq!(keys.idempotency(&tenant, &key), "idempotency:{acme}:order-42");
+        assert_eq!(keys.analytics(&tenant), "analytics:{acme}");
+        assert_eq!(keys.channel(&tenant), "activities:{acme}");
+        assert_eq!(keys.accepted(&tenant, &key), "accepted:{acme}:order-42");
+        let prefixed = RedisKeys::new("test-1:");
+        assert_eq!(prefixed.analytics(&tenant), "test-1:analytics:{acme}");
+    }
+
+    #[test]
+    fn tenants_cannot_collide_through_keys() {
+        // Idempotency keys may contain ':' but tenant ids may not, and the tenant is fenced by braces:
+        // no (tenant, key) pair can spell another pair's Redis key.
+        let keys = RedisKeys::new("");
+        let a = keys.idempotency(&TenantId::parse("a").unwrap(), &IdempotencyKey::parse("b:c").unwrap());
+        let b = keys.idempotency(&TenantId::parse("a-b").unwrap(), &IdempotencyKey::parse("c").unwrap());
+        assert_ne!(a, b);
+    }
+}

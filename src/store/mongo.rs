@@ -1,0 +1,251 @@
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use mongodb::bson::{self, doc, oid::ObjectId, Document};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, IndexModel};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+
+use super::StoreOutage;
+use crate::config::MongoSettings;
+use crate::domain::{ActivityEnvelope, IdempotencyKey, TenantId};
+
+/// MongoDB's "duplicate key" error: the unique (tenant, key) index already holds this activity.
+const DUPLICATE_KEY: i32 = 11000;
+const UNIQUE_KEY_INDEX: &str = "tenant_idempotency_key_unique";
+const NEWEST_FIRST_INDEX: &str = "tenant_newest_first";
+
+/// An activity as stored: one document per (tenant, idempotency key), enforced by a unique index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredActivity {
+    /// Made by the consumer; time-ordered, so it doubles as the SSE event id and the page cursor.
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    pub tenant_id: String,
+    pub idempotency_key: String,
+    pub actor_id: String,
+    pub actor_name: String,
+    #[serde(rename = "type")]
+    pub activity_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity_id: Option<String>,
+    #[serde(default)]
+    pub metadata: Document,
+    pub enqueued_at: bson::DateTime,
+    pub created_at: bson::DateTime,
+}
+
+impl StoredActivity {
+    /// Builds the document for `envelope`. Fails only for metadata BSON cannot hold (an integer
+    /// beyond i64), which is deterministic: the record is rejected, not retried.
+    pub fn from_envelope(envelope: &ActivityEnvelope, created_at: DateTime<Utc>) -> Result<StoredActivity, String> {
+        let activity = &envelope.activity;
+        let metadata = match &activity.metadata {
+            Some(map) => bson::to_document(map).map_err(|error| format!("metadata cannot be stored: {error}"))?,
+            None => Document::new(),
+        };
+        Ok(StoredActivity {
+            id: ObjectId::new(),
+            tenant_id: envelope.tenant_id.to_string(),
+            idempotency_key: envelope.idempotency_key.to_string(),
+            actor_id: activity.actor_id.clone(),
+            actor_name: activity.actor_name.clone(),
+            activity_type: activity.activity_type.clone(),
+            entity_id: activity.entity_id.clone(),
+            metadata,
+            enqueued_at: bson::DateTime::from_millis(envelope.enqueued_at.timestamp_millis()),
+            created_at: bson::DateTime::from_millis(created_at.timestamp_millis()),
+        })
+    }
+
+    /// The JSON shape clients see (API responses, SSE events): camelCase, `id` as hex, RFC 3339 times.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut value = serde_json::json!({
+            "id": self.id.to_hex(),
+            "tenantId": self.tenant_id,
+            "idempotencyKey": self.idempotency_key,
+            "actorId": self.actor_id,
+            "actorName": self.actor_name,
+            "type": self.activity_type,
+            "metadata": bson::Bson::Document(self.metadata.clone()).into_relaxed_extjson(),
+            "enqueuedAt": rfc3339(self.enqueued_at),
+            "createdAt": rfc3339(self.created_at),
+        });
+        if let Some(entity_id) = &self.entity_id {
+            value["entityId"] = serde_json::Value::String(entity_id.clone());
+        }
+        value
+    }
+}
+
+fn rfc3339(time: bson::DateTime) -> String {
+    DateTime::<Utc>::from_timestamp_millis(time.timestamp_millis())
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// What happened to one document of an unordered `insert_many`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InsertOutcome {
+    Inserted,
+    /// The unique index already holds this (tenant, key): stored by an earlier delivery.
+    AlreadyStored,
+    /// The server refused this document for a reason of its own (not an outage).
+    Rejected { code: i32, message: String },
+}
+
+/// The activities collection.
+#[derive(Clone)]
+pub struct ActivityRepository {
+    collection: Collection<StoredActivity>,
+}
+
+impl ActivityRepository {
+    /// Connects lazily (the driver connects on first use); `ensure_indexes` is the first real call.
+    pub async fn connect(settings: &MongoSettings) -> anyhow::Result<ActivityRepository> {
+        let mut options = ClientOptions::parse(settings.uri.expose_secret())
+            .await
+            .map_err(|error| anyhow::anyhow!("mongo.uri is not a valid MongoDB connection string: {error}"))?;
+        options.app_name = Some("activity-pipeline".to_owned());
+        options.server_selection_timeout = Some(Duration::from_millis(settings.server_selection_timeout_ms));
+        let client = Client::with_options(options)?;
+        let collection = client.database(&settings.database).collection(&settings.collection);
+        Ok(ActivityRepository { collection })
+    }
+
+    /// Creates the unique (tenant, key) index and the newest-first index behind `GET /activities`,
+    /// if missing.
+    pub async fn ensure_indexes(&self) -> Result<(), StoreOutage> {
+        let unique = IndexModel::builder()
+            .keys(doc! { "tenantId": 1, "idempotencyKey": 1 })
+            .options(IndexOptions::builder().name(UNIQUE_KEY_INDEX.to_owned()).unique(true).build())
+            .build();
+        let newest_first = IndexModel::builder()
+            .keys(doc! { "tenantId": 1, "_id": -1 })
+            .options(IndexOptions::builder().name(NEWEST_FIRST_INDEX.to_owned()).build())
+            .build();
+        self.collection
+            .create_indexes([unique, newest_first])
+            .await
+            .map_err(StoreOutage::mongo)?;
+        Ok(())
+    }
+
+    /// Inserts `documents` unordered and reports each one's fate, in order. A duplicate key is
+    /// "already stored", not an error: that is what makes redelivery safe.
+    pub async fn insert_unordered(&self, documents: &[StoredActivity]) -> Result<Vec<InsertOutcome>, StoreOutage> {
+        if documents.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut outcomes = vec![InsertOutcome::Inserted; documents.len()];
+        match self.collection.insert_many(documents).ordered(false).await {
+            Ok(_) => Ok(outcomes),
+            Err(error) => match *error.kind {
+                mongodb::error::ErrorKind::InsertMany(ref failure)
+                    if failure.write_concern_error.is_none() && failure.write_errors.is_some() =>
+                {
+                    for write_error in failure.write_errors.iter().flatten() {
+                        let Some(outcome) = outcomes.get_mut(write_error.index) else {
+                            return Err(StoreOutage::mongo(format!(
+                                "insert_many reported an error for document {} of {}",
+                                write_error.index,
+                                documents.len()
+                            )));
+                        };
+                        *outcome = if write_error.code == DUPLICATE_KEY {
+                            InsertOutcome::AlreadyStored
+                        } else {
+                            InsertOutcome::Rejected {
+                                code: write_error.code,
+                                message: write_error.message.clone(),
+                            }
+                        };
+                    }
+                    Ok(outcomes)
+                }
+                _ => Err(StoreOutage::mongo(error)),
+            },
+        }
+    }
+
+    /// The stored activities of `tenant` with the given keys (to re-announce ones stored by an
+    /// earlier delivery whose Redis step did not happen).
+    pub async fn find_by_keys(
+        &self,
+        tenant: &TenantId,
+        keys: &[&IdempotencyKey],
+    ) -> Result<Vec<StoredActivity>, StoreOutage> {
+        use futures::TryStreamExt;
+
+        let keys: Vec<&str> = keys.iter().map(|key| key.as_str()).collect();
+        self.collection
+            .find(doc! { "tenantId": tenant.as_str(), "idempotencyKey": { "$in": keys } })
+            .await
+            .map_err(StoreOutage::mongo)?
+            .try_collect()
+            .await
+            .map_err(StoreOutage::mongo)
+    }
+
+    /// One stored activity by tenant and key.
+    pub async fn find_one(&self, tenant: &TenantId, key: &IdempotencyKey) -> Result<Option<StoredActivity>, StoreOutage> {
+        self.collection
+            .find_one(doc! { "tenantId": tenant.as_str(), "idempotencyKey": key.as_str() })
+            .await
+            .map_err(StoreOutage::mongo)
+    }
+
+    /// Answers when MongoDB answers a `ping`.
+    pub async fn ping(&self) -> Result<(), StoreOutage> {
+        self.collection
+            .client()
+            .database("admin")
+            .run_command(doc! { "ping": 1 })
+            .await
+            .map(|_| ())
+            .map_err(StoreOutage::mongo)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::domain::ActivityValidator;
+
+    fn envelope(metadata: serde_json::Value) -> ActivityEnvelope {
+        let activity = ActivityValidator::new(16 * 1024, 8)
+            .validate(json!({"actorId": "u1", "actorName": "Alice", "type": "login", "entityId": "e1", "metadata": metadata}))
+            .unwrap();
+        ActivityEnvelope::new(TenantId::parse("acme").unwrap(), IdempotencyKey::parse("k-1").unwrap(), activity)
+    }
+
+    #[test]
+    fn documents_carry_tenant_key_fields_and_times() {
+        let stored = StoredActivity::from_envelope(&envelope(json!({"n": 1, "tags": ["a"]})), Utc::now()).unwrap();
+        let document = bson::to_document(&stored).unwrap();
+        for field in ["_id", "tenantId", "idempotencyKey", "actorId", "actorName", "type", "entityId", "metadata", "enqueuedAt", "createdAt"] {
+            assert!(document.contains_key(field), "{field} missing from {document}");
+        }
+        assert!(matches!(document.get("enqueuedAt"), Some(bson::Bson::DateTime(_))));
+    }
+
+    #[test]
+    fn json_view_round_trips_metadata() {
+        let stored = StoredActivity::from_envelope(&envelope(json!({"n": 1, "f": 1.5, "s": "x", "nested": {"b": true}})), Utc::now()).unwrap();
+        let view = stored.to_json();
+        assert_eq!(view["metadata"], json!({"n": 1, "f": 1.5, "s": "x", "nested": {"b": true}}));
+        assert_eq!(view["id"], stored.id.to_hex());
+        assert_eq!(view["entityId"], "e1");
+        assert!(view["createdAt"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn unrepresentable_metadata_is_rejected_not_panicked() {
+        let result = StoredActivity::from_envelope(&envelope(json!({"big": u64::MAX})), Utc::now());
+        assert!(result.is_err());
+    }
+}

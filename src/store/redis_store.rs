@@ -1,0 +1,123 @@
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+use secrecy::ExposeSecret;
+
+use super::{RedisKeys, StoreOutage};
+use crate::config::RedisSettings;
+use crate::domain::{IdempotencyKey, TenantId};
+
+/// The consumer's per-record Redis step, atomic and idempotent: mark the key (NX, with TTL) and, only
+/// if this call set the mark, count the activity and publish it. A redelivered record finds the mark
+/// and changes nothing, so a crash anywhere leaves one count and one live event per key.
+const MARK_COUNT_PUBLISH_LUA: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
+  return 1
+end
+return 0
+";
+
+/// One record's Redis effects.
+#[derive(Debug, Clone)]
+pub struct EffectRequest<'a> {
+    pub tenant: &'a TenantId,
+    pub key: &'a IdempotencyKey,
+    /// Stored as the mark's value: the MongoDB document id.
+    pub document_id: String,
+    pub activity_type: &'a str,
+    /// The event published to the tenant's channel (JSON of the stored activity).
+    pub event: String,
+}
+
+/// Redis as the consumer and the API use it.
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: ConnectionManager,
+    keys: RedisKeys,
+    idempotency_ttl_secs: u64,
+    mark_count_publish: Script,
+}
+
+impl RedisStore {
+    /// Prepares a connection (TLS with `rediss://`) without making it: Redis being down at start-up
+    /// must not stop the API, and the connection manager reconnects by itself after an outage.
+    pub fn connect(settings: &RedisSettings) -> anyhow::Result<RedisStore> {
+        let client = redis::Client::open(settings.url.expose_secret())
+            .map_err(|error| anyhow::anyhow!("redis.url is not a valid Redis URL: {error}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_response_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_number_of_retries(1);
+        let connection = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|error| anyhow::anyhow!("preparing the Redis connection: {error}"))?;
+        Ok(RedisStore {
+            connection,
+            keys: RedisKeys::new(settings.key_prefix.clone()),
+            idempotency_ttl_secs: settings.idempotency_ttl_secs,
+            mark_count_publish: Script::new(MARK_COUNT_PUBLISH_LUA),
+        })
+    }
+
+    pub fn keys(&self) -> &RedisKeys {
+        &self.keys
+    }
+
+    /// Which of `pairs` are already marked as processed (the pre-check that skips known duplicates).
+    pub async fn already_marked(&self, pairs: &[(&TenantId, &IdempotencyKey)]) -> Result<Vec<bool>, StoreOutage> {
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = pairs.iter().map(|(tenant, key)| self.keys.idempotency(tenant, key)).collect();
+        let values: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(StoreOutage::redis)?;
+        Ok(values.into_iter().map(|value| value.is_some()).collect())
+    }
+
+    /// Runs the atomic mark-count-publish step for each request in one pipeline; `true` where this
+    /// call made the mark (and so counted and published).
+    pub async fn apply_effects(&self, requests: &[EffectRequest<'_>]) -> Result<Vec<bool>, StoreOutage> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipeline = redis::pipe();
+        pipeline.load_script(&self.mark_count_publish).ignore();
+        for request in requests {
+            let mut invocation = self.mark_count_publish.prepare_invoke();
+            invocation
+                .key(self.keys.idempotency(request.tenant, request.key))
+                .key(self.keys.analytics(request.tenant))
+                .arg(&request.document_id)
+                .arg(self.idempotency_ttl_secs)
+                .arg(request.activity_type)
+                .arg(self.keys.channel(request.tenant))
+                .arg(&request.event);
+            pipeline.invoke_script(&invocation);
+        }
+        let marked: Vec<i64> = pipeline
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(StoreOutage::redis)?;
+        Ok(marked.into_iter().map(|newly| newly == 1).collect())
+    }
+
+    /// The tenant's counters: activity type -> count.
+    pub async fn analytics(&self, tenant: &TenantId) -> Result<std::collections::BTreeMap<String, i64>, StoreOutage> {
+        redis::cmd("HGETALL")
+            .arg(self.keys.analytics(tenant))
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(StoreOutage::redis)
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreOutage> {
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.connection.clone())
+            .await
+            .map(|_| ())
+            .map_err(StoreOutage::redis)
+    }
+}
