@@ -245,7 +245,9 @@ mod tests {
 
     #[test]
     fn unrepresentable_metadata_is_rejected_not_panicked() {
-        let result = StoredActivity::from_envelope(&envelope(json!({"big": u64::MAX})), Utc::now());
-        assert!(result.is_err());
+        // The API refuses such integers; build the envelope by hand as a foreign producer could.
+        let mut unvalidated = envelope(json!({}));
+        unvalidated.activity.metadata = json!({"big": u64::MAX}).as_object().cloned();
+        assert!(StoredActivity::from_envelope(&unvalidated, Utc::now()).is_err());
     }
 }

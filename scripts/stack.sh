@@ -1,0 +1,433 @@
+#!/usr/bin/env bash
+# Local service stack without Docker: Redis, FerretDB (MongoDB wire protocol, SQLite backend)
+# and a single-node KRaft Kafka, all on 127.0.0.1.
+#
+# Usage: scripts/stack.sh up|down|status|reset [redis|mongo|kafka ...]   (no names = all three)
+#
+#   up      start what is not running and wait until each service really answers
+#           (Redis PING, a MongoDB OP_MSG hello+ping, a Kafka metadata request). Idempotent: a
+#           service that answers is left alone; one whose pid file points to a dead process is
+#           restarted. Fetches/builds what is missing first (apt: redis-server, kcat; Maven
+#           Central: the Kafka jars; Go module proxy: FerretDB).
+#   down    stop the services (SIGTERM, then SIGKILL after a timeout); their data is kept.
+#   status  one line per service: name, port, running/stopped, pid, log; always exits 0.
+#   reset   down, then delete the services' data, logs and config under the stack dir.
+#
+# Environment:
+#   AP_STACK_DIR         runtime data, logs, pid files   (default: <repo>/.stack, git-ignored)
+#   AP_CACHE_DIR         downloads and builds            (default: ~/.cache/activity-pipeline)
+#   AP_STACK_KAFKA_PORT  Kafka broker port (default 9092; the KRaft controller uses port+1)
+#   AP_STACK_MONGO_PORT  FerretDB port (default 27017)
+#   AP_STACK_REDIS_PORT  Redis port (default 6379)
+#   AP_STACK_KAFKA_TIMEOUT, AP_STACK_TIMEOUT  readiness timeouts in seconds (default 90 and 30)
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+HOST=127.0.0.1
+ALL_SERVICES=(redis mongo kafka)
+STACK_DIR=${AP_STACK_DIR:-${AP_REPO_ROOT}/.stack}
+[[ "${STACK_DIR}" == /* ]] || STACK_DIR="${PWD}/${STACK_DIR}"
+KAFKA_PORT=${AP_STACK_KAFKA_PORT:-9092}
+MONGO_PORT=${AP_STACK_MONGO_PORT:-27017}
+REDIS_PORT=${AP_STACK_REDIS_PORT:-6379}
+KAFKA_TIMEOUT=${AP_STACK_KAFKA_TIMEOUT:-90}
+OTHER_TIMEOUT=${AP_STACK_TIMEOUT:-30}
+for v in KAFKA_PORT MONGO_PORT REDIS_PORT KAFKA_TIMEOUT OTHER_TIMEOUT; do
+    [[ "${!v}" =~ ^[0-9]+$ ]] || ap_die "${v} must be a number, got '${!v}'"
+done
+KAFKA_CONTROLLER_PORT=$((KAFKA_PORT + 1))
+
+usage() {
+    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2
+    exit 2
+}
+
+# ---- per-service facts -------------------------------------------------------------------------
+
+svc_dir() { printf '%s/%s' "${STACK_DIR}" "$1"; }
+svc_pidfile() {
+    case $1 in
+        redis) printf '%s/redis.pid' "$(svc_dir redis)" ;;
+        mongo) printf '%s/ferretdb.pid' "$(svc_dir mongo)" ;;
+        kafka) printf '%s/kafka.pid' "$(svc_dir kafka)" ;;
+    esac
+}
+# The log to read first; kafka also has kafka.out (the JVM's own stdout/stderr).
+svc_log() {
+    case $1 in
+        redis) printf '%s/redis.log' "$(svc_dir redis)" ;;
+        mongo) printf '%s/ferretdb.log' "$(svc_dir mongo)" ;;
+        kafka) printf '%s/server.log' "$(svc_dir kafka)" ;;
+    esac
+}
+svc_port() {
+    case $1 in
+        redis) printf '%s' "${REDIS_PORT}" ;;
+        mongo) printf '%s' "${MONGO_PORT}" ;;
+        kafka) printf '%s' "${KAFKA_PORT}" ;;
+    esac
+}
+svc_timeout() {
+    case $1 in
+        kafka) printf '%s' "${KAFKA_TIMEOUT}" ;;
+        *) printf '%s' "${OTHER_TIMEOUT}" ;;
+    esac
+}
+# A word that the process's command line contains (guards against a recycled pid).
+svc_cmd_token() {
+    case $1 in
+        redis) printf 'redis-server' ;;
+        mongo) printf 'ferretdb' ;;
+        kafka) printf 'kafka.Kafka' ;;
+    esac
+}
+
+# ---- processes ---------------------------------------------------------------------------------
+
+pid_alive() {
+    local pid=$1 state
+    [[ -r "/proc/${pid}/stat" ]] || return 1
+    state=$(sed 's/^.*) //' "/proc/${pid}/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+    [[ -n "${state}" && "${state}" != Z && "${state}" != X ]]
+}
+
+# svc_pid SVC: prints the pid of the service's live process, per its pid file; fails otherwise.
+svc_pid() {
+    local pidfile pid
+    pidfile=$(svc_pidfile "$1")
+    [[ -s "${pidfile}" ]] || return 1
+    pid=$(head -n 1 "${pidfile}" 2>/dev/null | tr -dc '0-9')
+    [[ -n "${pid}" ]] && pid_alive "${pid}" || return 1
+    tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null | grep -qF -- "$(svc_cmd_token "$1")" || return 1
+    printf '%s' "${pid}"
+}
+
+# spawn PIDFILE OUTFILE CMD...: start CMD in its own session, immune to the caller's exit and
+# hangups, stdin from /dev/null; the pid file gets the pid of CMD itself (exec keeps the pid).
+spawn() {
+    local pidfile=$1 out=$2
+    shift 2
+    rm -f "${pidfile}"
+    # shellcheck disable=SC2016 # $$, $0 and $@ are expanded by the inner bash
+    setsid nohup bash -c 'echo $$ >"$0"; exec "$@"' "${pidfile}" "$@" \
+        </dev/null >>"${out}" 2>&1 {STACK_LOCK_FD}>&- &
+}
+
+port_open() {
+    (exec 3<>"/dev/tcp/${HOST}/$1") 2>/dev/null
+}
+
+port_owner() {
+    command -v ss >/dev/null 2>&1 || return 0
+    ss -Hltnp "sport = :$1" 2>/dev/null | sed -n 's/.*users:(\(.*\))$/\1/p' | head -n 1
+}
+
+# ---- readiness checks (0 = answers) ------------------------------------------------------------
+
+check_redis() {
+    [[ "$(timeout 5 redis-cli -h "${HOST}" -p "${REDIS_PORT}" ping 2>/dev/null)" == PONG ]]
+}
+check_mongo() {
+    timeout 10 python3 "${AP_SCRIPTS_DIR}/mongo-ping.py" "${HOST}" "${MONGO_PORT}" 3 >/dev/null 2>&1
+}
+check_kafka() {
+    local out
+    port_open "${KAFKA_PORT}" || return 1
+    out=$(timeout 10 kcat -b "${HOST}:${KAFKA_PORT}" -L -m 3 2>/dev/null) || return 1
+    grep -q "broker 1 at ${HOST}:${KAFKA_PORT}" <<<"${out}"
+}
+svc_check() { "check_$1"; }
+
+# ---- preparing and starting --------------------------------------------------------------------
+
+prepare_redis() {
+    ap_apt_install redis-server redis-server
+    ap_apt_install redis-cli redis-tools
+}
+prepare_mongo() {
+    ap_apt_install python3 python3
+    ap_ensure_ferretdb
+}
+prepare_kafka() {
+    ap_apt_install kcat kcat
+    ap_require_java
+    ap_ensure_kafka_libs
+}
+
+start_redis() {
+    local dir
+    dir=$(svc_dir redis)
+    mkdir -p "${dir}"
+    spawn "$(svc_pidfile redis)" "$(svc_log redis)" \
+        redis-server --bind "${HOST}" --port "${REDIS_PORT}" --save '' --appendonly yes \
+        --dir "${dir}" --daemonize no --pidfile "$(svc_pidfile redis)" --logfile "$(svc_log redis)"
+}
+
+start_mongo() {
+    local dir
+    dir=$(svc_dir mongo)
+    mkdir -p "${dir}/data" "${dir}/state"
+    spawn "$(svc_pidfile mongo)" "$(svc_log mongo)" \
+        "${AP_FERRETDB_BIN}" --handler=sqlite --sqlite-url="file:${dir}/data/" \
+        --listen-addr="${HOST}:${MONGO_PORT}" --state-dir="${dir}/state" \
+        --debug-addr=- --telemetry=disable --log-level=warn
+}
+
+write_kafka_config() {
+    local dir=$1
+    mkdir -p "${dir}/config" "${dir}/data"
+    cat >"${dir}/config/server.properties" <<EOF
+# Generated by scripts/stack.sh on each start: edit the script, not this file.
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=${HOST}:${KAFKA_CONTROLLER_PORT}
+listeners=PLAINTEXT://${HOST}:${KAFKA_PORT},CONTROLLER://${HOST}:${KAFKA_CONTROLLER_PORT}
+advertised.listeners=PLAINTEXT://${HOST}:${KAFKA_PORT},CONTROLLER://${HOST}:${KAFKA_CONTROLLER_PORT}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=${dir}/data
+num.partitions=12
+default.replication.factor=1
+min.insync.replicas=1
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+EOF
+    # Broker log: INFO to a size-rotated file; request/state-change/authorizer chatter at WARN.
+    cat >"${dir}/config/log4j2.xml" <<EOF
+<?xml version="1.0" encoding="UTF-8"?>
+<!-- Generated by scripts/stack.sh on each start: edit the script, not this file. -->
+<Configuration status="warn" name="activity-pipeline-kafka">
+  <Appenders>
+    <RollingFile name="server" fileName="${dir}/server.log" filePattern="${dir}/server.log.%i">
+      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
+      <Policies><SizeBasedTriggeringPolicy size="50 MB"/></Policies>
+      <DefaultRolloverStrategy max="3"/>
+    </RollingFile>
+  </Appenders>
+  <Loggers>
+    <Root level="info"><AppenderRef ref="server"/></Root>
+    <Logger name="kafka.request.logger" level="warn"/>
+    <Logger name="kafka.network.RequestChannel\$" level="warn"/>
+    <Logger name="state.change.logger" level="warn"/>
+    <Logger name="kafka.authorizer.logger" level="warn"/>
+    <Logger name="org.apache.kafka.clients" level="warn"/>
+  </Loggers>
+</Configuration>
+EOF
+}
+
+format_kafka() {
+    local dir=$1 cid formatlog="${1}/format.log"
+    local -a java=(java -Dlog4j2.configurationFile="${AP_SCRIPTS_DIR}/kafka/log4j2-tools.xml" -cp "${AP_KAFKA_LIBS}/*")
+    if [[ -f "${dir}/data/meta.properties" ]]; then
+        local formatted
+        formatted=$(cat "${dir}/formatted-controller-port" 2>/dev/null || true)
+        if [[ -n "${formatted}" && "${formatted}" != "${KAFKA_CONTROLLER_PORT}" ]]; then
+            ap_die "kafka: its storage was formatted for controller port ${formatted}, now ${KAFKA_CONTROLLER_PORT}; run 'scripts/stack.sh reset kafka' (deletes the Kafka data) or use the old port"
+        fi
+        return 0
+    fi
+    ap_log "kafka: formatting storage in ${dir}/data (once)"
+    cid=$("${java[@]}" kafka.tools.StorageTool random-uuid 2>"${formatlog}") \
+        || { cat "${formatlog}" >&2; ap_die "kafka: StorageTool random-uuid failed (log: ${formatlog})"; }
+    printf '%s\n' "${cid}" >"${dir}/cluster.id"
+    if ! "${java[@]}" kafka.tools.StorageTool format --standalone -t "${cid}" \
+        -c "${dir}/config/server.properties" >>"${formatlog}" 2>&1; then
+        cat "${formatlog}" >&2
+        ap_die "kafka: StorageTool format failed (log: ${formatlog})"
+    fi
+    printf '%s\n' "${KAFKA_CONTROLLER_PORT}" >"${dir}/formatted-controller-port"
+}
+
+start_kafka() {
+    local dir
+    dir=$(svc_dir kafka)
+    write_kafka_config "${dir}"
+    format_kafka "${dir}"
+    printf '\n==== %s starting kafka.Kafka\n' "$(date -Is)" >>"${dir}/kafka.out"
+    spawn "$(svc_pidfile kafka)" "${dir}/kafka.out" \
+        java -Xms1g -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
+        -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true \
+        -Dlog4j2.configurationFile="${dir}/config/log4j2.xml" -Dkafka.logs.dir="${dir}" \
+        -cp "${AP_KAFKA_LIBS}/*" kafka.Kafka "${dir}/config/server.properties"
+}
+
+# ---- failure report ----------------------------------------------------------------------------
+
+fail_service() {
+    local svc=$1 why=$2 log port owner pid
+    log=$(svc_log "${svc}")
+    port=$(svc_port "${svc}")
+    {
+        printf '[stack] ERROR: %s (port %s) %s\n' "${svc}" "${port}" "${why}"
+        printf '[stack]        log: %s\n' "${log}"
+        if [[ -f "${log}" ]]; then
+            printf -- '---- last 20 lines of %s ----\n' "${log}"
+            tail -n 20 "${log}"
+        else
+            printf -- '---- %s does not exist ----\n' "${log}"
+        fi
+        if [[ "${svc}" == kafka && -s "$(svc_dir kafka)/kafka.out" ]]; then
+            printf -- '---- last 20 lines of %s (JVM stdout/stderr) ----\n' "$(svc_dir kafka)/kafka.out"
+            tail -n 20 "$(svc_dir kafka)/kafka.out"
+        fi
+        printf -- '----\n'
+        pid=$(svc_pid "${svc}" || true)
+        owner=$(port_owner "${port}")
+        if [[ -n "${owner}" && ( -z "${pid}" || "${owner}" != *"pid=${pid},"* ) ]]; then
+            printf '[stack]        port %s is held by another process: %s\n' "${port}" "${owner}"
+        fi
+    } >&2
+    exit 1
+}
+
+# wait_ready SVC: poll until the service answers, its process dies, or the timeout passes.
+wait_ready() {
+    local svc=$1 timeout start pid=""
+    timeout=$(svc_timeout "${svc}")
+    start=${SECONDS}
+    while true; do
+        if pid=$(svc_pid "${svc}"); then
+            if svc_check "${svc}"; then
+                ap_log "${svc}: ready on ${HOST}:$(svc_port "${svc}") (pid ${pid}, $((SECONDS - start)) s)"
+                return 0
+            fi
+        elif ((SECONDS - start >= 3)); then
+            rm -f "$(svc_pidfile "${svc}")"
+            fail_service "${svc}" "exited during startup"
+        fi
+        if ((SECONDS - start >= timeout)); then
+            fail_service "${svc}" "did not answer within ${timeout} s (process ${pid:-?} left running; 'scripts/stack.sh down ${svc}' stops it)"
+        fi
+        sleep 0.5
+    done
+}
+
+# ---- commands ----------------------------------------------------------------------------------
+
+cmd_up() {
+    local svc pid pidfile
+    local -a waiting=()
+    for svc in "$@"; do
+        pidfile=$(svc_pidfile "${svc}")
+        if pid=$(svc_pid "${svc}"); then
+            if svc_check "${svc}"; then
+                ap_log "${svc}: already running on ${HOST}:$(svc_port "${svc}") (pid ${pid})"
+            else
+                ap_log "${svc}: pid ${pid} is running but not answering yet; waiting for it"
+                waiting+=("${svc}")
+            fi
+            continue
+        fi
+        if [[ -f "${pidfile}" ]]; then
+            ap_log "${svc}: pid file ${pidfile} points to a dead process; restarting"
+            rm -f "${pidfile}"
+        fi
+        "prepare_${svc}"
+        if svc_check "${svc}"; then
+            ap_log "WARNING: ${svc}: something not started from ${STACK_DIR} already answers on ${HOST}:$(svc_port "${svc}"); leaving it alone"
+            continue
+        fi
+        ap_log "${svc}: starting on ${HOST}:$(svc_port "${svc}") (log: $(svc_log "${svc}"))"
+        "start_${svc}"
+        waiting+=("${svc}")
+    done
+    for svc in "${waiting[@]}"; do
+        wait_ready "${svc}"
+    done
+}
+
+svc_stop() {
+    local svc=$1 pid pidfile grace
+    pidfile=$(svc_pidfile "${svc}")
+    if ! pid=$(svc_pid "${svc}"); then
+        [[ -f "${pidfile}" ]] && ap_log "${svc}: not running (removing stale pid file)" || ap_log "${svc}: not running"
+        rm -f "${pidfile}"
+        return 0
+    fi
+    grace=15
+    [[ "${svc}" == kafka ]] && grace=60
+    ap_log "${svc}: stopping pid ${pid}"
+    kill -TERM "${pid}" 2>/dev/null || true
+    local deadline=$((SECONDS + grace))
+    while pid_alive "${pid}" && ((SECONDS < deadline)); do
+        sleep 0.2
+    done
+    if pid_alive "${pid}"; then
+        ap_log "${svc}: still running after ${grace} s; sending SIGKILL"
+        kill -KILL "${pid}" 2>/dev/null || true
+        sleep 0.5
+    fi
+    rm -f "${pidfile}"
+    ap_log "${svc}: stopped"
+}
+
+cmd_down() {
+    local svc
+    for svc in "$@"; do
+        svc_stop "${svc}"
+    done
+}
+
+cmd_status() {
+    local svc pid state
+    for svc in "$@"; do
+        if pid=$(svc_pid "${svc}"); then
+            if svc_check "${svc}"; then state=running; else state="running (not answering)"; fi
+        else
+            pid=-
+            state=stopped
+            svc_check "${svc}" && state="stopped (port answered by a process not started here)"
+        fi
+        printf '%-6s port=%-6s %-9s pid=%-8s log=%s\n' "${svc}" "$(svc_port "${svc}")" "${state}" "${pid}" "$(svc_log "${svc}")"
+    done
+}
+
+cmd_reset() {
+    local svc
+    cmd_down "$@"
+    for svc in "$@"; do
+        [[ -n "${STACK_DIR}" && "${STACK_DIR}" != / ]] || ap_die "refusing to delete under '${STACK_DIR}'"
+        rm -rf "$(svc_dir "${svc}")"
+        ap_log "${svc}: data deleted ($(svc_dir "${svc}"))"
+    done
+    if [[ -d "${STACK_DIR}" ]]; then
+        rmdir "${STACK_DIR}" 2>/dev/null || true
+    fi
+}
+
+main() {
+    [[ $# -ge 1 ]] || usage
+    local cmd=$1 svc
+    shift
+    local -a services=("$@")
+    [[ ${#services[@]} -gt 0 ]] || services=("${ALL_SERVICES[@]}")
+    for svc in "${services[@]}"; do
+        case ${svc} in
+            redis | mongo | kafka) ;;
+            *) ap_die "unknown service '${svc}' (known: ${ALL_SERVICES[*]})" ;;
+        esac
+    done
+    case ${cmd} in
+        up | down | reset)
+            # One up/down/reset at a time per stack dir.
+            mkdir -p "${STACK_DIR}"
+            exec {STACK_LOCK_FD}>"${STACK_DIR}/.lock"
+            flock "${STACK_LOCK_FD}"
+            ;;
+        status) ;;
+        -h | --help | help) usage ;;
+        *) usage ;;
+    esac
+    "cmd_${cmd}" "${services[@]}"
+}
+
+main "$@"
