@@ -1,0 +1,9 @@
+//! Integration tests against the real stack (`make stack-up`): Kafka, FerretDB and Redis on 127.0.0.1.
+//! One binary, so the compile happens once; every test gets its own topics, consumer group, MongoDB
+//! database and Redis key prefix, so they run in parallel.
+
+mod helpers;
+
+mod docker_compose;
+mod http_errors;
+mod ingest;
