@@ -25,7 +25,13 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct ConfigArgs {
     /// A TOML file layered over the defaults (repeatable; also AP_CONFIG, comma-separated).
-    #[arg(long = "config", short = 'c', global = true, env = "AP_CONFIG", value_delimiter = ',')]
+    #[arg(
+        long = "config",
+        short = 'c',
+        global = true,
+        env = "AP_CONFIG",
+        value_delimiter = ','
+    )]
     pub files: Vec<PathBuf>,
     /// Override one key, e.g. `--set kafka.brokers=10.0.0.1:9092` (repeatable; wins over everything).
     #[arg(long = "set", short = 's', global = true, value_name = "KEY=VALUE")]
@@ -69,8 +75,12 @@ pub enum TopicsCommand {
 pub fn run(cli: Cli) -> ExitCode {
     let mut overrides = cli.config.overrides.clone();
     match &cli.command {
-        Command::Produce { listen: Some(listen) } => overrides.push(format!("http.listen={listen}")),
-        Command::Consume { group: Some(group) } => overrides.push(format!("kafka.consumer_group={group}")),
+        Command::Produce {
+            listen: Some(listen),
+        } => overrides.push(format!("http.listen={listen}")),
+        Command::Consume { group: Some(group) } => {
+            overrides.push(format!("kafka.consumer_group={group}"))
+        }
         _ => {}
     }
     let settings = match Settings::load(&Sources {
@@ -85,7 +95,10 @@ pub fn run(cli: Cli) -> ExitCode {
         }
     };
     crate::telemetry::init(&settings.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: starting the async runtime: {error}");
@@ -133,9 +146,23 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<()> {
                 "kafka.topics       = {}, {}, {}",
                 settings.kafka.topic, settings.kafka.retry_topic, settings.kafka.dlq_topic
             );
-            println!("kafka.security     = {}", settings.kafka.security_protocol.as_librdkafka());
-            println!("mongo              = {}.{}", settings.mongo.database, settings.mongo.collection);
-            println!("tenants            = {}", settings.tenants.keys().cloned().collect::<Vec<_>>().join(", "));
+            println!(
+                "kafka.security     = {}",
+                settings.kafka.security_protocol.as_librdkafka()
+            );
+            println!(
+                "mongo              = {}.{}",
+                settings.mongo.database, settings.mongo.collection
+            );
+            println!(
+                "tenants            = {}",
+                settings
+                    .tenants
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
             Ok(())
         }
     }
@@ -144,7 +171,9 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<()> {
 /// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once (redelivery covers the rest).
 async fn cancel_on_signals(shutdown: CancellationToken) {
     wait_for_signal().await;
-    tracing::info!("shutdown requested: finishing the batch in hand (signal again to stop at once)");
+    tracing::info!(
+        "shutdown requested: finishing the batch in hand (signal again to stop at once)"
+    );
     shutdown.cancel();
     wait_for_signal().await;
     tracing::warn!("second signal: exiting now");

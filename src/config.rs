@@ -72,7 +72,10 @@ impl SecurityProtocol {
     }
 
     pub fn uses_sasl(self) -> bool {
-        matches!(self, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl)
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
     }
 }
 
@@ -272,7 +275,11 @@ impl Settings {
     /// Rejects values that parse but cannot work, naming the key.
     fn validate(&self) -> Result<(), ConfigError> {
         let kafka = &self.kafka;
-        require(!kafka.brokers.trim().is_empty(), "kafka.brokers", "must name at least one broker")?;
+        require(
+            !kafka.brokers.trim().is_empty(),
+            "kafka.brokers",
+            "must name at least one broker",
+        )?;
         for (key, topic) in [
             ("kafka.topic", &kafka.topic),
             ("kafka.retry_topic", &kafka.retry_topic),
@@ -291,11 +298,31 @@ impl Settings {
             "kafka.dlq_topic",
             "the main, retry and DLQ topics must be three different topics",
         )?;
-        require(kafka.partitions >= 1, "kafka.partitions", "must be at least 1")?;
-        require(kafka.replication_factor >= 1, "kafka.replication_factor", "must be at least 1")?;
-        require(!kafka.consumer_group.is_empty(), "kafka.consumer_group", "must not be empty")?;
-        require(kafka.delivery_timeout_ms >= 1, "kafka.delivery_timeout_ms", "must be at least 1")?;
-        require(kafka.queue_max_messages >= 1, "kafka.queue_max_messages", "must be at least 1")?;
+        require(
+            kafka.partitions >= 1,
+            "kafka.partitions",
+            "must be at least 1",
+        )?;
+        require(
+            kafka.replication_factor >= 1,
+            "kafka.replication_factor",
+            "must be at least 1",
+        )?;
+        require(
+            !kafka.consumer_group.is_empty(),
+            "kafka.consumer_group",
+            "must not be empty",
+        )?;
+        require(
+            kafka.delivery_timeout_ms >= 1,
+            "kafka.delivery_timeout_ms",
+            "must be at least 1",
+        )?;
+        require(
+            kafka.queue_max_messages >= 1,
+            "kafka.queue_max_messages",
+            "must be at least 1",
+        )?;
         if kafka.security_protocol.uses_sasl() {
             require(
                 matches!(
@@ -306,7 +333,10 @@ impl Settings {
                 "must be SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN",
             )?;
             require(
-                kafka.sasl_username.as_deref().is_some_and(|user| !user.is_empty()),
+                kafka
+                    .sasl_username
+                    .as_deref()
+                    .is_some_and(|user| !user.is_empty()),
                 "kafka.sasl_username",
                 "is required with a sasl_* security_protocol",
             )?;
@@ -317,22 +347,42 @@ impl Settings {
             )?;
         }
         let consumer = &self.consumer;
-        require(consumer.batch_max_records >= 1, "consumer.batch_max_records", "must be at least 1")?;
+        require(
+            consumer.batch_max_records >= 1,
+            "consumer.batch_max_records",
+            "must be at least 1",
+        )?;
         require(
             consumer.outage_backoff_initial_ms >= 1
                 && consumer.outage_backoff_initial_ms <= consumer.outage_backoff_max_ms,
             "consumer.outage_backoff_initial_ms",
             "must be at least 1 and at most consumer.outage_backoff_max_ms",
         )?;
-        require(!self.mongo.database.is_empty(), "mongo.database", "must not be empty")?;
-        require(!self.mongo.collection.is_empty(), "mongo.collection", "must not be empty")?;
+        require(
+            !self.mongo.database.is_empty(),
+            "mongo.database",
+            "must not be empty",
+        )?;
+        require(
+            !self.mongo.collection.is_empty(),
+            "mongo.collection",
+            "must not be empty",
+        )?;
         require(
             self.redis.idempotency_ttl_secs >= 1,
             "redis.idempotency_ttl_secs",
             "must be at least 1",
         )?;
-        require(self.http.max_body_bytes >= 1024, "http.max_body_bytes", "must be at least 1024")?;
-        require(self.limits.metadata_max_depth >= 1, "limits.metadata_max_depth", "must be at least 1")?;
+        require(
+            self.http.max_body_bytes >= 1024,
+            "http.max_body_bytes",
+            "must be at least 1024",
+        )?;
+        require(
+            self.limits.metadata_max_depth >= 1,
+            "limits.metadata_max_depth",
+            "must be at least 1",
+        )?;
         require(
             self.limits.metadata_max_bytes >= 2,
             "limits.metadata_max_bytes",
@@ -455,9 +505,11 @@ mod tests {
 
     #[test]
     fn dev_profile_has_the_demo_tenants() {
-        let settings =
-            Settings::from_files(&[PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/config/dev.toml"))])
-                .expect("dev config must load");
+        let settings = Settings::from_files(&[PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/dev.toml"
+        ))])
+        .expect("dev config must load");
         let tenants: Vec<String> = settings
             .tenant_credentials()
             .unwrap()
@@ -476,7 +528,9 @@ mod tests {
 
     #[test]
     fn a_bad_type_names_the_key() {
-        let error = load_with(&["kafka.partitions=many"]).unwrap_err().to_string();
+        let error = load_with(&["kafka.partitions=many"])
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("partitions"), "{error}");
     }
 
@@ -489,16 +543,29 @@ mod tests {
     #[test]
     fn an_invalid_value_names_the_key() {
         let error = load_with(&["kafka.partitions=0"]).unwrap_err().to_string();
-        assert_eq!(error, "configuration key `kafka.partitions`: must be at least 1");
-        let error = load_with(&["kafka.topic=bad topic!"]).unwrap_err().to_string();
-        assert!(error.starts_with("configuration key `kafka.topic`"), "{error}");
+        assert_eq!(
+            error,
+            "configuration key `kafka.partitions`: must be at least 1"
+        );
+        let error = load_with(&["kafka.topic=bad topic!"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("configuration key `kafka.topic`"),
+            "{error}"
+        );
         let error = load_with(&["log.filter=[[["]).unwrap_err().to_string();
-        assert!(error.starts_with("configuration key `log.filter`"), "{error}");
+        assert!(
+            error.starts_with("configuration key `log.filter`"),
+            "{error}"
+        );
     }
 
     #[test]
     fn sasl_requires_credentials() {
-        let error = load_with(&["kafka.security_protocol=sasl_ssl"]).unwrap_err().to_string();
+        let error = load_with(&["kafka.security_protocol=sasl_ssl"])
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("kafka.sasl_username"), "{error}");
         let settings = load_with(&[
             "kafka.security_protocol=sasl_ssl",
@@ -506,14 +573,22 @@ mod tests {
             "kafka.sasl_password=hunter2",
         ])
         .unwrap();
-        assert!(!format!("{settings:?}").contains("hunter2"), "secrets must not be printed");
+        assert!(
+            !format!("{settings:?}").contains("hunter2"),
+            "secrets must not be printed"
+        );
     }
 
     #[test]
     fn a_bad_tenant_digest_names_the_tenant() {
-        let error = load_with(&["tenants.acme.api_key_sha256=abc"]).unwrap_err().to_string();
+        let error = load_with(&["tenants.acme.api_key_sha256=abc"])
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("tenants.acme.api_key_sha256"), "{error}");
-        let error = load_with(&[&format!("tenants.Bad Tenant.api_key_sha256={}", "a".repeat(64))]);
+        let error = load_with(&[&format!(
+            "tenants.Bad Tenant.api_key_sha256={}",
+            "a".repeat(64)
+        )]);
         assert!(error.is_err());
     }
 
@@ -521,7 +596,10 @@ mod tests {
     fn malformed_overrides_are_refused() {
         for bad in ["novalue", "=3", "a..b=1", "a b=1"] {
             let error = load_with(&[bad]).unwrap_err();
-            assert!(matches!(error, ConfigError::MalformedOverride(_)), "{bad}: {error}");
+            assert!(
+                matches!(error, ConfigError::MalformedOverride(_)),
+                "{bad}: {error}"
+            );
         }
     }
 
@@ -538,7 +616,10 @@ mod tests {
         assert_eq!(toml_value::parse("42"), toml_value::Value::Integer(42));
         assert_eq!(toml_value::parse("true"), toml_value::Value::Bool(true));
         assert_eq!(toml_value::parse("1.5"), toml_value::Value::Float(1.5));
-        assert_eq!(toml_value::parse("inf"), toml_value::Value::String("inf".into()));
+        assert_eq!(
+            toml_value::parse("inf"),
+            toml_value::Value::String("inf".into())
+        );
         assert_eq!(
             toml_value::parse("127.0.0.1:9092"),
             toml_value::Value::String("127.0.0.1:9092".into())

@@ -5,7 +5,9 @@ use chrono::Utc;
 use crate::config::Settings;
 use crate::domain::{ActivityEnvelope, ActivityValidator, IdempotencyKey, TenantId};
 use crate::kafka::{ActivityPublisher, ConsumedRecord, DeadLetter, PublishError};
-use crate::store::{ActivityRepository, EffectRequest, InsertOutcome, RedisStore, StoreOutage, StoredActivity};
+use crate::store::{
+    ActivityRepository, EffectRequest, InsertOutcome, RedisStore, StoreOutage, StoredActivity,
+};
 
 /// A dependency that failed as a whole: the batch is retried in place and no offset moves.
 #[derive(Debug, thiserror::Error)]
@@ -46,9 +48,17 @@ struct Refusal<'a> {
 }
 
 impl BatchProcessor {
-    pub fn new(settings: &Settings, repository: ActivityRepository, redis: RedisStore, dead_letters: ActivityPublisher) -> BatchProcessor {
+    pub fn new(
+        settings: &Settings,
+        repository: ActivityRepository,
+        redis: RedisStore,
+        dead_letters: ActivityPublisher,
+    ) -> BatchProcessor {
         BatchProcessor {
-            validator: ActivityValidator::new(settings.limits.metadata_max_bytes, settings.limits.metadata_max_depth),
+            validator: ActivityValidator::new(
+                settings.limits.metadata_max_bytes,
+                settings.limits.metadata_max_depth,
+            ),
             repository,
             redis,
             dead_letters,
@@ -61,11 +71,13 @@ impl BatchProcessor {
 
         // 1. Decode. A record that cannot be decoded never will be: it is poison, for the DLQ.
         let mut seen = HashSet::new();
-        let mut envelopes: Vec<(&ConsumedRecord, ActivityEnvelope)> = Vec::with_capacity(batch.len());
+        let mut envelopes: Vec<(&ConsumedRecord, ActivityEnvelope)> =
+            Vec::with_capacity(batch.len());
         for record in batch {
             let decoded = match &record.payload {
                 None => Err("record has no value".to_owned()),
-                Some(payload) => ActivityEnvelope::decode(payload, &self.validator).map_err(|error| error.to_string()),
+                Some(payload) => ActivityEnvelope::decode(payload, &self.validator)
+                    .map_err(|error| error.to_string()),
             };
             match decoded {
                 Ok(envelope) => {
@@ -75,7 +87,11 @@ impl BatchProcessor {
                         report.duplicates += 1;
                     }
                 }
-                Err(error) => refusals.push(Refusal { record, error, class: "poison" }),
+                Err(error) => refusals.push(Refusal {
+                    record,
+                    error,
+                    class: "poison",
+                }),
             }
         }
 
@@ -104,7 +120,11 @@ impl BatchProcessor {
                     pending.push((record, envelope));
                     documents.push(document);
                 }
-                Err(error) => refusals.push(Refusal { record, error, class: "rejected" }),
+                Err(error) => refusals.push(Refusal {
+                    record,
+                    error,
+                    class: "rejected",
+                }),
             }
         }
 
@@ -112,7 +132,8 @@ impl BatchProcessor {
         let outcomes = self.repository.insert_unordered(&documents).await?;
         let mut to_announce: Vec<StoredActivity> = Vec::new();
         let mut stored_earlier: BTreeMap<&TenantId, Vec<&IdempotencyKey>> = BTreeMap::new();
-        for (((record, envelope), document), outcome) in pending.iter().zip(documents).zip(outcomes) {
+        for (((record, envelope), document), outcome) in pending.iter().zip(documents).zip(outcomes)
+        {
             match outcome {
                 InsertOutcome::Inserted => {
                     report.inserted += 1;
@@ -120,7 +141,10 @@ impl BatchProcessor {
                 }
                 InsertOutcome::AlreadyStored => {
                     report.duplicates += 1;
-                    stored_earlier.entry(&envelope.tenant_id).or_default().push(&envelope.idempotency_key);
+                    stored_earlier
+                        .entry(&envelope.tenant_id)
+                        .or_default()
+                        .push(&envelope.idempotency_key);
                 }
                 InsertOutcome::Rejected { code, message } => refusals.push(Refusal {
                     record,

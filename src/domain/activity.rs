@@ -88,9 +88,10 @@ impl std::fmt::Debug for ActivityValidator {
 
 impl ActivityValidator {
     pub fn new(metadata_max_bytes: usize, metadata_max_depth: usize) -> ActivityValidator {
-        let schema: Value =
-            serde_json::from_str(ACTIVITY_SCHEMA_JSON).expect("the bundled activity schema is valid JSON");
-        let schema = jsonschema::draft202012::new(&schema).expect("the bundled activity schema compiles");
+        let schema: Value = serde_json::from_str(ACTIVITY_SCHEMA_JSON)
+            .expect("the bundled activity schema is valid JSON");
+        let schema =
+            jsonschema::draft202012::new(&schema).expect("the bundled activity schema compiles");
         ActivityValidator {
             schema,
             metadata_max_bytes,
@@ -108,7 +109,11 @@ impl ActivityValidator {
 
     /// Validates an already parsed JSON value.
     pub fn validate(&self, value: Value) -> Result<NewActivity, ValidationFailure> {
-        let errors: Vec<FieldError> = self.schema.iter_errors(&value).map(describe_schema_error).collect();
+        let errors: Vec<FieldError> = self
+            .schema
+            .iter_errors(&value)
+            .map(describe_schema_error)
+            .collect();
         if !errors.is_empty() {
             return Err(ValidationFailure { errors });
         }
@@ -122,12 +127,17 @@ impl ActivityValidator {
     }
 
     fn check_metadata_limits(&self, metadata: &Value) -> Result<(), ValidationFailure> {
-        let size = serde_json::to_vec(metadata).map(|bytes| bytes.len()).unwrap_or(usize::MAX);
+        let size = serde_json::to_vec(metadata)
+            .map(|bytes| bytes.len())
+            .unwrap_or(usize::MAX);
         if size > self.metadata_max_bytes {
             return Err(ValidationFailure::single(
                 "/metadata",
                 "maxBytes",
-                format!("is {size} bytes serialized; the limit is {}", self.metadata_max_bytes),
+                format!(
+                    "is {size} bytes serialized; the limit is {}",
+                    self.metadata_max_bytes
+                ),
             ));
         }
         if let Some(number) = first_unstorable_number(metadata) {
@@ -142,7 +152,10 @@ impl ActivityValidator {
             return Err(ValidationFailure::single(
                 "/metadata",
                 "maxDepth",
-                format!("nests {depth} levels deep; the limit is {}", self.metadata_max_depth),
+                format!(
+                    "nests {depth} levels deep; the limit is {}",
+                    self.metadata_max_depth
+                ),
             ));
         }
         Ok(())
@@ -176,7 +189,9 @@ fn first_unstorable_number(value: &Value) -> Option<&serde_json::Number> {
     let mut pending = vec![value];
     while let Some(value) = pending.pop() {
         match value {
-            Value::Number(number) if number.is_u64() && number.as_i64().is_none() => return Some(number),
+            Value::Number(number) if number.is_u64() && number.as_i64().is_none() => {
+                return Some(number)
+            }
             Value::Object(map) => pending.extend(map.values()),
             Value::Array(items) => pending.extend(items),
             _ => {}
@@ -189,20 +204,32 @@ fn describe_schema_error(error: jsonschema::ValidationError<'_>) -> FieldError {
     use jsonschema::error::ValidationErrorKind;
 
     let path = error.instance_path().as_str();
-    let field = if path.is_empty() { "/".to_owned() } else { path.to_owned() };
+    let field = if path.is_empty() {
+        "/".to_owned()
+    } else {
+        path.to_owned()
+    };
     let rule = error.kind().keyword().to_owned();
     let message = match error.kind() {
         // The field list is what a client needs; the seed's summary is built from it.
-        ValidationErrorKind::Required { property } => property.as_str().unwrap_or_default().to_owned(),
+        ValidationErrorKind::Required { property } => {
+            property.as_str().unwrap_or_default().to_owned()
+        }
         ValidationErrorKind::AdditionalProperties { unexpected } => {
             format!("unknown field(s): {}", unexpected.join(", "))
         }
-        ValidationErrorKind::Pattern { pattern } if path.is_empty() || path.starts_with("/metadata") => {
+        ValidationErrorKind::Pattern { pattern }
+            if path.is_empty() || path.starts_with("/metadata") =>
+        {
             format!("{} does not match {pattern}", short_instance(&error))
         }
         _ => error.masked().to_string(),
     };
-    FieldError { field, rule, message }
+    FieldError {
+        field,
+        rule,
+        message,
+    }
 }
 
 /// The offending value, shortened so an error never echoes a huge body back.
@@ -261,7 +288,10 @@ mod tests {
     #[test]
     fn names_every_missing_field_like_the_seed() {
         let failure = validator().validate(json!({"actorId": "u1"})).unwrap_err();
-        assert_eq!(failure.summary(), "Missing required fields: actorName, type");
+        assert_eq!(
+            failure.summary(),
+            "Missing required fields: actorName, type"
+        );
         assert_eq!(fields(&failure), [("/", "required"), ("/", "required")]);
     }
 
@@ -274,7 +304,12 @@ mod tests {
         found.sort();
         assert_eq!(
             found,
-            [("/", "additionalProperties"), ("/actorId", "type"), ("/actorName", "minLength"), ("/type", "pattern")]
+            [
+                ("/", "additionalProperties"),
+                ("/actorId", "type"),
+                ("/actorName", "minLength"),
+                ("/type", "pattern")
+            ]
         );
         assert!(validator().validate(json!([1, 2])).is_err());
         assert!(validator().validate(json!("text")).is_err());
@@ -297,7 +332,10 @@ mod tests {
         ] {
             let body = json!({"actorId": "u", "actorName": "A", "type": "t", "metadata": metadata});
             let failure = validator().validate(body.clone()).unwrap_err();
-            assert!(failure.errors[0].field.starts_with("/metadata"), "{body}: {failure:?}");
+            assert!(
+                failure.errors[0].field.starts_with("/metadata"),
+                "{body}: {failure:?}"
+            );
         }
     }
 
@@ -308,7 +346,9 @@ mod tests {
             .unwrap_err();
         assert_eq!(fields(&failure), [("/actorId", "pattern")]);
         let failure = validator()
-            .validate(json!({"actorId": "u", "actorName": "A", "type": "t", "metadata": {"k": "v\u{0}"}}))
+            .validate(
+                json!({"actorId": "u", "actorName": "A", "type": "t", "metadata": {"k": "v\u{0}"}}),
+            )
             .unwrap_err();
         assert!(failure.errors[0].field.starts_with("/metadata"));
     }
@@ -325,7 +365,9 @@ mod tests {
             .unwrap_err();
         assert_eq!(fields(&failure), [("/metadata", "maxDepth")]);
         assert!(small
-            .validate(json!({"actorId": "u", "actorName": "A", "type": "t", "metadata": {"a": {"b": 1}}}))
+            .validate(
+                json!({"actorId": "u", "actorName": "A", "type": "t", "metadata": {"a": {"b": 1}}})
+            )
             .is_ok());
     }
 
@@ -342,10 +384,18 @@ mod tests {
 
     #[test]
     fn bad_json_is_a_validation_failure() {
-        for body in [&b"{"[..], b"", b"not json", b"{\"actorId\":}", &[0xff, 0xfe]] {
+        for body in [
+            &b"{"[..],
+            b"",
+            b"not json",
+            b"{\"actorId\":}",
+            &[0xff, 0xfe],
+        ] {
             let failure = validator().parse_body(body).unwrap_err();
             assert_eq!(fields(&failure), [("/", "json")]);
-            assert!(failure.summary().starts_with("Invalid activity: body is not valid JSON"));
+            assert!(failure
+                .summary()
+                .starts_with("Invalid activity: body is not valid JSON"));
         }
     }
 

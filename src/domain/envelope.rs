@@ -31,7 +31,11 @@ pub enum EnvelopeError {
 }
 
 impl ActivityEnvelope {
-    pub fn new(tenant_id: TenantId, idempotency_key: IdempotencyKey, activity: NewActivity) -> ActivityEnvelope {
+    pub fn new(
+        tenant_id: TenantId,
+        idempotency_key: IdempotencyKey,
+        activity: NewActivity,
+    ) -> ActivityEnvelope {
         ActivityEnvelope {
             schema: ACTIVITY_SCHEMA_ID.to_owned(),
             tenant_id,
@@ -47,7 +51,10 @@ impl ActivityEnvelope {
 
     /// Decodes a record value, re-validating the activity: records can reach the topic without going
     /// through the API (other producers, replays, a bug), and poison must stop here, not in MongoDB.
-    pub fn decode(bytes: &[u8], validator: &ActivityValidator) -> Result<ActivityEnvelope, EnvelopeError> {
+    pub fn decode(
+        bytes: &[u8],
+        validator: &ActivityValidator,
+    ) -> Result<ActivityEnvelope, EnvelopeError> {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase", deny_unknown_fields)]
         struct Raw {
@@ -86,7 +93,11 @@ mod tests {
         let activity = validator()
             .validate(json!({"actorId": "u1", "actorName": "Alice", "type": "login", "metadata": {"ip": "1.2.3.4"}}))
             .unwrap();
-        ActivityEnvelope::new(TenantId::parse("acme").unwrap(), IdempotencyKey::parse("k-1").unwrap(), activity)
+        ActivityEnvelope::new(
+            TenantId::parse("acme").unwrap(),
+            IdempotencyKey::parse("k-1").unwrap(),
+            activity,
+        )
     }
 
     #[test]
@@ -109,23 +120,40 @@ mod tests {
     #[test]
     fn poison_is_classified() {
         let good: serde_json::Value = serde_json::from_slice(&sample().encode()).unwrap();
-        let decode = |value: serde_json::Value| ActivityEnvelope::decode(value.to_string().as_bytes(), &validator());
+        let decode = |value: serde_json::Value| {
+            ActivityEnvelope::decode(value.to_string().as_bytes(), &validator())
+        };
 
-        assert!(matches!(ActivityEnvelope::decode(b"not json", &validator()), Err(EnvelopeError::Malformed(_))));
+        assert!(matches!(
+            ActivityEnvelope::decode(b"not json", &validator()),
+            Err(EnvelopeError::Malformed(_))
+        ));
         let mut other_schema = good.clone();
         other_schema["schema"] = json!("activity.v9");
-        assert!(matches!(decode(other_schema), Err(EnvelopeError::UnsupportedSchema(_))));
+        assert!(matches!(
+            decode(other_schema),
+            Err(EnvelopeError::UnsupportedSchema(_))
+        ));
         let mut bad_tenant = good.clone();
         bad_tenant["tenantId"] = json!("Not A Tenant");
-        assert!(matches!(decode(bad_tenant), Err(EnvelopeError::Malformed(_))));
+        assert!(matches!(
+            decode(bad_tenant),
+            Err(EnvelopeError::Malformed(_))
+        ));
         let mut bad_key = good.clone();
         bad_key["idempotencyKey"] = json!("has space");
         assert!(matches!(decode(bad_key), Err(EnvelopeError::Malformed(_))));
         let mut dollar_key = good.clone();
         dollar_key["activity"]["metadata"] = json!({"$gt": 1});
-        assert!(matches!(decode(dollar_key), Err(EnvelopeError::InvalidActivity(_))));
+        assert!(matches!(
+            decode(dollar_key),
+            Err(EnvelopeError::InvalidActivity(_))
+        ));
         let mut missing = good;
         missing["activity"].as_object_mut().unwrap().remove("type");
-        assert!(matches!(decode(missing), Err(EnvelopeError::InvalidActivity(_))));
+        assert!(matches!(
+            decode(missing),
+            Err(EnvelopeError::InvalidActivity(_))
+        ));
     }
 }

@@ -17,9 +17,9 @@ impl IdempotencyKey {
 
     pub fn parse(raw: &str) -> Result<IdempotencyKey, InvalidIdempotencyKey> {
         let valid = (1..=Self::MAX_LEN).contains(&raw.len())
-            && raw
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b':' | b'-'));
+            && raw.bytes().all(|byte| {
+                byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b':' | b'-')
+            });
         if valid {
             Ok(IdempotencyKey(raw.to_owned()))
         } else {
@@ -68,13 +68,18 @@ mod tests {
             assert!(IdempotencyKey::parse(good).is_ok(), "{good}");
         }
         for bad in ["", " ", "a b", "a/b", "ключ", "a\0b", &"k".repeat(129)] {
-            assert_eq!(IdempotencyKey::parse(bad), Err(InvalidIdempotencyKey), "{bad:?}");
+            assert_eq!(
+                IdempotencyKey::parse(bad),
+                Err(InvalidIdempotencyKey),
+                "{bad:?}"
+            );
         }
     }
 
     #[test]
     fn generated_keys_are_valid_and_distinct() {
-        let keys: std::collections::HashSet<_> = (0..1000).map(|_| IdempotencyKey::generate()).collect();
+        let keys: std::collections::HashSet<_> =
+            (0..1000).map(|_| IdempotencyKey::generate()).collect();
         assert_eq!(keys.len(), 1000);
         for key in &keys {
             assert!(IdempotencyKey::parse(key.as_str()).is_ok());

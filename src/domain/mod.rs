@@ -8,7 +8,10 @@ mod envelope;
 mod idempotency;
 mod tenant;
 
-pub use activity::{ActivityValidator, FieldError, NewActivity, ValidationFailure, ACTIVITY_SCHEMA_ID, ACTIVITY_SCHEMA_JSON};
+pub use activity::{
+    ActivityValidator, FieldError, NewActivity, ValidationFailure, ACTIVITY_SCHEMA_ID,
+    ACTIVITY_SCHEMA_JSON,
+};
 pub use envelope::{ActivityEnvelope, EnvelopeError};
 pub use idempotency::{IdempotencyKey, InvalidIdempotencyKey};
 pub use tenant::{ApiKeyDigest, InvalidTenant, TenantDirectory, TenantId};

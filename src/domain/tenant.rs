@@ -18,9 +18,9 @@ impl TenantId {
     pub fn parse(raw: &str) -> Result<TenantId, InvalidTenant> {
         let valid = (1..=64).contains(&raw.len())
             && raw.as_bytes()[0].is_ascii_alphanumeric()
-            && raw
-                .bytes()
-                .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_' || byte == b'-');
+            && raw.bytes().all(|byte| {
+                byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_' || byte == b'-'
+            });
         if valid {
             Ok(TenantId(raw.to_owned()))
         } else {
@@ -121,7 +121,16 @@ mod tests {
         for good in ["acme", "globex", "a", "t-1_x", &"a".repeat(64)] {
             assert!(TenantId::parse(good).is_ok(), "{good}");
         }
-        for bad in ["", "Acme", "-acme", "a:b", "a b", "a.b", "a{b}", &"a".repeat(65)] {
+        for bad in [
+            "",
+            "Acme",
+            "-acme",
+            "a:b",
+            "a b",
+            "a.b",
+            "a{b}",
+            &"a".repeat(65),
+        ] {
             assert!(TenantId::parse(bad).is_err(), "{bad}");
         }
     }
@@ -129,18 +138,33 @@ mod tests {
     #[test]
     fn authenticate_finds_the_tenant_by_key() {
         let directory = TenantDirectory::new(vec![
-            (TenantId::parse("acme").unwrap(), ApiKeyDigest::of_key("demo-key-acme")),
-            (TenantId::parse("globex").unwrap(), ApiKeyDigest::of_key("demo-key-globex")),
+            (
+                TenantId::parse("acme").unwrap(),
+                ApiKeyDigest::of_key("demo-key-acme"),
+            ),
+            (
+                TenantId::parse("globex").unwrap(),
+                ApiKeyDigest::of_key("demo-key-globex"),
+            ),
         ]);
-        assert_eq!(directory.authenticate("demo-key-acme").unwrap().as_str(), "acme");
-        assert_eq!(directory.authenticate("demo-key-globex").unwrap().as_str(), "globex");
+        assert_eq!(
+            directory.authenticate("demo-key-acme").unwrap().as_str(),
+            "acme"
+        );
+        assert_eq!(
+            directory.authenticate("demo-key-globex").unwrap().as_str(),
+            "globex"
+        );
         assert!(directory.authenticate("demo-key-acm").is_none());
         assert!(directory.authenticate("").is_none());
     }
 
     #[test]
     fn digests_parse_from_hex() {
-        let digest = ApiKeyDigest::from_hex("8649cdebee753898fd50e01408a9e438aa5090249bc3e51b65f33dce973b0873").unwrap();
+        let digest = ApiKeyDigest::from_hex(
+            "8649cdebee753898fd50e01408a9e438aa5090249bc3e51b65f33dce973b0873",
+        )
+        .unwrap();
         assert_eq!(digest, ApiKeyDigest::of_key("demo-key-acme"));
         assert!(ApiKeyDigest::from_hex("abcd").is_err());
         assert!(ApiKeyDigest::from_hex(&"z".repeat(64)).is_err());

@@ -24,7 +24,13 @@ pub async fn create_topics(settings: &KafkaSettings) -> anyhow::Result<Vec<Topic
     let topics = [&settings.topic, &settings.retry_topic, &settings.dlq_topic];
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|topic| NewTopic::new(topic, settings.partitions, TopicReplication::Fixed(settings.replication_factor)))
+        .map(|topic| {
+            NewTopic::new(
+                topic,
+                settings.partitions,
+                TopicReplication::Fixed(settings.replication_factor),
+            )
+        })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin
@@ -38,7 +44,9 @@ pub async fn create_topics(settings: &KafkaSettings) -> anyhow::Result<Vec<Topic
                 topic,
                 partitions: settings.partitions,
             }),
-            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => Ok(TopicCreation::AlreadyExists { topic }),
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                Ok(TopicCreation::AlreadyExists { topic })
+            }
             Err((topic, code)) => Err(anyhow::anyhow!("creating topic {topic}: {code}")),
         })
         .collect()
@@ -53,13 +61,18 @@ pub struct ClusterSummary {
 }
 
 /// Fetches cluster metadata: the readiness check that proves the brokers answer.
-pub fn fetch_cluster_metadata(settings: &KafkaSettings, timeout: Duration) -> anyhow::Result<ClusterSummary> {
+pub fn fetch_cluster_metadata(
+    settings: &KafkaSettings,
+    timeout: Duration,
+) -> anyhow::Result<ClusterSummary> {
     let consumer: BaseConsumer = base_client_config(settings)
         .create()
         .map_err(|error| anyhow::anyhow!("creating a Kafka metadata client: {error}"))?;
     let metadata = consumer
         .fetch_metadata(Some(&settings.topic), timeout)
-        .map_err(|error| anyhow::anyhow!("fetching Kafka metadata from {}: {error}", settings.brokers))?;
+        .map_err(|error| {
+            anyhow::anyhow!("fetching Kafka metadata from {}: {error}", settings.brokers)
+        })?;
     let topic_partitions = metadata
         .topics()
         .iter()

@@ -35,10 +35,18 @@ struct RebalanceLogger;
 impl ClientContext for RebalanceLogger {}
 
 impl ConsumerContext for RebalanceLogger {
-    fn pre_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &Rebalance<'_>,
+    ) {
         match rebalance {
-            Rebalance::Assign(partitions) => tracing::info!(partitions = %describe(partitions), "partitions assigned"),
-            Rebalance::Revoke(partitions) => tracing::info!(partitions = %describe(partitions), "partitions revoked"),
+            Rebalance::Assign(partitions) => {
+                tracing::info!(partitions = %describe(partitions), "partitions assigned")
+            }
+            Rebalance::Revoke(partitions) => {
+                tracing::info!(partitions = %describe(partitions), "partitions revoked")
+            }
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
         }
     }
@@ -46,7 +54,9 @@ impl ConsumerContext for RebalanceLogger {
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         match result {
             Ok(()) => tracing::debug!(offsets = %describe(offsets), "offsets committed"),
-            Err(error) => tracing::warn!(%error, offsets = %describe(offsets), "offset commit failed"),
+            Err(error) => {
+                tracing::warn!(%error, offsets = %describe(offsets), "offset commit failed")
+            }
         }
     }
 }
@@ -56,7 +66,9 @@ fn describe(partitions: &TopicPartitionList) -> String {
         .elements()
         .iter()
         .map(|element| match element.offset() {
-            Offset::Offset(offset) => format!("{}[{}]@{offset}", element.topic(), element.partition()),
+            Offset::Offset(offset) => {
+                format!("{}[{}]@{offset}", element.topic(), element.partition())
+            }
             _ => format!("{}[{}]", element.topic(), element.partition()),
         })
         .collect::<Vec<_>>()
@@ -65,7 +77,10 @@ fn describe(partitions: &TopicPartitionList) -> String {
 
 impl ActivityConsumer {
     /// Joins `settings.consumer_group` and subscribes to `topics`.
-    pub fn subscribe(settings: &KafkaSettings, topics: &[&str]) -> anyhow::Result<ActivityConsumer> {
+    pub fn subscribe(
+        settings: &KafkaSettings,
+        topics: &[&str],
+    ) -> anyhow::Result<ActivityConsumer> {
         let consumer: StreamConsumer<RebalanceLogger> = base_client_config(settings)
             .set("group.id", &settings.consumer_group)
             .set("enable.auto.commit", "true")
@@ -119,7 +134,9 @@ impl ActivityConsumer {
     pub fn store_processed(&self, records: &[ConsumedRecord]) -> anyhow::Result<()> {
         let mut next_offsets: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         for record in records {
-            let next = next_offsets.entry((&record.topic, record.partition)).or_insert(record.offset + 1);
+            let next = next_offsets
+                .entry((&record.topic, record.partition))
+                .or_insert(record.offset + 1);
             *next = (*next).max(record.offset + 1);
         }
         let mut list = TopicPartitionList::with_capacity(next_offsets.len());

@@ -43,7 +43,10 @@ fn base_client_config(settings: &KafkaSettings) -> ClientConfig {
     config
         .set("bootstrap.servers", &settings.brokers)
         .set("client.id", &settings.client_id)
-        .set("security.protocol", settings.security_protocol.as_librdkafka())
+        .set(
+            "security.protocol",
+            settings.security_protocol.as_librdkafka(),
+        )
         .set("log_level", "4");
     if settings.security_protocol.uses_sasl() {
         config.set("sasl.mechanisms", &settings.sasl_mechanism);

@@ -50,8 +50,14 @@ impl ActivityPublisher {
             .set("acks", "all")
             .set("linger.ms", settings.linger_ms.to_string())
             .set("compression.type", settings.compression.as_librdkafka())
-            .set("message.timeout.ms", settings.delivery_timeout_ms.to_string())
-            .set("queue.buffering.max.messages", settings.queue_max_messages.to_string())
+            .set(
+                "message.timeout.ms",
+                settings.delivery_timeout_ms.to_string(),
+            )
+            .set(
+                "queue.buffering.max.messages",
+                settings.queue_max_messages.to_string(),
+            )
             .create()
             .map_err(|error| anyhow::anyhow!("creating the Kafka producer: {error}"))?;
         Ok(ActivityPublisher {
@@ -100,8 +106,14 @@ impl ActivityPublisher {
             (headers::ERROR, letter.error.clone()),
             (headers::ERROR_CLASS, letter.error_class.to_owned()),
             (headers::ATTEMPTS, letter.attempts.to_string()),
-            (headers::FIRST_FAILURE_AT, letter.first_failure_at.to_rfc3339()),
-            (headers::LAST_FAILURE_AT, letter.last_failure_at.to_rfc3339()),
+            (
+                headers::FIRST_FAILURE_AT,
+                letter.first_failure_at.to_rfc3339(),
+            ),
+            (
+                headers::LAST_FAILURE_AT,
+                letter.last_failure_at.to_rfc3339(),
+            ),
             (headers::SOURCE_TOPIC, record.topic.clone()),
             (headers::SOURCE_PARTITION, record.partition.to_string()),
             (headers::SOURCE_OFFSET, record.offset.to_string()),
@@ -112,7 +124,8 @@ impl ActivityPublisher {
                 value: Some(value.as_str()),
             });
         }
-        let mut dead_letter = FutureRecord::<[u8], [u8]>::to(&self.dlq_topic).headers(record_headers);
+        let mut dead_letter =
+            FutureRecord::<[u8], [u8]>::to(&self.dlq_topic).headers(record_headers);
         if let Some(key) = &record.key {
             dead_letter = dead_letter.key(key.as_slice());
         }
@@ -140,9 +153,15 @@ impl ActivityPublisher {
         P: rdkafka::message::ToBytes + ?Sized,
     {
         // A zero queue timeout: when the queue is full, fail now (503) instead of blocking a worker.
-        match self.producer.send(record, Timeout::After(Duration::ZERO)).await {
+        match self
+            .producer
+            .send(record, Timeout::After(Duration::ZERO))
+            .await
+        {
             Ok(_) => Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(PublishError::QueueFull),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err(PublishError::QueueFull)
+            }
             Err((error, _)) => Err(PublishError::NotAcknowledged(error.to_string())),
         }
     }

@@ -14,7 +14,11 @@ pub const IDEMPOTENCY_KEY_HEADER: &str = "X-Idempotency-Key";
 
 /// `POST /activities`: validate, publish, and answer 202 once the broker acknowledged.
 #[tracing::instrument(skip_all, fields(tenant, key))]
-pub async fn create(request: HttpRequest, payload: web::Payload, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+pub async fn create(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
     let tenant = authenticate(&request, &state.tenants)?;
     require_json(&request)?;
     let key = idempotency_key(&request)?;
@@ -38,7 +42,10 @@ fn require_json(request: &HttpRequest) -> Result<(), ApiError> {
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<mime::Mime>().ok())
-        .is_some_and(|mime| mime.type_() == mime::APPLICATION && (mime.subtype() == mime::JSON || mime.suffix() == Some(mime::JSON)));
+        .is_some_and(|mime| {
+            mime.type_() == mime::APPLICATION
+                && (mime.subtype() == mime::JSON || mime.suffix() == Some(mime::JSON))
+        });
     if is_json {
         Ok(())
     } else {
@@ -53,13 +60,22 @@ fn idempotency_key(request: &HttpRequest) -> Result<IdempotencyKey, ApiError> {
             .to_str()
             .ok()
             .and_then(|raw| IdempotencyKey::parse(raw).ok())
-            .ok_or_else(|| ApiError::BadRequest(format!("{IDEMPOTENCY_KEY_HEADER} {}", crate::domain::InvalidIdempotencyKey))),
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "{IDEMPOTENCY_KEY_HEADER} {}",
+                    crate::domain::InvalidIdempotencyKey
+                ))
+            }),
     }
 }
 
 /// Reads the body, refusing it as soon as it is known to exceed `limit`: from `Content-Length` before
 /// reading anything, or while streaming a chunked body.
-async fn read_body(request: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<BytesMut, ApiError> {
+async fn read_body(
+    request: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<BytesMut, ApiError> {
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -70,7 +86,9 @@ async fn read_body(request: &HttpRequest, mut payload: web::Payload, limit: usiz
     }
     let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|error| ApiError::BadRequest(format!("Could not read the request body: {error}")))?;
+        let chunk = chunk.map_err(|error| {
+            ApiError::BadRequest(format!("Could not read the request body: {error}"))
+        })?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::PayloadTooLarge { limit });
         }

@@ -26,7 +26,10 @@ pub enum ApiError {
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
     #[error("Kafka cannot take the activity right now ({reason}); retry later")]
-    Unavailable { reason: String, retry_after_secs: u32 },
+    Unavailable {
+        reason: String,
+        retry_after_secs: u32,
+    },
     #[error("Internal error")]
     Unexpected(#[from] anyhow::Error),
 }
@@ -70,7 +73,9 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed { allow } => {
                 response.insert_header((header::ALLOW, *allow));
             }
-            ApiError::Unavailable { retry_after_secs, .. } => {
+            ApiError::Unavailable {
+                retry_after_secs, ..
+            } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
             ApiError::Unexpected(error) => {

@@ -41,13 +41,17 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Application> {
-        let listener = TcpListener::bind(settings.http.listen)
-            .map_err(|error| anyhow::anyhow!("binding http.listen = {}: {error}", settings.http.listen))?;
+        let listener = TcpListener::bind(settings.http.listen).map_err(|error| {
+            anyhow::anyhow!("binding http.listen = {}: {error}", settings.http.listen)
+        })?;
         let port = listener.local_addr()?.port();
         let publisher = ActivityPublisher::new(&settings.kafka)?;
         let state = web::Data::from(Arc::new(ApiState {
             publisher: publisher.clone(),
-            validator: ActivityValidator::new(settings.limits.metadata_max_bytes, settings.limits.metadata_max_depth),
+            validator: ActivityValidator::new(
+                settings.limits.metadata_max_bytes,
+                settings.limits.metadata_max_depth,
+            ),
             tenants: TenantDirectory::new(settings.tenant_credentials()?),
             max_body_bytes: settings.http.max_body_bytes,
         }));
@@ -59,7 +63,9 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .configure(routes)
-                .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::NotFound) }))
+                .default_service(web::to(|| async {
+                    Err::<HttpResponse, _>(ApiError::NotFound)
+                }))
         })
         .shutdown_timeout(settings.http.shutdown_timeout_secs);
         if settings.http.workers > 0 {
@@ -101,12 +107,20 @@ fn routes(config: &mut web::ServiceConfig) {
         .service(
             web::resource("/activities")
                 .route(web::post().to(activities::create))
-                .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow: "POST" }) })),
+                .default_service(web::to(|| async {
+                    Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow: "POST" })
+                })),
         )
         .service(
             web::resource("/healthz")
-                .route(web::get().to(|| async { HttpResponse::Ok().json(serde_json::json!({"status": "ok"})) }))
-                .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow: "GET" }) })),
+                .route(
+                    web::get().to(|| async {
+                        HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+                    }),
+                )
+                .default_service(web::to(|| async {
+                    Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow: "GET" })
+                })),
         )
         .service(
             web::resource("/schemas/activity.v1.json")
@@ -115,6 +129,8 @@ fn routes(config: &mut web::ServiceConfig) {
                         .content_type("application/schema+json")
                         .body(ACTIVITY_SCHEMA_JSON)
                 }))
-                .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow: "GET" }) })),
+                .default_service(web::to(|| async {
+                    Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow: "GET" })
+                })),
         );
 }

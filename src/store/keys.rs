@@ -13,7 +13,9 @@ pub struct RedisKeys {
 
 impl RedisKeys {
     pub fn new(prefix: impl Into<String>) -> RedisKeys {
-        RedisKeys { prefix: prefix.into() }
+        RedisKeys {
+            prefix: prefix.into(),
+        }
     }
 
     /// Set (NX, 24 h) by the consumer once an activity is stored; its value is the document id.
@@ -47,7 +49,10 @@ mod tests {
         let tenant = TenantId::parse("acme").unwrap();
         let key = IdempotencyKey::parse("order-42").unwrap();
         let keys = RedisKeys::new("");
-        assert_eq!(keys.idempotency(&tenant, &key), "idempotency:{acme}:order-42");
+        assert_eq!(
+            keys.idempotency(&tenant, &key),
+            "idempotency:{acme}:order-42"
+        );
         assert_eq!(keys.analytics(&tenant), "analytics:{acme}");
         assert_eq!(keys.channel(&tenant), "activities:{acme}");
         assert_eq!(keys.accepted(&tenant, &key), "accepted:{acme}:order-42");
@@ -60,8 +65,14 @@ mod tests {
         // Idempotency keys may contain ':' but tenant ids may not, and the tenant is fenced by braces:
         // no (tenant, key) pair can spell another pair's Redis key.
         let keys = RedisKeys::new("");
-        let a = keys.idempotency(&TenantId::parse("a").unwrap(), &IdempotencyKey::parse("b:c").unwrap());
-        let b = keys.idempotency(&TenantId::parse("a-b").unwrap(), &IdempotencyKey::parse("c").unwrap());
+        let a = keys.idempotency(
+            &TenantId::parse("a").unwrap(),
+            &IdempotencyKey::parse("b:c").unwrap(),
+        );
+        let b = keys.idempotency(
+            &TenantId::parse("a-b").unwrap(),
+            &IdempotencyKey::parse("c").unwrap(),
+        );
         assert_ne!(a, b);
     }
 }

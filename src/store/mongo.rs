@@ -40,10 +40,14 @@ pub struct StoredActivity {
 impl StoredActivity {
     /// Builds the document for `envelope`. Fails only for metadata BSON cannot hold (an integer
     /// beyond i64), which is deterministic: the record is rejected, not retried.
-    pub fn from_envelope(envelope: &ActivityEnvelope, created_at: DateTime<Utc>) -> Result<StoredActivity, String> {
+    pub fn from_envelope(
+        envelope: &ActivityEnvelope,
+        created_at: DateTime<Utc>,
+    ) -> Result<StoredActivity, String> {
         let activity = &envelope.activity;
         let metadata = match &activity.metadata {
-            Some(map) => bson::to_document(map).map_err(|error| format!("metadata cannot be stored: {error}"))?,
+            Some(map) => bson::to_document(map)
+                .map_err(|error| format!("metadata cannot be stored: {error}"))?,
             None => Document::new(),
         };
         Ok(StoredActivity {
@@ -93,7 +97,10 @@ pub enum InsertOutcome {
     /// The unique index already holds this (tenant, key): stored by an earlier delivery.
     AlreadyStored,
     /// The server refused this document for a reason of its own (not an outage).
-    Rejected { code: i32, message: String },
+    Rejected {
+        code: i32,
+        message: String,
+    },
 }
 
 /// The activities collection.
@@ -107,11 +114,16 @@ impl ActivityRepository {
     pub async fn connect(settings: &MongoSettings) -> anyhow::Result<ActivityRepository> {
         let mut options = ClientOptions::parse(settings.uri.expose_secret())
             .await
-            .map_err(|error| anyhow::anyhow!("mongo.uri is not a valid MongoDB connection string: {error}"))?;
+            .map_err(|error| {
+                anyhow::anyhow!("mongo.uri is not a valid MongoDB connection string: {error}")
+            })?;
         options.app_name = Some("activity-pipeline".to_owned());
-        options.server_selection_timeout = Some(Duration::from_millis(settings.server_selection_timeout_ms));
+        options.server_selection_timeout =
+            Some(Duration::from_millis(settings.server_selection_timeout_ms));
         let client = Client::with_options(options)?;
-        let collection = client.database(&settings.database).collection(&settings.collection);
+        let collection = client
+            .database(&settings.database)
+            .collection(&settings.collection);
         Ok(ActivityRepository { collection })
     }
 
@@ -120,11 +132,20 @@ impl ActivityRepository {
     pub async fn ensure_indexes(&self) -> Result<(), StoreOutage> {
         let unique = IndexModel::builder()
             .keys(doc! { "tenantId": 1, "idempotencyKey": 1 })
-            .options(IndexOptions::builder().name(UNIQUE_KEY_INDEX.to_owned()).unique(true).build())
+            .options(
+                IndexOptions::builder()
+                    .name(UNIQUE_KEY_INDEX.to_owned())
+                    .unique(true)
+                    .build(),
+            )
             .build();
         let newest_first = IndexModel::builder()
             .keys(doc! { "tenantId": 1, "_id": -1 })
-            .options(IndexOptions::builder().name(NEWEST_FIRST_INDEX.to_owned()).build())
+            .options(
+                IndexOptions::builder()
+                    .name(NEWEST_FIRST_INDEX.to_owned())
+                    .build(),
+            )
             .build();
         self.collection
             .create_indexes([unique, newest_first])
@@ -135,7 +156,10 @@ impl ActivityRepository {
 
     /// Inserts `documents` unordered and reports each one's fate, in order. A duplicate key is
     /// "already stored", not an error: that is what makes redelivery safe.
-    pub async fn insert_unordered(&self, documents: &[StoredActivity]) -> Result<Vec<InsertOutcome>, StoreOutage> {
+    pub async fn insert_unordered(
+        &self,
+        documents: &[StoredActivity],
+    ) -> Result<Vec<InsertOutcome>, StoreOutage> {
         if documents.is_empty() {
             return Ok(Vec::new());
         }
@@ -190,7 +214,11 @@ impl ActivityRepository {
     }
 
     /// One stored activity by tenant and key.
-    pub async fn find_one(&self, tenant: &TenantId, key: &IdempotencyKey) -> Result<Option<StoredActivity>, StoreOutage> {
+    pub async fn find_one(
+        &self,
+        tenant: &TenantId,
+        key: &IdempotencyKey,
+    ) -> Result<Option<StoredActivity>, StoreOutage> {
         self.collection
             .find_one(doc! { "tenantId": tenant.as_str(), "idempotencyKey": key.as_str() })
             .await
@@ -220,24 +248,54 @@ mod tests {
         let activity = ActivityValidator::new(16 * 1024, 8)
             .validate(json!({"actorId": "u1", "actorName": "Alice", "type": "login", "entityId": "e1", "metadata": metadata}))
             .unwrap();
-        ActivityEnvelope::new(TenantId::parse("acme").unwrap(), IdempotencyKey::parse("k-1").unwrap(), activity)
+        ActivityEnvelope::new(
+            TenantId::parse("acme").unwrap(),
+            IdempotencyKey::parse("k-1").unwrap(),
+            activity,
+        )
     }
 
     #[test]
     fn documents_carry_tenant_key_fields_and_times() {
-        let stored = StoredActivity::from_envelope(&envelope(json!({"n": 1, "tags": ["a"]})), Utc::now()).unwrap();
+        let stored =
+            StoredActivity::from_envelope(&envelope(json!({"n": 1, "tags": ["a"]})), Utc::now())
+                .unwrap();
         let document = bson::to_document(&stored).unwrap();
-        for field in ["_id", "tenantId", "idempotencyKey", "actorId", "actorName", "type", "entityId", "metadata", "enqueuedAt", "createdAt"] {
-            assert!(document.contains_key(field), "{field} missing from {document}");
+        for field in [
+            "_id",
+            "tenantId",
+            "idempotencyKey",
+            "actorId",
+            "actorName",
+            "type",
+            "entityId",
+            "metadata",
+            "enqueuedAt",
+            "createdAt",
+        ] {
+            assert!(
+                document.contains_key(field),
+                "{field} missing from {document}"
+            );
         }
-        assert!(matches!(document.get("enqueuedAt"), Some(bson::Bson::DateTime(_))));
+        assert!(matches!(
+            document.get("enqueuedAt"),
+            Some(bson::Bson::DateTime(_))
+        ));
     }
 
     #[test]
     fn json_view_round_trips_metadata() {
-        let stored = StoredActivity::from_envelope(&envelope(json!({"n": 1, "f": 1.5, "s": "x", "nested": {"b": true}})), Utc::now()).unwrap();
+        let stored = StoredActivity::from_envelope(
+            &envelope(json!({"n": 1, "f": 1.5, "s": "x", "nested": {"b": true}})),
+            Utc::now(),
+        )
+        .unwrap();
         let view = stored.to_json();
-        assert_eq!(view["metadata"], json!({"n": 1, "f": 1.5, "s": "x", "nested": {"b": true}}));
+        assert_eq!(
+            view["metadata"],
+            json!({"n": 1, "f": 1.5, "s": "x", "nested": {"b": true}})
+        );
         assert_eq!(view["id"], stored.id.to_hex());
         assert_eq!(view["entityId"], "e1");
         assert!(view["createdAt"].as_str().unwrap().ends_with('Z'));

@@ -64,11 +64,17 @@ impl RedisStore {
     }
 
     /// Which of `pairs` are already marked as processed (the pre-check that skips known duplicates).
-    pub async fn already_marked(&self, pairs: &[(&TenantId, &IdempotencyKey)]) -> Result<Vec<bool>, StoreOutage> {
+    pub async fn already_marked(
+        &self,
+        pairs: &[(&TenantId, &IdempotencyKey)],
+    ) -> Result<Vec<bool>, StoreOutage> {
         if pairs.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = pairs.iter().map(|(tenant, key)| self.keys.idempotency(tenant, key)).collect();
+        let keys: Vec<String> = pairs
+            .iter()
+            .map(|(tenant, key)| self.keys.idempotency(tenant, key))
+            .collect();
         let values: Vec<Option<String>> = redis::cmd("MGET")
             .arg(&keys)
             .query_async(&mut self.connection.clone())
@@ -79,7 +85,10 @@ impl RedisStore {
 
     /// Runs the atomic mark-count-publish step for each request in one pipeline; `true` where this
     /// call made the mark (and so counted and published).
-    pub async fn apply_effects(&self, requests: &[EffectRequest<'_>]) -> Result<Vec<bool>, StoreOutage> {
+    pub async fn apply_effects(
+        &self,
+        requests: &[EffectRequest<'_>],
+    ) -> Result<Vec<bool>, StoreOutage> {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
@@ -105,7 +114,10 @@ impl RedisStore {
     }
 
     /// The tenant's counters: activity type -> count.
-    pub async fn analytics(&self, tenant: &TenantId) -> Result<std::collections::BTreeMap<String, i64>, StoreOutage> {
+    pub async fn analytics(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<std::collections::BTreeMap<String, i64>, StoreOutage> {
         redis::cmd("HGETALL")
             .arg(self.keys.analytics(tenant))
             .query_async(&mut self.connection.clone())

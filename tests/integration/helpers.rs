@@ -41,7 +41,10 @@ pub fn test_settings(extra: &[String]) -> Settings {
     ];
     overrides.extend_from_slice(extra);
     Settings::load(&Sources {
-        files: vec![PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/config/dev.toml"))],
+        files: vec![PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/dev.toml"
+        ))],
         environment: false,
         overrides,
     })
@@ -57,7 +60,9 @@ impl TestPipeline {
     pub async fn spawn_with(extra: &[String]) -> TestPipeline {
         let settings = test_settings(extra);
         activity_pipeline::telemetry::init(&settings.log);
-        activity_pipeline::kafka::create_topics(&settings.kafka).await.expect("topics are created");
+        activity_pipeline::kafka::create_topics(&settings.kafka)
+            .await
+            .expect("topics are created");
 
         let application = Application::build(&settings).await.expect("the API starts");
         let address = format!("http://127.0.0.1:{}", application.port());
@@ -93,7 +98,12 @@ impl TestPipeline {
         }
     }
 
-    pub async fn post_activity(&self, api_key: &str, idempotency_key: Option<&str>, body: &Value) -> reqwest::Response {
+    pub async fn post_activity(
+        &self,
+        api_key: &str,
+        idempotency_key: Option<&str>,
+        body: &Value,
+    ) -> reqwest::Response {
         let mut request = self
             .http
             .post(format!("{}/activities", self.address))
@@ -110,7 +120,10 @@ impl TestPipeline {
     }
 
     pub async fn count(&self, filter: Document) -> u64 {
-        self.activities().count_documents(filter).await.expect("count documents")
+        self.activities()
+            .count_documents(filter)
+            .await
+            .expect("count documents")
     }
 
     /// Polls until `filter` matches `expected` documents; returns the last count seen.
@@ -135,9 +148,16 @@ impl TestPipeline {
         self.server.stop(true).await;
         let _ = self.mongo.drop().await;
         let pattern = format!("{}*", self.settings.redis.key_prefix);
-        let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut self.redis).await.unwrap_or_default();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(&pattern)
+            .query_async(&mut self.redis)
+            .await
+            .unwrap_or_default();
         if !keys.is_empty() {
-            let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query_async(&mut self.redis).await;
+            let _: Result<(), _> = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut self.redis)
+                .await;
         }
     }
 }

@@ -11,16 +11,35 @@ async fn activities_of_two_tenants_are_stored_marked_counted_and_published_once(
     let pipeline = TestPipeline::spawn().await;
 
     // Listen on acme's live channel before posting, as an SSE endpoint would.
-    let mut pubsub = redis::Client::open("redis://127.0.0.1:6379").unwrap().get_async_pubsub().await.unwrap();
-    pubsub.subscribe(pipeline.redis_key("activities:{acme}")).await.unwrap();
+    let mut pubsub = redis::Client::open("redis://127.0.0.1:6379")
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    pubsub
+        .subscribe(pipeline.redis_key("activities:{acme}"))
+        .await
+        .unwrap();
 
     let mut sent: Vec<(&str, String, &str)> = Vec::new();
     for index in 0..12 {
-        let (tenant, api_key) = if index % 2 == 0 { ("acme", ACME_KEY) } else { ("globex", GLOBEX_KEY) };
-        let activity_type = if index % 3 == 0 { "comment.created" } else { "doc.viewed" };
+        let (tenant, api_key) = if index % 2 == 0 {
+            ("acme", ACME_KEY)
+        } else {
+            ("globex", GLOBEX_KEY)
+        };
+        let activity_type = if index % 3 == 0 {
+            "comment.created"
+        } else {
+            "doc.viewed"
+        };
         let key = format!("it-key-{index}");
         let response = pipeline
-            .post_activity(api_key, Some(&key), &activity(&format!("user-{index}"), activity_type))
+            .post_activity(
+                api_key,
+                Some(&key),
+                &activity(&format!("user-{index}"), activity_type),
+            )
             .await;
         assert_eq!(response.status(), 202);
         let body: Value = response.json().await.unwrap();
@@ -33,25 +52,50 @@ async fn activities_of_two_tenants_are_stored_marked_counted_and_published_once(
     assert_eq!(pipeline.wait_for_count(doc! {}, 12).await, 12);
     let mut expected_counts: BTreeMap<(&str, &str), i64> = BTreeMap::new();
     for (tenant, key, activity_type) in &sent {
-        assert_eq!(pipeline.count(filter(tenant, key)).await, 1, "{tenant}/{key} stored exactly once");
-        let stored = pipeline.activities().find_one(filter(tenant, key)).await.unwrap().unwrap();
+        assert_eq!(
+            pipeline.count(filter(tenant, key)).await,
+            1,
+            "{tenant}/{key} stored exactly once"
+        );
+        let stored = pipeline
+            .activities()
+            .find_one(filter(tenant, key))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(stored.get_str("type").unwrap(), *activity_type);
         assert_eq!(stored.get_str("entityId").unwrap(), "doc-42");
-        assert_eq!(stored.get_document("metadata").unwrap().get_str("source").unwrap(), "integration-test");
-        assert!(stored.get_datetime("enqueuedAt").is_ok() && stored.get_datetime("createdAt").is_ok());
+        assert_eq!(
+            stored
+                .get_document("metadata")
+                .unwrap()
+                .get_str("source")
+                .unwrap(),
+            "integration-test"
+        );
+        assert!(
+            stored.get_datetime("enqueuedAt").is_ok() && stored.get_datetime("createdAt").is_ok()
+        );
 
         let mark: Option<String> = redis::cmd("GET")
             .arg(pipeline.redis_key(&format!("idempotency:{{{tenant}}}:{key}")))
             .query_async(&mut pipeline.redis.clone())
             .await
             .unwrap();
-        assert_eq!(mark, Some(stored.get_object_id("_id").unwrap().to_hex()), "the mark holds the document id");
+        assert_eq!(
+            mark,
+            Some(stored.get_object_id("_id").unwrap().to_hex()),
+            "the mark holds the document id"
+        );
         let ttl: i64 = redis::cmd("TTL")
             .arg(pipeline.redis_key(&format!("idempotency:{{{tenant}}}:{key}")))
             .query_async(&mut pipeline.redis.clone())
             .await
             .unwrap();
-        assert!((86_000..=86_400).contains(&ttl), "mark TTL is 24 h, got {ttl}");
+        assert!(
+            (86_000..=86_400).contains(&ttl),
+            "mark TTL is 24 h, got {ttl}"
+        );
         *expected_counts.entry((tenant, activity_type)).or_default() += 1;
     }
     for tenant in ["acme", "globex"] {
@@ -81,8 +125,11 @@ async fn activities_of_two_tenants_are_stored_marked_counted_and_published_once(
         keys.push(event["idempotencyKey"].as_str().unwrap().to_owned());
     }
     keys.sort();
-    let mut expected_keys: Vec<String> =
-        sent.iter().filter(|(tenant, ..)| *tenant == "acme").map(|(_, key, _)| key.clone()).collect();
+    let mut expected_keys: Vec<String> = sent
+        .iter()
+        .filter(|(tenant, ..)| *tenant == "acme")
+        .map(|(_, key, _)| key.clone())
+        .collect();
     expected_keys.sort();
     assert_eq!(keys, expected_keys);
     drop(events);
@@ -94,15 +141,26 @@ async fn activities_of_two_tenants_are_stored_marked_counted_and_published_once(
 async fn the_same_idempotency_key_twice_is_stored_and_counted_once() {
     let pipeline = TestPipeline::spawn().await;
     for _ in 0..2 {
-        let response = pipeline.post_activity(ACME_KEY, Some("same-key"), &activity("u1", "login")).await;
+        let response = pipeline
+            .post_activity(ACME_KEY, Some("same-key"), &activity("u1", "login"))
+            .await;
         assert_eq!(response.status(), 202);
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["idempotencyKey"], "same-key");
     }
     // A later, different activity proves the consumer got past both copies before we count.
-    assert_eq!(pipeline.post_activity(ACME_KEY, Some("after"), &activity("u1", "logout")).await.status(), 202);
+    assert_eq!(
+        pipeline
+            .post_activity(ACME_KEY, Some("after"), &activity("u1", "logout"))
+            .await
+            .status(),
+        202
+    );
     assert_eq!(pipeline.wait_for_count(filter("acme", "after"), 1).await, 1);
-    assert_eq!(pipeline.wait_for_count(filter("acme", "same-key"), 1).await, 1);
+    assert_eq!(
+        pipeline.wait_for_count(filter("acme", "same-key"), 1).await,
+        1
+    );
     assert_eq!(pipeline.count(doc! {}).await, 2);
     let login_count: Option<i64> = redis::cmd("HGET")
         .arg(pipeline.redis_key("analytics:{acme}"))
@@ -117,7 +175,9 @@ async fn the_same_idempotency_key_twice_is_stored_and_counted_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_the_server_makes_is_a_uuid_v7_and_the_activity_is_stored_under_it() {
     let pipeline = TestPipeline::spawn().await;
-    let response = pipeline.post_activity(GLOBEX_KEY, None, &activity("u9", "signup")).await;
+    let response = pipeline
+        .post_activity(GLOBEX_KEY, None, &activity("u9", "signup"))
+        .await;
     assert_eq!(response.status(), 202);
     let body: Value = response.json().await.unwrap();
     let key = body["idempotencyKey"].as_str().unwrap().to_owned();

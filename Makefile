@@ -1,0 +1,55 @@
+# activity-pipeline: the two commands a newcomer needs are `make run` and `make test`.
+# Everything else here is a building block of those two.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+DEV_CONFIG := config/dev.toml
+BIN := target/debug/activity-pipeline
+
+.PHONY: run test lint fmt build build-deps stack-up stack-down stack-status stack-reset topics unit integration
+
+## run: start the local stack, build, create the topics, run `produce` and `consume` with the dev config.
+run: build stack-up
+	@scripts/run-dev.sh
+
+## test: start the local stack, then lint and run the whole test suite (unit + integration).
+test: build-deps stack-up lint
+	$(CARGO) test --all-targets --locked
+
+## lint: formatting and clippy, warnings denied.
+lint: build-deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## unit: the pure tests only (no services needed).
+unit: build-deps
+	$(CARGO) test --lib --locked
+
+## integration: the integration tests only (the stack must be up).
+integration: build-deps stack-up
+	$(CARGO) test --test integration --locked
+
+build: build-deps
+	$(CARGO) build --locked
+
+## build-deps: the system packages the build needs (cmake and curl headers for librdkafka).
+build-deps:
+	@scripts/install-build-deps.sh
+
+stack-up:
+	@scripts/stack.sh up
+
+stack-down:
+	@scripts/stack.sh down
+
+stack-status:
+	@scripts/stack.sh status
+
+stack-reset:
+	@scripts/stack.sh reset
+
+topics: build stack-up
+	$(BIN) --config $(DEV_CONFIG) topics create

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# `make run`: create the topics, then run `produce` and `consume` with the dev config until Ctrl-C.
+# Expects the stack to be up and the debug binary built (the Makefile does both first).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+bin=target/debug/activity-pipeline
+config=config/dev.toml
+
+"$bin" --config "$config" topics create
+
+"$bin" --config "$config" consume &
+consume_pid=$!
+"$bin" --config "$config" produce &
+produce_pid=$!
+
+stop() {
+    kill -TERM "$produce_pid" "$consume_pid" 2>/dev/null || true
+    wait "$produce_pid" "$consume_pid" 2>/dev/null || true
+}
+trap stop INT TERM EXIT
+
+url=http://127.0.0.1:8080
+for _ in $(seq 1 100); do
+    if curl -fsS "$url/healthz" >/dev/null 2>&1; then
+        break
+    fi
+    if ! kill -0 "$produce_pid" 2>/dev/null; then
+        echo "produce exited; see the log above" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
+
+cat <<MSG
+
+  activity-pipeline is running: API at $url (consumer group activity-pipeline).
+
+  Send an activity:
+    curl -i -X POST $url/activities -H 'Authorization: Bearer demo-key-acme' -H 'Content-Type: application/json' -d '{"actorId":"u1","actorName":"Alice","type":"comment.created","entityId":"doc-42"}'
+
+  See it in MongoDB (database activity_pipeline, collection activities), e.g. with mongosh:
+    mongosh mongodb://127.0.0.1:27017/activity_pipeline --eval 'db.activities.find().sort({_id:-1}).limit(1)'
+
+  Ctrl-C stops both roles; 'make stack-down' stops Kafka, FerretDB and Redis.
+
+MSG
+wait -n "$produce_pid" "$consume_pid"
