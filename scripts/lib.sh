@@ -7,6 +7,7 @@
 #   ${AP_CACHE_DIR}/bin/ferretdb            FerretDB built from the Go module proxy
 
 AP_SCRIPTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
+# shellcheck disable=SC2034 # used by the scripts that source this file
 AP_REPO_ROOT=$(cd "${AP_SCRIPTS_DIR}/.." && pwd -P)
 if [[ -z "${HOME:-}" ]]; then
     HOME=$(getent passwd "$(id -u)" | cut -d: -f6)
