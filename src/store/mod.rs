@@ -10,7 +10,7 @@ mod mongo;
 mod redis_store;
 
 pub use keys::RedisKeys;
-pub use mongo::{ActivityRepository, InsertOutcome, StoredActivity};
+pub use mongo::{ActivityRepository, InsertOutcome, ReplayLog, StoredActivity};
 pub use redis_store::{EffectRequest, RedisStore};
 
 /// A store that did not answer as a whole: nothing about any single record is known to be wrong.

@@ -38,6 +38,7 @@ pub fn test_settings(extra: &[String]) -> Settings {
         "http.workers=2".to_owned(),
         "consumer.batch_max_wait_ms=20".to_owned(),
         "log.filter=warn".to_owned(),
+        "consumer.metrics_listen=127.0.0.1:0".to_owned(),
     ];
     overrides.extend_from_slice(extra);
     Settings::load(&Sources {
@@ -60,7 +61,7 @@ impl TestPipeline {
     pub async fn spawn_with(extra: &[String]) -> TestPipeline {
         let settings = test_settings(extra);
         activity_pipeline::telemetry::init(&settings.log);
-        activity_pipeline::kafka::create_topics(&settings.kafka)
+        activity_pipeline::kafka::create_topics(&settings.kafka, &settings.topic_names())
             .await
             .expect("topics are created");
 
@@ -73,9 +74,13 @@ impl TestPipeline {
         let consumer_settings = settings.clone();
         let consumer_shutdown = shutdown.clone();
         tokio::spawn(async move {
-            activity_pipeline::consume::run(&consumer_settings, consumer_shutdown)
-                .await
-                .expect("the consumer runs");
+            activity_pipeline::consume::run(
+                &consumer_settings,
+                activity_pipeline::consume::Stages::All,
+                consumer_shutdown,
+            )
+            .await
+            .expect("the consumer runs");
         });
 
         let mongo = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017")
