@@ -148,10 +148,14 @@ impl ActivityRepository {
                     .build(),
             )
             .build();
-        self.collection
-            .create_indexes([unique, newest_first])
-            .await
-            .map_err(StoreOutage::mongo)?;
+        // One index per command: FerretDB v1.24 drops the connection when a multi-index
+        // createIndexes names indexes that already exist, which is every start but the first.
+        for index in [unique, newest_first] {
+            self.collection
+                .create_index(index)
+                .await
+                .map_err(StoreOutage::mongo)?;
+        }
         Ok(())
     }
 

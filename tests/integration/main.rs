@@ -3,7 +3,10 @@
 //! database and Redis key prefix, so they run in parallel.
 
 mod helpers;
+mod services;
 
+mod consumer;
 mod docker_compose;
 mod http_errors;
 mod ingest;
+mod ops;
