@@ -583,3 +583,46 @@ async fn a_second_consumer_joining_and_leaving_the_group_loses_and_doubles_nothi
     }
     pipeline.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consumer_metrics_report_outcomes_lag_commits_and_latency() {
+    let pipeline = TestPipeline::spawn().await;
+    for index in 0..5 {
+        let key = format!("metrics-{index}");
+        assert_eq!(
+            pipeline
+                .post_activity(ACME_KEY, Some(&key), &activity("u1", "seen"))
+                .await
+                .status(),
+            202
+        );
+    }
+    assert_eq!(pipeline.wait_for_count(doc! {}, 5).await, 5);
+    assert!(
+        pipeline
+            .wait_for_metric("activity_pipeline_consumer_records_total{outcome=\"inserted\"} 5")
+            .await
+    );
+    let topic = pipeline.settings.kafka.topic.clone();
+    // Lag comes from librdkafka's statistics (every 5 s) and commits from the auto-commit (every 1 s).
+    eventually("lag and commits reported", || async {
+        let metrics = pipeline.consumer_metrics().await;
+        let lag_reported = metrics.lines().any(|line| {
+            line.starts_with("activity_pipeline_consumer_lag_records{")
+                && line.contains(&format!("topic=\"{topic}\""))
+        });
+        let committed = metrics.lines().any(|line| {
+            line.starts_with("activity_pipeline_consumer_commits_total{result=\"ok\"}")
+        });
+        lag_reported && committed
+    })
+    .await;
+    let metrics = pipeline.consumer_metrics().await;
+    assert!(
+        metrics.contains("activity_pipeline_end_to_end_latency_seconds_count 5"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("activity_pipeline_consumer_breaker_open{stage=\"main\"} 0"));
+    assert!(metrics.contains("activity_pipeline_consumer_breaker_open{stage=\"retry.3\"} 0"));
+    pipeline.stop().await;
+}
