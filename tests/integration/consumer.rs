@@ -626,3 +626,55 @@ async fn the_consumer_metrics_report_outcomes_lag_commits_and_latency() {
     assert!(metrics.contains("activity_pipeline_consumer_breaker_open{stage=\"retry.3\"} 0"));
     pipeline.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_after_the_mark_expired_is_not_counted_again() {
+    let pipeline = TestPipeline::spawn_with(&["redis.idempotency_ttl_secs=1".to_owned()]).await;
+    assert_eq!(
+        pipeline
+            .post_activity(ACME_KEY, Some("old-one"), &activity("u1", "login"))
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(
+        pipeline.wait_for_count(filter("acme", "old-one"), 1).await,
+        1
+    );
+    eventually("counted", || async {
+        pipeline.counters("acme").await.get("login") == Some(&1)
+    })
+    .await;
+    let mark = pipeline.redis_key("idempotency:{acme}:old-one");
+    eventually("the mark expired", || async {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&mark)
+            .query_async(&mut pipeline.redis.clone())
+            .await
+            .unwrap();
+        !exists
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the document is now older than the mark's TTL
+                                                           // The same activity arrives again (a replay of an old dead letter, a client retry a day later).
+    let again = pipeline.envelope("acme", "old-one", &activity("u1", "login"));
+    let topic = pipeline.settings.kafka.topic.clone();
+    pipeline
+        .produce_raw(&topic, Some("acme"), Some(&again), &[])
+        .await;
+    let marker = pipeline.envelope("acme", "marker", &activity("u1", "logout"));
+    pipeline
+        .produce_raw(&topic, Some("acme"), Some(&marker), &[])
+        .await;
+    assert_eq!(
+        pipeline.wait_for_count(filter("acme", "marker"), 1).await,
+        1
+    );
+    assert_eq!(pipeline.count(filter("acme", "old-one")).await, 1);
+    assert_eq!(
+        pipeline.counters("acme").await.get("login"),
+        Some(&1),
+        "not counted twice"
+    );
+    pipeline.stop().await;
+}
