@@ -19,7 +19,8 @@ stop() {
     kill -TERM "$produce_pid" "$consume_pid" 2>/dev/null || true
     wait "$produce_pid" "$consume_pid" 2>/dev/null || true
 }
-trap stop INT TERM EXIT
+trap 'stop; exit 0' INT TERM
+trap stop EXIT
 
 url=http://127.0.0.1:8080
 for _ in $(seq 1 100); do

@@ -192,7 +192,8 @@ impl ConsumerRuntime {
                 }
             }
         }
-        self.metrics_server.stop(true).await;
+        // Nothing to finish gracefully on a metrics endpoint.
+        self.metrics_server.stop(false).await;
         tracing::info!("consumer stopped");
         result
     }
@@ -289,7 +290,14 @@ impl StageLoop {
                 }
             }
         }
-        self.consumer.commit_stored();
+        // Committing and closing (leaving the group) block on the broker: keep them off the async
+        // workers, which the other stages are still using to shut down.
+        let consumer = self.consumer;
+        tokio::task::spawn_blocking(move || {
+            consumer.commit_stored();
+            drop(consumer);
+        })
+        .await?;
         tracing::info!(stage = %label, "consumer stage stopped");
         Ok(())
     }
