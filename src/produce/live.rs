@@ -24,8 +24,6 @@ use crate::store::{
     StoreOutage,
 };
 
-/// How often the Pub/Sub connection is pinged, to notice a silently dead connection.
-const PING_INTERVAL: Duration = Duration::from_secs(10);
 /// Wait between reconnection attempts while Redis is unreachable.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
@@ -107,11 +105,13 @@ impl Drop for Membership {
 }
 
 impl Fanout {
-    /// Starts the subscriber task; it runs until `shutdown`.
+    /// Starts the subscriber task; it runs until `shutdown`. The Pub/Sub connection is pinged every
+    /// `ping_interval` (the SSE heartbeat), to notice a silently dead connection.
     pub fn start(
         redis: &RedisSettings,
         max_per_tenant: usize,
         buffer_events: usize,
+        ping_interval: Duration,
         shutdown: CancellationToken,
     ) -> Fanout {
         let (commands, receiver) = mpsc::unbounded_channel();
@@ -126,6 +126,7 @@ impl Fanout {
             settings: redis.clone(),
             keys: RedisKeys::new(redis.key_prefix.clone()),
             commands: receiver,
+            ping_interval,
         };
         tokio::spawn(subscriber.run(shutdown));
         Fanout { inner }
@@ -189,6 +190,7 @@ struct Subscriber {
     settings: RedisSettings,
     keys: RedisKeys,
     commands: mpsc::UnboundedReceiver<Command>,
+    ping_interval: Duration,
 }
 
 impl Subscriber {
@@ -256,7 +258,7 @@ impl Subscriber {
         mut messages: LiveMessages,
         shutdown: &CancellationToken,
     ) -> Option<StoreOutage> {
-        let mut ping = tokio::time::interval(PING_INTERVAL);
+        let mut ping = tokio::time::interval(self.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

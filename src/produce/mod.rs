@@ -117,6 +117,7 @@ impl Application {
                 &settings.redis,
                 settings.sse.max_connections_per_tenant,
                 settings.sse.buffer_events,
+                Duration::from_secs(settings.sse.heartbeat_secs),
                 shutdown.clone(),
             ),
             metrics: metrics::ApiMetrics::new(),

@@ -65,9 +65,10 @@ impl LiveSubscriptions {
             .map_err(StoreOutage::redis)
     }
 
-    /// Proves the connection still answers (a silently dead TCP connection delivers nothing).
+    /// Proves the connection still answers (a silently dead TCP connection delivers nothing). Any
+    /// answer will do: in subscribed mode Redis answers PING with an array, not `PONG`.
     pub async fn ping(&mut self) -> Result<(), StoreOutage> {
-        tokio::time::timeout(COMMAND_TIMEOUT, self.sink.ping::<String>())
+        tokio::time::timeout(COMMAND_TIMEOUT, self.sink.ping::<redis::Value>())
             .await
             .map_err(|_| StoreOutage::redis("PING timed out"))?
             .map(|_| ())
