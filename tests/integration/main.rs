@@ -3,7 +3,13 @@
 //! database and Redis key prefix, so they run in parallel.
 
 mod helpers;
+mod sse_client;
 
+mod backpressure;
 mod docker_compose;
 mod http_errors;
 mod ingest;
+mod intake;
+mod operations;
+mod read_side;
+mod sse;
