@@ -799,4 +799,37 @@ mod tests {
             toml_value::Value::String("127.0.0.1:9092".into())
         );
     }
+
+    #[test]
+    fn api_settings_that_cannot_work_name_their_key() {
+        for (overrides, key) in [
+            (
+                &["rate_limit.burst=10", "intake.batch_max_items=100"][..],
+                "rate_limit.burst",
+            ),
+            (&["limits.type_pattern=([a-z"][..], "limits.type_pattern"),
+            (
+                &["limits.actor_id_max_chars=0"][..],
+                "limits.actor_id_max_chars",
+            ),
+            (
+                &["read.page_default_limit=0"][..],
+                "read.page_default_limit",
+            ),
+            (&["read.page_max_limit=5000"][..], "read.page_max_limit"),
+            (
+                &["sse.max_connections_per_tenant=0"][..],
+                "sse.max_connections_per_tenant",
+            ),
+            (&["intake.batch_max_items=0"][..], "intake.batch_max_items"),
+        ] {
+            let error = load_with(overrides).unwrap_err().to_string();
+            assert!(
+                error.starts_with(&format!("configuration key `{key}`")),
+                "{overrides:?}: {error}"
+            );
+        }
+        // A rate limit of 0 is off, and then the burst does not matter.
+        assert!(load_with(&["rate_limit.per_tenant_per_sec=0", "rate_limit.burst=0"]).is_ok());
+    }
 }

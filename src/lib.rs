@@ -24,3 +24,6 @@ pub mod kafka;
 pub mod produce;
 pub mod store;
 pub mod telemetry;
+
+#[cfg(test)]
+mod validator_props;
