@@ -165,10 +165,14 @@ impl ActivityRepository {
                     .build(),
             );
         }
-        self.collection
-            .create_indexes(indexes)
-            .await
-            .map_err(StoreOutage::mongo)?;
+        // One call per index: FerretDB v1 drops the connection when a multi-index createIndexes
+        // names indexes that already exist (every restart), while one index at a time is a no-op.
+        for index in indexes {
+            self.collection
+                .create_index(index)
+                .await
+                .map_err(StoreOutage::mongo)?;
+        }
         Ok(())
     }
 

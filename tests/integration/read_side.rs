@@ -207,3 +207,40 @@ async fn two_tenants_cannot_see_each_others_activities_or_analytics() {
     assert_eq!(response.status(), 403);
     pipeline.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexes_are_ensured_again_on_an_existing_collection() {
+    // Every consumer restart ensures the indexes of a collection that has them already.
+    let settings = crate::helpers::test_settings(&[]);
+    let repository = activity_pipeline::store::ActivityRepository::connect(&settings.mongo)
+        .await
+        .unwrap();
+    for attempt in 0..2 {
+        repository
+            .ensure_indexes()
+            .await
+            .unwrap_or_else(|outage| panic!("attempt {attempt}: {outage}"));
+    }
+    let database = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017")
+        .await
+        .unwrap()
+        .database(&settings.mongo.database);
+    let mut names = database
+        .collection::<mongodb::bson::Document>(&settings.mongo.collection)
+        .list_index_names()
+        .await
+        .unwrap();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "_id_",
+            "tenant_actor_newest_first",
+            "tenant_entity_newest_first",
+            "tenant_idempotency_key_unique",
+            "tenant_newest_first",
+            "tenant_type_newest_first"
+        ]
+    );
+    database.drop().await.unwrap();
+}
