@@ -48,11 +48,25 @@ pub enum Command {
         listen: Option<String>,
     },
     /// Run the consumer-group runtime: Kafka -> MongoDB -> Redis (mark, count, publish) -> commit.
+    /// Failed records go to the retry topics (one per backoff step) and then the DLQ.
     /// SIGTERM/SIGINT finish the batch in hand, commit and leave the group; a second signal exits now.
     Consume {
-        /// Consumer group to join (overrides kafka.consumer_group).
+        /// Consumer group to join (overrides kafka.consumer_group; retry stages use <group>.retry.<n>).
         #[arg(long, value_name = "GROUP")]
         group: Option<String>,
+        /// Which topics to consume: the main topic, the retry topics, or both.
+        #[arg(long, value_enum, default_value = "all")]
+        stage: crate::consume::Stages,
+    },
+    /// Inspect and replay the dead-letter topic (kafka.dlq_topic).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Maintain the per-tenant counters in Redis.
+    Analytics {
+        #[command(subcommand)]
+        command: AnalyticsCommand,
     },
     /// Manage the Kafka topics.
     Topics {
@@ -61,6 +75,56 @@ pub enum Command {
     },
     /// Print the effective configuration's non-secret summary and exit (checks that it loads).
     CheckConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// One line per dead letter: position, tenant, key, error class, attempts, source, error.
+    List {
+        /// Only this tenant's dead letters (the record key).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Show at most this many (the newest).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
+    },
+    /// Everything about one dead letter: headers and value.
+    Show {
+        /// `<partition>:<offset>` in the DLQ topic, as `dlq list` prints it.
+        #[arg(value_parser = parse_position)]
+        position: (i32, i64),
+    },
+    /// Republish dead letters to the main topic under their original idempotency key (so a replay of
+    /// something already stored changes nothing). Each replay is recorded; a dead letter already
+    /// replayed is skipped unless --again.
+    Replay {
+        /// Only this tenant's dead letters.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Print what would be replayed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Replay dead letters that were replayed before, too.
+        #[arg(long)]
+        again: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AnalyticsCommand {
+    /// Recompute the Redis counters from MongoDB (the source of truth), for one tenant or all.
+    Rebuild {
+        #[arg(long, value_parser = parse_tenant)]
+        tenant: Option<crate::domain::TenantId>,
+    },
+}
+
+fn parse_position(raw: &str) -> Result<(i32, i64), String> {
+    crate::ops::dlq::parse_position(raw)
+}
+
+fn parse_tenant(raw: &str) -> Result<crate::domain::TenantId, String> {
+    crate::domain::TenantId::parse(raw).map_err(|error| error.to_string())
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,9 +142,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Produce {
             listen: Some(listen),
         } => overrides.push(format!("http.listen={listen}")),
-        Command::Consume { group: Some(group) } => {
-            overrides.push(format!("kafka.consumer_group={group}"))
-        }
+        Command::Consume {
+            group: Some(group), ..
+        } => overrides.push(format!("kafka.consumer_group={group}")),
         _ => {}
     }
     let settings = match Settings::load(&Sources {
@@ -121,15 +185,35 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<()> {
             let application = crate::produce::Application::build(&settings).await?;
             application.run_until_stopped().await
         }
-        Command::Consume { .. } => {
+        Command::Consume { stage, .. } => {
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signals(shutdown.clone()));
-            crate::consume::run(&settings, shutdown).await
+            crate::consume::run(&settings, stage, shutdown).await
+        }
+        Command::Dlq { command } => run_dlq(command, &settings).await,
+        Command::Analytics {
+            command: AnalyticsCommand::Rebuild { tenant },
+        } => {
+            let rebuilt = crate::ops::analytics::rebuild(&settings, tenant.as_ref()).await?;
+            if rebuilt.is_empty() {
+                println!("no stored activities: nothing to rebuild");
+            }
+            for (tenant, counts) in rebuilt {
+                let total: i64 = counts.values().sum();
+                let types: Vec<String> = counts
+                    .iter()
+                    .map(|(kind, count)| format!("{kind}={count}"))
+                    .collect();
+                println!("{tenant}: {total} activities ({})", types.join(", "));
+            }
+            Ok(())
         }
         Command::Topics {
             command: TopicsCommand::Create,
         } => {
-            for creation in crate::kafka::create_topics(&settings.kafka).await? {
+            for creation in
+                crate::kafka::create_topics(&settings.kafka, &settings.topic_names()).await?
+            {
                 match creation {
                     TopicCreation::Created { topic, partitions } => {
                         println!("created {topic} ({partitions} partitions)")
@@ -166,6 +250,63 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn run_dlq(command: DlqCommand, settings: &Settings) -> anyhow::Result<()> {
+    use crate::ops::dlq::{self, ReplayOutcome};
+
+    match command {
+        DlqCommand::List { tenant, limit } => {
+            let dead_letters = dlq::list(settings, tenant.as_deref()).await?;
+            let skip = dead_letters.len().saturating_sub(limit as usize);
+            for view in &dead_letters[skip..] {
+                println!("{}", view.summary_line());
+            }
+            println!(
+                "{} dead letter(s) in {}",
+                dead_letters.len(),
+                settings.kafka.dlq_topic
+            );
+        }
+        DlqCommand::Show {
+            position: (partition, offset),
+        } => print!(
+            "{}",
+            dlq::show(settings, partition, offset).await?.details()
+        ),
+        DlqCommand::Replay {
+            tenant,
+            dry_run,
+            again,
+        } => {
+            let outcomes = dlq::replay(settings, tenant.as_deref(), dry_run, again).await?;
+            let mut replayed = 0;
+            for (view, outcome) in &outcomes {
+                let verb = match outcome {
+                    ReplayOutcome::Replayed => {
+                        replayed += 1;
+                        "replayed"
+                    }
+                    ReplayOutcome::WouldReplay => "would replay",
+                    ReplayOutcome::AlreadyReplayed => {
+                        "skipped (replayed before; --again to repeat)"
+                    }
+                };
+                println!(
+                    "{} {verb}: tenant={} key={}",
+                    view.position(),
+                    view.tenant.as_deref().unwrap_or("-"),
+                    view.idempotency_key.as_deref().unwrap_or("-")
+                );
+            }
+            println!(
+                "{replayed} of {} dead letter(s) replayed to {}",
+                outcomes.len(),
+                settings.kafka.topic
+            );
+        }
+    }
+    Ok(())
 }
 
 /// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once (redelivery covers the rest).

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::domain::{ApiKeyDigest, TenantId};
@@ -32,6 +32,8 @@ pub struct Settings {
     pub http: HttpSettings,
     pub kafka: KafkaSettings,
     pub consumer: ConsumerSettings,
+    pub retry: RetrySettings,
+    pub alerts: AlertSettings,
     pub mongo: MongoSettings,
     pub redis: RedisSettings,
     pub log: LogSettings,
@@ -141,6 +143,11 @@ impl KafkaSettings {
     pub fn delivery_timeout(&self) -> Duration {
         Duration::from_millis(self.delivery_timeout_ms)
     }
+
+    /// The retry topic of step `step` (1-based): `<retry_topic>.<step>`.
+    pub fn retry_topic_for(&self, step: usize) -> String {
+        format!("{}.{step}", self.retry_topic)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,6 +157,22 @@ pub struct ConsumerSettings {
     pub batch_max_wait_ms: u64,
     pub outage_backoff_initial_ms: u64,
     pub outage_backoff_max_ms: u64,
+    pub metrics_listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    /// Delay before retry N+1; one retry topic per entry.
+    pub delays_ms: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSettings {
+    /// Empty: alerts are off. May carry a token in its path, hence secret.
+    pub webhook_url: SecretString,
+    pub window_secs: u64,
 }
 
 impl ConsumerSettings {
@@ -359,6 +382,15 @@ impl Settings {
         })
     }
 
+    /// Every topic the pipeline uses, in creation order: main, retry steps, DLQ.
+    pub fn topic_names(&self) -> Vec<String> {
+        let mut topics = vec![self.kafka.topic.clone()];
+        topics
+            .extend((1..=self.retry.delays_ms.len()).map(|step| self.kafka.retry_topic_for(step)));
+        topics.push(self.kafka.dlq_topic.clone());
+        topics
+    }
+
     /// The tenants with their parsed ids and key digests.
     pub fn tenant_credentials(&self) -> Result<Vec<(TenantId, ApiKeyDigest)>, ConfigError> {
         self.tenants
@@ -458,6 +490,30 @@ impl Settings {
                 && consumer.outage_backoff_initial_ms <= consumer.outage_backoff_max_ms,
             "consumer.outage_backoff_initial_ms",
             "must be at least 1 and at most consumer.outage_backoff_max_ms",
+        )?;
+        require(
+            (1..=10).contains(&self.retry.delays_ms.len()),
+            "retry.delays_ms",
+            "must list 1 to 10 delays",
+        )?;
+        require(
+            self.retry
+                .delays_ms
+                .iter()
+                .all(|delay| (1..=3_600_000).contains(delay)),
+            "retry.delays_ms",
+            "each delay must be 1 ms to 1 hour",
+        )?;
+        require(
+            self.alerts.window_secs >= 1,
+            "alerts.window_secs",
+            "must be at least 1",
+        )?;
+        let webhook = self.alerts.webhook_url.expose_secret();
+        require(
+            webhook.is_empty() || webhook.starts_with("http://") || webhook.starts_with("https://"),
+            "alerts.webhook_url",
+            "must be empty (off) or an http(s) URL",
         )?;
         require(
             !self.mongo.database.is_empty(),
@@ -594,9 +650,10 @@ fn is_valid_topic_name(topic: &str) -> bool {
             .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
 }
 
-/// Splits `section.key=value`; the value is read as a TOML value when it is one (numbers, booleans)
-/// and as a plain string otherwise, so `--set kafka.brokers=host:9092` needs no quoting.
-fn parse_override(assignment: &str) -> Result<(String, toml_value::Value), ConfigError> {
+/// Splits `section.key=value`. The value is read the way figment reads environment variables (numbers,
+/// booleans, `[arrays]`, else a plain string), so `--set kafka.brokers=host:9092` needs no quoting and
+/// a flag means exactly what the same `AP_` variable would.
+fn parse_override(assignment: &str) -> Result<(String, figment::value::Value), ConfigError> {
     let (key, raw) = assignment
         .split_once('=')
         .ok_or_else(|| ConfigError::MalformedOverride(assignment.to_owned()))?;
@@ -611,7 +668,10 @@ fn parse_override(assignment: &str) -> Result<(String, toml_value::Value), Confi
     if !well_formed {
         return Err(ConfigError::MalformedOverride(assignment.to_owned()));
     }
-    Ok((key.to_owned(), toml_value::parse(raw)))
+    let value = raw
+        .parse::<figment::value::Value>()
+        .map_err(|_| ConfigError::MalformedOverride(assignment.to_owned()))?;
+    Ok((key.to_owned(), value))
 }
 
 /// Figment's error names the key and the source; keep all of it, one cause per line.
@@ -621,39 +681,6 @@ fn describe_figment_error(error: figment::Error) -> String {
         .map(|error| error.to_string())
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-/// Scalar parsing for `--set` values without pulling a TOML parser into the public API.
-mod toml_value {
-    use serde::Serialize;
-
-    #[derive(Debug, Clone, PartialEq, Serialize)]
-    #[serde(untagged)]
-    pub enum Value {
-        Bool(bool),
-        Integer(i64),
-        Float(f64),
-        String(String),
-    }
-
-    pub fn parse(raw: &str) -> Value {
-        let trimmed = raw.trim();
-        if let Ok(boolean) = trimmed.parse::<bool>() {
-            Value::Bool(boolean)
-        } else if let Ok(integer) = trimmed.parse::<i64>() {
-            Value::Integer(integer)
-        } else if let Ok(float) = trimmed.parse::<f64>().map_err(|_| ()).and_then(|float| {
-            if float.is_finite() {
-                Ok(float)
-            } else {
-                Err(())
-            }
-        }) {
-            Value::Float(float)
-        } else {
-            Value::String(raw.to_owned())
-        }
-    }
 }
 
 #[cfg(test)]
@@ -736,6 +763,21 @@ mod tests {
     }
 
     #[test]
+    fn retry_steps_and_alerts_are_checked() {
+        let settings = load_with(&[]).unwrap();
+        assert_eq!(settings.retry.delays_ms, [1000, 2000, 4000]);
+        assert_eq!(settings.kafka.retry_topic_for(2), "activities.retry.2");
+        let error = load_with(&["alerts.webhook_url=ftp://x"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("configuration key `alerts.webhook_url`"),
+            "{error}"
+        );
+        assert!(load_with(&["alerts.webhook_url=https://hooks.example/T/B/x"]).is_ok());
+    }
+
+    #[test]
     fn sasl_requires_credentials() {
         let error = load_with(&["kafka.security_protocol=sasl_ssl"])
             .unwrap_err()
@@ -786,18 +828,13 @@ mod tests {
     }
 
     #[test]
-    fn override_values_parse_as_scalars() {
-        assert_eq!(toml_value::parse("42"), toml_value::Value::Integer(42));
-        assert_eq!(toml_value::parse("true"), toml_value::Value::Bool(true));
-        assert_eq!(toml_value::parse("1.5"), toml_value::Value::Float(1.5));
-        assert_eq!(
-            toml_value::parse("inf"),
-            toml_value::Value::String("inf".into())
-        );
-        assert_eq!(
-            toml_value::parse("127.0.0.1:9092"),
-            toml_value::Value::String("127.0.0.1:9092".into())
-        );
+    fn override_values_parse_like_environment_variables() {
+        let settings =
+            load_with(&["retry.delays_ms=[100, 200]", "http.listen=0.0.0.0:9000"]).unwrap();
+        assert_eq!(settings.retry.delays_ms, [100, 200]);
+        assert_eq!(settings.http.listen.port(), 9000);
+        let error = load_with(&["retry.delays_ms=[]"]).unwrap_err().to_string();
+        assert!(error.contains("retry.delays_ms"), "{error}");
     }
 
     #[test]

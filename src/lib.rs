@@ -13,6 +13,7 @@
 //! - [`store`]: the only module that speaks MongoDB and Redis.
 //! - [`produce`]: the HTTP API role.
 //! - [`consume`]: the consumer runtime role.
+//! - [`ops`]: operator verbs (DLQ list/show/replay, analytics rebuild).
 //! - [`cli`]: the command line, used by `main.rs`.
 //! - [`telemetry`]: logging set-up.
 
@@ -21,6 +22,7 @@ pub mod config;
 pub mod consume;
 pub mod domain;
 pub mod kafka;
+pub mod ops;
 pub mod produce;
 pub mod store;
 pub mod telemetry;

@@ -1,82 +1,316 @@
 //! The `consume` role: the consumer-group runtime. For each batch of records it stores the activities
-//! in MongoDB, runs the atomic Redis step (mark, count, publish) and only then stores the offsets.
+//! in MongoDB, runs the atomic Redis step (mark, count, publish), forwards failed records (retry topic
+//! or DLQ), and only then stores the offsets.
+//!
+//! One process runs the main stage (the activities topic) and one stage per retry step (each retry
+//! topic with its own consumer group), unless `--stage` picks one.
 //!
 //! Architecture invariant: an offset is stored only after every effect of its record, and of every
-//! record before it in the partition, happened (or the record was dead-lettered).
+//! record before it in the partition, happened (or the record was forwarded).
 
+pub mod alerts;
+pub mod metrics;
 mod processor;
 
+use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::{web, App, HttpResponse, HttpServer};
+use chrono::Utc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
+use crate::config::{ConsumerSettings, Settings};
 use crate::kafka::{ActivityConsumer, ActivityPublisher};
 use crate::store::{ActivityRepository, RedisStore};
 
-pub use processor::{BatchProcessor, BatchReport};
+pub use metrics::ConsumerMetrics;
+pub use processor::{BatchProcessor, BatchReport, Stage};
 
-/// Runs the consumer until `shutdown` is cancelled: then it finishes the batch in hand, commits and
-/// leaves the group.
-pub async fn run(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let repository = ActivityRepository::connect(&settings.mongo).await?;
-    let redis = RedisStore::connect(&settings.redis)?;
-    let dead_letters = ActivityPublisher::new(&settings.kafka)?;
-    let processor = BatchProcessor::new(settings, repository.clone(), redis, dead_letters);
+/// Which stages a `consume` process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stages {
+    /// The main topic and every retry topic.
+    All,
+    /// The main topic only.
+    Main,
+    /// The retry topics only.
+    Retry,
+}
 
-    let mut backoff = OutageBackoff::new(&settings.consumer);
-    // Indexes first: without the unique index, redelivery could store duplicates.
-    loop {
-        match repository.ensure_indexes().await {
-            Ok(()) => break,
-            Err(outage) => {
-                tracing::warn!(%outage, "cannot create the MongoDB indexes yet; retrying");
-                if !backoff.wait(&shutdown).await {
-                    return Ok(());
-                }
-            }
-        }
-    }
+/// A running consumer: its stages' tasks and its metrics endpoint.
+pub struct ConsumerRuntime {
+    metrics_port: u16,
+    metrics: Arc<ConsumerMetrics>,
+    tasks: JoinSet<anyhow::Result<()>>,
+    metrics_server: actix_web::dev::ServerHandle,
+}
 
-    let consumer = ActivityConsumer::subscribe(&settings.kafka, &[&settings.kafka.topic])?;
-    tracing::info!(
-        topic = %settings.kafka.topic,
-        group = %settings.kafka.consumer_group,
-        "consumer started"
-    );
-    let max_records = settings.consumer.batch_max_records;
-    let max_wait = settings.consumer.batch_max_wait();
-    loop {
-        let batch = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            batch = consumer.next_batch(max_records, max_wait) => batch,
-        };
-        backoff.reset();
+impl ConsumerRuntime {
+    /// Connects, creates the MongoDB indexes (waiting out an outage), binds the metrics endpoint and
+    /// starts the stages. They stop when `shutdown` is cancelled: each finishes the batch in hand,
+    /// commits and leaves its group.
+    pub async fn start(
+        settings: &Settings,
+        stages: Stages,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<ConsumerRuntime> {
+        let repository = ActivityRepository::connect(&settings.mongo).await?;
+        let redis = RedisStore::connect(&settings.redis)?;
+        let publisher = ActivityPublisher::new(&settings.kafka)?;
+        let metrics = Arc::new(ConsumerMetrics::new());
+
+        let listener = TcpListener::bind(settings.consumer.metrics_listen).map_err(|error| {
+            anyhow::anyhow!(
+                "binding consumer.metrics_listen = {}: {error}",
+                settings.consumer.metrics_listen
+            )
+        })?;
+        let metrics_port = listener.local_addr()?.port();
+        let served = metrics.clone();
+        let metrics_server = HttpServer::new(move || {
+            let served = served.clone();
+            App::new()
+                .route(
+                    "/metrics",
+                    web::get().to(move || {
+                        let text = served.render();
+                        async move {
+                            HttpResponse::Ok()
+                                .content_type("text/plain; version=0.0.4")
+                                .body(text)
+                        }
+                    }),
+                )
+                .route(
+                    "/healthz",
+                    web::get().to(|| async {
+                        HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+                    }),
+                )
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)?
+        .run();
+        let metrics_handle = metrics_server.handle();
+        tokio::spawn(metrics_server);
+        tracing::info!(port = metrics_port, "consumer metrics listening");
+
+        let mut backoff = OutageBackoff::new(&settings.consumer);
+        // Indexes first: without the unique index, redelivery could store duplicates.
         loop {
-            match processor.process(&batch).await {
-                Ok(report) => {
-                    tracing::debug!(?report, "batch processed");
-                    if let Err(error) = consumer.store_processed(&batch) {
-                        // The partition was revoked meanwhile; its new owner redelivers, which the
-                        // idempotent effects make harmless.
-                        tracing::warn!(error = format!("{error:#}"), "offsets not stored");
-                    }
-                    break;
-                }
+            match repository.ensure_indexes().await {
+                Ok(()) => break,
                 Err(outage) => {
-                    tracing::warn!(%outage, records = batch.len(), "dependency outage; retrying the batch in place");
-                    if !backoff.wait(&shutdown).await {
-                        // Shutting down mid-outage: nothing of this batch is stored, so it is redelivered.
-                        consumer.commit_stored();
-                        return Ok(());
+                    tracing::warn!(%outage, "cannot create the MongoDB indexes yet; retrying");
+                    if !backoff.sleep(&shutdown).await {
+                        // Shut down before MongoDB ever answered: there is nothing to stop.
+                        return Ok(ConsumerRuntime {
+                            metrics_port,
+                            metrics,
+                            tasks: JoinSet::new(),
+                            metrics_server: metrics_handle,
+                        });
                     }
                 }
             }
         }
+
+        let alerts = alerts::spawn(
+            &settings.alerts,
+            &settings.kafka.dlq_topic,
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        let processor = Arc::new(BatchProcessor::new(
+            settings,
+            repository,
+            redis,
+            publisher,
+            metrics.clone(),
+            alerts,
+        ));
+        let mut plan: Vec<(Stage, String, String)> = Vec::new();
+        if matches!(stages, Stages::All | Stages::Main) {
+            plan.push((
+                Stage::Main,
+                settings.kafka.topic.clone(),
+                settings.kafka.consumer_group.clone(),
+            ));
+        }
+        if matches!(stages, Stages::All | Stages::Retry) {
+            for step in 1..=settings.retry.delays_ms.len() {
+                plan.push((
+                    Stage::Retry(step),
+                    settings.kafka.retry_topic_for(step),
+                    format!("{}.retry.{step}", settings.kafka.consumer_group),
+                ));
+            }
+        }
+        let mut tasks = JoinSet::new();
+        for (stage, topic, group) in plan {
+            let consumer =
+                ActivityConsumer::subscribe(&settings.kafka, &group, &[&topic], metrics.clone())?;
+            tracing::info!(stage = %stage.label(), %topic, %group, "consumer stage started");
+            let stage_loop = StageLoop {
+                stage,
+                consumer,
+                processor: processor.clone(),
+                metrics: metrics.clone(),
+                settings: settings.consumer.clone(),
+                shutdown: shutdown.clone(),
+            };
+            tasks.spawn(stage_loop.run());
+        }
+        Ok(ConsumerRuntime {
+            metrics_port,
+            metrics,
+            tasks,
+            metrics_server: metrics_handle,
+        })
     }
-    consumer.commit_stored();
-    tracing::info!("consumer stopped");
-    Ok(())
+
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
+    }
+
+    pub fn metrics(&self) -> &ConsumerMetrics {
+        &self.metrics
+    }
+
+    /// Waits for every stage to stop; the first error wins.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut result = Ok(());
+        while let Some(joined) = self.tasks.join_next().await {
+            let outcome = joined.map_err(anyhow::Error::from).and_then(|stage| stage);
+            if let Err(error) = outcome {
+                tracing::error!(error = format!("{error:#}"), "a consumer stage failed");
+                if result.is_ok() {
+                    result = Err(error);
+                }
+            }
+        }
+        self.metrics_server.stop(true).await;
+        tracing::info!("consumer stopped");
+        result
+    }
+}
+
+/// Runs the consumer until `shutdown` is cancelled.
+pub async fn run(
+    settings: &Settings,
+    stages: Stages,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    ConsumerRuntime::start(settings, stages, shutdown)
+        .await?
+        .wait()
+        .await
+}
+
+/// One stage: a consumer on one topic, processing batch after batch.
+struct StageLoop {
+    stage: Stage,
+    consumer: ActivityConsumer,
+    processor: Arc<BatchProcessor>,
+    metrics: Arc<ConsumerMetrics>,
+    settings: ConsumerSettings,
+    shutdown: CancellationToken,
+}
+
+impl StageLoop {
+    async fn run(mut self) -> anyhow::Result<()> {
+        let label = self.stage.label();
+        let breaker = self.metrics.breaker_state.with_label_values(&[&label]);
+        breaker.set(0);
+        let mut backoff = OutageBackoff::new(&self.settings);
+        let max_wait = self.settings.batch_max_wait();
+        'batches: loop {
+            let mut batch = tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                batch = self.consumer.next_batch(self.settings.batch_max_records, max_wait) => batch,
+            };
+            if let Stage::Retry(_) = self.stage {
+                // Records of one retry topic share one delay, so due times rise along a partition:
+                // waiting for the batch's latest keeps a record due sooner waiting at most one step.
+                if let Some(latest) = batch.iter().map(processor::due_at).max() {
+                    if let Ok(wait) = (latest - Utc::now()).to_std() {
+                        self.consumer.pause();
+                        tokio::select! {
+                            _ = self.shutdown.cancelled() => break,
+                            _ = self.consumer.keep_alive(wait) => {}
+                        }
+                        self.consumer.resume();
+                        self.consumer.retain_assigned(&mut batch);
+                    }
+                }
+            }
+            backoff.reset();
+            loop {
+                if batch.is_empty() {
+                    continue 'batches;
+                }
+                let started = std::time::Instant::now();
+                match self.processor.process(&batch, self.stage).await {
+                    Ok(report) => {
+                        self.record(&report, batch.len(), started.elapsed());
+                        if let Err(error) = self.consumer.store_processed(&batch) {
+                            // The partition was revoked meanwhile; its new owner redelivers, which
+                            // the idempotent effects make harmless.
+                            tracing::warn!(error = format!("{error:#}"), "offsets not stored");
+                        }
+                        if breaker.get() == 1 {
+                            tracing::info!(stage = %label, "dependency back; resuming partitions");
+                            self.consumer.resume();
+                            breaker.set(0);
+                        }
+                        break;
+                    }
+                    Err(outage) => {
+                        if breaker.get() == 0 {
+                            tracing::warn!(stage = %label, %outage, records = batch.len(), "dependency outage: pausing partitions, retrying the batch in place");
+                            self.consumer.pause();
+                            breaker.set(1);
+                        } else {
+                            tracing::debug!(stage = %label, %outage, "still down");
+                        }
+                        let delay = backoff.next_delay();
+                        tokio::select! {
+                            // Shutting down mid-outage: nothing of this batch is stored, so it is
+                            // redelivered after the restart.
+                            _ = self.shutdown.cancelled() => break 'batches,
+                            _ = self.consumer.keep_alive(delay) => {}
+                        }
+                        // A rebalance while paused may have taken partitions away.
+                        self.consumer.retain_assigned(&mut batch);
+                    }
+                }
+            }
+        }
+        self.consumer.commit_stored();
+        tracing::info!(stage = %label, "consumer stage stopped");
+        Ok(())
+    }
+
+    fn record(&self, report: &BatchReport, records: usize, elapsed: Duration) {
+        let metrics = &self.metrics;
+        metrics.batch_size.observe(records as f64);
+        metrics
+            .batch_duration
+            .with_label_values(&[&self.stage.label()])
+            .observe(elapsed.as_secs_f64());
+        metrics
+            .records
+            .with_label_values(&["inserted"])
+            .inc_by(report.inserted as u64);
+        metrics
+            .records
+            .with_label_values(&["duplicate"])
+            .inc_by(report.duplicates as u64);
+        tracing::debug!(stage = %self.stage.label(), ?report, "batch processed");
+    }
 }
 
 /// Capped exponential backoff while a dependency is down.
@@ -87,7 +321,7 @@ struct OutageBackoff {
 }
 
 impl OutageBackoff {
-    fn new(settings: &crate::config::ConsumerSettings) -> OutageBackoff {
+    fn new(settings: &ConsumerSettings) -> OutageBackoff {
         let initial = Duration::from_millis(settings.outage_backoff_initial_ms);
         OutageBackoff {
             initial,
@@ -100,13 +334,36 @@ impl OutageBackoff {
         self.current = self.initial;
     }
 
-    /// Sleeps for the current delay and doubles it; `false` if shutdown came first.
-    async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
+    /// The delay to wait now; the next one doubles, up to the cap.
+    fn next_delay(&mut self) -> Duration {
         let delay = self.current;
         self.current = (self.current * 2).min(self.max);
+        delay
+    }
+
+    /// Sleeps for the next delay; `false` if shutdown came first.
+    async fn sleep(&mut self, shutdown: &CancellationToken) -> bool {
+        let delay = self.next_delay();
         tokio::select! {
             _ = shutdown.cancelled() => false,
             _ = tokio::time::sleep(delay) => true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outage_backoff_doubles_up_to_the_cap_and_resets() {
+        let settings = Settings::from_files(&[]).unwrap().consumer;
+        let mut backoff = OutageBackoff::new(&settings);
+        let delays: Vec<u64> = (0..7)
+            .map(|_| backoff.next_delay().as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [200, 400, 800, 1600, 3200, 5000, 5000]);
+        backoff.reset();
+        assert_eq!(backoff.next_delay(), Duration::from_millis(200));
     }
 }

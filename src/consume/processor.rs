@@ -1,10 +1,14 @@
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
+use super::alerts::AlertSender;
+use super::metrics::ConsumerMetrics;
 use crate::config::Settings;
 use crate::domain::{ActivityEnvelope, ActivityValidator, IdempotencyKey, TenantId};
-use crate::kafka::{ActivityPublisher, ConsumedRecord, DeadLetter, PublishError};
+use crate::kafka::{headers, ActivityPublisher, ConsumedRecord, Failure, PublishError};
 use crate::store::{
     ActivityRepository, EffectRequest, InsertOutcome, RedisStore, StoreOutage, StoredActivity,
 };
@@ -14,8 +18,24 @@ use crate::store::{
 pub enum ProcessingOutage {
     #[error(transparent)]
     Store(#[from] StoreOutage),
-    #[error("Kafka did not take a dead letter: {0}")]
+    #[error("Kafka did not take a forwarded record: {0}")]
     Kafka(#[from] PublishError),
+}
+
+/// Which topic a batch came from: the main topic, or retry step `n` (1-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Main,
+    Retry(usize),
+}
+
+impl Stage {
+    pub fn label(self) -> String {
+        match self {
+            Stage::Main => "main".to_owned(),
+            Stage::Retry(step) => format!("retry.{step}"),
+        }
+    }
 }
 
 /// What a batch came to.
@@ -25,22 +45,43 @@ pub struct BatchReport {
     pub inserted: usize,
     /// Already stored by an earlier delivery (or twice in this batch): no new effect.
     pub duplicates: usize,
-    /// Announced (counted and published) by this batch: equals `inserted` plus any earlier stored
-    /// activity whose Redis step had not happened yet.
+    /// Announced (counted and published) by this batch: `inserted` plus any earlier stored activity
+    /// whose Redis step had not happened yet.
     pub announced: usize,
+    /// Sent to a retry topic.
+    pub retried: usize,
     pub dead_lettered: usize,
 }
 
+/// MongoDB error codes that fail the same way on every attempt: such a record goes to the DLQ at once.
+/// Anything else refused for one document is treated as transient and retried on the schedule.
+const DETERMINISTIC_WRITE_ERRORS: &[i32] = &[
+    2,     // BadValue
+    9,     // FailedToParse
+    14,    // TypeMismatch
+    52,    // DollarPrefixedFieldName
+    55,    // InvalidDBRef
+    56,    // EmptyFieldName
+    57,    // DottedFieldName
+    121,   // DocumentValidationFailure
+    10334, // BSONObjectTooLarge
+];
+
 /// Applies a batch's effects in the order that makes redelivery harmless: MongoDB (unique key) first,
-/// then the atomic Redis step, then dead letters; the caller stores offsets after all of it.
+/// then the atomic Redis step, then forwards (retry topic, DLQ); the caller stores offsets after all
+/// of it.
 pub struct BatchProcessor {
     validator: ActivityValidator,
     repository: ActivityRepository,
     redis: RedisStore,
-    dead_letters: ActivityPublisher,
+    publisher: ActivityPublisher,
+    retry_delays: Vec<Duration>,
+    retry_topics: Vec<String>,
+    metrics: Arc<ConsumerMetrics>,
+    alerts: AlertSender,
 }
 
-/// A record that will not be stored, and why.
+/// A record that will not be stored by this attempt, and why.
 struct Refusal<'a> {
     record: &'a ConsumedRecord,
     error: String,
@@ -52,7 +93,9 @@ impl BatchProcessor {
         settings: &Settings,
         repository: ActivityRepository,
         redis: RedisStore,
-        dead_letters: ActivityPublisher,
+        publisher: ActivityPublisher,
+        metrics: Arc<ConsumerMetrics>,
+        alerts: AlertSender,
     ) -> BatchProcessor {
         BatchProcessor {
             validator: ActivityValidator::new(
@@ -61,11 +104,26 @@ impl BatchProcessor {
             ),
             repository,
             redis,
-            dead_letters,
+            publisher,
+            retry_delays: settings
+                .retry
+                .delays_ms
+                .iter()
+                .map(|ms| Duration::from_millis(*ms))
+                .collect(),
+            retry_topics: (1..=settings.retry.delays_ms.len())
+                .map(|step| settings.kafka.retry_topic_for(step))
+                .collect(),
+            metrics,
+            alerts,
         }
     }
 
-    pub async fn process(&self, batch: &[ConsumedRecord]) -> Result<BatchReport, ProcessingOutage> {
+    pub async fn process(
+        &self,
+        batch: &[ConsumedRecord],
+        stage: Stage,
+    ) -> Result<BatchReport, ProcessingOutage> {
         let mut report = BatchReport::default();
         let mut refusals = Vec::new();
 
@@ -128,91 +186,168 @@ impl BatchProcessor {
             }
         }
 
-        // 3. Store. Duplicates are fine; a document the server refuses is dead-lettered.
+        // 3. Store. Duplicates are fine; a document the server refuses is retried or dead-lettered.
         let outcomes = self.repository.insert_unordered(&documents).await?;
         let mut to_announce: Vec<StoredActivity> = Vec::new();
-        let mut stored_earlier: BTreeMap<&TenantId, Vec<&IdempotencyKey>> = BTreeMap::new();
+        let mut reported_duplicates: BTreeMap<&TenantId, Vec<(&ConsumedRecord, &IdempotencyKey)>> =
+            BTreeMap::new();
         for (((record, envelope), document), outcome) in pending.iter().zip(documents).zip(outcomes)
         {
             match outcome {
                 InsertOutcome::Inserted => {
                     report.inserted += 1;
+                    let latency = (now - envelope.enqueued_at).to_std().unwrap_or_default();
+                    self.metrics
+                        .end_to_end_latency
+                        .observe(latency.as_secs_f64());
                     to_announce.push(document);
                 }
-                InsertOutcome::AlreadyStored => {
-                    report.duplicates += 1;
-                    stored_earlier
-                        .entry(&envelope.tenant_id)
-                        .or_default()
-                        .push(&envelope.idempotency_key);
-                }
+                InsertOutcome::AlreadyStored => reported_duplicates
+                    .entry(&envelope.tenant_id)
+                    .or_default()
+                    .push((record, &envelope.idempotency_key)),
                 InsertOutcome::Rejected { code, message } => refusals.push(Refusal {
                     record,
                     error: format!("MongoDB refused the document (code {code}): {message}"),
-                    class: "rejected",
+                    class: if DETERMINISTIC_WRITE_ERRORS.contains(&code) {
+                        "rejected"
+                    } else {
+                        "transient"
+                    },
                 }),
             }
         }
-        // Stored by an earlier delivery that may have died before its Redis step: announce the stored
-        // document (the Redis step is a no-op if it did happen).
-        for (tenant, keys) in stored_earlier {
-            to_announce.extend(self.repository.find_by_keys(tenant, &keys).await?);
+        // A duplicate-key error is "already stored" only if our (tenant, key) is what is stored: a
+        // conflict on any other unique index is a failure of this record. A stored one may have been
+        // stored by a delivery that died before its Redis step: announce the stored document (the
+        // Redis step is a no-op if it did happen).
+        for (tenant, records) in reported_duplicates {
+            let keys: Vec<&IdempotencyKey> = records.iter().map(|(_, key)| *key).collect();
+            let stored = self.repository.find_by_keys(tenant, &keys).await?;
+            for (record, key) in records {
+                if stored
+                    .iter()
+                    .any(|document| document.idempotency_key == key.as_str())
+                {
+                    report.duplicates += 1;
+                } else {
+                    refusals.push(Refusal {
+                        record,
+                        error: "MongoDB reported a duplicate key, but not on (tenantId, idempotencyKey)".to_owned(),
+                        class: "transient",
+                    });
+                }
+            }
+            to_announce.extend(stored);
         }
 
         // 4. Mark, count, publish: atomically per record, and only once per key.
-        let tenants: Vec<TenantId> = to_announce
+        report.announced = self.announce(&to_announce).await?;
+
+        // 5. Forwards, acknowledged before the offsets move past them.
+        for refusal in &refusals {
+            if self.forward(refusal, stage).await? {
+                report.retried += 1;
+            } else {
+                report.dead_lettered += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn announce(&self, stored: &[StoredActivity]) -> Result<usize, StoreOutage> {
+        let mut identities = Vec::with_capacity(stored.len());
+        for document in stored {
+            let tenant = TenantId::parse(&document.tenant_id);
+            let key = IdempotencyKey::parse(&document.idempotency_key);
+            match (tenant, key) {
+                (Ok(tenant), Ok(key)) => identities.push((tenant, key)),
+                _ => {
+                    return Err(StoreOutage {
+                        store: "MongoDB",
+                        message: format!(
+                            "stored document {} has an invalid tenant or key",
+                            document.id
+                        ),
+                    })
+                }
+            }
+        }
+        let requests: Vec<EffectRequest<'_>> = stored
             .iter()
-            .map(|stored| TenantId::parse(&stored.tenant_id))
-            .collect::<Result<_, _>>()
-            .map_err(|error| StoreOutage {
-                store: "MongoDB",
-                message: format!("a stored document has an invalid tenant: {error}"),
-            })?;
-        let keys: Vec<IdempotencyKey> = to_announce
-            .iter()
-            .map(|stored| IdempotencyKey::parse(&stored.idempotency_key))
-            .collect::<Result<_, _>>()
-            .map_err(|error| StoreOutage {
-                store: "MongoDB",
-                message: format!("a stored document has an invalid idempotency key: {error}"),
-            })?;
-        let requests: Vec<EffectRequest<'_>> = to_announce
-            .iter()
-            .zip(tenants.iter().zip(&keys))
-            .map(|(stored, (tenant, key))| EffectRequest {
+            .zip(&identities)
+            .map(|(document, (tenant, key))| EffectRequest {
                 tenant,
                 key,
-                document_id: stored.id.to_hex(),
-                activity_type: &stored.activity_type,
-                event: stored.to_json().to_string(),
+                document_id: document.id.to_hex(),
+                activity_type: &document.activity_type,
+                event: document.to_json().to_string(),
             })
             .collect();
         let newly_marked = self.redis.apply_effects(&requests).await?;
-        report.announced = newly_marked.iter().filter(|newly| **newly).count();
-
-        // 5. Dead letters, acknowledged before the offsets move past them.
-        for refusal in &refusals {
-            let failed_at = Utc::now();
-            tracing::warn!(
-                topic = %refusal.record.topic,
-                partition = refusal.record.partition,
-                offset = refusal.record.offset,
-                class = refusal.class,
-                error = %refusal.error,
-                "record dead-lettered"
-            );
-            self.dead_letters
-                .dead_letter(&DeadLetter {
-                    record: refusal.record,
-                    error: refusal.error.clone(),
-                    error_class: refusal.class,
-                    attempts: 1,
-                    first_failure_at: failed_at,
-                    last_failure_at: failed_at,
-                })
-                .await?;
-        }
-        report.dead_lettered = refusals.len();
-        Ok(report)
+        Ok(newly_marked.iter().filter(|newly| **newly).count())
     }
+
+    /// Sends a refused record on: to the next retry topic if its failure may pass and retries remain,
+    /// else to the DLQ. `true` if it went to a retry topic.
+    async fn forward(&self, refusal: &Refusal<'_>, stage: Stage) -> Result<bool, PublishError> {
+        let record = refusal.record;
+        let now = Utc::now();
+        let attempts_before = match stage {
+            Stage::Main => 0,
+            Stage::Retry(_) => record
+                .header(headers::RETRY_ATTEMPTS)
+                .and_then(|attempts| attempts.parse::<u32>().ok())
+                .unwrap_or(0),
+        };
+        let first_failure_at = record
+            .header(headers::RETRY_FIRST_FAILURE_AT)
+            .filter(|_| stage != Stage::Main)
+            .and_then(|time| DateTime::parse_from_rfc3339(time).ok())
+            .map_or(now, |time| time.with_timezone(&Utc));
+        let failure = Failure {
+            error: refusal.error.clone(),
+            class: refusal.class,
+            attempts: attempts_before + 1,
+            first_failure_at,
+            last_failure_at: now,
+        };
+        let next_step = failure.attempts as usize;
+        let span = tracing::warn_span!(
+            "record",
+            topic = %record.topic,
+            partition = record.partition,
+            offset = record.offset,
+            tenant = record.key.as_deref().map(String::from_utf8_lossy).as_deref().unwrap_or("-"),
+            key = record.header(headers::IDEMPOTENCY_KEY).unwrap_or("-"),
+        );
+        let _entered = span.enter();
+        if refusal.class == "transient" && next_step <= self.retry_topics.len() {
+            let delay = self.retry_delays[next_step - 1];
+            let due_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+            tracing::warn!(attempts = failure.attempts, error = %failure.error, retry_topic = %self.retry_topics[next_step - 1], ?delay, "record failed; retrying later");
+            self.publisher
+                .retry_later(&self.retry_topics[next_step - 1], record, &failure, due_at)
+                .await?;
+            self.metrics.records.with_label_values(&["retried"]).inc();
+            Ok(true)
+        } else {
+            tracing::warn!(attempts = failure.attempts, class = failure.class, error = %failure.error, "record dead-lettered");
+            self.publisher.dead_letter(record, &failure).await?;
+            self.metrics
+                .records
+                .with_label_values(&["dead_lettered"])
+                .inc();
+            self.alerts.dead_lettered(failure.class, &failure.error);
+            Ok(false)
+        }
+    }
+}
+
+/// When a record from a retry topic is due; a record without a readable due time is due now.
+pub fn due_at(record: &ConsumedRecord) -> DateTime<Utc> {
+    record
+        .header(headers::RETRY_DUE_AT)
+        .and_then(|time| DateTime::parse_from_rfc3339(time).ok())
+        .map_or_else(Utc::now, |time| time.with_timezone(&Utc))
 }

@@ -15,13 +15,15 @@ pub enum TopicCreation {
     AlreadyExists { topic: String },
 }
 
-/// Creates the main, retry and DLQ topics with `settings.partitions` partitions each. Idempotent: a
-/// topic that exists is left as it is and reported.
-pub async fn create_topics(settings: &KafkaSettings) -> anyhow::Result<Vec<TopicCreation>> {
+/// Creates `topics` with `settings.partitions` partitions each. Idempotent: a topic that exists is
+/// left as it is and reported.
+pub async fn create_topics(
+    settings: &KafkaSettings,
+    topics: &[String],
+) -> anyhow::Result<Vec<TopicCreation>> {
     let admin: AdminClient<DefaultClientContext> = base_client_config(settings)
         .create()
         .map_err(|error| anyhow::anyhow!("creating the Kafka admin client: {error}"))?;
-    let topics = [&settings.topic, &settings.retry_topic, &settings.dlq_topic];
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|topic| {

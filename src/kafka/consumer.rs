@@ -1,9 +1,13 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Headers, Message};
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::time::Instant;
 
@@ -20,32 +24,124 @@ pub struct ConsumedRecord {
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// The partition's assignment epoch when the record was received; a revoke bumps the epoch, and
+    /// a record from an older epoch must not be processed.
+    epoch: u64,
 }
 
-/// A consumer-group member reading the activities topic, with offsets stored by hand: an offset is
-/// stored only when the caller says every effect of the records up to it happened, and librdkafka's
-/// auto-commit then commits only stored offsets.
+impl ConsumedRecord {
+    /// The value of the first header called `name`, as UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .and_then(|(_, value)| value.as_deref())
+            .and_then(|value| std::str::from_utf8(value).ok())
+    }
+
+    /// A record built by hand (tools and tests); it belongs to no assignment.
+    pub fn from_parts(
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        key: Option<Vec<u8>>,
+        payload: Option<Vec<u8>>,
+    ) -> ConsumedRecord {
+        ConsumedRecord {
+            topic: topic.to_owned(),
+            partition,
+            offset,
+            key,
+            payload,
+            headers: Vec::new(),
+            epoch: 0,
+        }
+    }
+
+    /// A record read outside any group assignment (the DLQ tools).
+    pub(super) fn from_message<M: Message>(message: &M) -> ConsumedRecord {
+        ConsumedRecord {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            headers: message
+                .headers()
+                .map(|headers| {
+                    headers
+                        .iter()
+                        .map(|header| (header.key.to_owned(), header.value.map(<[u8]>::to_vec)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            epoch: 0,
+        }
+    }
+}
+
+/// What the consumer reports as it runs, for metrics; the runtime implements it, so this module
+/// needs to know nothing of Prometheus.
+pub trait ConsumerObserver: Send + Sync + 'static {
+    /// An offset commit finished (`ok` false: it failed and will be retried by the next commit).
+    fn committed(&self, ok: bool);
+    /// Lag of one partition, from librdkafka's statistics.
+    fn lag(&self, topic: &str, partition: i32, lag: i64);
+    /// Partitions were revoked: their lag is no longer ours to report.
+    fn revoked(&self, topic: &str, partition: i32);
+}
+
+/// A consumer-group member with offsets stored by hand: an offset is stored only when the caller says
+/// every effect of the records up to it happened; librdkafka's auto-commit then commits only stored
+/// offsets, and a revoke commits them at once.
 pub struct ActivityConsumer {
-    consumer: StreamConsumer<RebalanceLogger>,
+    consumer: StreamConsumer<GroupContext>,
+    epochs: Arc<Mutex<HashMap<(String, i32), u64>>>,
+    /// Records received while the partitions were paused (during an outage); they come first in the
+    /// next batch, in order.
+    carried: VecDeque<ConsumedRecord>,
 }
 
-/// Logs rebalances and commits: the moments an operator needs when reading about redelivery.
-struct RebalanceLogger;
+/// Tracks assignment epochs, commits on revoke, and forwards commit results and lag to the observer.
+struct GroupContext {
+    epochs: Arc<Mutex<HashMap<(String, i32), u64>>>,
+    observer: Arc<dyn ConsumerObserver>,
+}
 
-impl ClientContext for RebalanceLogger {}
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic_name, topic) in &statistics.topics {
+            for (partition, stats) in &topic.partitions {
+                // librdkafka reports the internal partition -1 and unassigned ones with lag -1.
+                if *partition >= 0 && stats.consumer_lag >= 0 {
+                    self.observer
+                        .lag(topic_name, *partition, stats.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
-impl ConsumerContext for RebalanceLogger {
-    fn pre_rebalance(
-        &self,
-        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
-        rebalance: &Rebalance<'_>,
-    ) {
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => {
-                tracing::info!(partitions = %describe(partitions), "partitions assigned")
+                tracing::info!(partitions = %describe(partitions), "partitions assigned");
             }
             Rebalance::Revoke(partitions) => {
-                tracing::info!(partitions = %describe(partitions), "partitions revoked")
+                tracing::info!(partitions = %describe(partitions), "partitions revoked");
+                // Everything processed so far has its offset stored: commit it before the partitions
+                // go, so the next owner starts right after it.
+                if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+                    tracing::debug!(%error, "commit before revoke");
+                }
+                let mut epochs = self.epochs.lock().expect("epoch lock");
+                for element in partitions.elements() {
+                    *epochs
+                        .entry((element.topic().to_owned(), element.partition()))
+                        .or_default() += 1;
+                    self.observer.revoked(element.topic(), element.partition());
+                }
             }
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
         }
@@ -53,9 +149,17 @@ impl ConsumerContext for RebalanceLogger {
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         match result {
-            Ok(()) => tracing::debug!(offsets = %describe(offsets), "offsets committed"),
+            Ok(()) => {
+                tracing::debug!(offsets = %describe(offsets), "offsets committed");
+                self.observer.committed(true);
+            }
+            // "No offset stored" only says there was nothing new to commit.
+            Err(rdkafka::error::KafkaError::ConsumerCommit(
+                rdkafka::types::RDKafkaErrorCode::NoOffset,
+            )) => {}
             Err(error) => {
-                tracing::warn!(%error, offsets = %describe(offsets), "offset commit failed")
+                tracing::warn!(%error, offsets = %describe(offsets), "offset commit failed");
+                self.observer.committed(false);
             }
         }
     }
@@ -76,13 +180,20 @@ fn describe(partitions: &TopicPartitionList) -> String {
 }
 
 impl ActivityConsumer {
-    /// Joins `settings.consumer_group` and subscribes to `topics`.
+    /// Joins `group` and subscribes to `topics`.
     pub fn subscribe(
         settings: &KafkaSettings,
+        group: &str,
         topics: &[&str],
+        observer: Arc<dyn ConsumerObserver>,
     ) -> anyhow::Result<ActivityConsumer> {
-        let consumer: StreamConsumer<RebalanceLogger> = base_client_config(settings)
-            .set("group.id", &settings.consumer_group)
+        let epochs = Arc::new(Mutex::new(HashMap::new()));
+        let context = GroupContext {
+            epochs: epochs.clone(),
+            observer,
+        };
+        let consumer: StreamConsumer<GroupContext> = base_client_config(settings)
+            .set("group.id", group)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
             // Offsets are stored by `store_processed`, never by librdkafka on delivery to us.
@@ -90,35 +201,53 @@ impl ActivityConsumer {
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("enable.partition.eof", "false")
-            .create_with_context(RebalanceLogger)
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(context)
             .map_err(|error| anyhow::anyhow!("creating the Kafka consumer: {error}"))?;
         consumer
             .subscribe(topics)
             .map_err(|error| anyhow::anyhow!("subscribing to {topics:?}: {error}"))?;
-        Ok(ActivityConsumer { consumer })
+        Ok(ActivityConsumer {
+            consumer,
+            epochs,
+            carried: VecDeque::new(),
+        })
     }
 
     /// Waits for at least one record, then takes more until `max_records` or `max_wait` is reached.
-    /// Cancel-safe: dropping the future loses no record.
-    pub async fn next_batch(&self, max_records: usize, max_wait: Duration) -> Vec<ConsumedRecord> {
-        let mut batch = Vec::with_capacity(max_records.min(1024));
-        loop {
-            match self.consumer.recv().await {
-                Ok(message) => {
-                    batch.push(own(&message));
-                    break;
-                }
-                Err(error) => {
-                    // Transport errors are reported here and retried by librdkafka on its own.
-                    tracing::warn!(%error, "Kafka consumer error");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+    /// Records of partitions revoked meanwhile are left out. Cancel-safe: dropping the future loses
+    /// no record (an unreturned record is redelivered after a restart, as nothing stored its offset).
+    pub async fn next_batch(
+        &mut self,
+        max_records: usize,
+        max_wait: Duration,
+    ) -> Vec<ConsumedRecord> {
+        let mut batch: Vec<ConsumedRecord> = Vec::with_capacity(max_records.min(1024));
+        while batch.len() < max_records {
+            match self.carried.pop_front() {
+                Some(record) => batch.push(record),
+                None => break,
+            }
+        }
+        if batch.is_empty() {
+            loop {
+                match self.consumer.recv().await {
+                    Ok(message) => {
+                        batch.push(self.own(&message));
+                        break;
+                    }
+                    Err(error) => {
+                        // Transport errors are reported here and retried by librdkafka on its own.
+                        tracing::warn!(%error, "Kafka consumer error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 }
             }
         }
         let deadline = Instant::now() + max_wait;
         while batch.len() < max_records {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(own(&message)),
+                Ok(Ok(message)) => batch.push(self.own(&message)),
                 Ok(Err(error)) => {
                     tracing::warn!(%error, "Kafka consumer error");
                     break;
@@ -126,12 +255,77 @@ impl ActivityConsumer {
                 Err(_elapsed) => break,
             }
         }
+        self.retain_assigned(&mut batch);
         batch
+    }
+
+    /// Drops records of partitions revoked since they were received: their new owner has them.
+    pub fn retain_assigned(&self, records: &mut Vec<ConsumedRecord>) {
+        let epochs = self.epochs.lock().expect("epoch lock");
+        let before = records.len();
+        records.retain(|record| {
+            epochs
+                .get(&(record.topic.clone(), record.partition))
+                .copied()
+                .unwrap_or(0)
+                == record.epoch
+        });
+        if records.len() < before {
+            tracing::info!(
+                dropped = before - records.len(),
+                "records of revoked partitions dropped"
+            );
+        }
+    }
+
+    /// Stops fetching from every assigned partition (a dependency is down).
+    pub fn pause(&self) {
+        if let Ok(assignment) = self.consumer.assignment() {
+            if let Err(error) = self.consumer.pause(&assignment) {
+                tracing::warn!(%error, "pausing partitions");
+            }
+        }
+    }
+
+    /// Fetches again from every assigned partition.
+    pub fn resume(&self) {
+        if let Ok(assignment) = self.consumer.assignment() {
+            if let Err(error) = self.consumer.resume(&assignment) {
+                tracing::warn!(%error, "resuming partitions");
+            }
+        }
+    }
+
+    /// Keeps the group membership alive while paused: polls for `duration`, serving rebalances; any
+    /// record that still arrives is kept for the next batch, in order.
+    pub async fn keep_alive(&mut self, duration: Duration) {
+        let deadline = Instant::now() + duration;
+        while let Ok(result) = tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+            match result {
+                Ok(message) => {
+                    let record = self.own(&message);
+                    self.carried.push_back(record);
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "Kafka consumer error while paused");
+                    tokio::time::sleep_until(deadline).await;
+                    break;
+                }
+            }
+        }
+        let mut carried: Vec<ConsumedRecord> = self.carried.drain(..).collect();
+        self.retain_assigned(&mut carried);
+        self.carried.extend(carried);
+        // Paused partitions re-assigned meanwhile come back unpaused; pause them again.
+        self.pause();
     }
 
     /// Marks `records` as fully processed: the next commit covers them. Records of a partition that
     /// was revoked meanwhile are refused by librdkafka, which is right: the new owner redelivers them.
     pub fn store_processed(&self, records: &[ConsumedRecord]) -> anyhow::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
         let mut next_offsets: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         for record in records {
             let next = next_offsets
@@ -156,24 +350,18 @@ impl ActivityConsumer {
             Err(error) => tracing::debug!(%error, "final commit"),
         }
     }
-}
 
-fn own<M: Message>(message: &M) -> ConsumedRecord {
-    let headers = message
-        .headers()
-        .map(|headers| {
-            headers
-                .iter()
-                .map(|header| (header.key.to_owned(), header.value.map(<[u8]>::to_vec)))
-                .collect()
-        })
-        .unwrap_or_default();
-    ConsumedRecord {
-        topic: message.topic().to_owned(),
-        partition: message.partition(),
-        offset: message.offset(),
-        key: message.key().map(<[u8]>::to_vec),
-        payload: message.payload().map(<[u8]>::to_vec),
-        headers,
+    fn own<M: Message>(&self, message: &M) -> ConsumedRecord {
+        let epoch = self
+            .epochs
+            .lock()
+            .expect("epoch lock")
+            .get(&(message.topic().to_owned(), message.partition()))
+            .copied()
+            .unwrap_or(0);
+        ConsumedRecord {
+            epoch,
+            ..ConsumedRecord::from_message(message)
+        }
     }
 }

@@ -31,13 +31,14 @@ pub struct ActivityPublisher {
     dlq_topic: String,
 }
 
-/// A record that cannot be processed, with the facts an operator needs to decide what to do with it.
+/// Why a record failed, as far as it has come: what the retry and DLQ headers carry.
 #[derive(Debug, Clone)]
-pub struct DeadLetter<'a> {
-    pub record: &'a ConsumedRecord,
+pub struct Failure {
     pub error: String,
-    /// `poison` (cannot be decoded or validated), `rejected` (the store refused it), ...
-    pub error_class: &'static str,
+    /// `poison` (cannot be decoded or validated), `rejected` (the store refuses it, deterministically),
+    /// `transient` (the store refused it this time; it may pass later).
+    pub class: &'static str,
+    /// Attempts made so far, this one included.
     pub attempts: u32,
     pub first_failure_at: DateTime<Utc>,
     pub last_failure_at: DateTime<Utc>,
@@ -92,47 +93,101 @@ impl ActivityPublisher {
         self.deliver(record).await
     }
 
-    /// Writes a dead letter: the original key, value and headers, plus the failure's facts.
-    pub async fn dead_letter(&self, letter: &DeadLetter<'_>) -> Result<(), PublishError> {
-        let record = letter.record;
-        let mut record_headers = OwnedHeaders::new_with_capacity(record.headers.len() + 9);
-        for (name, value) in &record.headers {
-            record_headers = record_headers.insert(Header {
-                key: name,
-                value: value.as_deref(),
-            });
-        }
+    /// Writes a dead letter: the original key, value and headers, plus the failure's facts and where
+    /// the record was first consumed.
+    pub async fn dead_letter(
+        &self,
+        record: &ConsumedRecord,
+        failure: &Failure,
+    ) -> Result<(), PublishError> {
+        let (topic, partition, offset) = origin(record);
         let facts = [
-            (headers::ERROR, letter.error.clone()),
-            (headers::ERROR_CLASS, letter.error_class.to_owned()),
-            (headers::ATTEMPTS, letter.attempts.to_string()),
+            (headers::ERROR, failure.error.clone()),
+            (headers::ERROR_CLASS, failure.class.to_owned()),
+            (headers::ATTEMPTS, failure.attempts.to_string()),
             (
                 headers::FIRST_FAILURE_AT,
-                letter.first_failure_at.to_rfc3339(),
+                failure.first_failure_at.to_rfc3339(),
             ),
             (
                 headers::LAST_FAILURE_AT,
-                letter.last_failure_at.to_rfc3339(),
+                failure.last_failure_at.to_rfc3339(),
             ),
-            (headers::SOURCE_TOPIC, record.topic.clone()),
-            (headers::SOURCE_PARTITION, record.partition.to_string()),
-            (headers::SOURCE_OFFSET, record.offset.to_string()),
+            (headers::SOURCE_TOPIC, topic),
+            (headers::SOURCE_PARTITION, partition),
+            (headers::SOURCE_OFFSET, offset),
         ];
-        for (name, value) in &facts {
+        self.forward(&self.dlq_topic, record, &facts).await
+    }
+
+    /// Sends a record to a retry topic, due at `due_at`.
+    pub async fn retry_later(
+        &self,
+        retry_topic: &str,
+        record: &ConsumedRecord,
+        failure: &Failure,
+        due_at: DateTime<Utc>,
+    ) -> Result<(), PublishError> {
+        let (topic, partition, offset) = origin(record);
+        let facts = [
+            (headers::RETRY_ATTEMPTS, failure.attempts.to_string()),
+            (headers::RETRY_DUE_AT, due_at.to_rfc3339()),
+            (
+                headers::RETRY_FIRST_FAILURE_AT,
+                failure.first_failure_at.to_rfc3339(),
+            ),
+            (headers::RETRY_ERROR, failure.error.clone()),
+            (headers::ORIGIN_TOPIC, topic),
+            (headers::ORIGIN_PARTITION, partition),
+            (headers::ORIGIN_OFFSET, offset),
+        ];
+        self.forward(retry_topic, record, &facts).await
+    }
+
+    /// Republishes a dead letter to the main topic with its original key, value and headers, so the
+    /// consumer processes it again under the same idempotency key.
+    pub async fn replay(&self, dead_letter: &ConsumedRecord) -> Result<(), PublishError> {
+        let replayed_from = format!("{}:{}", dead_letter.partition, dead_letter.offset);
+        self.forward(
+            &self.topic,
+            dead_letter,
+            &[(headers::REPLAYED_FROM, replayed_from)],
+        )
+        .await
+    }
+
+    /// Writes `record`'s key, value and own headers to `topic`, with the pipeline's headers replaced by
+    /// `facts`.
+    async fn forward(
+        &self,
+        topic: &str,
+        record: &ConsumedRecord,
+        facts: &[(&str, String)],
+    ) -> Result<(), PublishError> {
+        let mut record_headers =
+            OwnedHeaders::new_with_capacity(record.headers.len() + facts.len());
+        for (name, value) in &record.headers {
+            if !headers::is_pipeline_header(name) {
+                record_headers = record_headers.insert(Header {
+                    key: name,
+                    value: value.as_deref(),
+                });
+            }
+        }
+        for (name, value) in facts {
             record_headers = record_headers.insert(Header {
                 key: name,
                 value: Some(value.as_str()),
             });
         }
-        let mut dead_letter =
-            FutureRecord::<[u8], [u8]>::to(&self.dlq_topic).headers(record_headers);
+        let mut forwarded = FutureRecord::<[u8], [u8]>::to(topic).headers(record_headers);
         if let Some(key) = &record.key {
-            dead_letter = dead_letter.key(key.as_slice());
+            forwarded = forwarded.key(key.as_slice());
         }
         if let Some(payload) = &record.payload {
-            dead_letter = dead_letter.payload(payload.as_slice());
+            forwarded = forwarded.payload(payload.as_slice());
         }
-        self.deliver(dead_letter).await
+        self.deliver(forwarded).await
     }
 
     /// Waits up to `timeout` for queued records to be delivered (graceful shutdown).
@@ -166,6 +221,10 @@ impl ActivityPublisher {
         self.producer.in_flight_count()
     }
 
+    pub fn dlq_topic(&self) -> &str {
+        &self.dlq_topic
+    }
+
     async fn deliver<K, P>(&self, record: FutureRecord<'_, K, P>) -> Result<(), PublishError>
     where
         K: rdkafka::message::ToBytes + ?Sized,
@@ -183,5 +242,24 @@ impl ActivityPublisher {
             }
             Err((error, _)) => Err(PublishError::NotAcknowledged(error.to_string())),
         }
+    }
+}
+
+/// Where the record was first consumed: its `origin-*` headers if it came through a retry topic,
+/// else its own coordinates.
+fn origin(record: &ConsumedRecord) -> (String, String, String) {
+    match (
+        record.header(headers::ORIGIN_TOPIC),
+        record.header(headers::ORIGIN_PARTITION),
+        record.header(headers::ORIGIN_OFFSET),
+    ) {
+        (Some(topic), Some(partition), Some(offset)) => {
+            (topic.to_owned(), partition.to_owned(), offset.to_owned())
+        }
+        _ => (
+            record.topic.clone(),
+            record.partition.to_string(),
+            record.offset.to_string(),
+        ),
     }
 }

@@ -1,3 +1,4 @@
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -165,8 +166,8 @@ impl ActivityRepository {
                     .build(),
             );
         }
-        // One call per index: FerretDB v1 drops the connection when a multi-index createIndexes
-        // names indexes that already exist (every restart), while one index at a time is a no-op.
+        // One index per command: FerretDB v1.24 drops the connection when a multi-index
+        // createIndexes names indexes that already exist, which is every start but the first.
         for index in indexes {
             self.collection
                 .create_index(index)
@@ -247,12 +248,124 @@ impl ActivityRepository {
             .map_err(StoreOutage::mongo)
     }
 
+    /// Activity counts per type for `tenant`: the source of truth behind the Redis counters.
+    pub async fn count_by_type(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<BTreeMap<String, i64>, StoreOutage> {
+        let pipeline = [
+            doc! { "$match": { "tenantId": tenant.as_str() } },
+            doc! { "$group": { "_id": "$type", "count": { "$sum": 1 } } },
+        ];
+        let groups = self.aggregate(pipeline).await?;
+        Ok(groups
+            .into_iter()
+            .filter_map(|group| {
+                let activity_type = group.get_str("_id").ok()?.to_owned();
+                let count = match group.get("count")? {
+                    bson::Bson::Int32(count) => i64::from(*count),
+                    bson::Bson::Int64(count) => *count,
+                    bson::Bson::Double(count) => *count as i64,
+                    _ => return None,
+                };
+                Some((activity_type, count))
+            })
+            .collect())
+    }
+
+    /// Every tenant that has stored activities.
+    pub async fn tenants(&self) -> Result<Vec<String>, StoreOutage> {
+        let groups = self
+            .aggregate([doc! { "$group": { "_id": "$tenantId" } }])
+            .await?;
+        let mut tenants: Vec<String> = groups
+            .into_iter()
+            .filter_map(|group| group.get_str("_id").ok().map(str::to_owned))
+            .collect();
+        tenants.sort();
+        Ok(tenants)
+    }
+
+    async fn aggregate(
+        &self,
+        pipeline: impl IntoIterator<Item = Document>,
+    ) -> Result<Vec<Document>, StoreOutage> {
+        use futures::TryStreamExt;
+
+        self.collection
+            .aggregate(pipeline)
+            .await
+            .map_err(StoreOutage::mongo)?
+            .try_collect()
+            .await
+            .map_err(StoreOutage::mongo)
+    }
+
+    /// The log of DLQ replays, beside the activities collection.
+    pub fn replay_log(&self) -> ReplayLog {
+        let name = format!("{}_dlq_replays", self.collection.name());
+        ReplayLog {
+            collection: self
+                .collection
+                .client()
+                .database(self.collection.namespace().db.as_str())
+                .collection(&name),
+        }
+    }
+
     /// Answers when MongoDB answers a `ping`.
     pub async fn ping(&self) -> Result<(), StoreOutage> {
         self.collection
             .client()
             .database("admin")
             .run_command(doc! { "ping": 1 })
+            .await
+            .map(|_| ())
+            .map_err(StoreOutage::mongo)
+    }
+}
+
+/// Which dead letters `dlq replay` already republished, so a second replay does not repeat them.
+#[derive(Clone)]
+pub struct ReplayLog {
+    collection: Collection<Document>,
+}
+
+impl ReplayLog {
+    /// `topic:partition:offset` of every replayed dead letter.
+    pub async fn replayed(&self) -> Result<HashSet<String>, StoreOutage> {
+        use futures::TryStreamExt;
+
+        let documents: Vec<Document> = self
+            .collection
+            .find(doc! {})
+            .await
+            .map_err(StoreOutage::mongo)?
+            .try_collect()
+            .await
+            .map_err(StoreOutage::mongo)?;
+        Ok(documents
+            .into_iter()
+            .filter_map(|document| document.get_str("_id").ok().map(str::to_owned))
+            .collect())
+    }
+
+    /// Records one replay (idempotent: replaying the same dead letter again updates the time).
+    pub async fn record(
+        &self,
+        position: &str,
+        tenant: Option<&str>,
+        key: Option<&str>,
+    ) -> Result<(), StoreOutage> {
+        let entry = doc! {
+            "_id": position,
+            "tenantId": tenant,
+            "idempotencyKey": key,
+            "replayedAt": bson::DateTime::now(),
+        };
+        self.collection
+            .replace_one(doc! { "_id": position }, entry)
+            .upsert(true)
             .await
             .map(|_| ())
             .map_err(StoreOutage::mongo)

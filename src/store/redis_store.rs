@@ -125,6 +125,26 @@ impl RedisStore {
             .map_err(StoreOutage::redis)
     }
 
+    /// Replaces the tenant's counters with `counts`, atomically (MULTI/EXEC): readers see the old
+    /// hash or the new one, never a half-written one.
+    pub async fn replace_analytics(
+        &self,
+        tenant: &TenantId,
+        counts: &std::collections::BTreeMap<String, i64>,
+    ) -> Result<(), StoreOutage> {
+        let key = self.keys.analytics(tenant);
+        let mut transaction = redis::pipe();
+        transaction.atomic().del(&key).ignore();
+        if !counts.is_empty() {
+            let fields: Vec<(&String, &i64)> = counts.iter().collect();
+            transaction.hset_multiple(&key, &fields).ignore();
+        }
+        transaction
+            .query_async::<()>(&mut self.connection.clone())
+            .await
+            .map_err(StoreOutage::redis)
+    }
+
     pub async fn ping(&self) -> Result<(), StoreOutage> {
         redis::cmd("PING")
             .query_async::<String>(&mut self.connection.clone())

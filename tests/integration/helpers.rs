@@ -2,28 +2,39 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use activity_pipeline::config::{Settings, Sources};
+use activity_pipeline::consume::{ConsumerRuntime, Stages};
 use activity_pipeline::produce::Application;
 use mongodb::bson::{doc, Document};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use secrecy::ExposeSecret;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 pub const ACME_KEY: &str = "demo-key-acme";
 pub const GLOBEX_KEY: &str = "demo-key-globex";
+pub const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 
 /// A produce API and a consumer, running in this process against the real stack, isolated from other
 /// tests by a unique suffix on every name they touch.
 pub struct TestPipeline {
     pub address: String,
     pub settings: Settings,
+    /// `--set` flags that reproduce `settings` for a subprocess of the binary.
+    pub overrides: Vec<String>,
     pub http: reqwest::Client,
     pub mongo: mongodb::Database,
     pub redis: redis::aio::MultiplexedConnection,
+    /// The in-process consumer's metrics port, when it runs one.
+    pub consumer_metrics_port: Option<u16>,
     shutdown: CancellationToken,
     server: actix_web::dev::ServerHandle,
 }
 
-/// Settings for one test: the dev profile with unique names, plus `extra` overrides.
-pub fn test_settings(extra: &[String]) -> Settings {
+/// The overrides that give one test its own names, plus `extra`.
+pub fn test_overrides(extra: &[String]) -> Vec<String> {
     let id = uuid::Uuid::now_v7().simple().to_string();
     let id = &id[id.len() - 12..];
     let mut overrides = vec![
@@ -37,16 +48,23 @@ pub fn test_settings(extra: &[String]) -> Settings {
         "http.listen=127.0.0.1:0".to_owned(),
         "http.workers=2".to_owned(),
         "consumer.batch_max_wait_ms=20".to_owned(),
+        "consumer.outage_backoff_max_ms=500".to_owned(),
+        "consumer.metrics_listen=127.0.0.1:0".to_owned(),
         "log.filter=warn".to_owned(),
     ];
     overrides.extend_from_slice(extra);
+    overrides
+}
+
+pub fn dev_config() -> PathBuf {
+    PathBuf::from(MANIFEST_DIR).join("config/dev.toml")
+}
+
+pub fn load_settings(overrides: &[String]) -> Settings {
     Settings::load(&Sources {
-        files: vec![PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/config/dev.toml"
-        ))],
+        files: vec![dev_config()],
         environment: false,
-        overrides,
+        overrides: overrides.to_vec(),
     })
     .expect("test settings load")
 }
@@ -58,9 +76,19 @@ impl TestPipeline {
     }
 
     pub async fn spawn_with(extra: &[String]) -> TestPipeline {
-        let settings = test_settings(extra);
+        Self::start(extra, true).await
+    }
+
+    /// The API only: the test runs (or kills) consumers itself.
+    pub async fn spawn_api_only(extra: &[String]) -> TestPipeline {
+        Self::start(extra, false).await
+    }
+
+    async fn start(extra: &[String], with_consumer: bool) -> TestPipeline {
+        let overrides = test_overrides(extra);
+        let settings = load_settings(&overrides);
         activity_pipeline::telemetry::init(&settings.log);
-        activity_pipeline::kafka::create_topics(&settings.kafka)
+        activity_pipeline::kafka::create_topics(&settings.kafka, &settings.topic_names())
             .await
             .expect("topics are created");
 
@@ -70,19 +98,22 @@ impl TestPipeline {
         tokio::spawn(application.run_until_stopped());
 
         let shutdown = CancellationToken::new();
-        let consumer_settings = settings.clone();
-        let consumer_shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            activity_pipeline::consume::run(&consumer_settings, consumer_shutdown)
+        let consumer_metrics_port = if with_consumer {
+            let runtime = ConsumerRuntime::start(&settings, Stages::All, shutdown.clone())
                 .await
-                .expect("the consumer runs");
-        });
+                .expect("the consumer starts");
+            let port = runtime.metrics_port();
+            tokio::spawn(async move { runtime.wait().await.expect("the consumer runs") });
+            Some(port)
+        } else {
+            None
+        };
 
-        let mongo = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017")
+        let mongo = mongodb::Client::with_uri_str(settings.mongo.uri.expose_secret())
             .await
             .expect("MongoDB client")
             .database(&settings.mongo.database);
-        let redis = redis::Client::open("redis://127.0.0.1:6379")
+        let redis = redis::Client::open(settings.redis.url.expose_secret())
             .unwrap()
             .get_multiplexed_async_connection()
             .await
@@ -90,9 +121,11 @@ impl TestPipeline {
         TestPipeline {
             address,
             settings,
+            overrides,
             http: reqwest::Client::new(),
             mongo,
             redis,
+            consumer_metrics_port,
             shutdown,
             server,
         }
@@ -142,6 +175,131 @@ impl TestPipeline {
         format!("{}{rest}", self.settings.redis.key_prefix)
     }
 
+    pub async fn counters(&self, tenant: &str) -> std::collections::BTreeMap<String, i64> {
+        // A fresh connection each time: tests restart their private Redis under the pipeline.
+        let mut connection = redis::Client::open(self.settings.redis.url.expose_secret())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis answers");
+        redis::cmd("HGETALL")
+            .arg(self.redis_key(&format!("analytics:{{{tenant}}}")))
+            .query_async(&mut connection)
+            .await
+            .expect("HGETALL")
+    }
+
+    /// Writes a record straight into `topic`, bypassing the API (another producer, a replay, a bug).
+    pub async fn produce_raw(
+        &self,
+        topic: &str,
+        key: Option<&str>,
+        payload: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.settings.kafka.brokers)
+            .create()
+            .unwrap();
+        let mut record_headers = OwnedHeaders::new();
+        for (name, value) in headers {
+            record_headers = record_headers.insert(Header {
+                key: name,
+                value: Some(*value),
+            });
+        }
+        let mut record = FutureRecord::<str, [u8]>::to(topic).headers(record_headers);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .expect("the broker takes the record");
+    }
+
+    /// The envelope the API would have produced for `activity`.
+    pub fn envelope(&self, tenant: &str, key: &str, activity: &Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "schema": "activity.v1",
+            "tenantId": tenant,
+            "idempotencyKey": key,
+            "enqueuedAt": chrono::Utc::now().to_rfc3339(),
+            "activity": activity,
+        }))
+        .unwrap()
+    }
+
+    /// Offsets the main consumer group has committed, per partition of the main topic (absent: none).
+    pub fn committed_offsets(&self) -> Vec<(i32, i64)> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.settings.kafka.brokers)
+            .set("group.id", &self.settings.kafka.consumer_group)
+            .create()
+            .unwrap();
+        let mut partitions = TopicPartitionList::new();
+        for partition in 0..self.settings.kafka.partitions {
+            partitions.add_partition(&self.settings.kafka.topic, partition);
+        }
+        let committed = consumer
+            .committed_offsets(partitions, Duration::from_secs(10))
+            .expect("committed offsets");
+        committed
+            .elements()
+            .iter()
+            .filter_map(|element| match element.offset() {
+                Offset::Offset(offset) => Some((element.partition(), offset)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The records now in the DLQ topic, read directly.
+    pub async fn dead_letters(&self) -> Vec<activity_pipeline::kafka::ConsumedRecord> {
+        let kafka = self.settings.kafka.clone();
+        tokio::task::spawn_blocking(move || {
+            activity_pipeline::kafka::read_topic(&kafka, &kafka.dlq_topic, Duration::from_secs(30))
+        })
+        .await
+        .unwrap()
+        .expect("the DLQ is readable")
+    }
+
+    /// The in-process consumer's `/metrics` text.
+    pub async fn consumer_metrics(&self) -> String {
+        let port = self
+            .consumer_metrics_port
+            .expect("this pipeline runs a consumer");
+        self.http
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Polls the consumer's metrics until `line` appears; false after 30 s.
+    pub async fn wait_for_metric(&self, line: &str) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::time::Instant::now() < deadline {
+            if self
+                .consumer_metrics()
+                .await
+                .lines()
+                .any(|found| found == line)
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
     /// Stops both roles and drops the test's database and Redis keys.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
@@ -188,10 +346,10 @@ impl TestApi {
     /// Starts the API with the test settings plus `extra`; creates the topics first when asked
     /// (which needs a reachable broker).
     pub async fn spawn(extra: &[String], create_topics: bool) -> TestApi {
-        let settings = test_settings(extra);
+        let settings = load_settings(&test_overrides(extra));
         activity_pipeline::telemetry::init(&settings.log);
         if create_topics {
-            activity_pipeline::kafka::create_topics(&settings.kafka)
+            activity_pipeline::kafka::create_topics(&settings.kafka, &settings.topic_names())
                 .await
                 .expect("topics are created");
         }
@@ -287,5 +445,21 @@ impl TestPipeline {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+/// Polls `condition` every 100 ms for up to 60 s.
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -3,13 +3,16 @@
 //! database and Redis key prefix, so they run in parallel.
 
 mod helpers;
+mod services;
 mod sse_client;
 
 mod backpressure;
+mod consumer;
 mod docker_compose;
 mod http_errors;
 mod ingest;
 mod intake;
 mod operations;
+mod ops;
 mod read_side;
 mod sse;

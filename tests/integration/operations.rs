@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{activity, test_settings, TestPipeline, ACME_KEY};
+use crate::helpers::{activity, load_settings, test_overrides, TestPipeline, ACME_KEY};
 use crate::sse_client::SseClient;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,8 +229,8 @@ async fn wrong_methods_on_read_routes_get_405_with_allow() {
 /// The real binary: SIGTERM ends open streams, lets an in-flight request finish, and exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_and_exits_cleanly() {
-    let settings = test_settings(&[]);
-    activity_pipeline::kafka::create_topics(&settings.kafka)
+    let settings = load_settings(&test_overrides(&[]));
+    activity_pipeline::kafka::create_topics(&settings.kafka, &settings.topic_names())
         .await
         .expect("topics are created");
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -211,7 +211,7 @@ async fn two_tenants_cannot_see_each_others_activities_or_analytics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn indexes_are_ensured_again_on_an_existing_collection() {
     // Every consumer restart ensures the indexes of a collection that has them already.
-    let settings = crate::helpers::test_settings(&[]);
+    let settings = crate::helpers::load_settings(&crate::helpers::test_overrides(&[]));
     let repository = activity_pipeline::store::ActivityRepository::connect(&settings.mongo)
         .await
         .unwrap();

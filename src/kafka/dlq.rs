@@ -1,0 +1,80 @@
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::base_client_config;
+use super::consumer::ConsumedRecord;
+use crate::config::KafkaSettings;
+
+/// Reads every record of `topic` present now (up to each partition's high watermark), oldest first
+/// per partition, without joining a group or committing anything: the DLQ tools only look.
+pub fn read_topic(
+    settings: &KafkaSettings,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<ConsumedRecord>> {
+    let consumer: BaseConsumer = base_client_config(settings)
+        .set(
+            "group.id",
+            format!("{}.dlq-reader", settings.consumer_group),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .map_err(|error| anyhow::anyhow!("creating a Kafka reader: {error}"))?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|error| anyhow::anyhow!("fetching metadata of {topic}: {error}"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .find(|found| found.name() == topic && found.error().is_none())
+        .ok_or_else(|| anyhow::anyhow!("topic {topic} does not exist (run `topics create`)"))?
+        .partitions()
+        .iter()
+        .map(|partition| partition.id())
+        .collect();
+
+    let mut remaining: HashMap<i32, i64> = HashMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for partition in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, timeout)
+            .map_err(|error| {
+                anyhow::anyhow!("reading watermarks of {topic}[{partition}]: {error}")
+            })?;
+        if high > low {
+            remaining.insert(partition, high);
+            assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
+        }
+    }
+    let mut records = Vec::new();
+    if remaining.is_empty() {
+        return Ok(records);
+    }
+    consumer.assign(&assignment)?;
+    let deadline = std::time::Instant::now() + timeout;
+    while !remaining.is_empty() {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "reading {topic} timed out with {} partition(s) unread",
+                remaining.len()
+            );
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message.map_err(|error| anyhow::anyhow!("reading {topic}: {error}"))?;
+        let record = ConsumedRecord::from_message(&message);
+        if let Some(high) = remaining.get(&record.partition) {
+            if record.offset + 1 >= *high {
+                remaining.remove(&record.partition);
+            }
+            records.push(record);
+        }
+    }
+    records.sort_by_key(|record| (record.partition, record.offset));
+    Ok(records)
+}

@@ -1,0 +1,253 @@
+//! `dlq list | show | replay`: the dead-letter topic as an operator sees it.
+
+use std::time::Duration;
+
+use crate::config::Settings;
+use crate::kafka::{headers, read_topic, ActivityPublisher, ConsumedRecord};
+use crate::store::ActivityRepository;
+
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A dead letter with its facts pulled out of the headers.
+#[derive(Debug, Clone)]
+pub struct DeadLetterView {
+    pub record: ConsumedRecord,
+    /// The record key: the tenant id for records that came through the API.
+    pub tenant: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub error: String,
+    pub class: String,
+    pub attempts: String,
+    pub first_failure_at: String,
+    pub last_failure_at: String,
+    /// `topic[partition]@offset` where the record was first consumed.
+    pub source: String,
+}
+
+impl DeadLetterView {
+    pub fn from_record(record: ConsumedRecord) -> DeadLetterView {
+        let text = |name: &str| record.header(name).unwrap_or("-").to_owned();
+        DeadLetterView {
+            tenant: record
+                .key
+                .as_deref()
+                .map(|key| String::from_utf8_lossy(key).into_owned()),
+            idempotency_key: record.header(headers::IDEMPOTENCY_KEY).map(str::to_owned),
+            error: text(headers::ERROR),
+            class: text(headers::ERROR_CLASS),
+            attempts: text(headers::ATTEMPTS),
+            first_failure_at: text(headers::FIRST_FAILURE_AT),
+            last_failure_at: text(headers::LAST_FAILURE_AT),
+            source: format!(
+                "{}[{}]@{}",
+                text(headers::SOURCE_TOPIC),
+                text(headers::SOURCE_PARTITION),
+                text(headers::SOURCE_OFFSET)
+            ),
+            record,
+        }
+    }
+
+    /// `partition:offset` in the DLQ topic: how `dlq show` names it.
+    pub fn position(&self) -> String {
+        format!("{}:{}", self.record.partition, self.record.offset)
+    }
+
+    /// One line for `dlq list`.
+    pub fn summary_line(&self) -> String {
+        format!(
+            "{:<10} tenant={} key={} class={} attempts={} last={} source={} error={}",
+            self.position(),
+            self.tenant.as_deref().unwrap_or("-"),
+            self.idempotency_key.as_deref().unwrap_or("-"),
+            self.class,
+            self.attempts,
+            self.last_failure_at,
+            self.source,
+            self.error
+        )
+    }
+
+    /// Everything about one dead letter, for `dlq show`.
+    pub fn details(&self) -> String {
+        let mut out = format!("dead letter {} in {}\n", self.position(), self.record.topic);
+        out.push_str(&format!(
+            "key: {}\n",
+            self.tenant.as_deref().unwrap_or("(none)")
+        ));
+        out.push_str("headers:\n");
+        for (name, value) in &self.record.headers {
+            let value = value.as_deref().map_or_else(
+                || "(null)".to_owned(),
+                |bytes| String::from_utf8_lossy(bytes).into_owned(),
+            );
+            out.push_str(&format!("  {name}: {value}\n"));
+        }
+        out.push_str("value:\n");
+        match &self.record.payload {
+            None => out.push_str("  (none)\n"),
+            Some(bytes) => match serde_json::from_slice::<serde_json::Value>(bytes) {
+                Ok(json) => out.push_str(&serde_json::to_string_pretty(&json).unwrap_or_default()),
+                Err(_) => out.push_str(&String::from_utf8_lossy(bytes)),
+            },
+        }
+        out.push('\n');
+        out
+    }
+}
+
+/// Parses `partition:offset`.
+pub fn parse_position(raw: &str) -> Result<(i32, i64), String> {
+    let (partition, offset) = raw
+        .split_once(':')
+        .ok_or_else(|| format!("expected <partition>:<offset>, got {raw:?}"))?;
+    let partition = partition
+        .parse::<i32>()
+        .ok()
+        .filter(|partition| *partition >= 0)
+        .ok_or_else(|| format!("partition {partition:?} is not a non-negative number"))?;
+    let offset = offset
+        .parse::<i64>()
+        .ok()
+        .filter(|offset| *offset >= 0)
+        .ok_or_else(|| format!("offset {offset:?} is not a non-negative number"))?;
+    Ok((partition, offset))
+}
+
+/// The dead letters now in the DLQ, oldest first per partition, optionally of one tenant.
+pub async fn list(
+    settings: &Settings,
+    tenant: Option<&str>,
+) -> anyhow::Result<Vec<DeadLetterView>> {
+    let kafka = settings.kafka.clone();
+    let topic = settings.kafka.dlq_topic.clone();
+    let records =
+        tokio::task::spawn_blocking(move || read_topic(&kafka, &topic, READ_TIMEOUT)).await??;
+    Ok(records
+        .into_iter()
+        .map(DeadLetterView::from_record)
+        .filter(|view| tenant.is_none() || view.tenant.as_deref() == tenant)
+        .collect())
+}
+
+/// One dead letter by position.
+pub async fn show(
+    settings: &Settings,
+    partition: i32,
+    offset: i64,
+) -> anyhow::Result<DeadLetterView> {
+    list(settings, None)
+        .await?
+        .into_iter()
+        .find(|view| view.record.partition == partition && view.record.offset == offset)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no dead letter at {partition}:{offset} in {}",
+                settings.kafka.dlq_topic
+            )
+        })
+}
+
+/// What `dlq replay` did with one dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayOutcome {
+    Replayed,
+    WouldReplay,
+    AlreadyReplayed,
+}
+
+/// Republishes dead letters (of `tenant`, if given) to the main topic with their original key, value
+/// and headers, so they are processed again under the same idempotency key: replaying something
+/// already stored changes nothing. Each replay is recorded in MongoDB, and a dead letter already
+/// replayed is skipped unless `again`.
+pub async fn replay(
+    settings: &Settings,
+    tenant: Option<&str>,
+    dry_run: bool,
+    again: bool,
+) -> anyhow::Result<Vec<(DeadLetterView, ReplayOutcome)>> {
+    let dead_letters = list(settings, tenant).await?;
+    let replay_log = ActivityRepository::connect(&settings.mongo)
+        .await?
+        .replay_log();
+    let replayed = replay_log.replayed().await?;
+    let publisher = if dry_run {
+        None
+    } else {
+        Some(ActivityPublisher::new(&settings.kafka)?)
+    };
+    let mut outcomes = Vec::with_capacity(dead_letters.len());
+    for view in dead_letters {
+        let log_id = format!("{}:{}", view.record.topic, view.position());
+        let outcome = if replayed.contains(&log_id) && !again {
+            ReplayOutcome::AlreadyReplayed
+        } else if let Some(publisher) = &publisher {
+            publisher
+                .replay(&view.record)
+                .await
+                .map_err(|error| anyhow::anyhow!("replaying {}: {error}", view.position()))?;
+            replay_log
+                .record(
+                    &log_id,
+                    view.tenant.as_deref(),
+                    view.idempotency_key.as_deref(),
+                )
+                .await?;
+            tracing::info!(position = %view.position(), tenant = ?view.tenant, key = ?view.idempotency_key, "dead letter replayed");
+            ReplayOutcome::Replayed
+        } else {
+            ReplayOutcome::WouldReplay
+        };
+        outcomes.push((view, outcome));
+    }
+    Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_parse_strictly() {
+        assert_eq!(parse_position("3:42"), Ok((3, 42)));
+        for bad in ["", "3", "3:", ":4", "a:1", "1:b", "-1:0", "0:-5", "1:2:3"] {
+            assert!(parse_position(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn views_read_the_dead_letter_headers() {
+        let mut record = ConsumedRecord::from_parts(
+            "activities.dlq",
+            2,
+            7,
+            Some(b"acme".to_vec()),
+            Some(b"{}".to_vec()),
+        );
+        for (name, value) in [
+            (headers::IDEMPOTENCY_KEY, "k-1"),
+            (headers::ERROR, "boom"),
+            (headers::ERROR_CLASS, "poison"),
+            (headers::ATTEMPTS, "1"),
+            (headers::SOURCE_TOPIC, "activities"),
+            (headers::SOURCE_PARTITION, "5"),
+            (headers::SOURCE_OFFSET, "9"),
+        ] {
+            record
+                .headers
+                .push((name.to_owned(), Some(value.as_bytes().to_vec())));
+        }
+        let view = DeadLetterView::from_record(record);
+        assert_eq!(view.position(), "2:7");
+        assert_eq!(view.tenant.as_deref(), Some("acme"));
+        assert_eq!(view.source, "activities[5]@9");
+        let line = view.summary_line();
+        assert!(
+            line.contains("key=k-1")
+                && line.contains("class=poison")
+                && line.contains("error=boom"),
+            "{line}"
+        );
+        assert!(view.details().contains("dlq-error: boom"));
+    }
+}

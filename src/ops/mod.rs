@@ -1,0 +1,4 @@
+//! Operator verbs: inspecting and replaying the DLQ, rebuilding the analytics counters.
+
+pub mod analytics;
+pub mod dlq;
