@@ -77,6 +77,9 @@ pub struct BatchProcessor {
     publisher: ActivityPublisher,
     retry_delays: Vec<Duration>,
     retry_topics: Vec<String>,
+    /// How long an idempotency mark lives: a document stored longer ago than this had its Redis step
+    /// long ago (its mark has merely expired), so it must not be announced again.
+    mark_ttl: chrono::Duration,
     metrics: Arc<ConsumerMetrics>,
     alerts: AlertSender,
 }
@@ -114,6 +117,9 @@ impl BatchProcessor {
             retry_topics: (1..=settings.retry.delays_ms.len())
                 .map(|step| settings.kafka.retry_topic_for(step))
                 .collect(),
+            mark_ttl: chrono::Duration::seconds(
+                settings.redis.idempotency_ttl_secs.min(i64::MAX as u64) as i64,
+            ),
             metrics,
             alerts,
         }
@@ -238,7 +244,15 @@ impl BatchProcessor {
                     });
                 }
             }
-            to_announce.extend(stored);
+            // Stored within the mark's lifetime: its Redis step may not have happened, so announce it
+            // (a no-op if it did). Stored before that: the step happened long ago and the mark just
+            // expired; announcing again would count it twice (a replay of an old dead letter).
+            let marks_live_since = now - self.mark_ttl;
+            to_announce.extend(
+                stored
+                    .into_iter()
+                    .filter(|document| document.created_at_utc() > marks_live_since),
+            );
         }
 
         // 4. Mark, count, publish: atomically per record, and only once per key.

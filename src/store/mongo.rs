@@ -71,6 +71,12 @@ impl StoredActivity {
         })
     }
 
+    /// When the consumer stored it.
+    pub fn created_at_utc(&self) -> DateTime<Utc> {
+        DateTime::<Utc>::from_timestamp_millis(self.created_at.timestamp_millis())
+            .unwrap_or_default()
+    }
+
     /// The JSON shape clients see (API responses, SSE events): camelCase, `id` as hex, RFC 3339 times.
     pub fn to_json(&self) -> serde_json::Value {
         let mut value = serde_json::json!({

@@ -474,7 +474,207 @@ async fn a_consumer_killed_mid_stream_and_restarted_leaves_every_activity_once()
     assert_eq!(events.len(), total as usize);
     assert!(events.values().all(|count| *count == 1));
     drop(stream);
-    consumer.kill().unwrap();
-    consumer.wait().unwrap();
+    // SIGTERM: the consumer finishes, commits everything it processed and exits cleanly.
+    let terminated = std::process::Command::new("kill")
+        .args(["-TERM", &consumer.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(terminated.success());
+    let status = consumer.wait().unwrap();
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+    assert_eq!(
+        pipeline
+            .committed_offsets()
+            .iter()
+            .map(|(_, offset)| offset)
+            .sum::<i64>(),
+        total,
+        "everything processed is committed on shutdown"
+    );
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_consumer_joining_and_leaving_the_group_loses_and_doubles_nothing() {
+    // Eight tenants, so the records spread over every partition (the topic is keyed by tenant).
+    let tenants: Vec<String> = (0..8).map(|index| format!("tenant-{index}")).collect();
+    let mut extra = vec!["consumer.batch_max_records=10".to_owned()];
+    for tenant in &tenants {
+        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(format!(
+            "key-{tenant}"
+        )));
+        extra.push(format!("tenants.{tenant}.api_key_sha256={digest}"));
+    }
+    let pipeline = TestPipeline::spawn_with(&extra).await;
+    let total: i64 = 320;
+    let poster = {
+        let http = pipeline.http.clone();
+        let url = format!("{}/activities", pipeline.address);
+        let tenants = tenants.clone();
+        tokio::spawn(async move {
+            for index in 0..total {
+                let response = http
+                    .post(&url)
+                    .bearer_auth(format!("key-{}", tenants[index as usize % tenants.len()]))
+                    .header("X-Idempotency-Key", format!("rebalance-{index}"))
+                    .json(&activity("u1", "rebalance"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 202);
+                // Paced, so the stream is still flowing while members join and leave.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    // A second member joins mid-stream (partitions move to it), then leaves (they move back).
+    eventually("progress before the join", || async {
+        pipeline.count(doc! {}).await >= 40
+    })
+    .await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let second = activity_pipeline::consume::ConsumerRuntime::start(
+        &pipeline.settings,
+        activity_pipeline::consume::Stages::Main,
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let inserted_by_second = || {
+        second
+            .metrics()
+            .render()
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("activity_pipeline_consumer_records_total{outcome=\"inserted\"} ")
+                    .map(str::to_owned)
+            })
+            .and_then(|count| count.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    eventually(
+        "the second member took partitions and processed records",
+        || async { inserted_by_second() > 0 },
+    )
+    .await;
+    shutdown.cancel();
+    second.wait().await.unwrap();
+    poster.await.unwrap();
+    eventually("everything stored", || async {
+        pipeline.count(doc! {}).await >= total as u64
+    })
+    .await;
+    for tenant in &tenants {
+        let per_tenant = total / tenants.len() as i64;
+        eventually("everything counted", || async {
+            pipeline.counters(tenant).await.get("rebalance") == Some(&per_tenant)
+        })
+        .await;
+    }
+    assert_eq!(pipeline.count(doc! {}).await, total as u64);
+    for index in 0..total {
+        let tenant = &tenants[index as usize % tenants.len()];
+        assert_eq!(
+            pipeline
+                .count(filter(tenant, &format!("rebalance-{index}")))
+                .await,
+            1
+        );
+    }
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consumer_metrics_report_outcomes_lag_commits_and_latency() {
+    let pipeline = TestPipeline::spawn().await;
+    for index in 0..5 {
+        let key = format!("metrics-{index}");
+        assert_eq!(
+            pipeline
+                .post_activity(ACME_KEY, Some(&key), &activity("u1", "seen"))
+                .await
+                .status(),
+            202
+        );
+    }
+    assert_eq!(pipeline.wait_for_count(doc! {}, 5).await, 5);
+    assert!(
+        pipeline
+            .wait_for_metric("activity_pipeline_consumer_records_total{outcome=\"inserted\"} 5")
+            .await
+    );
+    let topic = pipeline.settings.kafka.topic.clone();
+    // Lag comes from librdkafka's statistics (every 5 s) and commits from the auto-commit (every 1 s).
+    eventually("lag and commits reported", || async {
+        let metrics = pipeline.consumer_metrics().await;
+        let lag_reported = metrics.lines().any(|line| {
+            line.starts_with("activity_pipeline_consumer_lag_records{")
+                && line.contains(&format!("topic=\"{topic}\""))
+        });
+        let committed = metrics.lines().any(|line| {
+            line.starts_with("activity_pipeline_consumer_commits_total{result=\"ok\"}")
+        });
+        lag_reported && committed
+    })
+    .await;
+    let metrics = pipeline.consumer_metrics().await;
+    assert!(
+        metrics.contains("activity_pipeline_end_to_end_latency_seconds_count 5"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("activity_pipeline_consumer_breaker_open{stage=\"main\"} 0"));
+    assert!(metrics.contains("activity_pipeline_consumer_breaker_open{stage=\"retry.3\"} 0"));
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_after_the_mark_expired_is_not_counted_again() {
+    let pipeline = TestPipeline::spawn_with(&["redis.idempotency_ttl_secs=1".to_owned()]).await;
+    assert_eq!(
+        pipeline
+            .post_activity(ACME_KEY, Some("old-one"), &activity("u1", "login"))
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(
+        pipeline.wait_for_count(filter("acme", "old-one"), 1).await,
+        1
+    );
+    eventually("counted", || async {
+        pipeline.counters("acme").await.get("login") == Some(&1)
+    })
+    .await;
+    let mark = pipeline.redis_key("idempotency:{acme}:old-one");
+    eventually("the mark expired", || async {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&mark)
+            .query_async(&mut pipeline.redis.clone())
+            .await
+            .unwrap();
+        !exists
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the document is now older than the mark's TTL
+                                                           // The same activity arrives again (a replay of an old dead letter, a client retry a day later).
+    let again = pipeline.envelope("acme", "old-one", &activity("u1", "login"));
+    let topic = pipeline.settings.kafka.topic.clone();
+    pipeline
+        .produce_raw(&topic, Some("acme"), Some(&again), &[])
+        .await;
+    let marker = pipeline.envelope("acme", "marker", &activity("u1", "logout"));
+    pipeline
+        .produce_raw(&topic, Some("acme"), Some(&marker), &[])
+        .await;
+    assert_eq!(
+        pipeline.wait_for_count(filter("acme", "marker"), 1).await,
+        1
+    );
+    assert_eq!(pipeline.count(filter("acme", "old-one")).await, 1);
+    assert_eq!(
+        pipeline.counters("acme").await.get("login"),
+        Some(&1),
+        "not counted twice"
+    );
     pipeline.stop().await;
 }
