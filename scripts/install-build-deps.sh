@@ -3,6 +3,9 @@
 # source by rdkafka's cmake-build feature (cmake, a C/C++ toolchain, curl and OpenSSL headers).
 set -euo pipefail
 
+# promtool, which the /metrics test runs (unpacked into the cache, not installed system-wide).
+"$(dirname "${BASH_SOURCE[0]}")/install-promtool.sh"
+
 packages=(cmake build-essential pkg-config libcurl4-openssl-dev libssl-dev zlib1g-dev)
 missing=()
 for package in "${packages[@]}"; do

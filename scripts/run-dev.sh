@@ -41,6 +41,13 @@ cat <<MSG
   Send an activity:
     curl -i -X POST $url/activities -H 'Authorization: Bearer demo-key-acme' -H 'Content-Type: application/json' -d '{"actorId":"u1","actorName":"Alice","type":"comment.created","entityId":"doc-42"}'
 
+  Read it back, see the counters, watch new ones live (Ctrl-C ends the stream):
+    curl -s $url/activities -H 'Authorization: Bearer demo-key-acme'
+    curl -s $url/analytics -H 'Authorization: Bearer demo-key-acme'
+    curl -N $url/activities/stream -H 'Authorization: Bearer demo-key-acme'
+
+  Every endpoint: $url/openapi.json (and the README's API section).
+
   See it in MongoDB (database activity_pipeline, collection activities), e.g. with mongosh:
     mongosh mongodb://127.0.0.1:27017/activity_pipeline --eval 'db.activities.find().sort({_id:-1}).limit(1)'
 

@@ -321,7 +321,8 @@ async fn cancel_on_signals(shutdown: CancellationToken) {
     std::process::exit(130);
 }
 
-async fn wait_for_signal() {
+/// Resolves on the first SIGTERM or SIGINT received after it is called.
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     tokio::select! {

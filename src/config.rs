@@ -38,6 +38,16 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub log: LogSettings,
     pub limits: LimitSettings,
+    /// The API's intake: batches, the layer-2 dedupe check.
+    pub intake: IntakeSettings,
+    /// Per-tenant token bucket on intake.
+    pub rate_limit: RateLimitSettings,
+    /// `GET /activities`, `GET /activities/{key}`, `GET /analytics`.
+    pub read: ReadSettings,
+    /// `GET /activities/stream`.
+    pub sse: SseSettings,
+    /// `GET /readyz`.
+    pub readiness: ReadinessSettings,
     /// Tenant id -> its API key digest. Empty by default: a deployment must say who may send.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantSettings>,
@@ -209,6 +219,97 @@ pub struct LogSettings {
 pub struct LimitSettings {
     pub metadata_max_bytes: usize,
     pub metadata_max_depth: usize,
+    /// Longest `actorId`, `actorName`, `entityId`, in characters.
+    pub actor_id_max_chars: u64,
+    pub actor_name_max_chars: u64,
+    pub entity_id_max_chars: u64,
+    /// The regular expression (ECMA 262) every `type` must match: its charset and length.
+    pub type_pattern: String,
+}
+
+impl LimitSettings {
+    /// The limits as the validator takes them; the served schema is patched with them.
+    pub fn activity_limits(&self) -> crate::domain::ActivityLimits {
+        crate::domain::ActivityLimits {
+            actor_id_max_chars: self.actor_id_max_chars,
+            actor_name_max_chars: self.actor_name_max_chars,
+            entity_id_max_chars: self.entity_id_max_chars,
+            type_pattern: self.type_pattern.clone(),
+            metadata_max_bytes: self.metadata_max_bytes,
+            metadata_max_depth: self.metadata_max_depth,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntakeSettings {
+    /// Most activities in one `POST /activities/batch`.
+    pub batch_max_items: usize,
+    /// Largest batch body; larger ones get 413 before they are buffered.
+    pub batch_max_body_bytes: usize,
+    /// How long the API waits for Redis' "already accepted?" answer before producing anyway.
+    pub dedupe_timeout_ms: u64,
+}
+
+impl IntakeSettings {
+    pub fn dedupe_timeout(&self) -> Duration {
+        Duration::from_millis(self.dedupe_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Activities per second each tenant may send, sustained; 0 turns the limit off.
+    pub per_tenant_per_sec: u32,
+    /// Activities a tenant may send at once above the sustained rate (the bucket's size).
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadSettings {
+    /// Page size of `GET /activities` without `limit`, and the largest `limit` accepted.
+    pub page_default_limit: usize,
+    pub page_max_limit: usize,
+    /// Budget of one MongoDB or Redis call of the read side; past it the answer is 503.
+    pub timeout_ms: u64,
+}
+
+impl ReadSettings {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SseSettings {
+    /// Interval of the `: keep-alive` comment lines that keep proxies from closing idle streams.
+    pub heartbeat_secs: u64,
+    /// Open streams allowed per tenant on one API instance; more are refused with 429.
+    pub max_connections_per_tenant: usize,
+    /// Most stored activities replayed after `Last-Event-ID`.
+    pub replay_max_events: usize,
+    /// The `retry:` hint sent to clients (how long EventSource waits before reconnecting).
+    pub retry_ms: u64,
+    /// Live events buffered per tenant for slow clients; a client that falls further behind is
+    /// disconnected (and resumes with `Last-Event-ID`).
+    pub buffer_events: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadinessSettings {
+    /// Budget of each dependency check of `GET /readyz`.
+    pub timeout_ms: u64,
+}
+
+impl ReadinessSettings {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -444,9 +545,82 @@ impl Settings {
             "limits.metadata_max_bytes",
             "must be at least 2",
         )?;
+        self.validate_api()?;
+        crate::domain::ActivityValidator::with_limits(&self.limits.activity_limits())
+            .map_err(|error| invalid(&format!("limits.{}", error.key), error.message))?;
         tracing_subscriber::EnvFilter::try_new(&self.log.filter)
             .map_err(|error| invalid("log.filter", error))?;
         self.tenant_credentials()?;
+        Ok(())
+    }
+}
+
+impl Settings {
+    /// The API's keys: intake, rate limit, read side, SSE, readiness.
+    fn validate_api(&self) -> Result<(), ConfigError> {
+        require(
+            (1..=10_000).contains(&self.intake.batch_max_items),
+            "intake.batch_max_items",
+            "must be between 1 and 10000",
+        )?;
+        require(
+            self.intake.batch_max_body_bytes >= 1024,
+            "intake.batch_max_body_bytes",
+            "must be at least 1024",
+        )?;
+        require(
+            self.intake.dedupe_timeout_ms >= 1,
+            "intake.dedupe_timeout_ms",
+            "must be at least 1",
+        )?;
+        if self.rate_limit.per_tenant_per_sec > 0 {
+            require(
+                self.rate_limit.burst as usize >= self.intake.batch_max_items,
+                "rate_limit.burst",
+                "must be at least intake.batch_max_items, or a full batch could never pass",
+            )?;
+        }
+        require(
+            self.read.page_default_limit >= 1
+                && self.read.page_default_limit <= self.read.page_max_limit,
+            "read.page_default_limit",
+            "must be at least 1 and at most read.page_max_limit",
+        )?;
+        require(
+            self.read.page_max_limit <= 1000,
+            "read.page_max_limit",
+            "must be at most 1000",
+        )?;
+        require(
+            self.read.timeout_ms >= 1,
+            "read.timeout_ms",
+            "must be at least 1",
+        )?;
+        require(
+            self.sse.heartbeat_secs >= 1,
+            "sse.heartbeat_secs",
+            "must be at least 1",
+        )?;
+        require(
+            self.sse.max_connections_per_tenant >= 1,
+            "sse.max_connections_per_tenant",
+            "must be at least 1",
+        )?;
+        require(
+            self.sse.replay_max_events <= 10_000,
+            "sse.replay_max_events",
+            "must be at most 10000",
+        )?;
+        require(
+            self.sse.buffer_events >= 1,
+            "sse.buffer_events",
+            "must be at least 1",
+        )?;
+        require(
+            self.readiness.timeout_ms >= 1,
+            "readiness.timeout_ms",
+            "must be at least 1",
+        )?;
         Ok(())
     }
 }
@@ -661,5 +835,38 @@ mod tests {
         assert_eq!(settings.http.listen.port(), 9000);
         let error = load_with(&["retry.delays_ms=[]"]).unwrap_err().to_string();
         assert!(error.contains("retry.delays_ms"), "{error}");
+    }
+
+    #[test]
+    fn api_settings_that_cannot_work_name_their_key() {
+        for (overrides, key) in [
+            (
+                &["rate_limit.burst=10", "intake.batch_max_items=100"][..],
+                "rate_limit.burst",
+            ),
+            (&["limits.type_pattern=([a-z"][..], "limits.type_pattern"),
+            (
+                &["limits.actor_id_max_chars=0"][..],
+                "limits.actor_id_max_chars",
+            ),
+            (
+                &["read.page_default_limit=0"][..],
+                "read.page_default_limit",
+            ),
+            (&["read.page_max_limit=5000"][..], "read.page_max_limit"),
+            (
+                &["sse.max_connections_per_tenant=0"][..],
+                "sse.max_connections_per_tenant",
+            ),
+            (&["intake.batch_max_items=0"][..], "intake.batch_max_items"),
+        ] {
+            let error = load_with(overrides).unwrap_err().to_string();
+            assert!(
+                error.starts_with(&format!("configuration key `{key}`")),
+                "{overrides:?}: {error}"
+            );
+        }
+        // A rate limit of 0 is off, and then the burst does not matter.
+        assert!(load_with(&["rate_limit.per_tenant_per_sec=0", "rate_limit.burst=0"]).is_ok());
     }
 }

@@ -26,3 +26,6 @@ pub mod ops;
 pub mod produce;
 pub mod store;
 pub mod telemetry;
+
+#[cfg(test)]
+mod validator_props;

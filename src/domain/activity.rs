@@ -38,7 +38,7 @@ pub struct ValidationFailure {
 }
 
 impl ValidationFailure {
-    fn single(field: &str, rule: &str, message: impl Into<String>) -> ValidationFailure {
+    pub(crate) fn single(field: &str, rule: &str, message: impl Into<String>) -> ValidationFailure {
         ValidationFailure {
             errors: vec![FieldError {
                 field: field.to_owned(),
@@ -68,10 +68,61 @@ impl ValidationFailure {
     }
 }
 
+/// The configurable bounds of an activity. The field lengths and the `type` pattern are written into
+/// the schema itself, so the schema served to clients is exactly the one requests are checked against;
+/// the metadata size and depth are checked after the schema, which cannot express them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivityLimits {
+    pub actor_id_max_chars: u64,
+    pub actor_name_max_chars: u64,
+    pub entity_id_max_chars: u64,
+    pub type_pattern: String,
+    pub metadata_max_bytes: usize,
+    pub metadata_max_depth: usize,
+}
+
+impl Default for ActivityLimits {
+    /// The values written in `schemas/activity.v1.json`, with 16 KiB and 8 levels of metadata.
+    fn default() -> ActivityLimits {
+        let schema = bundled_schema();
+        let property = |name: &str, keyword: &str| schema["properties"][name][keyword].clone();
+        let max_chars = |name: &str| {
+            property(name, "maxLength")
+                .as_u64()
+                .expect("the bundled schema bounds every string field")
+        };
+        ActivityLimits {
+            actor_id_max_chars: max_chars("actorId"),
+            actor_name_max_chars: max_chars("actorName"),
+            entity_id_max_chars: max_chars("entityId"),
+            type_pattern: property("type", "pattern")
+                .as_str()
+                .expect("the bundled schema has a type pattern")
+                .to_owned(),
+            metadata_max_bytes: 16 * 1024,
+            metadata_max_depth: 8,
+        }
+    }
+}
+
+/// A limit that cannot work, naming it (`type_pattern`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct InvalidLimit {
+    pub key: &'static str,
+    pub message: String,
+}
+
+fn bundled_schema() -> Value {
+    serde_json::from_str(ACTIVITY_SCHEMA_JSON).expect("the bundled activity schema is valid JSON")
+}
+
 /// Checks bodies against the activity schema plus the configured size and depth limits, which a
 /// schema cannot express.
 pub struct ActivityValidator {
     schema: jsonschema::Validator,
+    /// The schema with the configured limits written in: what `GET /schemas/activity.v1.json` serves.
+    schema_json: String,
     metadata_max_bytes: usize,
     metadata_max_depth: usize,
 }
@@ -87,16 +138,58 @@ impl std::fmt::Debug for ActivityValidator {
 }
 
 impl ActivityValidator {
+    /// The bundled schema's field limits with the given metadata bounds.
     pub fn new(metadata_max_bytes: usize, metadata_max_depth: usize) -> ActivityValidator {
-        let schema: Value = serde_json::from_str(ACTIVITY_SCHEMA_JSON)
-            .expect("the bundled activity schema is valid JSON");
-        let schema =
-            jsonschema::draft202012::new(&schema).expect("the bundled activity schema compiles");
-        ActivityValidator {
-            schema,
+        ActivityValidator::with_limits(&ActivityLimits {
             metadata_max_bytes,
             metadata_max_depth,
+            ..ActivityLimits::default()
+        })
+        .expect("the bundled schema's own limits compile")
+    }
+
+    /// A validator for `limits`; fails when the limits make no schema (a `type_pattern` that is not
+    /// a regular expression, a zero length).
+    pub fn with_limits(limits: &ActivityLimits) -> Result<ActivityValidator, InvalidLimit> {
+        for (key, value) in [
+            ("actor_id_max_chars", limits.actor_id_max_chars),
+            ("actor_name_max_chars", limits.actor_name_max_chars),
+            ("entity_id_max_chars", limits.entity_id_max_chars),
+        ] {
+            if value == 0 {
+                return Err(InvalidLimit {
+                    key,
+                    message: "must be at least 1".to_owned(),
+                });
+            }
         }
+        let mut schema = bundled_schema();
+        let properties = &mut schema["properties"];
+        properties["actorId"]["maxLength"] = limits.actor_id_max_chars.into();
+        properties["actorName"]["maxLength"] = limits.actor_name_max_chars.into();
+        properties["entityId"]["maxLength"] = limits.entity_id_max_chars.into();
+        properties["type"]["pattern"] = limits.type_pattern.clone().into();
+        let compiled = jsonschema::draft202012::new(&schema).map_err(|error| InvalidLimit {
+            key: "type_pattern",
+            message: format!("is not a usable regular expression: {error}"),
+        })?;
+        Ok(ActivityValidator {
+            schema: compiled,
+            schema_json: serde_json::to_string_pretty(&schema).expect("a schema serializes"),
+            metadata_max_bytes: limits.metadata_max_bytes,
+            metadata_max_depth: limits.metadata_max_depth,
+        })
+    }
+
+    /// The effective JSON Schema (the bundled one with the configured limits written in).
+    pub fn schema_json(&self) -> &str {
+        &self.schema_json
+    }
+
+    /// Whether `value` passes the JSON Schema alone (no size or depth limits); for tests that hold
+    /// the validator to the schema.
+    pub fn schema_accepts(&self, value: &Value) -> bool {
+        self.schema.is_valid(value)
     }
 
     /// Parses and validates a request body.
@@ -397,6 +490,48 @@ mod tests {
                 .summary()
                 .starts_with("Invalid activity: body is not valid JSON"));
         }
+    }
+
+    #[test]
+    fn configured_limits_are_enforced_and_served() {
+        let limits = ActivityLimits {
+            actor_id_max_chars: 4,
+            type_pattern: "^[a-z]{1,5}$".to_owned(),
+            ..ActivityLimits::default()
+        };
+        let strict = ActivityValidator::with_limits(&limits).unwrap();
+        let failure = strict
+            .validate(json!({"actorId": "abcde", "actorName": "A", "type": "Login"}))
+            .unwrap_err();
+        let mut found = fields(&failure);
+        found.sort();
+        assert_eq!(found, [("/actorId", "maxLength"), ("/type", "pattern")]);
+        assert!(strict
+            .validate(json!({"actorId": "abcd", "actorName": "A", "type": "login"}))
+            .is_ok());
+        let served: Value = serde_json::from_str(strict.schema_json()).unwrap();
+        assert_eq!(served["properties"]["actorId"]["maxLength"], 4);
+        assert_eq!(served["properties"]["type"]["pattern"], "^[a-z]{1,5}$");
+        // The defaults are the bundled schema's own values.
+        let default: Value = serde_json::from_str(validator().schema_json()).unwrap();
+        let bundled: Value = serde_json::from_str(ACTIVITY_SCHEMA_JSON).unwrap();
+        assert_eq!(default, bundled);
+    }
+
+    #[test]
+    fn unusable_limits_are_named() {
+        let error = ActivityValidator::with_limits(&ActivityLimits {
+            type_pattern: "([a-z".to_owned(),
+            ..ActivityLimits::default()
+        })
+        .unwrap_err();
+        assert_eq!(error.key, "type_pattern");
+        let error = ActivityValidator::with_limits(&ActivityLimits {
+            entity_id_max_chars: 0,
+            ..ActivityLimits::default()
+        })
+        .unwrap_err();
+        assert_eq!(error.key, "entity_id_max_chars");
     }
 
     #[test]

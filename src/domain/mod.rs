@@ -4,14 +4,16 @@
 //! roles translate these types to and from their wire formats.
 
 mod activity;
+mod batch;
 mod envelope;
 mod idempotency;
 mod tenant;
 
 pub use activity::{
-    ActivityValidator, FieldError, NewActivity, ValidationFailure, ACTIVITY_SCHEMA_ID,
-    ACTIVITY_SCHEMA_JSON,
+    ActivityLimits, ActivityValidator, FieldError, InvalidLimit, NewActivity, ValidationFailure,
+    ACTIVITY_SCHEMA_ID, ACTIVITY_SCHEMA_JSON,
 };
+pub use batch::{parse_batch, BatchItem};
 pub use envelope::{ActivityEnvelope, EnvelopeError};
 pub use idempotency::{IdempotencyKey, InvalidIdempotencyKey};
 pub use tenant::{ApiKeyDigest, InvalidTenant, TenantDirectory, TenantId};

@@ -197,6 +197,25 @@ impl ActivityPublisher {
         }
     }
 
+    /// Fetches cluster metadata over the producer's own connections (readiness: proves the brokers
+    /// this producer talks to answer, and that the topic exists). Blocking: call it off the runtime.
+    pub fn fetch_metadata(&self, timeout: Duration) -> anyhow::Result<super::ClusterSummary> {
+        let metadata = self
+            .producer
+            .client()
+            .fetch_metadata(Some(&self.topic), timeout)
+            .map_err(|error| anyhow::anyhow!("fetching Kafka metadata: {error}"))?;
+        let topic_partitions = metadata
+            .topics()
+            .iter()
+            .find(|topic| topic.name() == self.topic && topic.error().is_none())
+            .map(|topic| topic.partitions().len());
+        Ok(super::ClusterSummary {
+            brokers: metadata.brokers().len(),
+            topic_partitions,
+        })
+    }
+
     /// Records waiting in the producer queue, for metrics and readiness.
     pub fn in_flight(&self) -> i32 {
         self.producer.in_flight_count()

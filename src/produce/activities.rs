@@ -1,18 +1,64 @@
-use actix_web::http::header;
+//! Intake: `POST /activities` and `POST /activities/batch`.
+
+use std::time::Instant;
+
+use actix_web::http::{header, StatusCode};
 use actix_web::web::{self, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
 use futures::StreamExt;
-use serde_json::json;
+use serde::Serialize;
 
 use super::auth::authenticate;
 use super::error::ApiError;
 use super::ApiState;
-use crate::domain::{ActivityEnvelope, IdempotencyKey};
+use crate::domain::{
+    parse_batch, ActivityEnvelope, FieldError, IdempotencyKey, NewActivity, TenantId,
+};
+use crate::kafka::PublishError;
 
 /// The client's idempotency key header.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "X-Idempotency-Key";
 
+/// The 202 body of `POST /activities` (the seed's contract, plus `duplicate`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Accepted {
+    /// Always `true`.
+    pub success: bool,
+    /// `Activity queued for processing`.
+    pub message: String,
+    /// The activity's key: the client's `X-Idempotency-Key`, or a UUIDv7 made by the server.
+    pub idempotency_key: String,
+    /// `true` when this key was already accepted: nothing was produced again.
+    pub duplicate: bool,
+}
+
 /// `POST /activities`: validate, publish, and answer 202 once the broker acknowledged.
+#[utoipa::path(
+    post,
+    path = "/activities",
+    tag = "intake",
+    operation_id = "createActivity",
+    description = "Validates one activity against the activity schema and publishes it to Kafka, keyed by the \
+        tenant. 202 means the broker acknowledged the record. A retry with an already accepted \
+        X-Idempotency-Key answers 202 with `duplicate: true` and produces nothing.",
+    params(
+        ("X-Idempotency-Key" = Option<String>, Header, description = "1-128 characters of [A-Za-z0-9._:-]; without it the server makes a UUIDv7."),
+        ("X-Tenant-Id" = Option<String>, Header, description = "If sent, must be the API key's tenant (else 403)."),
+    ),
+    request_body(content = ActivitySchemaRef, content_type = "application/json", description = "An activity, as described by /schemas/activity.v1.json."),
+    responses(
+        (status = 202, description = "Acknowledged by Kafka (or already accepted: `duplicate: true`).", body = Accepted),
+        (status = 400, description = "Invalid body or header; `details` names each field and rule.", body = ErrorBody),
+        (status = 401, description = "No, malformed or unknown API key.", body = ErrorBody),
+        (status = 403, description = "X-Tenant-Id is not the key's tenant.", body = ErrorBody),
+        (status = 413, description = "Body over http.max_body_bytes.", body = ErrorBody),
+        (status = 415, description = "Content-Type is not JSON.", body = ErrorBody),
+        (status = 429, description = "Over the tenant's rate limit; see Retry-After.", body = ErrorBody),
+        (status = 503, description = "Kafka did not acknowledge in time or the producer queue is full; see Retry-After.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 #[tracing::instrument(skip_all, fields(tenant, key))]
 pub async fn create(
     request: HttpRequest,
@@ -21,22 +67,269 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let tenant = authenticate(&request, &state.tenants)?;
     require_json(&request)?;
-    let key = idempotency_key(&request)?;
+    let key = idempotency_key(&request)?.unwrap_or_else(IdempotencyKey::generate);
     tracing::Span::current()
         .record("tenant", tenant.as_str())
         .record("key", key.as_str());
+    rate_limit(&state, &tenant, 1)?;
     let body = read_body(&request, payload, state.max_body_bytes).await?;
     let activity = state.validator.parse_body(&body)?;
-    let envelope = ActivityEnvelope::new(tenant, key, activity);
-    state.publisher.publish(&envelope).await?;
-    Ok(HttpResponse::Accepted().json(json!({
-        "success": true,
-        "message": "Activity queued for processing",
-        "idempotencyKey": envelope.idempotency_key,
-    })))
+
+    let duplicate = state.accepted.accepted(&[(&tenant, &key)]).await[0];
+    if !duplicate {
+        let envelope = ActivityEnvelope::new(tenant.clone(), key.clone(), activity);
+        publish(&state, &envelope).await?;
+        state.accepted.mark(&[(&tenant, &key)]).await;
+    }
+    Ok(HttpResponse::Accepted().json(Accepted {
+        success: true,
+        message: "Activity queued for processing".to_owned(),
+        idempotency_key: key.to_string(),
+        duplicate,
+    }))
 }
 
-fn require_json(request: &HttpRequest) -> Result<(), ApiError> {
+/// What happened to one item of a batch.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemResult {
+    /// Position of the item in `activities`.
+    pub index: usize,
+    /// 202 (acknowledged, or already accepted), 400 (invalid) or 503 (Kafka did not acknowledge).
+    pub status: u16,
+    /// The item's key (absent only when the item's own key was invalid).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// With 202: whether the key was already accepted (nothing produced again).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<bool>,
+    /// With 400 and 503: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// With 400: each failing field and rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<FieldErrorBody>>)]
+    pub details: Option<Vec<FieldError>>,
+}
+
+/// The body of every `POST /activities/batch` answer that got as far as judging items.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchOutcome {
+    /// `true` when every item was accepted.
+    pub success: bool,
+    /// Present when some item was not accepted: a one-line summary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Items answered 202 (including duplicates).
+    pub accepted: usize,
+    /// Of those, items whose key was already accepted.
+    pub duplicates: usize,
+    /// Items answered 400.
+    pub invalid: usize,
+    /// Items answered 503.
+    pub unavailable: usize,
+    /// One result per item, in request order.
+    pub results: Vec<ItemResult>,
+}
+
+/// `POST /activities/batch`: up to `intake.batch_max_items` activities, produced concurrently.
+#[utoipa::path(
+    post,
+    path = "/activities/batch",
+    tag = "intake",
+    operation_id = "createActivities",
+    description = "Body `{\"activities\": [item, ...]}`; an item is an activity, or \
+        `{\"idempotencyKey\": \"...\", \"activity\": {...}}` to give it its own key. Items without one get \
+        `<X-Idempotency-Key>:<index>` when the header is sent (so a retried batch is deduplicated item by \
+        item), else a UUIDv7. Each item is judged alone: invalid items get 400 in `results` while the \
+        valid ones are produced concurrently and awaited. The status is 202 when every item was \
+        accepted, 400 when every item was invalid, 503 when none was accepted and Kafka refused some, \
+        207 otherwise. The whole batch costs its item count against the rate limit.",
+    params(
+        ("X-Idempotency-Key" = Option<String>, Header, description = "Batch key: item i without its own key gets `<key>:<i>`."),
+        ("X-Tenant-Id" = Option<String>, Header, description = "If sent, must be the API key's tenant (else 403)."),
+    ),
+    request_body(content = BatchRequestSchema, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Every item accepted.", body = BatchOutcome),
+        (status = 207, description = "Some items accepted, some not; see `results`.", body = BatchOutcome),
+        (status = 400, description = "The batch itself is malformed (`details`), or every item is invalid (`results`).", body = BatchOutcome),
+        (status = 401, description = "No, malformed or unknown API key.", body = ErrorBody),
+        (status = 403, description = "X-Tenant-Id is not the key's tenant.", body = ErrorBody),
+        (status = 413, description = "Body over intake.batch_max_body_bytes.", body = ErrorBody),
+        (status = 415, description = "Content-Type is not JSON.", body = ErrorBody),
+        (status = 429, description = "The batch's item count is over the tenant's rate limit; see Retry-After.", body = ErrorBody),
+        (status = 503, description = "No item accepted because Kafka did not acknowledge; see Retry-After.", body = BatchOutcome),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(tenant, items))]
+pub async fn create_batch(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = authenticate(&request, &state.tenants)?;
+    require_json(&request)?;
+    let batch_key = idempotency_key(&request)?;
+    tracing::Span::current().record("tenant", tenant.as_str());
+    let body = read_body(&request, payload, state.batch_max_body_bytes).await?;
+    let items = parse_batch(
+        &body,
+        batch_key.as_ref(),
+        &state.validator,
+        state.batch_max_items,
+    )?;
+    tracing::Span::current().record("items", items.len());
+    rate_limit(&state, &tenant, items.len())?;
+
+    let mut results: Vec<ItemResult> = Vec::with_capacity(items.len());
+    let mut valid: Vec<(usize, IdempotencyKey, NewActivity)> = Vec::new();
+    for item in items {
+        let key = item.key.as_ref().map(ToString::to_string);
+        match item.activity {
+            Ok(activity) => {
+                valid.push((
+                    item.index,
+                    item.key.expect("valid items have a key"),
+                    activity,
+                ));
+                results.push(ItemResult {
+                    index: item.index,
+                    status: 202,
+                    idempotency_key: key,
+                    duplicate: Some(false),
+                    error: None,
+                    details: None,
+                });
+            }
+            Err(failure) => results.push(ItemResult {
+                index: item.index,
+                status: 400,
+                idempotency_key: key,
+                duplicate: None,
+                error: Some(failure.summary()),
+                details: Some(failure.errors),
+            }),
+        }
+    }
+
+    // Layer 2: skip items whose key was already accepted.
+    let pairs: Vec<(&TenantId, &IdempotencyKey)> =
+        valid.iter().map(|(_, key, _)| (&tenant, key)).collect();
+    let already = state.accepted.accepted(&pairs).await;
+    let mut envelopes = Vec::with_capacity(valid.len());
+    for ((index, key, activity), duplicate) in valid.into_iter().zip(already) {
+        if duplicate {
+            results[index].duplicate = Some(true);
+        } else {
+            envelopes.push((index, ActivityEnvelope::new(tenant.clone(), key, activity)));
+        }
+    }
+
+    // Every record is handed to the producer at once (join_all polls each future, which enqueues
+    // it), so they share the producer's batches; then all delivery reports are awaited.
+    let outcomes = futures::future::join_all(
+        envelopes
+            .iter()
+            .map(|(_, envelope)| publish(&state, envelope)),
+    )
+    .await;
+    let mut retry_after_secs = 0;
+    let mut acknowledged = Vec::new();
+    for ((index, envelope), outcome) in envelopes.iter().zip(outcomes) {
+        match outcome {
+            Ok(()) => acknowledged.push((&tenant, &envelope.idempotency_key)),
+            Err(ApiError::Unavailable {
+                reason,
+                retry_after_secs: retry,
+            }) => {
+                retry_after_secs = retry_after_secs.max(retry);
+                let result = &mut results[*index];
+                result.status = 503;
+                result.duplicate = None;
+                result.error = Some(format!(
+                    "Kafka cannot take the activity right now ({reason}); retry later"
+                ));
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    state.accepted.mark(&acknowledged).await;
+
+    let count = |status: u16| results.iter().filter(|r| r.status == status).count();
+    let (accepted, invalid, unavailable) = (count(202), count(400), count(503));
+    let duplicates = results
+        .iter()
+        .filter(|result| result.duplicate == Some(true))
+        .count();
+    state.metrics.count_rejected("invalid", invalid as u64);
+    state
+        .metrics
+        .count_rejected("kafka_unavailable", unavailable as u64);
+    let status = if accepted == results.len() {
+        StatusCode::ACCEPTED
+    } else if accepted == 0 && unavailable == 0 {
+        StatusCode::BAD_REQUEST
+    } else if accepted == 0 {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::MULTI_STATUS
+    };
+    let error = (accepted < results.len()).then(|| {
+        format!(
+            "{} of {} activities were not accepted ({invalid} invalid, {unavailable} not acknowledged by Kafka)",
+            results.len() - accepted,
+            results.len()
+        )
+    });
+    let mut response = HttpResponse::build(status);
+    if unavailable > 0 {
+        response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+    }
+    Ok(response.json(BatchOutcome {
+        success: accepted == results.len(),
+        error,
+        accepted,
+        duplicates,
+        invalid,
+        unavailable,
+        results,
+    }))
+}
+
+/// Publishes one envelope and records how long the broker took, by outcome.
+async fn publish(state: &ApiState, envelope: &ActivityEnvelope) -> Result<(), ApiError> {
+    let started = Instant::now();
+    let result = state.publisher.publish(envelope).await;
+    let outcome = match &result {
+        Ok(()) => "acked",
+        Err(PublishError::QueueFull) => "queue_full",
+        Err(PublishError::NotAcknowledged(_)) => "not_acknowledged",
+    };
+    state.metrics.observe_produce(outcome, started);
+    if let Err(error) = &result {
+        // Debug, not warn: with Kafka down this is every record; the metrics and /readyz say it.
+        tracing::debug!(%error, "record not acknowledged; answering 503");
+    }
+    result.map_err(ApiError::from)
+}
+
+fn rate_limit(state: &ApiState, tenant: &TenantId, activities: usize) -> Result<(), ApiError> {
+    state
+        .rate_limiter
+        .check(tenant, activities)
+        .map_err(|limited| {
+            state.metrics.count_rate_limited(tenant.as_str());
+            ApiError::TooManyRequests {
+                message: format!("Rate limit exceeded for tenant {tenant}; retry later"),
+                retry_after_secs: limited.retry_after_secs(),
+            }
+        })
+}
+
+pub(crate) fn require_json(request: &HttpRequest) -> Result<(), ApiError> {
     let is_json = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -53,13 +346,15 @@ fn require_json(request: &HttpRequest) -> Result<(), ApiError> {
     }
 }
 
-fn idempotency_key(request: &HttpRequest) -> Result<IdempotencyKey, ApiError> {
+/// The request's `X-Idempotency-Key`, if it sent one.
+fn idempotency_key(request: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError> {
     match request.headers().get(IDEMPOTENCY_KEY_HEADER) {
-        None => Ok(IdempotencyKey::generate()),
+        None => Ok(None),
         Some(value) => value
             .to_str()
             .ok()
             .and_then(|raw| IdempotencyKey::parse(raw).ok())
+            .map(Some)
             .ok_or_else(|| {
                 ApiError::BadRequest(format!(
                     "{IDEMPOTENCY_KEY_HEADER} {}",
@@ -95,4 +390,49 @@ async fn read_body(
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// OpenAPI stand-ins for bodies whose schema lives elsewhere or is built by hand.
+/// Every error: `{"success": false, "error": "...", "details"?: [...]}`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Describes a body in the OpenAPI document; never built.
+pub struct ErrorBody {
+    /// Always `false`.
+    pub success: bool,
+    /// One sentence for humans.
+    pub error: String,
+    /// With 400: each failing field and rule.
+    pub details: Option<Vec<FieldErrorBody>>,
+}
+
+/// One reason a body was refused.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Describes a body in the OpenAPI document; never built.
+pub struct FieldErrorBody {
+    /// JSON pointer of the field (`/metadata/x`), `/` for the whole body, or a header name.
+    pub field: String,
+    /// The rule: a JSON Schema keyword (`required`, `maxLength`, ...) or `json`, `maxBytes`, `maxDepth`, ...
+    pub rule: String,
+    pub message: String,
+}
+
+/// An activity: see `/schemas/activity.v1.json`. In the served document this placeholder is replaced
+/// by that schema itself (`openapi::document`).
+pub struct ActivitySchemaRef;
+
+impl utoipa::PartialSchema for ActivitySchemaRef {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::Object::new().into()
+    }
+}
+
+impl utoipa::ToSchema for ActivitySchemaRef {}
+
+/// `{"activities": [item, ...]}`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Describes a body in the OpenAPI document; never built.
+pub struct BatchRequestSchema {
+    /// Activities, or `{"idempotencyKey": "...", "activity": {...}}` wrappers.
+    #[schema(value_type = Vec<Object>)]
+    pub activities: Vec<()>,
 }

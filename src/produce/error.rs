@@ -19,8 +19,10 @@ pub enum ApiError {
     Forbidden(&'static str),
     #[error("Not found")]
     NotFound,
+    #[error("Activity not found: no activity with this key for this tenant, or not processed yet")]
+    ActivityNotFound,
     #[error("Method not allowed")]
-    MethodNotAllowed { allow: &'static str },
+    MethodNotAllowed { allow: String },
     #[error("Request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("Content-Type must be application/json")]
@@ -30,8 +32,46 @@ pub enum ApiError {
         reason: String,
         retry_after_secs: u32,
     },
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after_secs: u64,
+    },
+    #[error("{store} is unavailable right now; retry later")]
+    StoreUnavailable {
+        store: &'static str,
+        retry_after_secs: u32,
+    },
     #[error("Internal error")]
     Unexpected(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    /// The `reason` label of the rejected-requests metric: a fixed, small set.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApiError::Invalid(_) | ApiError::BadRequest(_) => "invalid",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound | ApiError::ActivityNotFound => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::PayloadTooLarge { .. } => "too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::TooManyRequests { .. } => "rate_limited",
+            ApiError::Unavailable { .. } => "kafka_unavailable",
+            ApiError::StoreUnavailable { .. } => "store_unavailable",
+            ApiError::Unexpected(_) => "internal",
+        }
+    }
+
+    /// A store outage on the read side, logged here once.
+    pub fn store_unavailable(outage: &crate::store::StoreOutage) -> ApiError {
+        tracing::warn!(%outage, "read request failed");
+        ApiError::StoreUnavailable {
+            store: outage.store,
+            retry_after_secs: 1,
+        }
+    }
 }
 
 impl From<PublishError> for ApiError {
@@ -53,7 +93,9 @@ impl ResponseError for ApiError {
             ApiError::Invalid(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::ActivityNotFound => StatusCode::NOT_FOUND,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -71,9 +113,17 @@ impl ResponseError for ApiError {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
             ApiError::MethodNotAllowed { allow } => {
-                response.insert_header((header::ALLOW, *allow));
+                response.insert_header((header::ALLOW, allow.as_str()));
             }
             ApiError::Unavailable {
+                retry_after_secs, ..
+            }
+            | ApiError::StoreUnavailable {
+                retry_after_secs, ..
+            } => {
+                response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+            }
+            ApiError::TooManyRequests {
                 retry_after_secs, ..
             } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));

@@ -1,25 +1,49 @@
-//! The `produce` role: the HTTP API. It validates activities, authenticates the tenant, publishes to
-//! Kafka and answers 202 only once the broker acknowledged.
+//! The `produce` role: the HTTP API. Intake validates activities, authenticates the tenant,
+//! publishes to Kafka and answers 202 only once the broker acknowledged; the read side serves the
+//! tenant's stored activities, counters and live stream; operations endpoints serve health,
+//! readiness, metrics and the API's documents.
 //!
 //! Architecture invariant: no handler answers 202 for a record whose delivery report it has not seen.
+//!
+//! # Layout
+//! - `activities`: `POST /activities`, `POST /activities/batch`.
+//! - `read`: `GET /activities`, `GET /activities/{idempotencyKey}`, `GET /analytics`.
+//! - `stream` + `live`: `GET /activities/stream` and the per-instance Redis Pub/Sub fan-out.
+//! - `ops`: `/healthz`, `/readyz`, `/metrics`, `/schemas/activity.v1.json`, `/openapi.json`.
+//! - `auth`, `error`, `rate_limit`, `dedupe` (idempotency layer 2), `metrics`, `openapi`.
 
 mod activities;
 mod auth;
+mod dedupe;
 mod error;
+mod live;
+mod metrics;
+mod openapi;
+mod ops;
+mod rate_limit;
+mod read;
+mod stream;
 
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::http::Method;
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpResponse, HttpServer, Route};
+use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
-use crate::domain::{ActivityValidator, TenantDirectory, ACTIVITY_SCHEMA_JSON};
+use crate::config::{ReadSettings, Settings, SseSettings};
+use crate::domain::{ActivityValidator, TenantDirectory};
 use crate::kafka::ActivityPublisher;
+use crate::store::{ActivityRepository, RedisStore};
 
+pub use activities::IDEMPOTENCY_KEY_HEADER;
 pub use auth::TENANT_HEADER;
 pub use error::ApiError;
+pub use metrics::NAMESPACE as METRICS_NAMESPACE;
+pub use stream::{LAST_EVENT_ID_HEADER, REPLAY_TRUNCATED_EVENT};
 
 /// What every handler shares.
 pub(crate) struct ApiState {
@@ -28,6 +52,23 @@ pub(crate) struct ApiState {
     pub tenants: TenantDirectory,
     /// Bodies larger than this are refused (413) before they are read in full.
     pub max_body_bytes: usize,
+    /// The same for batches, which are legitimately larger.
+    pub batch_max_body_bytes: usize,
+    pub batch_max_items: usize,
+    pub repository: ActivityRepository,
+    pub redis: RedisStore,
+    /// Idempotency layer 2.
+    pub accepted: dedupe::AcceptedMarkers,
+    pub rate_limiter: rate_limit::TenantRateLimiter,
+    pub fanout: live::Fanout,
+    pub metrics: metrics::ApiMetrics,
+    pub read: ReadSettings,
+    pub sse: SseSettings,
+    pub readiness_timeout: Duration,
+    /// The OpenAPI document, rendered once.
+    pub openapi_json: String,
+    /// Cancelled when shutdown begins: open SSE streams end so in-flight requests can finish.
+    pub shutdown: CancellationToken,
 }
 
 /// The HTTP server, bound and ready to run. Binding happens in `build` so a caller (a test) can bind
@@ -37,6 +78,7 @@ pub struct Application {
     port: u16,
     publisher: ActivityPublisher,
     shutdown_timeout: Duration,
+    shutdown: CancellationToken,
 }
 
 impl Application {
@@ -46,27 +88,56 @@ impl Application {
         })?;
         let port = listener.local_addr()?.port();
         let publisher = ActivityPublisher::new(&settings.kafka)?;
-        let state = web::Data::from(Arc::new(ApiState {
-            publisher: publisher.clone(),
-            validator: ActivityValidator::new(
-                settings.limits.metadata_max_bytes,
-                settings.limits.metadata_max_depth,
-            ),
-            tenants: TenantDirectory::new(settings.tenant_credentials()?),
-            max_body_bytes: settings.http.max_body_bytes,
-        }));
-        if state.tenants.is_empty() {
+        let validator = ActivityValidator::with_limits(&settings.limits.activity_limits())
+            .map_err(|error| anyhow::anyhow!("configuration key `limits.{error}`"))?;
+        let tenants = TenantDirectory::new(settings.tenant_credentials()?);
+        if tenants.is_empty() {
             tracing::warn!("no tenants are configured: every request will be refused with 401");
         }
-        let shutdown_timeout = Duration::from_secs(settings.http.shutdown_timeout_secs);
+        let tenant_ids: Vec<_> = settings
+            .tenant_credentials()?
+            .into_iter()
+            .map(|(tenant, _)| tenant)
+            .collect();
+        let redis = RedisStore::connect(&settings.redis)?;
+        let shutdown = CancellationToken::new();
+        let openapi_json = openapi::document(validator.schema_json()).to_string();
+        let state = web::Data::from(Arc::new(ApiState {
+            publisher: publisher.clone(),
+            validator,
+            tenants,
+            max_body_bytes: settings.http.max_body_bytes,
+            batch_max_body_bytes: settings.intake.batch_max_body_bytes,
+            batch_max_items: settings.intake.batch_max_items,
+            repository: ActivityRepository::connect(&settings.mongo).await?,
+            accepted: dedupe::AcceptedMarkers::new(redis.clone(), settings.intake.dedupe_timeout()),
+            redis,
+            rate_limiter: rate_limit::TenantRateLimiter::new(&settings.rate_limit, &tenant_ids),
+            fanout: live::Fanout::start(
+                &settings.redis,
+                settings.sse.max_connections_per_tenant,
+                settings.sse.buffer_events,
+                Duration::from_secs(settings.sse.heartbeat_secs),
+                shutdown.clone(),
+            ),
+            metrics: metrics::ApiMetrics::new(),
+            read: settings.read.clone(),
+            sse: settings.sse.clone(),
+            readiness_timeout: settings.readiness.timeout(),
+            openapi_json,
+            shutdown: shutdown.clone(),
+        }));
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .wrap(from_fn(metrics::track_requests))
                 .configure(routes)
                 .default_service(web::to(|| async {
                     Err::<HttpResponse, _>(ApiError::NotFound)
                 }))
         })
+        // Signals are handled in `run_until_stopped`, which first ends the SSE streams.
+        .disable_signals()
         .shutdown_timeout(settings.http.shutdown_timeout_secs);
         if settings.http.workers > 0 {
             server = server.workers(settings.http.workers);
@@ -77,7 +148,8 @@ impl Application {
             server,
             port,
             publisher,
-            shutdown_timeout,
+            shutdown_timeout: Duration::from_secs(settings.http.shutdown_timeout_secs),
+            shutdown,
         })
     }
 
@@ -85,15 +157,36 @@ impl Application {
         self.port
     }
 
-    /// A handle to stop the server gracefully (tests; signals are handled by actix itself).
+    /// A handle to stop the server gracefully (tests). Prefer [`Application::shutdown_token`], which
+    /// also ends open SSE streams first.
     pub fn handle(&self) -> ServerHandle {
         self.server.handle()
     }
 
-    /// Serves until SIGTERM/SIGINT (or `handle().stop(true)`): then stops accepting, lets in-flight
-    /// requests finish and flushes the producer.
+    /// Cancelling this token shuts the application down as SIGTERM does.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until SIGTERM/SIGINT (or the shutdown token, or `handle().stop(true)`): then ends the
+    /// SSE streams, stops accepting, lets in-flight requests finish and flushes the producer.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.server.await?;
+        let handle = self.server.handle();
+        let shutdown = self.shutdown.clone();
+        let stopper = tokio::spawn(async move {
+            tokio::select! {
+                _ = crate::cli::wait_for_signal() => {
+                    tracing::info!("shutdown requested: finishing in-flight requests");
+                }
+                _ = shutdown.cancelled() => {}
+            }
+            shutdown.cancel();
+            handle.stop(true).await;
+        });
+        let served = self.server.await;
+        self.shutdown.cancel();
+        stopper.abort();
+        served?;
         tracing::info!("HTTP server stopped; flushing the producer");
         let publisher = self.publisher;
         let timeout = self.shutdown_timeout;
@@ -102,35 +195,80 @@ impl Application {
     }
 }
 
+/// Every route of the API: its path and, per method, its handler. `routes` registers exactly this,
+/// and the OpenAPI test compares it with the document.
+fn route_table() -> Vec<(&'static str, Vec<(Method, Route)>)> {
+    vec![
+        (
+            "/activities",
+            vec![
+                (Method::POST, web::post().to(activities::create)),
+                (Method::GET, web::get().to(read::list)),
+            ],
+        ),
+        (
+            "/activities/batch",
+            vec![(Method::POST, web::post().to(activities::create_batch))],
+        ),
+        (
+            "/activities/stream",
+            vec![(Method::GET, web::get().to(stream::stream))],
+        ),
+        (
+            "/activities/{idempotencyKey}",
+            vec![(Method::GET, web::get().to(read::get_one))],
+        ),
+        (
+            "/analytics",
+            vec![(Method::GET, web::get().to(read::analytics))],
+        ),
+        ("/healthz", vec![(Method::GET, web::get().to(ops::healthz))]),
+        ("/readyz", vec![(Method::GET, web::get().to(ops::readyz))]),
+        ("/metrics", vec![(Method::GET, web::get().to(ops::metrics))]),
+        (
+            "/schemas/activity.v1.json",
+            vec![(Method::GET, web::get().to(ops::activity_schema))],
+        ),
+        (
+            "/openapi.json",
+            vec![(Method::GET, web::get().to(ops::openapi))],
+        ),
+    ]
+}
+
+/// The registered routes as (path, methods), for tests and tools.
+pub fn registered_routes() -> Vec<(String, Vec<String>)> {
+    route_table()
+        .into_iter()
+        .map(|(path, routes)| {
+            let methods = routes
+                .iter()
+                .map(|(method, _)| method.to_string())
+                .collect();
+            (path.to_owned(), methods)
+        })
+        .collect()
+}
+
+/// The OpenAPI document this build serves (with the bundled schema's default limits).
+pub fn openapi_document() -> serde_json::Value {
+    openapi::document(crate::domain::ACTIVITY_SCHEMA_JSON)
+}
+
 fn routes(config: &mut web::ServiceConfig) {
-    config
-        .service(
-            web::resource("/activities")
-                .route(web::post().to(activities::create))
-                .default_service(web::to(|| async {
-                    Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow: "POST" })
-                })),
-        )
-        .service(
-            web::resource("/healthz")
-                .route(
-                    web::get().to(|| async {
-                        HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
-                    }),
-                )
-                .default_service(web::to(|| async {
-                    Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow: "GET" })
-                })),
-        )
-        .service(
-            web::resource("/schemas/activity.v1.json")
-                .route(web::get().to(|| async {
-                    HttpResponse::Ok()
-                        .content_type("application/schema+json")
-                        .body(ACTIVITY_SCHEMA_JSON)
-                }))
-                .default_service(web::to(|| async {
-                    Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow: "GET" })
-                })),
-        );
+    for (path, routes) in route_table() {
+        let allow = routes
+            .iter()
+            .map(|(method, _)| method.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut resource = web::resource(path);
+        for (_, route) in routes {
+            resource = resource.route(route);
+        }
+        config.service(resource.default_service(web::to(move || {
+            let allow = allow.clone();
+            async move { Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow }) }
+        })));
+    }
 }

@@ -33,6 +33,15 @@ impl RedisKeys {
         format!("{}activities:{{{tenant}}}", self.prefix)
     }
 
+    /// The tenant whose channel `channel` is, if it is one of this prefix's tenant channels.
+    pub fn tenant_of_channel(&self, channel: &str) -> Option<TenantId> {
+        let tenant = channel
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix("activities:{")?
+            .strip_suffix('}')?;
+        TenantId::parse(tenant).ok()
+    }
+
     /// Set by the API after the broker acknowledged, so a client retry is answered without producing
     /// again (the queue-level layer of idempotency).
     pub fn accepted(&self, tenant: &TenantId, key: &IdempotencyKey) -> String {
@@ -58,6 +67,12 @@ mod tests {
         assert_eq!(keys.accepted(&tenant, &key), "accepted:{acme}:order-42");
         let prefixed = RedisKeys::new("test-1:");
         assert_eq!(prefixed.analytics(&tenant), "test-1:analytics:{acme}");
+        assert_eq!(
+            prefixed.tenant_of_channel(&prefixed.channel(&tenant)),
+            Some(tenant.clone())
+        );
+        assert_eq!(prefixed.tenant_of_channel("activities:{acme}"), None);
+        assert_eq!(keys.tenant_of_channel("activities:{Not Valid}"), None);
     }
 
     #[test]

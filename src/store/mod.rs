@@ -6,11 +6,15 @@
 //! place) versus a failure of one record (retry topic or DLQ).
 
 mod keys;
+mod live;
 mod mongo;
 mod redis_store;
 
 pub use keys::RedisKeys;
-pub use mongo::{ActivityRepository, InsertOutcome, ReplayLog, StoredActivity};
+pub use live::{open_live_connection, LiveMessage, LiveMessages, LiveSubscriptions};
+pub use mongo::{
+    ActivityCursor, ActivityFilter, ActivityRepository, InsertOutcome, ReplayLog, StoredActivity,
+};
 pub use redis_store::{EffectRequest, RedisStore};
 
 /// A store that did not answer as a whole: nothing about any single record is known to be wrong.

@@ -16,6 +16,12 @@ use crate::domain::{ActivityEnvelope, IdempotencyKey, TenantId};
 const DUPLICATE_KEY: i32 = 11000;
 const UNIQUE_KEY_INDEX: &str = "tenant_idempotency_key_unique";
 const NEWEST_FIRST_INDEX: &str = "tenant_newest_first";
+/// The filters of `GET /activities`, each newest first within a tenant.
+const FILTER_INDEXES: [(&str, &str); 3] = [
+    ("type", "tenant_type_newest_first"),
+    ("actorId", "tenant_actor_newest_first"),
+    ("entityId", "tenant_entity_newest_first"),
+];
 
 /// An activity as stored: one document per (tenant, idempotency key), enforced by a unique index.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -154,9 +160,21 @@ impl ActivityRepository {
                     .build(),
             )
             .build();
+        let mut indexes = vec![unique, newest_first];
+        for (field, name) in FILTER_INDEXES {
+            let mut keys = doc! { "tenantId": 1 };
+            keys.insert(field, 1);
+            keys.insert("_id", -1);
+            indexes.push(
+                IndexModel::builder()
+                    .keys(keys)
+                    .options(IndexOptions::builder().name(name.to_owned()).build())
+                    .build(),
+            );
+        }
         // One index per command: FerretDB v1.24 drops the connection when a multi-index
         // createIndexes names indexes that already exist, which is every start but the first.
-        for index in [unique, newest_first] {
+        for index in indexes {
             self.collection
                 .create_index(index)
                 .await
@@ -356,6 +374,94 @@ impl ReplayLog {
             .upsert(true)
             .await
             .map(|_| ())
+            .map_err(StoreOutage::mongo)
+    }
+}
+
+/// A position in a tenant's activities: the id of an activity, which is time-ordered. Clients see it
+/// as an opaque string (the page cursor of `GET /activities`, the SSE event id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ActivityCursor(ObjectId);
+
+impl ActivityCursor {
+    /// `None` for anything that is not a cursor this service made.
+    pub fn parse(raw: &str) -> Option<ActivityCursor> {
+        ObjectId::parse_str(raw).ok().map(ActivityCursor)
+    }
+
+    pub fn of(activity: &StoredActivity) -> ActivityCursor {
+        ActivityCursor(activity.id)
+    }
+}
+
+impl std::fmt::Display for ActivityCursor {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.0.to_hex())
+    }
+}
+
+/// The optional equality filters of `GET /activities`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActivityFilter {
+    pub activity_type: Option<String>,
+    pub actor_id: Option<String>,
+    pub entity_id: Option<String>,
+}
+
+/// The read side: always scoped by tenant, every query served by a `(tenantId, ..., _id)` index.
+impl ActivityRepository {
+    /// Up to `limit` of the tenant's activities matching `filter`, newest first, strictly older than
+    /// `before` when given.
+    pub async fn newest_first(
+        &self,
+        tenant: &TenantId,
+        filter: &ActivityFilter,
+        before: Option<ActivityCursor>,
+        limit: usize,
+    ) -> Result<Vec<StoredActivity>, StoreOutage> {
+        use futures::TryStreamExt;
+
+        let mut query = doc! { "tenantId": tenant.as_str() };
+        for (field, value) in [
+            ("type", &filter.activity_type),
+            ("actorId", &filter.actor_id),
+            ("entityId", &filter.entity_id),
+        ] {
+            if let Some(value) = value {
+                query.insert(field, value.as_str());
+            }
+        }
+        if let Some(ActivityCursor(before)) = before {
+            query.insert("_id", doc! { "$lt": before });
+        }
+        self.collection
+            .find(query)
+            .sort(doc! { "_id": -1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(StoreOutage::mongo)?
+            .try_collect()
+            .await
+            .map_err(StoreOutage::mongo)
+    }
+
+    /// Up to `limit` of the tenant's activities stored after `after`, oldest first (SSE replay).
+    pub async fn stored_after(
+        &self,
+        tenant: &TenantId,
+        after: ActivityCursor,
+        limit: usize,
+    ) -> Result<Vec<StoredActivity>, StoreOutage> {
+        use futures::TryStreamExt;
+
+        self.collection
+            .find(doc! { "tenantId": tenant.as_str(), "_id": { "$gt": after.0 } })
+            .sort(doc! { "_id": 1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(StoreOutage::mongo)?
+            .try_collect()
+            .await
             .map_err(StoreOutage::mongo)
     }
 }

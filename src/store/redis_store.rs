@@ -153,3 +153,53 @@ impl RedisStore {
             .map_err(StoreOutage::redis)
     }
 }
+
+/// Idempotency layer 2, the API's "accepted" markers: set after the broker acknowledged a record, so a
+/// client retry is answered without producing again. Best effort by design: callers bound these calls
+/// with a short timeout and carry on without them (the consumer deduplicates anyway).
+impl RedisStore {
+    /// Which of `pairs` the API already accepted.
+    pub async fn accepted(
+        &self,
+        pairs: &[(&TenantId, &IdempotencyKey)],
+    ) -> Result<Vec<bool>, StoreOutage> {
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = pairs
+            .iter()
+            .map(|(tenant, key)| self.keys.accepted(tenant, key))
+            .collect();
+        let values: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(StoreOutage::redis)?;
+        Ok(values.into_iter().map(|value| value.is_some()).collect())
+    }
+
+    /// Marks `pairs` as accepted for `redis.idempotency_ttl_secs` (`SET NX EX`, one pipeline).
+    pub async fn mark_accepted(
+        &self,
+        pairs: &[(&TenantId, &IdempotencyKey)],
+    ) -> Result<(), StoreOutage> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let mut pipeline = redis::pipe();
+        for (tenant, key) in pairs {
+            pipeline
+                .cmd("SET")
+                .arg(self.keys.accepted(tenant, key))
+                .arg(1)
+                .arg("NX")
+                .arg("EX")
+                .arg(self.idempotency_ttl_secs)
+                .ignore();
+        }
+        pipeline
+            .query_async::<()>(&mut self.connection.clone())
+            .await
+            .map_err(StoreOutage::redis)
+    }
+}

@@ -334,6 +334,120 @@ pub fn filter(tenant: &str, key: &str) -> Document {
     doc! { "tenantId": tenant, "idempotencyKey": key }
 }
 
+/// The produce API alone (no consumer), for tests that point it at a broken dependency.
+pub struct TestApi {
+    pub address: String,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    stopped: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestApi {
+    /// Starts the API with the test settings plus `extra`; creates the topics first when asked
+    /// (which needs a reachable broker).
+    pub async fn spawn(extra: &[String], create_topics: bool) -> TestApi {
+        let settings = load_settings(&test_overrides(extra));
+        activity_pipeline::telemetry::init(&settings.log);
+        if create_topics {
+            activity_pipeline::kafka::create_topics(&settings.kafka, &settings.topic_names())
+                .await
+                .expect("topics are created");
+        }
+        let application = Application::build(&settings).await.expect("the API starts");
+        let address = format!("http://127.0.0.1:{}", application.port());
+        let shutdown = application.shutdown_token();
+        let stopped = tokio::spawn(application.run_until_stopped());
+        TestApi {
+            address,
+            http: reqwest::Client::new(),
+            shutdown,
+            stopped,
+        }
+    }
+
+    pub async fn post_activity(
+        &self,
+        api_key: &str,
+        idempotency_key: Option<&str>,
+        body: &Value,
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(format!("{}/activities", self.address))
+            .bearer_auth(api_key)
+            .json(body);
+        if let Some(key) = idempotency_key {
+            request = request.header("X-Idempotency-Key", key);
+        }
+        request.send().await.expect("the API answers")
+    }
+
+    pub async fn post_batch(&self, api_key: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/activities/batch", self.address))
+            .bearer_auth(api_key)
+            .json(body)
+            .send()
+            .await
+            .expect("the API answers")
+    }
+
+    /// Shuts down as SIGTERM would and waits for the producer flush.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.stopped).await;
+    }
+}
+
+impl TestPipeline {
+    pub async fn post_batch(
+        &self,
+        api_key: &str,
+        batch_key: Option<&str>,
+        body: &Value,
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(format!("{}/activities/batch", self.address))
+            .bearer_auth(api_key)
+            .json(body);
+        if let Some(key) = batch_key {
+            request = request.header("X-Idempotency-Key", key);
+        }
+        request.send().await.expect("the API answers")
+    }
+
+    /// `GET {path}` with `api_key`: the status and the JSON body.
+    pub async fn get_json(&self, api_key: &str, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.address))
+            .bearer_auth(api_key)
+            .send()
+            .await
+            .expect("the API answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("a JSON body"))
+    }
+
+    /// Polls `GET {path}` until `done` holds for the answer; returns the last answer.
+    pub async fn wait_for_json(
+        &self,
+        api_key: &str,
+        path: &str,
+        done: impl Fn(u16, &Value) -> bool,
+    ) -> (u16, Value) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, body) = self.get_json(api_key, path).await;
+            if done(status, &body) || tokio::time::Instant::now() > deadline {
+                return (status, body);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 /// Polls `condition` every 100 ms for up to 60 s.
 pub async fn eventually<F, Fut>(what: &str, mut condition: F)
 where

@@ -4,9 +4,15 @@
 
 mod helpers;
 mod services;
+mod sse_client;
 
+mod backpressure;
 mod consumer;
 mod docker_compose;
 mod http_errors;
 mod ingest;
+mod intake;
+mod operations;
 mod ops;
+mod read_side;
+mod sse;

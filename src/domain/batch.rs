@@ -1,0 +1,309 @@
+//! `POST /activities/batch` bodies: `{"activities": [item, ...]}`, where an item is an activity (the
+//! body of `POST /activities`) or `{"idempotencyKey": "...", "activity": {...}}` to give it its own
+//! key. Items without their own key get `<X-Idempotency-Key>:<index>` when the request has that
+//! header (so retrying the same batch with the same header is deduplicated item by item), else a
+//! fresh UUIDv7.
+//!
+//! The batch as a whole is refused (400) when the body is not such an object, is empty or has more
+//! than the allowed items; otherwise each item is judged on its own.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use super::activity::{ActivityValidator, NewActivity, ValidationFailure};
+use super::idempotency::IdempotencyKey;
+
+/// One item of a batch, judged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchItem {
+    /// Position in the request's `activities` array.
+    pub index: usize,
+    /// The item's key, when one could be determined (an invalid own key leaves it `None`).
+    pub key: Option<IdempotencyKey>,
+    pub activity: Result<NewActivity, ValidationFailure>,
+}
+
+/// Parses a batch body. `Err` refuses the whole batch; `Ok` holds one judged item per element.
+pub fn parse_batch(
+    body: &[u8],
+    batch_key: Option<&IdempotencyKey>,
+    validator: &ActivityValidator,
+    max_items: usize,
+) -> Result<Vec<BatchItem>, ValidationFailure> {
+    let value: Value = serde_json::from_slice(body).map_err(|error| {
+        ValidationFailure::single("/", "json", format!("body is not valid JSON ({error})"))
+    })?;
+    let Value::Object(mut object) = value else {
+        return Err(ValidationFailure::single(
+            "/",
+            "type",
+            "a batch is an object: {\"activities\": [...]}",
+        ));
+    };
+    if let Some(unknown) = object.keys().find(|key| *key != "activities") {
+        return Err(ValidationFailure::single(
+            "/",
+            "additionalProperties",
+            format!("unknown field(s): {unknown}"),
+        ));
+    }
+    let Some(Value::Array(elements)) = object.remove("activities") else {
+        return Err(ValidationFailure::single(
+            "/activities",
+            "required",
+            "activities (an array of activities)",
+        ));
+    };
+    if elements.is_empty() {
+        return Err(ValidationFailure::single(
+            "/activities",
+            "minItems",
+            "a batch holds at least one activity",
+        ));
+    }
+    if elements.len() > max_items {
+        return Err(ValidationFailure::single(
+            "/activities",
+            "maxItems",
+            format!(
+                "{} activities; a batch holds at most {max_items}",
+                elements.len()
+            ),
+        ));
+    }
+    if let Some(batch_key) = batch_key {
+        let longest = derived_key(batch_key, elements.len() - 1);
+        if longest.is_none() {
+            return Err(ValidationFailure::single(
+                "X-Idempotency-Key",
+                "maxLength",
+                format!(
+                    "item keys are <key>:<index> and may not exceed {} characters: shorten the key",
+                    IdempotencyKey::MAX_LEN
+                ),
+            ));
+        }
+    }
+
+    let mut items: Vec<BatchItem> = elements
+        .into_iter()
+        .enumerate()
+        .map(|(index, element)| judge(index, element, batch_key, validator))
+        .collect();
+
+    // The same key twice in one batch is a client mistake, not a retry: the later items are refused.
+    let mut first_seen: HashMap<IdempotencyKey, usize> = HashMap::new();
+    for item in &mut items {
+        let Some(key) = &item.key else { continue };
+        match first_seen.get(key) {
+            Some(first) if item.activity.is_ok() => {
+                item.activity = Err(ValidationFailure::single(
+                    "idempotencyKey",
+                    "uniqueKeys",
+                    format!("{key} is also the key of item {first} of this batch"),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                first_seen.insert(key.clone(), item.index);
+            }
+        }
+    }
+    Ok(items)
+}
+
+fn judge(
+    index: usize,
+    element: Value,
+    batch_key: Option<&IdempotencyKey>,
+    validator: &ActivityValidator,
+) -> BatchItem {
+    let fallback_key = || match batch_key {
+        Some(batch_key) => derived_key(batch_key, index).expect("checked for the longest index"),
+        None => IdempotencyKey::generate(),
+    };
+    let wrapped = element
+        .as_object()
+        .is_some_and(|object| object.contains_key("activity"));
+    if !wrapped {
+        return BatchItem {
+            index,
+            key: Some(fallback_key()),
+            activity: validator.validate(element),
+        };
+    }
+    let Value::Object(mut wrapper) = element else {
+        unreachable!("checked to be an object")
+    };
+    if let Some(unknown) = wrapper
+        .keys()
+        .find(|key| *key != "activity" && *key != "idempotencyKey")
+    {
+        return BatchItem {
+            index,
+            key: None,
+            activity: Err(ValidationFailure::single(
+                "/",
+                "additionalProperties",
+                format!("unknown field(s) beside activity and idempotencyKey: {unknown}"),
+            )),
+        };
+    }
+    let key = match wrapper.remove("idempotencyKey") {
+        None | Some(Value::Null) => fallback_key(),
+        Some(Value::String(raw)) => match IdempotencyKey::parse(&raw) {
+            Ok(key) => key,
+            Err(error) => {
+                return BatchItem {
+                    index,
+                    key: None,
+                    activity: Err(ValidationFailure::single(
+                        "idempotencyKey",
+                        "pattern",
+                        error.to_string(),
+                    )),
+                }
+            }
+        },
+        Some(_) => {
+            return BatchItem {
+                index,
+                key: None,
+                activity: Err(ValidationFailure::single(
+                    "idempotencyKey",
+                    "type",
+                    "must be a string",
+                )),
+            }
+        }
+    };
+    let activity = wrapper.remove("activity").unwrap_or(Value::Null);
+    BatchItem {
+        index,
+        key: Some(key),
+        activity: validator.validate(activity),
+    }
+}
+
+/// `<batch key>:<index>`, if that is still a valid key (short enough).
+fn derived_key(batch_key: &IdempotencyKey, index: usize) -> Option<IdempotencyKey> {
+    IdempotencyKey::parse(&format!("{batch_key}:{index}")).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn validator() -> ActivityValidator {
+        ActivityValidator::new(16 * 1024, 8)
+    }
+
+    fn parse(body: Value, batch_key: Option<&str>) -> Result<Vec<BatchItem>, ValidationFailure> {
+        let batch_key = batch_key.map(|key| IdempotencyKey::parse(key).unwrap());
+        parse_batch(
+            body.to_string().as_bytes(),
+            batch_key.as_ref(),
+            &validator(),
+            3,
+        )
+    }
+
+    fn good(actor: &str) -> Value {
+        json!({"actorId": actor, "actorName": "A", "type": "login"})
+    }
+
+    #[test]
+    fn bare_and_wrapped_items_with_their_keys() {
+        let items = parse(
+            json!({"activities": [good("a"), {"idempotencyKey": "own-1", "activity": good("b")}, {"activity": good("c")}]}),
+            Some("batch-7"),
+        )
+        .unwrap();
+        let keys: Vec<&str> = items
+            .iter()
+            .map(|item| item.key.as_ref().unwrap().as_str())
+            .collect();
+        assert_eq!(keys, ["batch-7:0", "own-1", "batch-7:2"]);
+        assert!(items.iter().all(|item| item.activity.is_ok()));
+        assert_eq!(items[1].activity.as_ref().unwrap().actor_id, "b");
+    }
+
+    #[test]
+    fn without_a_batch_key_items_get_fresh_keys() {
+        let items = parse(json!({"activities": [good("a"), good("b")]}), None).unwrap();
+        assert_ne!(items[0].key, items[1].key);
+        assert!(items.iter().all(|item| item.key.is_some()));
+    }
+
+    #[test]
+    fn invalid_items_are_judged_one_by_one() {
+        let items = parse(
+            json!({"activities": [good("a"), {"actorId": "x"}, {"idempotencyKey": "bad key", "activity": good("c")}]}),
+            None,
+        )
+        .unwrap();
+        assert!(items[0].activity.is_ok());
+        let failure = items[1].activity.as_ref().unwrap_err();
+        assert_eq!(
+            failure.summary(),
+            "Missing required fields: actorName, type"
+        );
+        assert!(
+            items[1].key.is_some(),
+            "an invalid activity still has its key"
+        );
+        assert_eq!(items[2].key, None);
+        assert_eq!(
+            items[2].activity.as_ref().unwrap_err().errors[0].field,
+            "idempotencyKey"
+        );
+    }
+
+    #[test]
+    fn a_key_repeated_within_the_batch_is_refused_after_its_first_use() {
+        let items = parse(
+            json!({"activities": [
+                {"idempotencyKey": "k", "activity": good("a")},
+                {"idempotencyKey": "k", "activity": good("b")},
+            ]}),
+            None,
+        )
+        .unwrap();
+        assert!(items[0].activity.is_ok());
+        assert_eq!(
+            items[1].activity.as_ref().unwrap_err().errors[0].rule,
+            "uniqueKeys"
+        );
+    }
+
+    #[test]
+    fn the_whole_batch_is_refused_when_its_shape_is_wrong() {
+        let rule = |body: Value, batch_key: Option<&str>| {
+            parse(body, batch_key).unwrap_err().errors[0].rule.clone()
+        };
+        assert_eq!(rule(json!([good("a")]), None), "type");
+        assert_eq!(rule(json!({"activities": []}), None), "minItems");
+        assert_eq!(
+            rule(
+                json!({"activities": [good("a"), good("b"), good("c"), good("d")]}),
+                None
+            ),
+            "maxItems"
+        );
+        assert_eq!(
+            rule(json!({"items": [good("a")]}), None),
+            "additionalProperties"
+        );
+        assert_eq!(rule(json!({}), None), "required");
+        assert_eq!(rule(json!({"activities": good("a")}), None), "required");
+        assert_eq!(
+            rule(json!({"activities": [good("a")]}), Some(&"k".repeat(127))),
+            "maxLength"
+        );
+        let failure = parse_batch(b"{", None, &validator(), 3).unwrap_err();
+        assert_eq!(failure.errors[0].rule, "json");
+    }
+}

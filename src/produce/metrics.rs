@@ -1,0 +1,201 @@
+//! The API's Prometheus metrics, in a registry the application owns (not the process-global default),
+//! so several applications can run in one process (the tests) without sharing counters.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::web;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+use super::error::ApiError;
+use super::ApiState;
+
+/// Every metric name starts with this.
+pub const NAMESPACE: &str = "activity_pipeline";
+
+/// Request latencies span sub-millisecond reads to multi-second timeouts.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The API's metrics. Each field is one metric family; label values are bounded (route patterns,
+/// not raw paths; configured tenants; a fixed set of reasons).
+#[derive(Clone)]
+pub struct ApiMetrics {
+    registry: Registry,
+    /// Requests by route pattern, method and status.
+    http_requests: IntCounterVec,
+    /// Request latency by route pattern, method and status.
+    http_duration: HistogramVec,
+    /// Time from handing a record to the producer to its delivery report, by outcome.
+    produce_duration: HistogramVec,
+    /// Records the producer holds that the broker has not acknowledged yet (set at scrape time).
+    producer_queue_depth: IntGauge,
+    /// Open SSE streams on this instance.
+    sse_clients: IntGauge,
+    /// Requests refused with 429 by the per-tenant token bucket.
+    rate_limited: IntCounterVec,
+    /// Requests and batch items refused, by reason.
+    rejected: IntCounterVec,
+}
+
+impl ApiMetrics {
+    pub fn new() -> ApiMetrics {
+        let registry = Registry::new_custom(Some(NAMESPACE.to_owned()), None)
+            .expect("a valid metric namespace");
+        let http_requests = IntCounterVec::new(
+            Opts::new("http_requests_total", "HTTP requests answered."),
+            &["route", "method", "status"],
+        )
+        .expect("valid metric");
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "Time to answer an HTTP request (to the response head for streams).",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route", "method", "status"],
+        )
+        .expect("valid metric");
+        let produce_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "produce_duration_seconds",
+                "Time from handing a record to the Kafka producer to its delivery report.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let producer_queue_depth = IntGauge::new(
+            "producer_queue_depth",
+            "Records in the Kafka producer not yet acknowledged by the broker.",
+        )
+        .expect("valid metric");
+        let sse_clients =
+            IntGauge::new("sse_clients", "Open Server-Sent Events streams.").expect("valid metric");
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "rate_limited_total",
+                "Requests refused with 429 by the per-tenant rate limit.",
+            ),
+            &["tenant"],
+        )
+        .expect("valid metric");
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "rejected_total",
+                "Requests, and batch items, refused by the API, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_duration.clone()),
+            Box::new(produce_duration.clone()),
+            Box::new(producer_queue_depth.clone()),
+            Box::new(sse_clients.clone()),
+            Box::new(rate_limited.clone()),
+            Box::new(rejected.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("each metric is registered once");
+        }
+        ApiMetrics {
+            registry,
+            http_requests,
+            http_duration,
+            produce_duration,
+            producer_queue_depth,
+            sse_clients,
+            rate_limited,
+            rejected,
+        }
+    }
+
+    /// Observes one delivery: `outcome` is `acked`, `queue_full` or `not_acknowledged`.
+    pub fn observe_produce(&self, outcome: &str, started: Instant) {
+        self.produce_duration
+            .with_label_values(&[outcome])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    pub fn count_rejected(&self, reason: &str, count: u64) {
+        self.rejected.with_label_values(&[reason]).inc_by(count);
+    }
+
+    pub fn count_rate_limited(&self, tenant: &str) {
+        self.rate_limited.with_label_values(&[tenant]).inc();
+    }
+
+    pub fn sse_clients(&self) -> &IntGauge {
+        &self.sse_clients
+    }
+
+    /// The exposition text, with `producer_queue_depth` refreshed to `queue_depth`.
+    pub fn render(&self, queue_depth: i64) -> String {
+        self.producer_queue_depth.set(queue_depth);
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("encoding metrics into memory cannot fail");
+        String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+
+    fn observe_request(&self, route: &str, method: &str, status: u16, started: Instant) {
+        let status = status.to_string();
+        let labels = [route, method, status.as_str()];
+        self.http_requests.with_label_values(&labels).inc();
+        self.http_duration
+            .with_label_values(&labels)
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+impl Default for ApiMetrics {
+    fn default() -> ApiMetrics {
+        ApiMetrics::new()
+    }
+}
+
+/// Middleware: counts and times every request by route pattern (`/activities/{idempotencyKey}`, not
+/// the raw path, to bound cardinality; `unmatched` for 404s), and counts refusals by reason.
+pub async fn track_requests(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let state = request.app_data::<web::Data<ApiState>>().cloned();
+    let method = request.method().as_str().to_owned();
+    let response = next.call(request).await?;
+    if let Some(state) = state {
+        let route = response
+            .request()
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".to_owned());
+        let method = if KNOWN_METHODS.contains(&method.as_str()) {
+            method
+        } else {
+            "other".to_owned()
+        };
+        if let Some(error) = response
+            .response()
+            .error()
+            .and_then(|error| error.as_error::<ApiError>())
+        {
+            state.metrics.count_rejected(error.reason(), 1);
+        }
+        state
+            .metrics
+            .observe_request(&route, &method, response.status().as_u16(), started);
+    }
+    Ok(response)
+}
+
+/// Methods reported as themselves; anything else is `other`, so clients cannot invent label values.
+const KNOWN_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];

@@ -1,0 +1,113 @@
+//! The OpenAPI 3.1 document, generated from the handlers' `#[utoipa::path]` annotations; the activity
+//! body schema is the JSON Schema itself (OpenAPI 3.1 speaks JSON Schema 2020-12), hoisted into the
+//! components. A test holds the document to the registered routes ([`super::registered_routes`]).
+
+use serde_json::{json, Value};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{activities, ops, read, stream};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "activity-pipeline API",
+        description = "Kafka-native activity ingestion. Authenticate with `Authorization: Bearer <api key>`; \
+            the tenant always comes from the key. Errors are `{\"success\": false, \"error\": \"...\", \"details\"?: [...]}`; \
+            unknown paths answer 404 and wrong methods 405 with `Allow`."
+    ),
+    paths(
+        activities::create,
+        activities::create_batch,
+        read::list,
+        read::get_one,
+        read::analytics,
+        stream::stream,
+        ops::healthz,
+        ops::readyz,
+        ops::metrics,
+        ops::activity_schema,
+        ops::openapi,
+    ),
+    components(schemas(
+        activities::Accepted,
+        activities::ItemResult,
+        activities::BatchOutcome,
+        activities::ErrorBody,
+        activities::FieldErrorBody,
+        activities::BatchRequestSchema,
+        read::ActivityPage,
+        read::OneActivity,
+        read::Analytics,
+        read::StoredActivityBody,
+        ops::Health,
+        ops::Readiness,
+    )),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "intake", description = "Sending activities."),
+        (name = "read", description = "Reading the tenant's stored activities, counters and live stream."),
+        (name = "operations", description = "Health, readiness, metrics, published documents."),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The tenant's API key."))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The document, with the effective activity schema (`schema_json`) as the `Activity` component.
+pub fn document(schema_json: &str) -> Value {
+    let mut document =
+        serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+    let mut activity: Value =
+        serde_json::from_str(schema_json).expect("the activity schema is JSON");
+    // Inside the OpenAPI document, the schema's `#/$defs/...` references would point at the
+    // document's root: move the definitions into the components and point there.
+    let definitions = activity
+        .as_object_mut()
+        .and_then(|schema| {
+            schema.remove("$schema");
+            schema.remove("$id");
+            schema.remove("$defs")
+        })
+        .unwrap_or_else(|| json!({}));
+    let rewrite = |value: &Value| -> Value {
+        serde_json::from_str(
+            &value
+                .to_string()
+                .replace("\"#/$defs/", "\"#/components/schemas/"),
+        )
+        .expect("rewritten JSON stays JSON")
+    };
+    let schemas = document["components"]["schemas"]
+        .as_object_mut()
+        .expect("components.schemas is an object");
+    schemas.remove("ActivitySchemaRef");
+    schemas.insert("Activity".to_owned(), rewrite(&activity));
+    if let Some(definitions) = definitions.as_object() {
+        for (name, definition) in definitions {
+            schemas.insert(name.clone(), rewrite(definition));
+        }
+    }
+    let text = document.to_string().replace(
+        "#/components/schemas/ActivitySchemaRef",
+        "#/components/schemas/Activity",
+    );
+    let mut document: Value = serde_json::from_str(&text).expect("still JSON");
+    document["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
+    document
+}

@@ -1,0 +1,251 @@
+//! The read side: `GET /activities`, `GET /activities/{idempotencyKey}`, `GET /analytics`. Every query
+//! is scoped to the API key's tenant; no parameter can name another tenant.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::auth::authenticate;
+use super::error::ApiError;
+use super::ApiState;
+use crate::domain::IdempotencyKey;
+use crate::store::{ActivityCursor, ActivityFilter, StoreOutage, StoredActivity};
+
+/// Longest filter value accepted (longer ones cannot match a stored field anyway).
+const FILTER_MAX_CHARS: usize = 256;
+
+/// Query of `GET /activities`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Page size, 1 to `read.page_max_limit` (default `read.page_default_limit`).
+    pub limit: Option<usize>,
+    /// The `nextCursor` of the previous page; opaque.
+    pub cursor: Option<String>,
+    /// Only activities of this type.
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub activity_type: Option<String>,
+    /// Only activities of this actor.
+    pub actor_id: Option<String>,
+    /// Only activities on this entity.
+    pub entity_id: Option<String>,
+}
+
+/// One page of activities.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActivityPage {
+    pub success: bool,
+    /// Newest first.
+    #[schema(value_type = Vec<StoredActivityBody>)]
+    pub activities: Vec<Value>,
+    /// Pass as `cursor` for the next (older) page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /activities/{idempotencyKey}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OneActivity {
+    pub success: bool,
+    #[schema(value_type = StoredActivityBody)]
+    pub activity: Value,
+}
+
+/// `GET /analytics`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Analytics {
+    pub success: bool,
+    pub tenant_id: String,
+    /// Activity type -> number of stored activities of that type.
+    pub counts: BTreeMap<String, i64>,
+    /// Sum of `counts`.
+    pub total: i64,
+}
+
+/// A stored activity as clients see it.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredActivityBody {
+    /// Time-ordered id: the SSE event id.
+    id: String,
+    tenant_id: String,
+    idempotency_key: String,
+    actor_id: String,
+    actor_name: String,
+    #[serde(rename = "type")]
+    activity_type: String,
+    entity_id: Option<String>,
+    #[schema(value_type = Object)]
+    metadata: (),
+    /// When the API accepted it (RFC 3339).
+    enqueued_at: String,
+    /// When the consumer stored it (RFC 3339).
+    created_at: String,
+}
+
+#[utoipa::path(
+    get,
+    path = "/activities",
+    tag = "read",
+    operation_id = "listActivities",
+    description = "The tenant's stored activities, newest first, one page at a time.",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page.", body = ActivityPage),
+        (status = 400, description = "Bad parameter (unknown name, limit out of range, bad cursor).", body = super::activities::ErrorBody),
+        (status = 401, description = "No, malformed or unknown API key.", body = super::activities::ErrorBody),
+        (status = 403, description = "X-Tenant-Id is not the key's tenant.", body = super::activities::ErrorBody),
+        (status = 503, description = "MongoDB did not answer in time.", body = super::activities::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list(
+    request: HttpRequest,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = authenticate(&request, &state.tenants)?;
+    let query = web::Query::<ListQuery>::from_query(request.query_string())
+        .map_err(|error| ApiError::BadRequest(format!("Invalid query: {error}")))?
+        .into_inner();
+    let limit = query.limit.unwrap_or(state.read.page_default_limit);
+    if !(1..=state.read.page_max_limit).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {}",
+            state.read.page_max_limit
+        )));
+    }
+    let before = match &query.cursor {
+        None => None,
+        Some(raw) => Some(
+            ActivityCursor::parse(raw)
+                .ok_or_else(|| ApiError::BadRequest("cursor is not a valid cursor".to_owned()))?,
+        ),
+    };
+    for (name, value) in [
+        ("type", &query.activity_type),
+        ("actorId", &query.actor_id),
+        ("entityId", &query.entity_id),
+    ] {
+        if value
+            .as_ref()
+            .is_some_and(|value| value.is_empty() || value.chars().count() > FILTER_MAX_CHARS)
+        {
+            return Err(ApiError::BadRequest(format!(
+                "{name} must be 1-{FILTER_MAX_CHARS} characters"
+            )));
+        }
+    }
+    let filter = ActivityFilter {
+        activity_type: query.activity_type,
+        actor_id: query.actor_id,
+        entity_id: query.entity_id,
+    };
+    // One more than the page tells whether there is a next page.
+    let mut found = bounded(
+        &state,
+        "MongoDB",
+        state
+            .repository
+            .newest_first(&tenant, &filter, before, limit + 1),
+    )
+    .await?;
+    let next_cursor = if found.len() > limit {
+        found.truncate(limit);
+        found
+            .last()
+            .map(|last| ActivityCursor::of(last).to_string())
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(ActivityPage {
+        success: true,
+        activities: found.iter().map(StoredActivity::to_json).collect(),
+        next_cursor,
+    }))
+}
+
+#[utoipa::path(
+    get,
+    path = "/activities/{idempotencyKey}",
+    tag = "read",
+    operation_id = "getActivity",
+    description = "The tenant's stored activity with this key. 404 until the consumer has stored it. \
+        (Keys `batch` and `stream` name other routes and cannot be read here; use GET /activities.)",
+    params(("idempotencyKey" = String, Path, description = "The activity's idempotency key.")),
+    responses(
+        (status = 200, description = "The stored activity.", body = OneActivity),
+        (status = 400, description = "Not a valid idempotency key.", body = super::activities::ErrorBody),
+        (status = 401, description = "No, malformed or unknown API key.", body = super::activities::ErrorBody),
+        (status = 403, description = "X-Tenant-Id is not the key's tenant.", body = super::activities::ErrorBody),
+        (status = 404, description = "No such activity for this tenant, or not processed yet.", body = super::activities::ErrorBody),
+        (status = 503, description = "MongoDB did not answer in time.", body = super::activities::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_one(
+    request: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = authenticate(&request, &state.tenants)?;
+    let key = IdempotencyKey::parse(&path.into_inner()).map_err(|error| {
+        ApiError::BadRequest(format!("The idempotency key in the path {error}"))
+    })?;
+    let found = bounded(&state, "MongoDB", state.repository.find_one(&tenant, &key)).await?;
+    let activity = found.ok_or(ApiError::ActivityNotFound)?;
+    Ok(HttpResponse::Ok().json(OneActivity {
+        success: true,
+        activity: activity.to_json(),
+    }))
+}
+
+#[utoipa::path(
+    get,
+    path = "/analytics",
+    tag = "read",
+    operation_id = "getAnalytics",
+    description = "Counts of the tenant's stored activities per type (each activity counted once).",
+    responses(
+        (status = 200, description = "The counters.", body = Analytics),
+        (status = 401, description = "No, malformed or unknown API key.", body = super::activities::ErrorBody),
+        (status = 403, description = "X-Tenant-Id is not the key's tenant.", body = super::activities::ErrorBody),
+        (status = 503, description = "Redis did not answer in time.", body = super::activities::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn analytics(
+    request: HttpRequest,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = authenticate(&request, &state.tenants)?;
+    let counts = bounded(&state, "Redis", state.redis.analytics(&tenant)).await?;
+    Ok(HttpResponse::Ok().json(Analytics {
+        success: true,
+        tenant_id: tenant.to_string(),
+        total: counts.values().sum(),
+        counts,
+    }))
+}
+
+/// Runs one store call within `read.timeout_ms`; a failure or a timeout is a 503.
+pub(crate) async fn bounded<T>(
+    state: &ApiState,
+    store: &'static str,
+    call: impl Future<Output = Result<T, StoreOutage>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(state.read.timeout(), call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(outage)) => Err(ApiError::store_unavailable(&outage)),
+        Err(_) => Err(ApiError::store_unavailable(&StoreOutage {
+            store,
+            message: "no answer within read.timeout_ms".to_owned(),
+        })),
+    }
+}

@@ -1,0 +1,170 @@
+//! `GET /activities/stream`: Server-Sent Events of the tenant's newly stored activities.
+//!
+//! Order of work, so nothing falls between replay and live: join the tenant's live feed (subscribed
+//! before the response starts), then read the replay from MongoDB, then send the replay, then live
+//! events, skipping live events the replay already covered (ids are time-ordered).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::{web, HttpRequest, HttpResponse, Responder};
+use actix_web_lab::sse::{self, Sse};
+use futures::stream::{self, Stream, StreamExt};
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::auth::authenticate;
+use super::error::ApiError;
+use super::live::{JoinError, LiveEvent, LiveFeed};
+use super::read::bounded;
+use super::ApiState;
+use crate::store::{ActivityCursor, StoredActivity};
+
+/// The header EventSource sends when it reconnects: the id of the last event it received.
+pub const LAST_EVENT_ID_HEADER: &str = "Last-Event-ID";
+/// Named event sent after a replay that hit `sse.replay_max_events`.
+pub const REPLAY_TRUNCATED_EVENT: &str = "replay-truncated";
+
+#[utoipa::path(
+    get,
+    path = "/activities/stream",
+    tag = "read",
+    operation_id = "streamActivities",
+    description = "Server-Sent Events (`text/event-stream`) of the tenant's activities as they are stored. \
+        Each event: `id: <activity id>` and `data: <the activity JSON, as in GET /activities>` (unnamed, so \
+        EventSource's onmessage receives it). `: keep-alive` comment lines every sse.heartbeat_secs. With \
+        Last-Event-ID, the activities stored after that id are replayed first from MongoDB (at most \
+        sse.replay_max_events; if there were more, an event named `replay-truncated` follows: fetch the \
+        rest with GET /activities). The stream ends if this instance loses Redis, or shuts down; \
+        reconnect with Last-Event-ID.",
+    params(("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id.")),
+    responses(
+        (status = 200, description = "The event stream.", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Last-Event-ID is not an id this service sent.", body = super::activities::ErrorBody),
+        (status = 401, description = "No, malformed or unknown API key.", body = super::activities::ErrorBody),
+        (status = 403, description = "X-Tenant-Id is not the key's tenant.", body = super::activities::ErrorBody),
+        (status = 429, description = "The tenant has sse.max_connections_per_tenant open streams on this instance.", body = super::activities::ErrorBody),
+        (status = 503, description = "Redis (live feed) or MongoDB (replay) unavailable.", body = super::activities::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn stream(
+    request: HttpRequest,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = authenticate(&request, &state.tenants)?;
+    let resume_after = match request
+        .headers()
+        .get(LAST_EVENT_ID_HEADER)
+        .map(|value| value.to_str().unwrap_or_default().trim())
+    {
+        None | Some("") => None,
+        Some(raw) => Some(ActivityCursor::parse(raw).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{LAST_EVENT_ID_HEADER} is not an event id this service sent"
+            ))
+        })?),
+    };
+
+    let feed = state
+        .fanout
+        .join(&tenant, state.metrics.sse_clients())
+        .await
+        .map_err(|error| match error {
+            JoinError::TooMany { limit } => {
+                state.metrics.count_rate_limited(tenant.as_str());
+                ApiError::TooManyRequests {
+                    message: format!(
+                        "Too many open streams for tenant {tenant} (limit {limit}); close one or retry later"
+                    ),
+                    retry_after_secs: 5,
+                }
+            }
+            JoinError::Unavailable(outage) => ApiError::store_unavailable(&outage),
+        })?;
+
+    let mut replay = Vec::new();
+    if let Some(after) = resume_after {
+        let max = state.sse.replay_max_events;
+        replay = bounded(
+            &state,
+            "MongoDB",
+            state.repository.stored_after(&tenant, after, max + 1),
+        )
+        .await?;
+    }
+    let truncated = replay.len() > state.sse.replay_max_events;
+    replay.truncate(state.sse.replay_max_events);
+    // Live events at or before this were replayed (or seen by the client) already.
+    let replayed_up_to = replay.last().map(ActivityCursor::of).or(resume_after);
+
+    let replay_events = replay.iter().map(event_of_stored).collect::<Vec<_>>();
+    let notice = truncated.then(|| {
+        sse::Event::Data(
+            sse::Data::new(json!({"replayed": replay_events.len()}).to_string())
+                .event(REPLAY_TRUNCATED_EVENT),
+        )
+    });
+    let events = stream::iter(replay_events)
+        .chain(stream::iter(notice))
+        .chain(live_events(feed, replayed_up_to))
+        .take_until(state.shutdown.clone().cancelled_owned())
+        .map(Ok::<_, std::convert::Infallible>);
+
+    let mut response = Sse::from_stream(events)
+        .with_keep_alive(Duration::from_secs(state.sse.heartbeat_secs))
+        .with_retry_duration(Duration::from_millis(state.sse.retry_ms))
+        .respond_to(&request)
+        .map_into_boxed_body();
+    // Reverse proxies (nginx) must pass events through as they come.
+    response.headers_mut().insert(
+        HeaderName::from_static("x-accel-buffering"),
+        HeaderValue::from_static("no"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(response)
+}
+
+fn event_of_stored(activity: &StoredActivity) -> sse::Event {
+    sse::Event::Data(
+        sse::Data::new(activity.to_json().to_string()).id(ActivityCursor::of(activity).to_string()),
+    )
+}
+
+fn event_of_live(event: &LiveEvent) -> sse::Event {
+    sse::Event::Data(sse::Data::new(event.json.clone()).id(event.id.to_string()))
+}
+
+/// The live part: events from the feed newer than `replayed_up_to`. It ends when the feed closes
+/// (Redis lost) or this client fell more than `sse.buffer_events` behind; either way the client
+/// reconnects with Last-Event-ID and replays the gap. The feed (and its membership) is dropped
+/// with the stream, however the client leaves.
+fn live_events(
+    feed: LiveFeed,
+    replayed_up_to: Option<ActivityCursor>,
+) -> impl Stream<Item = sse::Event> {
+    stream::unfold(feed, move |mut feed| async move {
+        loop {
+            match feed.events.recv().await {
+                Ok(event) => {
+                    let event: Arc<LiveEvent> = event;
+                    if replayed_up_to.is_some_and(|seen| event.id <= seen) {
+                        continue;
+                    }
+                    return Some((event_of_live(&event), feed));
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::info!(
+                        missed,
+                        "an SSE client fell behind; ending its stream so it resumes from the store"
+                    );
+                    return None;
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
+}

@@ -1,0 +1,301 @@
+//! Intake beyond the single happy path: idempotency layer 2, batch semantics, the rate limit, and
+//! Redis being down.
+
+use std::time::{Duration, Instant};
+
+use mongodb::bson::doc;
+use serde_json::{json, Value};
+
+use crate::helpers::{activity, filter, TestApi, TestPipeline, ACME_KEY, GLOBEX_KEY};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_of_an_accepted_key_is_answered_as_a_duplicate_without_producing() {
+    let pipeline = TestPipeline::spawn().await;
+    let first = pipeline
+        .post_activity(ACME_KEY, Some("retry-me"), &activity("u1", "login"))
+        .await;
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["duplicate"], false);
+
+    let retry = pipeline
+        .post_activity(ACME_KEY, Some("retry-me"), &activity("u1", "login"))
+        .await;
+    assert_eq!(retry.status(), 202);
+    let retry: Value = retry.json().await.unwrap();
+    assert_eq!(retry["success"], true);
+    assert_eq!(retry["idempotencyKey"], "retry-me");
+    assert_eq!(retry["duplicate"], true);
+
+    // The marker is the tenant's: the same key from another tenant is a new activity.
+    let other: Value = pipeline
+        .post_activity(GLOBEX_KEY, Some("retry-me"), &activity("u1", "login"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(other["duplicate"], false);
+
+    // Produced once: the topic holds two records (acme's and globex's), not three. The consumer's
+    // own dedupe would hide a second record, so count what reached Kafka through the metrics.
+    let metrics = pipeline
+        .http
+        .get(format!("{}/metrics", pipeline.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("activity_pipeline_produce_duration_seconds_count{outcome=\"acked\"} 2"),
+        "{metrics}"
+    );
+    let marker: Option<String> = redis::cmd("GET")
+        .arg(pipeline.redis_key("accepted:{acme}:retry-me"))
+        .query_async(&mut pipeline.redis.clone())
+        .await
+        .unwrap();
+    assert!(marker.is_some(), "the accepted marker is set after the ack");
+    assert_eq!(
+        pipeline.wait_for_count(filter("acme", "retry-me"), 1).await,
+        1
+    );
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_never_fails_intake() {
+    let api = TestApi::spawn(&["redis.url=redis://127.0.0.1:1".to_owned()], true).await;
+    for attempt in 0..3 {
+        let started = Instant::now();
+        let response = api
+            .post_activity(ACME_KEY, Some("no-redis"), &activity("u1", "login"))
+            .await;
+        assert_eq!(response.status(), 202, "attempt {attempt}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["duplicate"], false, "without Redis nothing is known");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "Redis being down costs at most its short timeout"
+        );
+    }
+    let batch = api
+        .post_batch(
+            ACME_KEY,
+            &json!({"activities": [activity("u1", "a"), activity("u2", "b")]}),
+        )
+        .await;
+    assert_eq!(batch.status(), 202);
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_judged_item_by_item() {
+    let pipeline = TestPipeline::spawn().await;
+
+    // All valid: 202, keys derived from the batch key or the item's own.
+    let response = pipeline
+        .post_batch(
+            ACME_KEY,
+            Some("batch-1"),
+            &json!({"activities": [
+                activity("u1", "login"),
+                {"idempotencyKey": "own-key", "activity": activity("u2", "logout")},
+                activity("u3", "login"),
+            ]}),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["success"], true);
+    assert_eq!(body["accepted"], 3);
+    let keys: Vec<&str> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|result| {
+            assert_eq!(result["status"], 202);
+            assert_eq!(result["duplicate"], false);
+            result["idempotencyKey"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(keys, ["batch-1:0", "own-key", "batch-1:2"]);
+
+    // Mixed: 207; the valid items are produced, the invalid ones explained.
+    let response = pipeline
+        .post_batch(
+            GLOBEX_KEY,
+            None,
+            &json!({"activities": [
+                activity("g1", "signup"),
+                {"actorId": "g2"},
+                {"actorId": "g3", "actorName": "G", "type": "t", "metadata": {"$where": 1}},
+            ]}),
+        )
+        .await;
+    assert_eq!(response.status(), 207);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["success"], false);
+    assert_eq!(
+        (body["accepted"].as_u64(), body["invalid"].as_u64()),
+        (Some(1), Some(2))
+    );
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results[0]["status"], 202);
+    let generated = results[0]["idempotencyKey"].as_str().unwrap().to_owned();
+    assert_eq!(
+        uuid::Uuid::parse_str(&generated).unwrap().get_version_num(),
+        7
+    );
+    assert_eq!(results[1]["status"], 400);
+    assert_eq!(
+        results[1]["error"],
+        "Missing required fields: actorName, type"
+    );
+    assert_eq!(results[2]["status"], 400);
+    assert!(results[2]["details"][0]["field"]
+        .as_str()
+        .unwrap()
+        .starts_with("/metadata"));
+
+    // All invalid: 400 with the per-item results.
+    let response = pipeline
+        .post_batch(ACME_KEY, None, &json!({"activities": [{"actorId": "x"}]}))
+        .await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["results"][0]["status"], 400);
+
+    // The same batch retried with the same batch key: every item a duplicate, nothing produced.
+    let response = pipeline
+        .post_batch(
+            ACME_KEY,
+            Some("batch-1"),
+            &json!({"activities": [
+                activity("u1", "login"),
+                {"idempotencyKey": "own-key", "activity": activity("u2", "logout")},
+                activity("u3", "login"),
+            ]}),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["duplicates"], 3);
+
+    // Stored: acme's three and globex's one, once each.
+    assert_eq!(pipeline.wait_for_count(doc! {}, 4).await, 4);
+    for key in ["batch-1:0", "own-key", "batch-1:2"] {
+        assert_eq!(pipeline.count(filter("acme", key)).await, 1, "{key}");
+    }
+    assert_eq!(pipeline.count(filter("globex", &generated)).await, 1);
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_or_oversized_batch_is_refused_whole() {
+    let pipeline = TestPipeline::spawn_with(&[
+        "intake.batch_max_items=3".to_owned(),
+        "intake.batch_max_body_bytes=4096".to_owned(),
+    ])
+    .await;
+    for (body, rule) in [
+        (json!([activity("u", "t")]), "type"),
+        (json!({"activities": []}), "minItems"),
+        (
+            json!({"activities": [activity("a", "t"), activity("b", "t"), activity("c", "t"), activity("d", "t")]}),
+            "maxItems",
+        ),
+        (
+            json!({"activities": [activity("a", "t")], "extra": 1}),
+            "additionalProperties",
+        ),
+    ] {
+        let response = pipeline.post_batch(ACME_KEY, None, &body).await;
+        assert_eq!(response.status(), 400, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["success"], false);
+        assert_eq!(error["details"][0]["rule"], rule, "{error}");
+    }
+    let big = json!({"activities": [{"actorId": "u", "actorName": "A", "type": "t", "metadata": {"blob": "x".repeat(5000)}}]});
+    let response = pipeline.post_batch(ACME_KEY, None, &big).await;
+    assert_eq!(response.status(), 413);
+    let response = pipeline
+        .http
+        .post(format!("{}/activities/batch", pipeline.address))
+        .bearer_auth(ACME_KEY)
+        .header("Content-Type", "text/csv")
+        .body("a,b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    let response = pipeline
+        .http
+        .post(format!("{}/activities/batch", pipeline.address))
+        .json(&json!({"activities": [activity("a", "t")]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        pipeline.count(doc! {}).await,
+        0,
+        "nothing of a refused batch is stored"
+    );
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_over_its_rate_gets_429_and_others_do_not() {
+    let pipeline = TestPipeline::spawn_with(&[
+        "rate_limit.per_tenant_per_sec=1".to_owned(),
+        "rate_limit.burst=3".to_owned(),
+        "intake.batch_max_items=3".to_owned(),
+    ])
+    .await;
+    for index in 0..3 {
+        let response = pipeline
+            .post_activity(ACME_KEY, None, &activity(&format!("u{index}"), "login"))
+            .await;
+        assert_eq!(
+            response.status(),
+            202,
+            "request {index} is within the burst"
+        );
+    }
+    let response = pipeline
+        .post_activity(ACME_KEY, None, &activity("u9", "login"))
+        .await;
+    assert_eq!(response.status(), 429);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["success"], false);
+    assert!(body["error"].as_str().unwrap().contains("Rate limit"));
+
+    // A batch costs its item count: globex's full burst in one batch passes, one more does not.
+    let batch =
+        json!({"activities": [activity("g1", "a"), activity("g2", "a"), activity("g3", "a")]});
+    assert_eq!(
+        pipeline.post_batch(GLOBEX_KEY, None, &batch).await.status(),
+        202
+    );
+    assert_eq!(
+        pipeline
+            .post_batch(
+                GLOBEX_KEY,
+                None,
+                &json!({"activities": [activity("g4", "a")]})
+            )
+            .await
+            .status(),
+        429
+    );
+    pipeline.stop().await;
+}

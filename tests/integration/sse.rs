@@ -1,0 +1,214 @@
+//! `GET /activities/stream`: live events reach the client, resume with Last-Event-ID replays from the
+//! store, tenants never see each other's events, and the per-tenant cap holds.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::{activity, TestPipeline, ACME_KEY, GLOBEX_KEY};
+use crate::sse_client::SseClient;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_events_reach_the_tenants_own_stream_only() {
+    let pipeline = TestPipeline::spawn_with(&["sse.heartbeat_secs=1".to_owned()]).await;
+    let mut acme = SseClient::open(&pipeline.address, ACME_KEY, None).await;
+    let mut globex = SseClient::open(&pipeline.address, GLOBEX_KEY, None).await;
+    // Idle for a few heartbeats first: the live connection is pinged at that interval while
+    // subscribed, and must survive it.
+    assert!(acme.next_event(Duration::from_millis(2500)).await.is_none());
+
+    // globex's activity first, fully processed (counted and published) before acme's is sent.
+    assert_eq!(
+        pipeline
+            .post_activity(GLOBEX_KEY, Some("g-live"), &activity("g", "signup"))
+            .await
+            .status(),
+        202
+    );
+    let globex_event = globex.next_event(WAIT).await.expect("globex's own event");
+    assert_eq!(globex_event.json()["idempotencyKey"], "g-live");
+    assert_eq!(
+        globex_event.id.as_deref(),
+        globex_event.json()["id"].as_str()
+    );
+
+    assert_eq!(
+        pipeline
+            .post_activity(ACME_KEY, Some("a-live"), &activity("a", "login"))
+            .await
+            .status(),
+        202
+    );
+    let event = acme.next_event(WAIT).await.expect("acme's event");
+    let data: Value = event.json();
+    assert_eq!(
+        data["idempotencyKey"], "a-live",
+        "acme never sees globex's event"
+    );
+    assert_eq!(data["tenantId"], "acme");
+    assert_eq!(data["type"], "login");
+    assert_eq!(
+        event.event, None,
+        "unnamed, so EventSource.onmessage gets it"
+    );
+    assert_eq!(event.id.as_deref(), data["id"].as_str());
+    let (_, stored) = pipeline.get_json(ACME_KEY, "/activities/a-live").await;
+    assert_eq!(stored["activity"], data, "the event is the stored activity");
+
+    assert!(
+        globex
+            .next_event(Duration::from_millis(1500))
+            .await
+            .is_none(),
+        "globex never sees acme's event"
+    );
+    assert!(globex.comments >= 1, "heartbeats arrive on an idle stream");
+    drop(acme);
+    drop(globex);
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_event_id_replays_what_was_missed_then_continues_live() {
+    let pipeline = TestPipeline::spawn_with(&["sse.replay_max_events=2".to_owned()]).await;
+    let mut first = SseClient::open(&pipeline.address, ACME_KEY, None).await;
+    assert_eq!(
+        pipeline
+            .post_activity(ACME_KEY, Some("e0"), &activity("u", "t"))
+            .await
+            .status(),
+        202
+    );
+    let seen = first.next_event(WAIT).await.expect("the first event");
+    let last_id = seen.id.clone().unwrap();
+    drop(first);
+
+    // Missed while disconnected: three, one more than the replay bound.
+    for key in ["e1", "e2", "e3"] {
+        assert_eq!(
+            pipeline
+                .post_activity(ACME_KEY, Some(key), &activity("u", "t"))
+                .await
+                .status(),
+            202
+        );
+        pipeline
+            .wait_for_json(ACME_KEY, &format!("/activities/{key}"), |status, _| {
+                status == 200
+            })
+            .await;
+    }
+    let mut resumed = SseClient::open(&pipeline.address, ACME_KEY, Some(&last_id)).await;
+    let replayed: Vec<String> = vec![
+        resumed.next_event(WAIT).await.unwrap(),
+        resumed.next_event(WAIT).await.unwrap(),
+    ]
+    .into_iter()
+    .map(|event| event.json()["idempotencyKey"].as_str().unwrap().to_owned())
+    .collect();
+    assert_eq!(
+        replayed,
+        ["e1", "e2"],
+        "the oldest missed, in order, bounded"
+    );
+    let notice = resumed.next_event(WAIT).await.unwrap();
+    assert_eq!(notice.event.as_deref(), Some("replay-truncated"));
+    assert_eq!(notice.json()["replayed"], 2);
+
+    // Then live.
+    assert_eq!(
+        pipeline
+            .post_activity(ACME_KEY, Some("e4"), &activity("u", "t"))
+            .await
+            .status(),
+        202
+    );
+    let live = resumed.next_event(WAIT).await.unwrap();
+    assert_eq!(live.json()["idempotencyKey"], "e4");
+
+    // A Last-Event-ID this service did not make is refused.
+    let response = SseClient::request(&pipeline.address, ACME_KEY, Some("garbage")).await;
+    assert_eq!(response.status(), 400);
+    drop(resumed);
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_streams_are_capped_per_tenant_and_freed_on_disconnect() {
+    let pipeline = TestPipeline::spawn_with(&[
+        "sse.max_connections_per_tenant=1".to_owned(),
+        "sse.heartbeat_secs=1".to_owned(),
+    ])
+    .await;
+    let first = SseClient::open(&pipeline.address, ACME_KEY, None).await;
+    let refused = SseClient::request(&pipeline.address, ACME_KEY, None).await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["success"], false);
+    // The cap is per tenant.
+    let other = SseClient::open(&pipeline.address, GLOBEX_KEY, None).await;
+    assert_eq!(sse_clients(&pipeline).await, 2);
+
+    // A client that goes away frees its place (noticed at the latest at the next heartbeat).
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let reopened = loop {
+        let response = SseClient::request(&pipeline.address, ACME_KEY, None).await;
+        if response.status() == 200 {
+            break response;
+        }
+        assert_eq!(response.status(), 429);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    drop(reopened);
+    drop(other);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while sse_clients(&pipeline).await != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "streams were not cleaned up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_needs_a_key() {
+    let pipeline = TestPipeline::spawn().await;
+    let response = pipeline
+        .http
+        .get(format!("{}/activities/stream", pipeline.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let response = SseClient::request(&pipeline.address, "wrong-key", None).await;
+    assert_eq!(response.status(), 401);
+    pipeline.stop().await;
+}
+
+async fn sse_clients(pipeline: &TestPipeline) -> i64 {
+    let metrics = pipeline
+        .http
+        .get(format!("{}/metrics", pipeline.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("activity_pipeline_sse_clients "))
+        .expect("the gauge is exported")
+        .parse()
+        .unwrap()
+}
