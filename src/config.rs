@@ -133,6 +133,8 @@ pub struct KafkaSettings {
     pub partitions: i32,
     pub replication_factor: i32,
     pub consumer_group: String,
+    /// How long the group waits for a silent member before its partitions move to the others.
+    pub session_timeout_ms: u64,
     pub delivery_timeout_ms: u64,
     pub linger_ms: u64,
     pub compression: Compression,
@@ -440,6 +442,11 @@ impl Settings {
             kafka.replication_factor >= 1,
             "kafka.replication_factor",
             "must be at least 1",
+        )?;
+        require(
+            (6_000..=300_000).contains(&kafka.session_timeout_ms),
+            "kafka.session_timeout_ms",
+            "must be 6000 to 300000 (the broker's default group session bounds)",
         )?;
         require(
             !kafka.consumer_group.is_empty(),

@@ -131,7 +131,7 @@ impl ConsumerRuntime {
             publisher,
             metrics.clone(),
             alerts,
-        ));
+        )?);
         let mut plan: Vec<(Stage, String, String)> = Vec::new();
         if matches!(stages, Stages::All | Stages::Main) {
             plan.push((

@@ -99,12 +99,12 @@ impl BatchProcessor {
         publisher: ActivityPublisher,
         metrics: Arc<ConsumerMetrics>,
         alerts: AlertSender,
-    ) -> BatchProcessor {
-        BatchProcessor {
-            validator: ActivityValidator::new(
-                settings.limits.metadata_max_bytes,
-                settings.limits.metadata_max_depth,
-            ),
+    ) -> anyhow::Result<BatchProcessor> {
+        // The API's limits, so the consumer never dead-letters what the API accepted.
+        let validator = ActivityValidator::with_limits(&settings.limits.activity_limits())
+            .map_err(|error| anyhow::anyhow!("configuration key `limits.{error}`"))?;
+        Ok(BatchProcessor {
+            validator,
             repository,
             redis,
             publisher,
@@ -122,7 +122,7 @@ impl BatchProcessor {
             ),
             metrics,
             alerts,
-        }
+        })
     }
 
     pub async fn process(

@@ -202,6 +202,10 @@ impl ActivityConsumer {
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("enable.partition.eof", "false")
             .set("statistics.interval.ms", "5000")
+            .set(
+                "session.timeout.ms",
+                settings.session_timeout_ms.to_string(),
+            )
             .create_with_context(context)
             .map_err(|error| anyhow::anyhow!("creating the Kafka consumer: {error}"))?;
         consumer
@@ -343,11 +347,25 @@ impl ActivityConsumer {
     }
 
     /// Commits the stored offsets now and waits for the answer (shutdown).
+    /// Blocks: call it from the blocking pool. A failed commit is tried again a few times; closing the
+    /// consumer commits once more, and whatever is still uncommitted is redelivered to the next owner,
+    /// which the idempotent effects make safe.
     pub fn commit_stored(&self) {
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) => tracing::info!("stored offsets committed"),
-            // "No offset stored" is the normal answer when nothing new was processed.
-            Err(error) => tracing::debug!(%error, "final commit"),
+        for attempt in 1..=5 {
+            match self.consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) => {
+                    tracing::info!("stored offsets committed");
+                    return;
+                }
+                // "No offset stored": nothing new was processed since the last commit.
+                Err(rdkafka::error::KafkaError::ConsumerCommit(
+                    rdkafka::types::RDKafkaErrorCode::NoOffset,
+                )) => return,
+                Err(error) => {
+                    tracing::warn!(%error, attempt, "final offset commit failed");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
         }
     }
 

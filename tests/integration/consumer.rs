@@ -482,14 +482,11 @@ async fn a_consumer_killed_mid_stream_and_restarted_leaves_every_activity_once()
     assert!(terminated.success());
     let status = consumer.wait().unwrap();
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
+    let committed = pipeline.committed_offsets();
     assert_eq!(
-        pipeline
-            .committed_offsets()
-            .iter()
-            .map(|(_, offset)| offset)
-            .sum::<i64>(),
+        committed.iter().map(|(_, offset)| offset).sum::<i64>(),
         total,
-        "everything processed is committed on shutdown"
+        "everything processed is committed on shutdown: {committed:?}"
     );
     pipeline.stop().await;
 }

@@ -240,21 +240,39 @@ impl TestPipeline {
             .set("group.id", &self.settings.kafka.consumer_group)
             .create()
             .unwrap();
-        let mut partitions = TopicPartitionList::new();
-        for partition in 0..self.settings.kafka.partitions {
-            partitions.add_partition(&self.settings.kafka.topic, partition);
+        // A loaded broker may answer a partition with a transient error (coordinator loading or
+        // moving); ask again rather than read that as "nothing committed".
+        for _ in 0..20 {
+            let mut partitions = TopicPartitionList::new();
+            for partition in 0..self.settings.kafka.partitions {
+                partitions.add_partition(&self.settings.kafka.topic, partition);
+            }
+            let Ok(committed) = consumer.committed_offsets(partitions, Duration::from_secs(10))
+            else {
+                std::thread::sleep(Duration::from_millis(250));
+                continue;
+            };
+            if committed
+                .elements()
+                .iter()
+                .any(|element| element.error().is_err())
+            {
+                std::thread::sleep(Duration::from_millis(250));
+                continue;
+            }
+            return committed
+                .elements()
+                .iter()
+                .filter_map(|element| match element.offset() {
+                    Offset::Offset(offset) => Some((element.partition(), offset)),
+                    _ => None,
+                })
+                .collect();
         }
-        let committed = consumer
-            .committed_offsets(partitions, Duration::from_secs(10))
-            .expect("committed offsets");
-        committed
-            .elements()
-            .iter()
-            .filter_map(|element| match element.offset() {
-                Offset::Offset(offset) => Some((element.partition(), offset)),
-                _ => None,
-            })
-            .collect()
+        panic!(
+            "the broker did not answer the committed offsets of {}",
+            self.settings.kafka.consumer_group
+        );
     }
 
     /// The records now in the DLQ topic, read directly.
