@@ -274,8 +274,9 @@ async fn a_redis_outage_holds_the_offsets_and_loses_or_doubles_nothing() {
             202
         );
     }
-    // MongoDB writes go on (the unique key dedupes), but no offset moves without the Redis step.
-    assert_eq!(pipeline.wait_for_count(doc! {}, 10).await, 10);
+    // MongoDB writes of the batch in hand go on (the unique key dedupes), but no offset moves without
+    // the Redis step; the partitions are paused, so later records wait in Kafka.
+    assert!(pipeline.wait_for_count(doc! {}, 1).await >= 1);
     assert!(
         pipeline
             .wait_for_metric("activity_pipeline_consumer_breaker_open{stage=\"main\"} 1")
