@@ -160,45 +160,48 @@ pub fn consumer_lag(brokers: &str) -> anyhow::Result<i64> {
 }
 
 /// Waits until the consumers have committed everything and the counters add up to the store, or
-/// `within` passes. Returns whether it drained.
+/// `within` passes. Returns whether it drained. MongoDB is only asked once the lag is 0, one query
+/// at a time (an abandoned query keeps FerretDB busy), so a slow store is not buried in checks.
 pub async fn wait_for_drain(env: &Env, within: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     let mut calm = 0;
-    let mut polls = 0u32;
+    let mut last_print = tokio::time::Instant::now();
+    let mongo = match mongodb::Client::with_uri_str(env.mongo_uri()).await {
+        Ok(client) => client.database(DATABASE).collection::<Document>(COLLECTION),
+        Err(_) => return false,
+    };
     while tokio::time::Instant::now() < deadline {
-        polls += 1;
         let brokers = env.kafka_brokers();
         let lag = tokio::task::spawn_blocking(move || consumer_lag(&brokers))
             .await
             .ok()
             .and_then(Result::ok);
-        let balanced = async {
-            let stored = mongodb::Client::with_uri_str(env.mongo_uri())
-                .await?
-                .database(DATABASE)
-                .collection::<Document>(COLLECTION)
-                .count_documents(mongodb::bson::doc! {})
-                .await? as i64;
-            let mut connection = redis(env).await?;
-            let mut counted = 0;
-            for tenant in TENANTS {
-                counted += counters(&mut connection, tenant.id)
-                    .await?
-                    .values()
-                    .sum::<i64>();
+        let balanced = if lag == Some(0) {
+            async {
+                let stored = mongo.count_documents(mongodb::bson::doc! {}).await? as i64;
+                let mut connection = redis(env).await?;
+                let mut counted = 0;
+                for tenant in TENANTS {
+                    counted += counters(&mut connection, tenant.id)
+                        .await?
+                        .values()
+                        .sum::<i64>();
+                }
+                anyhow::Ok((stored, counted))
             }
-            anyhow::Ok((stored, counted))
-        }
-        .await
-        .ok();
-        if polls % 5 == 0 {
+            .await
+            .ok()
+        } else {
+            None
+        };
+        if last_print.elapsed() >= Duration::from_secs(10) {
+            last_print = tokio::time::Instant::now();
             println!(
                 "faults: t={:>6.1}s  draining: lag {lag:?}, (stored, counted) {balanced:?}",
                 env.clock.secs()
             );
         }
-        let balanced = balanced.is_some_and(|(stored, counted)| stored == counted);
-        if lag == Some(0) && balanced {
+        if balanced.is_some_and(|(stored, counted)| stored == counted) {
             calm += 1;
             if calm >= 2 {
                 return true;
@@ -209,6 +212,28 @@ pub async fn wait_for_drain(env: &Env, within: Duration) -> bool {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     false
+}
+
+/// `(tenant, id)` of every stored activity: what the live clients must have seen.
+pub async fn read_ids(env: &Env) -> anyhow::Result<Vec<(String, String)>> {
+    let client = mongodb::Client::with_uri_str(env.mongo_uri()).await?;
+    let documents: Vec<Document> = client
+        .database(DATABASE)
+        .collection::<Document>(COLLECTION)
+        .find(mongodb::bson::doc! {})
+        .projection(mongodb::bson::doc! {"_id": 1, "tenantId": 1})
+        .await?
+        .try_collect()
+        .await?;
+    Ok(documents
+        .iter()
+        .filter_map(|document| {
+            Some((
+                document.get_str("tenantId").ok()?.to_owned(),
+                document.get_object_id("_id").ok()?.to_hex(),
+            ))
+        })
+        .collect())
 }
 
 /// Every record of the DLQ topic, with its headers.
@@ -271,6 +296,73 @@ pub fn read_dlq(brokers: &str) -> anyhow::Result<Vec<DeadLetter>> {
     }
     anyhow::ensure!(remaining.is_empty(), "reading the DLQ timed out");
     Ok(dead)
+}
+
+/// Records of `topic` whose `idempotency-key` header is in `keys`, with where they sit and the main
+/// group's committed offset of their partition (forensics for a lost activity).
+fn find_in_topic(
+    brokers: &str,
+    topic: &str,
+    keys: &HashSet<String>,
+) -> anyhow::Result<Vec<String>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", GROUP)
+        .set("enable.auto.commit", "false")
+        .set("log_level", "3")
+        .create()?;
+    let mut committed_query = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        committed_query.add_partition(topic, partition);
+    }
+    let committed = consumer.committed_offsets(committed_query, Duration::from_secs(10))?;
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining = HashMap::new();
+    for partition in 0..PARTITIONS {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+        if high > low {
+            assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
+            remaining.insert(partition, high);
+        }
+    }
+    let mut found = Vec::new();
+    consumer.assign(&assignment)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !remaining.is_empty() && std::time::Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message?;
+        let key = message.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|header| header.key == "idempotency-key")
+                .and_then(|header| header.value)
+                .map(|value| String::from_utf8_lossy(value).into_owned())
+        });
+        if let Some(key) = key.filter(|key| keys.contains(key)) {
+            let group_at = committed
+                .elements_for_topic(topic)
+                .iter()
+                .find(|element| element.partition() == message.partition())
+                .map(|element| format!("{:?}", element.offset()));
+            found.push(format!(
+                "{key} is in {topic}[{}] at offset {} (the group committed {})",
+                message.partition(),
+                message.offset(),
+                group_at.unwrap_or_else(|| "nothing".to_owned())
+            ));
+        }
+        if let Some(high) = remaining.get(&message.partition()) {
+            if message.offset() + 1 >= *high {
+                remaining.remove(&message.partition());
+            }
+        }
+    }
+    if found.is_empty() {
+        found.push(format!("none of {keys:?} is in {topic}"));
+    }
+    Ok(found)
 }
 
 /// Numbers compare by value (BSON may store 3 as Int32 and the client sent 3 as an integer, or 1.5
@@ -360,6 +452,7 @@ pub async fn check(env: &Env, inputs: Inputs<'_>) -> anyhow::Result<Checked> {
     }
 
     // 1. The ledger against the store.
+    let mut lost_keys: Vec<(String, String)> = Vec::new();
     let mut accounted: HashSet<(String, String)> = HashSet::new();
     for sent in &inputs.workload.activities {
         let found: Vec<&Document> = match &sent.key {
@@ -389,10 +482,14 @@ pub async fn check(env: &Env, inputs: Inputs<'_>) -> anyhow::Result<Checked> {
                 .add(format!("{name} stored {} times", found.len()));
         }
         match (&sent.outcome, found.first()) {
-            (Outcome::Acked, None) => checked.lost.add(format!(
-                "{name}: 202 after {} post(s), not in MongoDB",
-                sent.posts
-            )),
+            (Outcome::Acked, None) => {
+                lost_keys.push((sent.tenant.to_owned(), sent.key.clone().unwrap_or_default()));
+                checked.lost.add(format!(
+                    "{name}: 202 at t={:.1}s after {} post(s), not in MongoDB",
+                    sent.acked_at.unwrap_or_default(),
+                    sent.posts
+                ))
+            }
             (Outcome::Refused(status), Some(_)) => checked
                 .refused_but_stored
                 .add(format!("{name}: answered {status}, yet stored")),
@@ -416,6 +513,27 @@ pub async fn check(env: &Env, inputs: Inputs<'_>) -> anyhow::Result<Checked> {
 
     // 2. Counters: Redis against MongoDB, per tenant and type.
     let mut connection = redis(env).await?;
+    if !lost_keys.is_empty() {
+        // Where did they go? Look for them in the topic and in Redis, for whoever debugs this.
+        lost_keys.truncate(8);
+        let brokers = env.kafka_brokers();
+        let wanted: HashSet<String> = lost_keys.iter().map(|(_, key)| key.clone()).collect();
+        let found = tokio::task::spawn_blocking(move || find_in_topic(&brokers, TOPIC, &wanted))
+            .await?
+            .unwrap_or_else(|error| vec![format!("reading {TOPIC} failed: {error:#}")]);
+        for line in found {
+            checked.lost.examples.push(format!("  forensics: {line}"));
+        }
+        for (tenant, key) in &lost_keys {
+            let mark: Option<String> = redis::cmd("GET")
+                .arg(format!("idempotency:{{{tenant}}}:{key}"))
+                .query_async(&mut connection)
+                .await?;
+            checked.lost.examples.push(format!(
+                "  forensics: Redis mark of {tenant}/{key}: {mark:?}"
+            ));
+        }
+    }
     let mut stored_counts: BTreeMap<(String, String), i64> = BTreeMap::new();
     for document in &documents {
         *stored_counts

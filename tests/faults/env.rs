@@ -100,14 +100,7 @@ impl Env {
         stack.up(None).await?;
 
         let config = repo.join("config/dev.toml");
-        let mut overrides = role_overrides(&ports);
-        // Settings of the read side (issue 3), used when this binary has them: a client that
-        // reconnects after an API kill must be able to replay everything it missed.
-        for optional in ["sse.replay_max_events=1000000"] {
-            if accepts_setting(binary, &config, optional).await {
-                overrides.push(optional.to_owned());
-            }
-        }
+        let overrides = role_overrides(&ports);
         let mut base_args = vec!["--config".to_owned(), config.display().to_string()];
         for flag in &overrides {
             base_args.push("--set".to_owned());
@@ -224,19 +217,6 @@ fn role_overrides(ports: &Ports) -> Vec<String> {
         "log.filter=info,rdkafka=warn".to_owned(),
         format!("tenants.{}.api_key_sha256={initech}", TENANTS[2].id),
     ]
-}
-
-/// Whether the binary knows a setting (`check-config` refuses unknown keys with exit code 2).
-async fn accepts_setting(binary: &Path, config: &Path, flag: &str) -> bool {
-    tokio::process::Command::new(binary)
-        .arg("--config")
-        .arg(config)
-        .args(["--set", flag, "check-config"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .await
-        .is_ok_and(|status| status.success())
 }
 
 /// `activity-pipeline topics create`, retried while the broker settles.

@@ -74,7 +74,13 @@ pub fn start(
 ) -> Vec<LiveClient> {
     let mut clients = Vec::new();
     for tenant in tenants {
-        let per_tenant = if sse { 2 } else { 1 };
+        // Two SSE clients for the first tenant (fan-out to several streams of one tenant), one for
+        // the others; one stand-in per tenant.
+        let per_tenant = if sse && tenant.id == tenants[0].id {
+            2
+        } else {
+            1
+        };
         for number in 1..=per_tenant {
             let seen = Arc::new(Mutex::new(Seen::default()));
             let name = format!("{}-{number}", tenant.id);
@@ -119,17 +125,22 @@ fn event_from_data(id: Option<String>, data: &str, via: Via) -> Option<Event> {
     })
 }
 
-/// An SSE client of `GET /activities/stream` that reconnects with `Last-Event-ID`.
+/// An SSE client of `GET /activities/stream` that behaves like EventSource: it reconnects with
+/// `Last-Event-ID` after the server's `retry:` delay, backs off when refused (honouring
+/// `Retry-After`), and when told the replay was truncated fetches the rest from `GET /activities`, as
+/// the API documents.
 async fn sse_client(api: String, tenant: Tenant, seen: Arc<Mutex<Seen>>, stop: CancellationToken) {
-    let http = match reqwest::Client::builder()
+    let Ok(http) = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
         .read_timeout(Duration::from_secs(40))
         .build()
-    {
-        Ok(http) => http,
-        Err(_) => return,
+    else {
+        return;
     };
     let mut last_id: Option<String> = None;
+    // EventSource's reconnection time: the server's `retry:` once it sent one.
+    let mut retry = Duration::from_millis(2000);
+    let mut refusals_in_a_row = 0u32;
     while !stop.is_cancelled() {
         let mut request = http
             .get(format!("{api}/activities/stream"))
@@ -145,19 +156,29 @@ async fn sse_client(api: String, tenant: Tenant, seen: Arc<Mutex<Seen>>, stop: C
         let mut response = match response {
             Ok(response) if response.status().is_success() => response,
             Ok(response) => {
+                let after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.parse::<u64>().ok())
+                    .map(Duration::from_secs)
+                    .unwrap_or_default();
                 seen.lock()
                     .expect("seen")
                     .refusals
                     .push(response.status().as_u16());
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                refusals_in_a_row += 1;
+                let backoff = retry * 2u32.saturating_pow(refusals_in_a_row.min(3));
+                sleep_or_stop(after.max(backoff).min(Duration::from_secs(15)), &stop).await;
                 continue;
             }
             Err(_) => {
                 seen.lock().expect("seen").failed_connects += 1;
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                sleep_or_stop(retry, &stop).await;
                 continue;
             }
         };
+        refusals_in_a_row = 0;
         seen.lock().expect("seen").connects += 1;
         let mut buffer = String::new();
         loop {
@@ -178,10 +199,15 @@ async fn sse_client(api: String, tenant: Tenant, seen: Arc<Mutex<Seen>>, stop: C
                         name = Some(value.trim_start().to_owned());
                     } else if let Some(value) = line.strip_prefix("data:") {
                         data.push(value.strip_prefix(' ').unwrap_or(value).to_owned());
+                    } else if let Some(value) = line.strip_prefix("retry:") {
+                        if let Ok(millis) = value.trim().parse::<u64>() {
+                            retry = Duration::from_millis(millis);
+                        }
                     }
                 }
                 if name.as_deref() == Some("replay-truncated") {
                     seen.lock().expect("seen").truncated += 1;
+                    fetch_missed(&http, &api, tenant, last_id.as_deref(), &seen).await;
                     continue;
                 }
                 if data.is_empty() {
@@ -195,7 +221,61 @@ async fn sse_client(api: String, tenant: Tenant, seen: Arc<Mutex<Seen>>, stop: C
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        sleep_or_stop(retry, &stop).await;
+    }
+}
+
+async fn sleep_or_stop(duration: Duration, stop: &CancellationToken) {
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = tokio::time::sleep(duration) => {}
+    }
+}
+
+/// After a truncated replay: pages of `GET /activities` (newest first) down to `until` (the last
+/// event the replay delivered), each unseen activity kept as a "backfill" event.
+async fn fetch_missed(
+    http: &reqwest::Client,
+    api: &str,
+    tenant: Tenant,
+    until: Option<&str>,
+    seen: &Arc<Mutex<Seen>>,
+) {
+    let mut cursor: Option<String> = None;
+    for _ in 0..200 {
+        let mut request = http
+            .get(format!("{api}/activities"))
+            .bearer_auth(tenant.key)
+            .query(&[("limit", "500")])
+            .timeout(Duration::from_secs(10));
+        if let Some(cursor) = &cursor {
+            request = request.query(&[("cursor", cursor.as_str())]);
+        }
+        let Ok(response) = request.send().await else {
+            return;
+        };
+        let Ok(page) = response.json::<Value>().await else {
+            return;
+        };
+        let activities = page["activities"].as_array().cloned().unwrap_or_default();
+        let mut reached = false;
+        {
+            let mut seen = seen.lock().expect("seen");
+            for activity in &activities {
+                if let Some(mut event) = event_from_data(None, &activity.to_string(), Via::Backfill)
+                {
+                    reached |= until == Some(event.id.as_str());
+                    if !seen.ids.contains(&event.id) {
+                        event.data = None;
+                        seen.push(event);
+                    }
+                }
+            }
+        }
+        cursor = page["nextCursor"].as_str().map(str::to_owned);
+        if reached || cursor.is_none() {
+            return;
+        }
     }
 }
 

@@ -25,6 +25,7 @@ mod options;
 mod poison;
 mod report;
 mod roles;
+mod sabotage;
 mod stack;
 mod toxiproxy;
 mod workload;
@@ -130,6 +131,7 @@ async fn run(options: Options) -> anyhow::Result<bool> {
     let outcome = exercise(&env, &options, seed, &mix, &command, &run_dir).await;
     let green = matches!(outcome, Ok(true));
     match Arc::try_unwrap(env) {
+        // A sabotaged store is of no use to anyone, but keep it for a look if the self-test failed.
         Ok(env) => env.stop(green && !options.keep).await,
         Err(_) => eprintln!("faults: the environment is still shared; it is stopped on exit"),
     }
@@ -289,6 +291,16 @@ async fn exercise(
     end.cancel();
     let _ = watchdog.await;
 
+    let sabotaged = if options.sabotage {
+        let done = sabotage::sabotage(env, &workload, &live).await?;
+        println!("faults: sabotage (the checker must catch each):");
+        for step in &done {
+            println!("  - {step}");
+        }
+        true
+    } else {
+        false
+    };
     let api_down: Vec<Window> = records
         .iter()
         .filter(|record| record.kind == FaultKind::ApiKill)
@@ -332,29 +344,50 @@ async fn exercise(
     };
     summary.print();
     summary.write_json(&run_dir.join("summary.json"))?;
+    if sabotaged {
+        let verdict = sabotage::verdict(&checked);
+        println!("faults: checker self-test:");
+        for (check, fired) in &verdict {
+            println!(
+                "  {:<30} {}",
+                check,
+                if *fired { "caught" } else { "MISSED" }
+            );
+        }
+        let caught = verdict.iter().all(|(_, fired)| *fired);
+        println!(
+            "faults: self-test {}",
+            if caught {
+                "PASS: every sabotage was caught"
+            } else {
+                "FAIL: the checker missed a sabotage"
+            }
+        );
+        return Ok(caught);
+    }
     Ok(summary.green())
 }
 
 /// Gives the live clients time to receive the last events (the drain ended when the consumers did).
 async fn wait_for_live(env: &Env, live: &[live::LiveClient], within: Duration) {
-    let deadline = tokio::time::Instant::now() + within;
-    while tokio::time::Instant::now() < deadline {
-        let Ok(documents) = checker::read_activities(env).await else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
-        let complete = live.iter().all(|client| {
-            let seen = client.seen.lock().expect("seen");
-            documents
-                .iter()
-                .filter(|document| document.get_str("tenantId") == Ok(client.tenant.id))
-                .filter_map(|document| document.get_object_id("_id").ok())
-                .all(|id| seen.ids.contains(&id.to_hex()))
-        });
-        if complete {
-            return;
+    let _ = tokio::time::timeout(within, wait_for_live_unbounded(env, live)).await;
+}
+
+async fn wait_for_live_unbounded(env: &Env, live: &[live::LiveClient]) {
+    loop {
+        if let Ok(stored) = checker::read_ids(env).await {
+            let complete = live.iter().all(|client| {
+                let seen = client.seen.lock().expect("seen");
+                stored
+                    .iter()
+                    .filter(|(tenant, _)| tenant == client.tenant.id)
+                    .all(|(_, id)| seen.ids.contains(id))
+            });
+            if complete {
+                return;
+            }
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
     }
 }
 

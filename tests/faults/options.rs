@@ -45,7 +45,8 @@ pub struct Options {
     /// Print the fault kinds and exit.
     #[arg(long)]
     pub list_faults: bool,
-    /// Target rate of HTTP requests per second, all clients together (retries included).
+    /// Target rate per second of requests (a batch counts as many as it has activities), all clients
+    /// together, retries included.
     #[arg(long)]
     pub rate: Option<u32>,
     /// Concurrent HTTP clients.
@@ -57,6 +58,10 @@ pub struct Options {
     /// Where runs keep their logs, stack data and summary (default: target/faults).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// The checker's self-test: after the drain, break the stores on purpose; the run passes only if
+    /// the checker catches every sabotage.
+    #[arg(long)]
+    pub sabotage: bool,
     /// Keep the private stack's data after a green run (it is always kept after a red one).
     #[arg(long)]
     pub keep: bool,

@@ -97,6 +97,8 @@ pub struct SentActivity {
     pub outcome: Outcome,
     pub posts: u32,
     pub batched: bool,
+    /// Run-clock time of the first 202.
+    pub acked_at: Option<f64>,
 }
 
 /// One invalid request and what it got.
@@ -166,10 +168,15 @@ struct Pacer {
 
 impl Pacer {
     async fn wait(&self) {
+        self.wait_for(1).await;
+    }
+
+    /// Waits for `count` slots at once (a batch of `count` activities).
+    async fn wait_for(&self, count: u32) {
         let slot = {
             let mut next = self.next.lock().expect("pacer lock");
             let slot = (*next).max(Instant::now());
-            *next = slot + self.interval;
+            *next = slot + self.interval * count.max(1);
             slot
         };
         tokio::time::sleep_until(slot).await;
@@ -583,6 +590,11 @@ impl Client {
             for at in &pending {
                 posts[*at] += 1;
             }
+            // A batch costs as many slots of the rate as it has activities.
+            self.shared
+                .pacer
+                .wait_for(pending.len().saturating_sub(1) as u32)
+                .await;
             let request = self
                 .post("/activities/batch", tenant, None)
                 .json(&json!({ "activities": activities }));
@@ -665,7 +677,9 @@ impl Client {
         if outcome == Outcome::Acked && key.is_some() {
             self.acked_keys.push(self.report.activities.len());
         }
+        let acked_at = (outcome == Outcome::Acked).then(|| self.shared.clock.secs());
         self.report.activities.push(SentActivity {
+            acked_at,
             tenant: tenant.id,
             nonce: key.clone().unwrap_or_default(),
             key,
