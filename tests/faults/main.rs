@@ -44,7 +44,7 @@ use crate::options::{Invocation, Options};
 
 /// How long clients may keep retrying after the load stops, and how long the consumers get to drain.
 const CLIENT_DRAIN_BUDGET: Duration = Duration::from_secs(60);
-const CONSUMER_DRAIN_BUDGET: Duration = Duration::from_secs(180);
+const CONSUMER_DRAIN_BUDGET: Duration = Duration::from_secs(300);
 /// Runs kept under the output directory (older ones are deleted).
 const RUNS_KEPT: usize = 5;
 
