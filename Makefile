@@ -6,13 +6,14 @@ CARGO ?= cargo
 DEV_CONFIG := config/dev.toml
 BIN := target/debug/activity-pipeline
 
-.PHONY: run test lint fmt build build-deps stack-up stack-down stack-status stack-reset topics unit integration
+.PHONY: run test lint fmt build build-deps stack-up stack-down stack-status stack-reset topics unit integration faults
 
 ## run: start the local stack, build, create the topics, run `produce` and `consume` with the dev config.
 run: build stack-up
 	@scripts/run-dev.sh
 
-## test: start the local stack, then lint and run the whole test suite (unit + integration).
+## test: start the local stack, then lint and run the whole test suite (unit + integration, and the
+## fault-injection suite's short profile on a private stack of its own).
 test: build-deps stack-up lint
 	$(CARGO) test --all-targets --locked
 
@@ -31,6 +32,13 @@ unit: build-deps
 ## integration: the integration tests only (the stack must be up).
 integration: build-deps stack-up
 	$(CARGO) test --test integration --locked
+
+## faults: the fault-injection suite on a private stack (tests/faults). Knobs: PROFILE=short|long,
+## SEED=<n> (repeat a run), DURATION=150s|30m, FAULTS=all|none|proxy|<kind>,..., TARGETS=kafka,mongo,redis.
+faults: build-deps
+	$(CARGO) test --locked --test faults -- --profile $(or $(PROFILE),short) \
+		$(if $(SEED),--seed $(SEED)) $(if $(DURATION),--duration $(DURATION)) \
+		$(if $(FAULTS),--faults $(FAULTS)) $(if $(TARGETS),--targets $(TARGETS))
 
 build: build-deps
 	$(CARGO) build --locked

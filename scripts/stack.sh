@@ -17,6 +17,8 @@
 #   AP_STACK_DIR         runtime data, logs, pid files   (default: <repo>/.stack, git-ignored)
 #   AP_CACHE_DIR         downloads and builds            (default: ~/.cache/activity-pipeline)
 #   AP_STACK_KAFKA_PORT  Kafka broker port (default 9092; the KRaft controller uses port+1)
+#   AP_STACK_KAFKA_ADVERTISED_PORT  port the broker tells clients to connect to (default: the broker
+#                        port); a fault proxy in front of the broker listens there (make faults)
 #   AP_STACK_MONGO_PORT  FerretDB port (default 27017)
 #   AP_STACK_REDIS_PORT  Redis port (default 6379)
 #   AP_STACK_KAFKA_TIMEOUT, AP_STACK_TIMEOUT  readiness timeouts in seconds (default 90 and 30)
@@ -30,11 +32,12 @@ ALL_SERVICES=(redis mongo kafka)
 STACK_DIR=${AP_STACK_DIR:-${AP_REPO_ROOT}/.stack}
 [[ "${STACK_DIR}" == /* ]] || STACK_DIR="${PWD}/${STACK_DIR}"
 KAFKA_PORT=${AP_STACK_KAFKA_PORT:-9092}
+KAFKA_ADVERTISED_PORT=${AP_STACK_KAFKA_ADVERTISED_PORT:-${KAFKA_PORT}}
 MONGO_PORT=${AP_STACK_MONGO_PORT:-27017}
 REDIS_PORT=${AP_STACK_REDIS_PORT:-6379}
 KAFKA_TIMEOUT=${AP_STACK_KAFKA_TIMEOUT:-90}
 OTHER_TIMEOUT=${AP_STACK_TIMEOUT:-30}
-for v in KAFKA_PORT MONGO_PORT REDIS_PORT KAFKA_TIMEOUT OTHER_TIMEOUT; do
+for v in KAFKA_PORT KAFKA_ADVERTISED_PORT MONGO_PORT REDIS_PORT KAFKA_TIMEOUT OTHER_TIMEOUT; do
     [[ "${!v}" =~ ^[0-9]+$ ]] || ap_die "${v} must be a number, got '${!v}'"
 done
 KAFKA_CONTROLLER_PORT=$((KAFKA_PORT + 1))
@@ -136,7 +139,7 @@ check_kafka() {
     local out
     port_open "${KAFKA_PORT}" || return 1
     out=$(timeout 10 kcat -b "${HOST}:${KAFKA_PORT}" -L -m 3 2>/dev/null) || return 1
-    grep -q "broker 1 at ${HOST}:${KAFKA_PORT}" <<<"${out}"
+    grep -q "broker 1 at ${HOST}:${KAFKA_ADVERTISED_PORT}" <<<"${out}"
 }
 svc_check() { "check_$1"; }
 
@@ -184,7 +187,7 @@ process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=${HOST}:${KAFKA_CONTROLLER_PORT}
 listeners=PLAINTEXT://${HOST}:${KAFKA_PORT},CONTROLLER://${HOST}:${KAFKA_CONTROLLER_PORT}
-advertised.listeners=PLAINTEXT://${HOST}:${KAFKA_PORT},CONTROLLER://${HOST}:${KAFKA_CONTROLLER_PORT}
+advertised.listeners=PLAINTEXT://${HOST}:${KAFKA_ADVERTISED_PORT},CONTROLLER://${HOST}:${KAFKA_CONTROLLER_PORT}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT

@@ -1,0 +1,409 @@
+//! The fault-injection suite (`make faults`; the short profile also runs in `make test`).
+//!
+//! Jepsen-style: a workload, injected faults and an independent checker. It starts a private stack
+//! (Kafka, FerretDB, Redis on free ports, in a directory of the run) behind Toxiproxy, the roles as
+//! separate processes of the real binary (one `produce`, two `consume` in one group), runs clients
+//! of several tenants for a set time while faults hit on a schedule drawn from the seed, lets the
+//! consumers drain, then checks MongoDB, Redis and the DLQ topic directly against what the clients
+//! were told, and prints one summary. It exits non-zero on any violation.
+//!
+//! # Layout
+//! - `options`: the command line (`--profile`, `--seed`, `--duration`, `--faults`, ...).
+//! - `env`, `stack`, `toxiproxy`, `roles`: the private stack, the fault proxy and the role processes.
+//! - `workload`: the clients and their ledger; `poison`: records written straight into the topic.
+//! - `live`: live clients per tenant (SSE, or a stand-in until the endpoint exists).
+//! - `faults`: the fault kinds, the seeded schedule, applying and undoing a fault.
+//! - `checker`: reads the stores with its own clients and holds them to the ledger.
+//! - `report`: the summary.
+
+mod checker;
+mod clock;
+mod env;
+mod faults;
+mod live;
+mod options;
+mod poison;
+mod report;
+mod roles;
+mod sabotage;
+mod stack;
+mod toxiproxy;
+mod workload;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{Clock, Window};
+use crate::env::{Env, TENANTS};
+use crate::faults::{FaultKind, FaultRecord};
+use crate::options::{Invocation, Options};
+
+/// How long clients may keep retrying after the load stops, and how long the consumers get to drain.
+const CLIENT_DRAIN_BUDGET: Duration = Duration::from_secs(60);
+const CONSUMER_DRAIN_BUDGET: Duration = Duration::from_secs(300);
+/// Runs kept under the output directory (older ones are deleted).
+const RUNS_KEPT: usize = 5;
+
+fn main() -> ExitCode {
+    let options = match options::parse() {
+        Invocation::Run(options) => options,
+        Invocation::Skip(message) => {
+            println!("{message}");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("faults: starting the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            outcome = run(*options) => outcome,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    // Whatever is still running (after an error or Ctrl-C) is stopped by the drops of the runtime's
+    // tasks: role processes and Toxiproxy are killed on drop, the stack is stopped by its Drop.
+    drop(runtime);
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("faults: the run could not complete: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(options: Options) -> anyhow::Result<bool> {
+    let seed = options
+        .seed
+        .unwrap_or_else(|| rand::random::<u64>() % 1_000_000);
+    let mix = options.fault_mix()?;
+    options.proxy_targets()?;
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let binary = options
+        .binary
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_activity-pipeline")));
+    let out = options
+        .out
+        .clone()
+        .unwrap_or_else(|| repo.join("target/faults"));
+    let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
+    let run_dir = out.join(format!("{stamp}-seed{seed}"));
+    prune_runs(&out, RUNS_KEPT - 1);
+    std::fs::create_dir_all(&run_dir)?;
+    let profile = format!("{:?}", options.profile).to_lowercase();
+    let command = format!(
+        "make faults PROFILE={profile} SEED={seed} DURATION={}s FAULTS={}",
+        options.duration().as_secs(),
+        if mix.len() == FaultKind::ALL.len() {
+            "all".to_owned()
+        } else {
+            mix.iter()
+                .map(|kind| kind.name())
+                .collect::<Vec<_>>()
+                .join(",")
+        }
+    );
+    println!(
+        "faults: seed {seed}, profile {profile}, load {:?}; repeat with: {command}",
+        options.duration()
+    );
+    println!("faults: run directory {}", run_dir.display());
+
+    let clock = Clock::start();
+    let env = Env::start(&repo, &binary, run_dir.clone(), seed, clock).await?;
+    println!("faults: stack and roles up after {:.1} s", clock.secs());
+    let env = Arc::new(env);
+    let outcome = exercise(&env, &options, seed, &mix, &command, &run_dir).await;
+    let green = matches!(outcome, Ok(true));
+    match Arc::try_unwrap(env) {
+        // A sabotaged store is of no use to anyone, but keep it for a look if the self-test failed.
+        Ok(env) => env.stop(green && !options.keep).await,
+        Err(_) => eprintln!("faults: the environment is still shared; it is stopped on exit"),
+    }
+    outcome
+}
+
+async fn exercise(
+    env: &Arc<Env>,
+    options: &Options,
+    seed: u64,
+    mix: &[FaultKind],
+    command: &str,
+    run_dir: &Path,
+) -> anyhow::Result<bool> {
+    let clock = env.clock;
+    let features = workload::detect_features(&env.api_url).await?;
+    println!(
+        "faults: batch endpoint {}; live clients {}",
+        if features.batch {
+            "present"
+        } else {
+            "absent (404): single posts only"
+        },
+        if features.sse {
+            "over SSE"
+        } else {
+            "via the Redis stand-in (GET /activities/stream answered 404)"
+        }
+    );
+
+    // Live clients and a watchdog of the role processes run until the very end.
+    let end = CancellationToken::new();
+    let live = live::start(
+        features.sse,
+        &env.api_url,
+        &env.redis_url(),
+        &env.mongo_uri(),
+        &TENANTS,
+        &end,
+    );
+    let watchdog = {
+        let env = env.clone();
+        let end = end.clone();
+        tokio::spawn(async move {
+            while !end.is_cancelled() {
+                env.roles.lock().await.watch(&env.clock);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+
+    // The load, and poison straight into the topic, until the load stops.
+    let duration = options.duration();
+    let load_stop = CancellationToken::new();
+    let load_started = clock.secs();
+    let workload = tokio::spawn(workload::run(
+        workload::LoadPlan {
+            api: env.api_url.clone(),
+            features,
+            seed,
+            clients: options.clients,
+            rate: options.rate(),
+            drain_budget: CLIENT_DRAIN_BUDGET,
+        },
+        clock,
+        load_stop.clone(),
+    ));
+    let poison = tokio::spawn(poison::inject(
+        env.kafka_brokers(),
+        seed,
+        Duration::from_secs(12),
+        clock,
+        load_stop.clone(),
+    ));
+
+    // The faults, one after another, on the seeded schedule.
+    let plan = faults::plan(
+        seed,
+        mix,
+        &options.proxy_targets()?,
+        duration,
+        options.gap_secs(),
+    );
+    println!("faults: schedule ({} faults):", plan.len());
+    for fault in &plan {
+        println!(
+            "  t+{:>6.1}s  {:<26} hold {:.1} s {}",
+            fault.at,
+            fault.label(),
+            fault.hold.as_secs_f64(),
+            if fault
+                .attributes
+                .as_object()
+                .is_some_and(|map| !map.is_empty())
+            {
+                fault.attributes.to_string()
+            } else {
+                String::new()
+            }
+        );
+    }
+    let load_end = load_started + duration.as_secs_f64();
+    let mut records: Vec<FaultRecord> = Vec::new();
+    let mut skipped = 0;
+    for fault in &plan {
+        let due = load_started + fault.at;
+        if due > clock.secs() {
+            tokio::time::sleep(Duration::from_secs_f64(due - clock.secs())).await;
+        }
+        if clock.secs() + fault.hold.as_secs_f64() > load_end - 5.0 {
+            skipped += 1;
+            continue;
+        }
+        println!("faults: t={:>6.1}s  {} ...", clock.secs(), fault.label());
+        let record = faults::execute(env, fault).await;
+        match &record.error {
+            None => println!(
+                "faults: t={:>6.1}s  {} recovered after {:.1} s",
+                clock.secs(),
+                record.label,
+                record.recovered - record.started
+            ),
+            Some(error) => println!(
+                "faults: t={:>6.1}s  {} FAILED: {error}",
+                clock.secs(),
+                record.label
+            ),
+        }
+        records.push(record);
+    }
+    if load_end > clock.secs() {
+        tokio::time::sleep(Duration::from_secs_f64(load_end - clock.secs())).await;
+    }
+    println!(
+        "faults: t={:>6.1}s  load stops; clients finish what they have in hand",
+        clock.secs()
+    );
+    load_stop.cancel();
+    // Whatever a failed fault step left behind is undone before the drain.
+    env.restore().await?;
+    let workload = workload.await??;
+    let poison = poison.await??;
+    let last_fault_end = records
+        .last()
+        .map_or(load_started, |record| record.recovered);
+
+    println!(
+        "faults: t={:>6.1}s  waiting for the consumers to drain",
+        clock.secs()
+    );
+    let load_stopped = clock.secs();
+    let drained = checker::wait_for_drain(env, CONSUMER_DRAIN_BUDGET).await;
+    let drain_secs = clock.secs() - last_fault_end;
+    let drain_after_load_secs = clock.secs() - load_stopped;
+    println!("faults: t={:>6.1}s  drained: {drained}", clock.secs());
+    wait_for_live(env, &live, Duration::from_secs(30)).await;
+    end.cancel();
+    let _ = watchdog.await;
+
+    let sabotaged = if options.sabotage {
+        let done = sabotage::sabotage(env, &workload, &live).await?;
+        println!("faults: sabotage (the checker must catch each):");
+        for step in &done {
+            println!("  - {step}");
+        }
+        true
+    } else {
+        false
+    };
+    let api_down: Vec<Window> = records
+        .iter()
+        .filter(|record| record.kind == FaultKind::ApiKill)
+        .map(|record| Window {
+            from: record.started,
+            to: record.recovered,
+        })
+        .collect();
+    println!("faults: t={:>6.1}s  checking", clock.secs());
+    let checked = checker::check(
+        env,
+        checker::Inputs {
+            workload: &workload,
+            poison: &poison,
+            live: &live,
+            api_down: &api_down,
+        },
+    )
+    .await?;
+    let exits = env.roles.lock().await.unexpected_exits.clone();
+    let summary = report::Summary {
+        command: command.to_owned(),
+        seed,
+        profile: format!("{:?}", options.profile).to_lowercase(),
+        load_secs: duration.as_secs_f64(),
+        total_secs: clock.secs(),
+        rate: options.rate(),
+        clients: options.clients,
+        features,
+        workload: &workload,
+        faults: &records,
+        skipped_faults: skipped,
+        poison_injected: poison.len(),
+        poison_acknowledged: poison.iter().filter(|poison| poison.acknowledged).count(),
+        checked: &checked,
+        drained,
+        drain_secs,
+        drain_after_load_secs,
+        unexpected_exits: &exits,
+        run_dir,
+    };
+    summary.print();
+    summary.write_json(&run_dir.join("summary.json"))?;
+    if sabotaged {
+        let verdict = sabotage::verdict(&checked);
+        println!("faults: checker self-test:");
+        for (check, fired) in &verdict {
+            println!(
+                "  {:<30} {}",
+                check,
+                if *fired { "caught" } else { "MISSED" }
+            );
+        }
+        let caught = verdict.iter().all(|(_, fired)| *fired);
+        println!(
+            "faults: self-test {}",
+            if caught {
+                "PASS: every sabotage was caught"
+            } else {
+                "FAIL: the checker missed a sabotage"
+            }
+        );
+        return Ok(caught);
+    }
+    Ok(summary.green())
+}
+
+/// Gives the live clients time to receive the last events (the drain ended when the consumers did).
+async fn wait_for_live(env: &Env, live: &[live::LiveClient], within: Duration) {
+    let _ = tokio::time::timeout(within, wait_for_live_unbounded(env, live)).await;
+}
+
+async fn wait_for_live_unbounded(env: &Env, live: &[live::LiveClient]) {
+    loop {
+        if let Ok(stored) = checker::read_ids(env).await {
+            let complete = live.iter().all(|client| {
+                let seen = client.seen.lock().expect("seen");
+                stored
+                    .iter()
+                    .filter(|(tenant, _)| tenant == client.tenant.id)
+                    .all(|(_, id)| seen.ids.contains(id))
+            });
+            if complete {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+}
+
+/// Deletes all but the newest `keep` run directories under `out`.
+fn prune_runs(out: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return;
+    };
+    let mut runs: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.is_dir() && path.join("logs").is_dir())
+        .collect();
+    runs.sort();
+    let excess = runs.len().saturating_sub(keep);
+    for run in &runs[..excess] {
+        let _ = std::fs::remove_dir_all(run);
+    }
+}

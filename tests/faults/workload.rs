@@ -1,0 +1,994 @@
+//! The workload: concurrent HTTP clients posting activities for several tenants, as real clients do:
+//! single and batch posts, retries with the same idempotency key after no answer or a 503, deliberate
+//! re-sends of acknowledged keys (a client that missed the 202), and a share of invalid requests.
+//! Every activity and every answer goes into a ledger that the checker holds the stores to.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use reqwest::Method;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::env::{Tenant, MAX_BODY_BYTES, TENANTS};
+
+const TYPES: [&str; 5] = [
+    "comment.created",
+    "doc.viewed",
+    "task.done",
+    "login",
+    "share",
+];
+/// A client gives up on one activity after this many posts (it stays "unanswered").
+const MAX_POSTS: u32 = 40;
+/// Client-side timeouts. Impatient clients give up a little before the API's 5 s wait for the broker,
+/// so while the broker is down or slow their requests time out and are retried with the same key
+/// (the record may still be acknowledged later); patient ones wait for the API's 503.
+const IMPATIENT_TIMEOUT: Duration = Duration::from_secs(3);
+const PATIENT_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Endpoints of the API that may or may not exist in the binary under test.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Features {
+    /// `POST /activities/batch`.
+    pub batch: bool,
+    /// `GET /activities/stream` (Server-Sent Events).
+    pub sse: bool,
+}
+
+/// Asks the API which optional endpoints it serves (404 means no).
+pub async fn detect_features(api: &str) -> anyhow::Result<Features> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let batch = http
+        .post(format!("{api}/activities/batch"))
+        .bearer_auth(TENANTS[0].key)
+        .json(&json!({"activities": []}))
+        .send()
+        .await?
+        .status();
+    let stream = http
+        .get(format!("{api}/activities/stream"))
+        .bearer_auth(TENANTS[0].key)
+        .header("Accept", "text/event-stream")
+        .send()
+        .await?;
+    let sse = stream.status().is_success()
+        && stream
+            .headers()
+            .get("content-type")
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.starts_with("text/event-stream"));
+    drop(stream);
+    Ok(Features {
+        batch: batch != 404 && batch != 405,
+        sse,
+    })
+}
+
+/// What became of one activity, from the client's side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// At least one 202: must be stored exactly once.
+    Acked,
+    /// Never a 202 nor a 4xx (timeouts, dropped connections, 503s until the client gave up): may be
+    /// stored, at most once.
+    Unanswered,
+    /// A 4xx for a valid activity: must not be stored (and is itself a finding).
+    Refused(u16),
+}
+
+/// One activity a client meant to send.
+#[derive(Debug, Clone)]
+pub struct SentActivity {
+    pub tenant: &'static str,
+    /// The idempotency key: the client's, or the one the server made (keyless posts that got a
+    /// 202); `None` for a keyless post that got no answer.
+    pub key: Option<String>,
+    /// Also in `metadata.nonce`: finds a keyless post's document.
+    pub nonce: String,
+    pub body: Value,
+    pub outcome: Outcome,
+    pub posts: u32,
+    pub batched: bool,
+    /// Run-clock time of the first 202.
+    pub acked_at: Option<f64>,
+}
+
+/// One invalid request and what it got.
+#[derive(Debug, Clone)]
+pub struct InvalidRequest {
+    pub case: String,
+    pub expected: u16,
+    /// The final answer's status; `None` if every attempt lost its connection.
+    pub got: Option<u16>,
+    /// Run-clock times at which an attempt got no answer (connection refused, reset, timeout).
+    pub drops: Vec<f64>,
+}
+
+#[derive(Debug, Default)]
+pub struct WorkloadReport {
+    pub activities: Vec<SentActivity>,
+    pub invalid: Vec<InvalidRequest>,
+    /// HTTP requests sent, retries included.
+    pub requests: u64,
+    /// Answers by status ("202", "503", ...) or failure ("timeout", "no-connection").
+    pub answers: BTreeMap<String, u64>,
+    /// Posts of a key again after it got no answer or a 503 (what a client does after a timeout).
+    pub same_key_retries: u64,
+    /// Posts of a key that already got a 202 (a client that missed the answer), one at a time...
+    pub resends_after_ack: u64,
+    /// ... or two at once.
+    pub concurrent_sends: u64,
+    /// 202s that said `"duplicate": true` (the API's own dedupe, when it has one).
+    pub duplicate_answers: u64,
+    pub batches: u64,
+    /// Answers a valid request must never get: a 5xx other than 503, a 4xx other than 429.
+    pub unexpected: Vec<String>,
+    /// Run-clock times of valid requests that got no answer.
+    pub valid_drops: Vec<f64>,
+}
+
+impl WorkloadReport {
+    fn merge(&mut self, other: WorkloadReport) {
+        self.activities.extend(other.activities);
+        self.invalid.extend(other.invalid);
+        self.requests += other.requests;
+        for (answer, count) in other.answers {
+            *self.answers.entry(answer).or_default() += count;
+        }
+        self.same_key_retries += other.same_key_retries;
+        self.resends_after_ack += other.resends_after_ack;
+        self.concurrent_sends += other.concurrent_sends;
+        self.duplicate_answers += other.duplicate_answers;
+        self.batches += other.batches;
+        self.unexpected.extend(other.unexpected);
+        self.valid_drops.extend(other.valid_drops);
+    }
+
+    pub fn acked(&self) -> usize {
+        self.activities
+            .iter()
+            .filter(|activity| activity.outcome == Outcome::Acked)
+            .count()
+    }
+}
+
+/// Spaces requests evenly at the target rate, across all clients.
+struct Pacer {
+    interval: Duration,
+    next: std::sync::Mutex<Instant>,
+}
+
+impl Pacer {
+    async fn wait(&self) {
+        self.wait_for(1).await;
+    }
+
+    /// Waits for `count` slots at once (a batch of `count` activities).
+    async fn wait_for(&self, count: u32) {
+        let slot = {
+            let mut next = self.next.lock().expect("pacer lock");
+            let slot = (*next).max(Instant::now());
+            *next = slot + self.interval * count.max(1);
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
+/// What every client shares.
+struct Shared {
+    http: reqwest::Client,
+    api: String,
+    pacer: Pacer,
+    features: Features,
+    clock: Clock,
+    /// The load stops: finish the activity in hand (its retries included), start no new one.
+    stop: CancellationToken,
+    /// Past this, even retries stop: what is not acknowledged by then stays "unanswered".
+    give_up: std::sync::Mutex<Option<Instant>>,
+}
+
+/// How the load runs.
+pub struct LoadPlan {
+    pub api: String,
+    pub features: Features,
+    pub seed: u64,
+    pub clients: usize,
+    /// Requests per second, all clients together.
+    pub rate: u32,
+    /// After the load stops, how long clients may keep retrying what they have in hand.
+    pub drain_budget: Duration,
+}
+
+/// Runs the plan's clients until `stop` is cancelled; they finish their activity in hand (within
+/// the drain budget) and hand in their ledgers.
+pub async fn run(
+    plan: LoadPlan,
+    clock: Clock,
+    stop: CancellationToken,
+) -> anyhow::Result<WorkloadReport> {
+    let LoadPlan {
+        api,
+        features,
+        seed,
+        clients,
+        rate,
+        drain_budget,
+    } = plan;
+    let shared = Arc::new(Shared {
+        http: reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .pool_idle_timeout(Duration::from_secs(5))
+            .build()?,
+        api,
+        pacer: Pacer {
+            interval: Duration::from_secs_f64(1.0 / f64::from(rate.max(1))),
+            next: std::sync::Mutex::new(Instant::now()),
+        },
+        features,
+        clock,
+        stop: stop.clone(),
+        give_up: std::sync::Mutex::new(None),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..clients {
+        let shared = shared.clone();
+        tasks.spawn(async move {
+            let mut client = Client {
+                index,
+                timeout: if index % 2 == 0 {
+                    IMPATIENT_TIMEOUT
+                } else {
+                    PATIENT_TIMEOUT
+                },
+                rng: StdRng::seed_from_u64(
+                    seed.wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(index as u64 + 1)),
+                ),
+                shared,
+                report: WorkloadReport::default(),
+                sequence: 0,
+                acked_keys: Vec::new(),
+            };
+            client.run().await;
+            client.report
+        });
+    }
+    stop.cancelled().await;
+    *shared.give_up.lock().expect("give-up lock") = Some(Instant::now() + drain_budget);
+    let mut report = WorkloadReport::default();
+    while let Some(joined) = tasks.join_next().await {
+        report.merge(joined?);
+    }
+    Ok(report)
+}
+
+/// The answer to one HTTP request.
+enum Answer {
+    Status {
+        status: u16,
+        body: Option<Value>,
+        retry_after: Option<u64>,
+    },
+    Timeout,
+    NoConnection,
+}
+
+struct Client {
+    index: usize,
+    timeout: Duration,
+    rng: StdRng,
+    shared: Arc<Shared>,
+    report: WorkloadReport,
+    sequence: u64,
+    /// Index into `report.activities` of this client's acknowledged, keyed activities.
+    acked_keys: Vec<usize>,
+}
+
+impl Client {
+    async fn run(&mut self) {
+        while !self.shared.stop.is_cancelled() {
+            // The mix: 10% invalid, 8% batches (single posts when there is no batch endpoint),
+            // 5% re-sends of an acknowledged key, 2% concurrent pairs, 3% keyless, the rest single.
+            let roll: f64 = self.rng.random();
+            if roll < 0.10 {
+                self.invalid().await;
+            } else if roll < 0.18 {
+                if self.shared.features.batch {
+                    self.batch().await;
+                } else {
+                    self.single().await;
+                }
+            } else if roll < 0.23 && !self.acked_keys.is_empty() {
+                self.resend_acked().await;
+            } else if roll < 0.25 {
+                self.concurrent_pair().await;
+            } else if roll < 0.28 {
+                self.keyless().await;
+            } else {
+                self.single().await;
+            }
+        }
+    }
+
+    fn tenant(&mut self) -> Tenant {
+        TENANTS[self.rng.random_range(0..TENANTS.len())]
+    }
+
+    fn next_key(&mut self, prefix: &str) -> String {
+        self.sequence += 1;
+        format!("{prefix}-w{}-{}", self.index, self.sequence)
+    }
+
+    fn gave_up(&self) -> bool {
+        self.shared
+            .give_up
+            .lock()
+            .expect("give-up lock")
+            .is_some_and(|deadline| Instant::now() > deadline)
+    }
+
+    async fn send(&mut self, request: reqwest::RequestBuilder) -> Answer {
+        self.shared.pacer.wait().await;
+        self.report.requests += 1;
+        let answer = match request.timeout(self.timeout).send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.parse().ok());
+                match response.bytes().await {
+                    Ok(bytes) => Answer::Status {
+                        status,
+                        body: serde_json::from_slice(&bytes).ok(),
+                        retry_after,
+                    },
+                    Err(error) if error.is_timeout() => Answer::Timeout,
+                    Err(_) => Answer::NoConnection,
+                }
+            }
+            Err(error) if error.is_timeout() => Answer::Timeout,
+            Err(_) => Answer::NoConnection,
+        };
+        let label = match &answer {
+            Answer::Status { status, .. } => status.to_string(),
+            Answer::Timeout => "timeout".to_owned(),
+            Answer::NoConnection => "no-connection".to_owned(),
+        };
+        *self.report.answers.entry(label).or_default() += 1;
+        answer
+    }
+
+    fn post(&self, path: &str, tenant: Tenant, key: Option<&str>) -> reqwest::RequestBuilder {
+        let mut request = self
+            .shared
+            .http
+            .post(format!("{}{path}", self.shared.api))
+            .bearer_auth(tenant.key);
+        if let Some(key) = key {
+            request = request.header("X-Idempotency-Key", key);
+        }
+        request
+    }
+
+    async fn backoff(&mut self, attempt: u32, retry_after: Option<u64>) {
+        let exponential = 100u64.saturating_mul(1 << attempt.min(5)).min(2000);
+        let wait = retry_after.map_or(exponential, |secs| (secs * 1000).min(2000));
+        let jitter = self.rng.random_range(0..=100);
+        tokio::time::sleep(Duration::from_millis(wait + jitter)).await;
+    }
+
+    fn activity_body(&mut self, nonce: &str, with_metadata: bool) -> Value {
+        let actor = self.rng.random_range(1..=500);
+        let mut body = json!({
+            "actorId": format!("user-{actor}"),
+            "actorName": format!("User {actor} ✓"),
+            "type": TYPES[self.rng.random_range(0..TYPES.len())],
+        });
+        match self.rng.random_range(0..4) {
+            0 => {}
+            1 => body["entityId"] = Value::Null,
+            _ => body["entityId"] = json!(format!("doc-{}", self.rng.random_range(1..100_000))),
+        }
+        if with_metadata || self.rng.random_bool(0.8) {
+            let score = (self.rng.random::<f64>() * 1e6).round() / 1e3;
+            body["metadata"] = json!({
+                "nonce": nonce,
+                "seq": self.sequence,
+                "score": score,
+                "big": self.rng.random::<i64>(),
+                "tags": ["faults", TYPES[self.rng.random_range(0..TYPES.len())]],
+                "nested": {"ok": self.rng.random_bool(0.5), "note": "ünïcødé \" \\ /"},
+            });
+        }
+        body
+    }
+
+    /// Posts one activity, retrying with the same key until a 202 (or giving up).
+    async fn post_until_answered(
+        &mut self,
+        tenant: Tenant,
+        key: Option<&str>,
+        body: &Value,
+    ) -> (Outcome, Option<String>, u32) {
+        let mut posts = 0;
+        loop {
+            if posts > 0 {
+                self.report.same_key_retries += 1;
+            }
+            posts += 1;
+            let request = self.post("/activities", tenant, key).json(body);
+            let retry_after = match self.send(request).await {
+                Answer::Status {
+                    status: 202, body, ..
+                } => {
+                    let body = body.unwrap_or(Value::Null);
+                    if body["duplicate"] == json!(true) {
+                        self.report.duplicate_answers += 1;
+                    }
+                    let server_key = body["idempotencyKey"].as_str().map(str::to_owned);
+                    return (Outcome::Acked, server_key, posts);
+                }
+                Answer::Status {
+                    status: status @ (429 | 503),
+                    retry_after,
+                    ..
+                } => {
+                    if status == 429 && key.is_none() {
+                        return (Outcome::Refused(429), None, posts);
+                    }
+                    retry_after
+                }
+                Answer::Status { status, body, .. } if status >= 500 => {
+                    self.report.unexpected.push(format!(
+                        "t={:.1}s POST /activities {} key={key:?}: {status} {}",
+                        self.shared.clock.secs(),
+                        tenant.id,
+                        body.unwrap_or(Value::Null)
+                    ));
+                    None
+                }
+                Answer::Status { status, body, .. } => {
+                    self.report.unexpected.push(format!(
+                        "t={:.1}s POST /activities {} key={key:?}: a valid activity got {status} {}",
+                        self.shared.clock.secs(),
+                        tenant.id,
+                        body.unwrap_or(Value::Null)
+                    ));
+                    return (Outcome::Refused(status), None, posts);
+                }
+                Answer::Timeout | Answer::NoConnection => {
+                    self.report.valid_drops.push(self.shared.clock.secs());
+                    None
+                }
+            };
+            // A keyless post cannot be retried safely: the retry would be a second activity.
+            if key.is_none() || posts >= MAX_POSTS || self.gave_up() {
+                return (Outcome::Unanswered, None, posts);
+            }
+            self.backoff(posts, retry_after).await;
+        }
+    }
+
+    async fn single(&mut self) {
+        let tenant = self.tenant();
+        let key = self.next_key("k");
+        let body = self.activity_body(&key, false);
+        let (outcome, _, posts) = self.post_until_answered(tenant, Some(&key), &body).await;
+        self.record(tenant, Some(key), body, outcome, posts, false);
+    }
+
+    async fn keyless(&mut self) {
+        let tenant = self.tenant();
+        let nonce = self.next_key("nokey");
+        let body = self.activity_body(&nonce, true);
+        let (outcome, server_key, posts) = self.post_until_answered(tenant, None, &body).await;
+        self.record(tenant, server_key, body, outcome, posts, false);
+        if let Some(activity) = self.report.activities.last_mut() {
+            activity.nonce = nonce;
+        }
+    }
+
+    /// A client that missed a 202 posts the same key and body again.
+    async fn resend_acked(&mut self) {
+        let pick = self.acked_keys[self.rng.random_range(0..self.acked_keys.len())];
+        let activity = self.report.activities[pick].clone();
+        let tenant = *TENANTS
+            .iter()
+            .find(|tenant| tenant.id == activity.tenant)
+            .expect("known tenant");
+        self.report.resends_after_ack += 1;
+        let (_, _, posts) = self
+            .post_until_answered(tenant, activity.key.as_deref(), &activity.body)
+            .await;
+        self.report.activities[pick].posts += posts;
+    }
+
+    /// Two posts of one new key at once (a client that retried too early).
+    async fn concurrent_pair(&mut self) {
+        let tenant = self.tenant();
+        let key = self.next_key("pair");
+        let body = self.activity_body(&key, false);
+        self.report.concurrent_sends += 1;
+        let shared = self.shared.clone();
+        let other_body = body.clone();
+        let other_key = key.clone();
+        // The second copy is a plain request on its own task: one attempt, its answer only counted.
+        let other = tokio::spawn(async move {
+            shared.pacer.wait().await;
+            shared
+                .http
+                .post(format!("{}/activities", shared.api))
+                .timeout(PATIENT_TIMEOUT)
+                .bearer_auth(tenant.key)
+                .header("X-Idempotency-Key", other_key)
+                .json(&other_body)
+                .send()
+                .await
+                .map(|response| response.status().as_u16())
+        });
+        let (mut outcome, _, posts) = self.post_until_answered(tenant, Some(&key), &body).await;
+        self.report.requests += 1;
+        let label = match other.await {
+            Ok(Ok(202)) => {
+                outcome = Outcome::Acked;
+                "202".to_owned()
+            }
+            Ok(Ok(status)) => {
+                if !matches!(status, 429 | 503) {
+                    self.report.unexpected.push(format!(
+                        "t={:.1}s concurrent copy of {key}: a valid activity got {status}",
+                        self.shared.clock.secs()
+                    ));
+                }
+                status.to_string()
+            }
+            _ => {
+                self.report.valid_drops.push(self.shared.clock.secs());
+                "no-connection".to_owned()
+            }
+        };
+        *self.report.answers.entry(label).or_default() += 1;
+        self.record(tenant, Some(key), body, outcome, posts + 1, false);
+    }
+
+    async fn batch(&mut self) {
+        let tenant = self.tenant();
+        let size = self.rng.random_range(2..=12);
+        let mut items: Vec<(String, Value)> = Vec::with_capacity(size);
+        for _ in 0..size {
+            let key = self.next_key("b");
+            let body = self.activity_body(&key, false);
+            items.push((key, body));
+        }
+        self.report.batches += 1;
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; size];
+        let mut posts = vec![0u32; size];
+        let mut attempt = 0;
+        loop {
+            let pending: Vec<usize> = (0..size).filter(|at| outcomes[*at].is_none()).collect();
+            if pending.is_empty() {
+                break;
+            }
+            attempt += 1;
+            if attempt > 1 {
+                self.report.same_key_retries += pending.len() as u64;
+            }
+            let activities: Vec<Value> = pending
+                .iter()
+                .map(|at| json!({"idempotencyKey": items[*at].0, "activity": items[*at].1}))
+                .collect();
+            for at in &pending {
+                posts[*at] += 1;
+            }
+            // A batch costs as many slots of the rate as it has activities.
+            self.shared
+                .pacer
+                .wait_for(pending.len().saturating_sub(1) as u32)
+                .await;
+            let request = self
+                .post("/activities/batch", tenant, None)
+                .json(&json!({ "activities": activities }));
+            let mut retry_after = None;
+            match self.send(request).await {
+                Answer::Status {
+                    status,
+                    body,
+                    retry_after: after,
+                } => {
+                    retry_after = after;
+                    let results = body
+                        .as_ref()
+                        .and_then(|body| body["results"].as_array().cloned())
+                        .unwrap_or_default();
+                    if results.is_empty() && !matches!(status, 429 | 503) {
+                        self.report.unexpected.push(format!(
+                            "t={:.1}s POST /activities/batch {}: {status} without results: {}",
+                            self.shared.clock.secs(),
+                            tenant.id,
+                            body.unwrap_or(Value::Null)
+                        ));
+                    }
+                    for result in results {
+                        let Some(index) = result["index"].as_u64().map(|index| index as usize)
+                        else {
+                            continue;
+                        };
+                        let Some(&at) = pending.get(index) else {
+                            continue;
+                        };
+                        match result["status"].as_u64().unwrap_or(0) as u16 {
+                            202 => {
+                                if result["duplicate"] == json!(true) {
+                                    self.report.duplicate_answers += 1;
+                                }
+                                outcomes[at] = Some(Outcome::Acked);
+                            }
+                            429 | 503 => {}
+                            item_status => {
+                                self.report.unexpected.push(format!(
+                                    "t={:.1}s batch item {} of {}: a valid activity got {item_status} {result}",
+                                    self.shared.clock.secs(),
+                                    items[at].0,
+                                    tenant.id
+                                ));
+                                if item_status < 500 {
+                                    outcomes[at] = Some(Outcome::Refused(item_status));
+                                }
+                            }
+                        }
+                    }
+                }
+                Answer::Timeout | Answer::NoConnection => {
+                    self.report.valid_drops.push(self.shared.clock.secs());
+                }
+            }
+            if attempt as u32 >= MAX_POSTS || self.gave_up() {
+                break;
+            }
+            if outcomes.iter().any(Option::is_none) {
+                self.backoff(attempt as u32, retry_after).await;
+            }
+        }
+        for (at, (key, body)) in items.into_iter().enumerate() {
+            let outcome = outcomes[at].clone().unwrap_or(Outcome::Unanswered);
+            self.record(tenant, Some(key), body, outcome, posts[at], true);
+        }
+    }
+
+    fn record(
+        &mut self,
+        tenant: Tenant,
+        key: Option<String>,
+        body: Value,
+        outcome: Outcome,
+        posts: u32,
+        batched: bool,
+    ) {
+        if outcome == Outcome::Acked && key.is_some() {
+            self.acked_keys.push(self.report.activities.len());
+        }
+        let acked_at = (outcome == Outcome::Acked).then(|| self.shared.clock.secs());
+        self.report.activities.push(SentActivity {
+            acked_at,
+            tenant: tenant.id,
+            nonce: key.clone().unwrap_or_default(),
+            key,
+            body,
+            outcome,
+            posts,
+            batched,
+        });
+    }
+
+    async fn invalid(&mut self) {
+        let tenant = self.tenant();
+        let key = self.next_key("inv");
+        let spec = invalid_request(&mut self.rng, tenant, &key, self.shared.features);
+        let mut drops = Vec::new();
+        let mut got = None;
+        for _ in 0..15 {
+            let mut request = self.shared.http.request(
+                spec.method.clone(),
+                format!("{}{}", self.shared.api, spec.path),
+            );
+            for (name, value) in &spec.headers {
+                request = request.header(*name, value.as_str());
+            }
+            match self.send(request.body(spec.body.clone())).await {
+                Answer::Status { status, .. } => {
+                    got = Some(status);
+                    break;
+                }
+                Answer::Timeout | Answer::NoConnection => {
+                    drops.push(self.shared.clock.secs());
+                    if self.gave_up() {
+                        break;
+                    }
+                    self.backoff(drops.len() as u32, None).await;
+                }
+            }
+        }
+        self.report.invalid.push(InvalidRequest {
+            case: spec.case,
+            expected: spec.expected,
+            got,
+            drops,
+        });
+    }
+}
+
+/// An invalid request and the status the README documents for it.
+struct InvalidSpec {
+    case: String,
+    method: Method,
+    path: &'static str,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+    expected: u16,
+}
+
+fn valid_body(rng: &mut StdRng) -> Value {
+    json!({
+        "actorId": format!("user-{}", rng.random_range(1..100)),
+        "actorName": "Mallory",
+        "type": "comment.created",
+        "entityId": "doc-1",
+        "metadata": {"text": "hello", "nested": {"n": 1}},
+    })
+}
+
+fn invalid_request(rng: &mut StdRng, tenant: Tenant, key: &str, features: Features) -> InvalidSpec {
+    let auth = format!("Bearer {}", tenant.key);
+    let json_headers = |extra: &[(&'static str, String)]| {
+        let mut headers = vec![
+            ("Authorization", auth.clone()),
+            ("Content-Type", "application/json".to_owned()),
+            ("X-Idempotency-Key", key.to_owned()),
+        ];
+        for (name, value) in extra {
+            headers.retain(|(existing, _)| existing != name);
+            headers.push((*name, value.clone()));
+        }
+        headers
+    };
+    let body = serde_json::to_vec(&valid_body(rng)).expect("serializes");
+    let spec = |case: &str, headers, body, expected| InvalidSpec {
+        case: case.to_owned(),
+        method: Method::POST,
+        path: "/activities",
+        headers,
+        body,
+        expected,
+    };
+    let roll = rng.random_range(0..30);
+    match roll {
+        0..=9 => {
+            let (case, body) = {
+                let base = valid_body(rng);
+                mutate(rng, base)
+            };
+            spec(&case, json_headers(&[]), body, 400)
+        }
+        10 | 11 => {
+            let length = rng.random_range(1..200);
+            let garbage: Vec<u8> = (0..length).map(|_| rng.random()).collect();
+            spec("garbage-bytes", json_headers(&[]), garbage, 400)
+        }
+        12 => spec(
+            "truncated-json",
+            json_headers(&[]),
+            body[..body.len() / 2].to_vec(),
+            400,
+        ),
+        13 => spec("empty-body", json_headers(&[]), Vec::new(), 400),
+        14 => spec("not-an-object", json_headers(&[]), b"[1,2,3]".to_vec(), 400),
+        15 => spec(
+            "bad-idempotency-key",
+            json_headers(&[("X-Idempotency-Key", "has space!".to_owned())]),
+            body,
+            400,
+        ),
+        16 => spec(
+            "too-long-idempotency-key",
+            json_headers(&[("X-Idempotency-Key", "k".repeat(129))]),
+            body,
+            400,
+        ),
+        17 => {
+            let mut headers = json_headers(&[]);
+            headers.retain(|(name, _)| *name != "Authorization");
+            spec("no-api-key", headers, body, 401)
+        }
+        18 => spec(
+            "unknown-api-key",
+            json_headers(&[("Authorization", "Bearer not-a-key".to_owned())]),
+            body,
+            401,
+        ),
+        19 => spec(
+            "malformed-authorization",
+            json_headers(&[("Authorization", format!("Basic {}", tenant.key))]),
+            body,
+            401,
+        ),
+        20 => {
+            let other = TENANTS
+                .iter()
+                .find(|other| other.id != tenant.id)
+                .expect("several tenants");
+            spec(
+                "tenant-mismatch",
+                json_headers(&[("X-Tenant-Id", other.id.to_owned())]),
+                body,
+                403,
+            )
+        }
+        21 => {
+            let mut large = valid_body(rng);
+            large["metadata"]["text"] = json!("x".repeat(MAX_BODY_BYTES + 4096));
+            spec(
+                "too-large",
+                json_headers(&[]),
+                serde_json::to_vec(&large).expect("serializes"),
+                413,
+            )
+        }
+        22 => spec(
+            "text-plain",
+            json_headers(&[("Content-Type", "text/plain".to_owned())]),
+            body,
+            415,
+        ),
+        23 => {
+            let mut headers = json_headers(&[]);
+            headers.retain(|(name, _)| *name != "Content-Type");
+            spec("no-content-type", headers, body, 415)
+        }
+        24 => InvalidSpec {
+            method: if rng.random_bool(0.5) {
+                Method::PUT
+            } else {
+                Method::DELETE
+            },
+            ..spec("wrong-method", json_headers(&[]), body, 405)
+        },
+        25 => InvalidSpec {
+            path: "/activity",
+            ..spec("unknown-path", json_headers(&[]), body, 404)
+        },
+        26..=29 if features.batch => {
+            let (case, payload) = match roll {
+                26 => ("batch-empty", json!({"activities": []})),
+                27 => ("batch-not-array", json!({"activities": "x"})),
+                28 => (
+                    "batch-unknown-field",
+                    json!({"activities": [valid_body(rng)], "extra": 1}),
+                ),
+                _ => {
+                    let (_, broken) = {
+                        let base = valid_body(rng);
+                        mutate(rng, base)
+                    };
+                    let broken: Value = serde_json::from_slice(&broken).unwrap_or(json!("x"));
+                    (
+                        "batch-all-invalid",
+                        json!({"activities": [broken, {"actorId": 1}]}),
+                    )
+                }
+            };
+            InvalidSpec {
+                path: "/activities/batch",
+                ..spec(
+                    case,
+                    json_headers(&[]),
+                    serde_json::to_vec(&payload).expect("serializes"),
+                    400,
+                )
+            }
+        }
+        _ => {
+            let (case, body) = {
+                let base = valid_body(rng);
+                mutate(rng, base)
+            };
+            spec(&case, json_headers(&[]), body, 400)
+        }
+    }
+}
+
+/// One random change that makes a valid activity invalid, by the schema or the storage rules.
+fn mutate(rng: &mut StdRng, mut body: Value) -> (String, Vec<u8>) {
+    let fields = ["actorId", "actorName", "type"];
+    let field = fields[rng.random_range(0..fields.len())];
+    let wrong_types = [
+        json!(1),
+        json!(true),
+        json!([]),
+        json!({}),
+        Value::Null,
+        json!(1.5),
+    ];
+    let nest = |rng: &mut StdRng, bad_key: String| {
+        let mut inner = json!({ bad_key: 1 });
+        for _ in 0..rng.random_range(0..4) {
+            inner = json!({ "level": inner });
+        }
+        inner
+    };
+    let case = match rng.random_range(0..14) {
+        0 => {
+            body.as_object_mut().expect("object").remove(field);
+            format!("missing-{field}")
+        }
+        1 => {
+            body[field] = wrong_types[rng.random_range(0..wrong_types.len())].clone();
+            format!("wrong-type-{field}")
+        }
+        2 => {
+            let long = "t".repeat(65);
+            let bad = ["", " x", "x y", "-x", "é", ".x", long.as_str()];
+            body["type"] = json!(bad[rng.random_range(0..bad.len())]);
+            "bad-type".to_owned()
+        }
+        3 => {
+            body["extra"] = json!(1);
+            "unknown-field".to_owned()
+        }
+        4 => {
+            body["metadata"] = nest(rng, "$set".to_owned());
+            "dollar-key".to_owned()
+        }
+        5 => {
+            body["metadata"] = nest(rng, "a.b".to_owned());
+            "dotted-key".to_owned()
+        }
+        6 => {
+            body["metadata"] = nest(rng, "a\u{0}b".to_owned());
+            "nul-key".to_owned()
+        }
+        7 => {
+            body["actorName"] = json!("bad\u{0}name");
+            "nul-string".to_owned()
+        }
+        8 => {
+            let not_objects = [json!([1, 2]), json!("text"), json!(7)];
+            body["metadata"] = not_objects[rng.random_range(0..not_objects.len())].clone();
+            "metadata-not-object".to_owned()
+        }
+        9 => {
+            let mut deep = json!(1);
+            for _ in 0..rng.random_range(9..30) {
+                deep = json!({ "d": deep });
+            }
+            body["metadata"] = deep;
+            "metadata-too-deep".to_owned()
+        }
+        10 => {
+            body["actorId"] = json!("a".repeat(rng.random_range(129..400)));
+            "too-long".to_owned()
+        }
+        11 => {
+            body["metadata"] = json!({"n": u64::MAX});
+            "huge-integer".to_owned()
+        }
+        12 => {
+            body[field] = json!("");
+            format!("empty-{field}")
+        }
+        _ => {
+            body["metadata"] = json!({"blob": "y".repeat(20_000)});
+            "metadata-too-large".to_owned()
+        }
+    };
+    (case, serde_json::to_vec(&body).expect("serializes"))
+}
