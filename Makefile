@@ -6,7 +6,7 @@ CARGO ?= cargo
 DEV_CONFIG := config/dev.toml
 BIN := target/debug/activity-pipeline
 
-.PHONY: run test lint fmt build build-deps stack-up stack-down stack-status stack-reset topics unit integration
+.PHONY: run test lint fmt build build-deps stack-up stack-down stack-status stack-reset topics unit integration bench bench-micro
 
 ## run: start the local stack, build, create the topics, run `produce` and `consume` with the dev config.
 run: build stack-up
@@ -31,6 +31,15 @@ unit: build-deps
 ## integration: the integration tests only (the stack must be up).
 integration: build-deps stack-up
 	$(CARGO) test --test integration --locked
+
+## bench: the pipeline bench on a private stack, release build (BENCH_ARGS="--rounds 1" etc.;
+## scripts/bench.sh --help). Not part of `make test`. See BENCHMARKS.md.
+bench: build-deps
+	@scripts/bench.sh $(BENCH_ARGS)
+
+## bench-micro: criterion benchmarks of the hot pure code (validation, envelope, document).
+bench-micro: build-deps
+	$(CARGO) bench --locked --bench hot_paths
 
 build: build-deps
 	$(CARGO) build --locked
