@@ -141,6 +141,9 @@ pub struct StoreCeiling {
     pub documents_per_s: f64,
     /// Every concurrency tried, with its rate.
     pub tried: Vec<(usize, f64)>,
+    /// CPU used by each observed process during the best run, in cores.
+    #[serde(default)]
+    pub cpu_cores: Vec<(String, f64)>,
 }
 
 /// Inserts the documents of `envelopes` with each of `concurrencies`, each into a fresh database
@@ -151,6 +154,7 @@ pub async fn store(
     envelopes: &[ActivityEnvelope],
     batch_size: usize,
     concurrencies: &[usize],
+    observed: &[(String, u32)],
 ) -> anyhow::Result<StoreCeiling> {
     let client = mongodb::Client::with_uri_str(settings.mongo.uri.expose_secret()).await?;
     let mut tried = Vec::new();
@@ -173,6 +177,7 @@ pub async fn store(
         let collection = client
             .database(&name)
             .collection::<StoredActivity>(&settings.mongo.collection);
+        let cpu_before = crate::processes::cpu_of(observed);
         let started = Instant::now();
         let results: Vec<_> = futures::stream::iter(documents.chunks(batch_size))
             .map(|chunk| {
@@ -183,6 +188,7 @@ pub async fn store(
             .collect()
             .await;
         let elapsed = started.elapsed();
+        let cores = crate::processes::cores_since(observed, &cpu_before, elapsed);
         for result in results {
             result.context("raw insert_many")?;
         }
@@ -193,11 +199,15 @@ pub async fn store(
             documents.len()
         );
         client.database(&name).drop().await?;
-        tried.push((concurrency, documents.len() as f64 / elapsed.as_secs_f64()));
+        tried.push((
+            concurrency,
+            documents.len() as f64 / elapsed.as_secs_f64(),
+            cores,
+        ));
     }
-    let (concurrency, documents_per_s) = tried
+    let (concurrency, documents_per_s, cpu_cores) = tried
         .iter()
-        .copied()
+        .cloned()
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .context("no concurrency tried")?;
     Ok(StoreCeiling {
@@ -205,7 +215,8 @@ pub async fn store(
         batch_size,
         concurrency,
         documents_per_s,
-        tried,
+        tried: tried.into_iter().map(|(c, rate, _)| (c, rate)).collect(),
+        cpu_cores,
     })
 }
 

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::latency::{self, Percentiles};
-use crate::processes::{cpu_seconds, CpuSample};
+use crate::processes::{cores_since, cpu_of, CpuSample};
 
 /// One answer: the status and the body.
 #[derive(Debug)]
@@ -280,18 +280,13 @@ async fn sample_cpu(
 ) -> (Option<f64>, Vec<(String, f64)>) {
     tokio::time::sleep_until(from.into()).await;
     let machine = CpuSample::now();
-    let before: Vec<Option<f64>> = observed.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
+    let before = cpu_of(&observed);
     tokio::time::sleep_until(to.into()).await;
     let busy = machine.busy_percent_until(&CpuSample::now());
-    let seconds = to.duration_since(from).as_secs_f64();
-    let cores = observed
-        .iter()
-        .zip(before)
-        .filter_map(|((name, pid), before)| {
-            Some((name.clone(), (cpu_seconds(*pid)? - before?) / seconds))
-        })
-        .collect();
-    (Some(busy), cores)
+    (
+        Some(busy),
+        cores_since(&observed, &before, to.duration_since(from)),
+    )
 }
 
 async fn drive(

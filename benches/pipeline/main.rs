@@ -591,6 +591,7 @@ impl Bench {
             &envelopes,
             base.consumer.batch_max_records,
             &self.options.store_concurrency,
+            &self.observed(&[]),
         )
         .await;
         for concurrency in &self.options.store_concurrency {
@@ -602,8 +603,11 @@ impl Bench {
         }
         let ceiling = result?;
         println!(
-            "  2. Store ceiling (insert_many x{}): {:.0} docs/s (tried {:?})",
-            ceiling.batch_size, ceiling.documents_per_s, ceiling.tried
+            "  2. Store ceiling (insert_many x{}): {:.0} docs/s (tried {:?}) [cores: {}]",
+            ceiling.batch_size,
+            ceiling.documents_per_s,
+            ceiling.tried,
+            describe_cores(&ceiling.cpu_cores)
         );
         Ok(ceiling)
     }
@@ -900,18 +904,19 @@ impl Bench {
         )
         .await?;
         let deadline = Instant::now() + Duration::from_secs(300);
-        let mut first: Option<(Instant, f64, f64)> = None;
-        let (finished, cpu_end) = loop {
+        let observed = self.observed(&[&consume]);
+        let mut first: Option<(Instant, f64, Vec<Option<f64>>)> = None;
+        let finished = loop {
             consume.ensure_running()?;
             let text = self.http.get(&metrics_url).send().await?.text().await?;
             let now = Instant::now();
             let processed =
                 processes::metric_sum(&text, "activity_pipeline_consumer_records_total");
             if first.is_none() && processed > 0.0 {
-                first = Some((now, processed, consume.cpu_seconds().unwrap_or(0.0)));
+                first = Some((now, processed, processes::cpu_of(&observed)));
             }
             if processed >= records as f64 {
-                break (now, consume.cpu_seconds().unwrap_or(0.0));
+                break now;
             }
             anyhow::ensure!(
                 now < deadline,
@@ -921,6 +926,8 @@ impl Bench {
         };
         let (started, processed_at_start, cpu_start) = first.expect("set before finishing");
         let seconds = finished.duration_since(started).as_secs_f64().max(1e-3);
+        let cpu_cores =
+            processes::cores_since(&observed, &cpu_start, finished.duration_since(started));
         let peak = consume.stop(STOP_GRACE).await;
         result.consume_peak_rss_mib = max_mib(result.consume_peak_rss_mib, peak);
         let stored = self
@@ -934,11 +941,20 @@ impl Bench {
             records_per_s: (records as f64 - processed_at_start) / seconds,
             seconds,
             stored,
-            consumer_cores: (cpu_end - cpu_start) / seconds,
+            consumer_cores: cpu_cores
+                .iter()
+                .find(|(name, _)| name == "consume")
+                .map_or(0.0, |(_, cores)| *cores),
+            cpu_cores,
         };
         println!(
-            "  5. [{}] drain: {:.0} activities/s ({} records in {:.2} s, consumer {:.2} cores; {} stored)",
-            subject.name, drain.records_per_s, records, drain.seconds, drain.consumer_cores, stored
+            "  5. [{}] drain: {:.0} activities/s ({} records in {:.2} s; {} stored) [cores: {}]",
+            subject.name,
+            drain.records_per_s,
+            records,
+            drain.seconds,
+            stored,
+            describe_cores(&drain.cpu_cores)
         );
         anyhow::ensure!(
             stored as usize == records,
@@ -1191,12 +1207,16 @@ fn max_mib(current: Option<f64>, peak_kib: Option<u64>) -> Option<f64> {
     }
 }
 
-fn describe_cpu(load: &LoadResult) -> String {
-    let mut parts: Vec<String> = load
-        .cpu_cores
+fn describe_cores(cores: &[(String, f64)]) -> String {
+    cores
         .iter()
         .map(|(name, cores)| format!("{name} {cores:.2}"))
-        .collect();
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn describe_cpu(load: &LoadResult) -> String {
+    let mut parts: Vec<String> = vec![describe_cores(&load.cpu_cores)];
     if let Some(busy) = load.cpu_busy_percent {
         parts.insert(0, format!("machine {busy:.0}% busy"));
     }

@@ -59,11 +59,6 @@ impl Role {
         peak_rss_kib(self.pid)
     }
 
-    /// User + system CPU time so far, in seconds.
-    pub fn cpu_seconds(&self) -> Option<f64> {
-        cpu_seconds(self.pid)
-    }
-
     /// Fails when the process has exited (with the tail of its log).
     pub fn ensure_running(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
@@ -116,6 +111,27 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the command.
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     Some(ticks / clock_ticks_per_second())
+}
+
+/// CPU seconds so far of each observed process (None when unreadable).
+pub fn cpu_of(observed: &[(String, u32)]) -> Vec<Option<f64>> {
+    observed.iter().map(|(_, pid)| cpu_seconds(*pid)).collect()
+}
+
+/// Cores each observed process used since `before` was sampled, `elapsed` ago.
+pub fn cores_since(
+    observed: &[(String, u32)],
+    before: &[Option<f64>],
+    elapsed: Duration,
+) -> Vec<(String, f64)> {
+    let seconds = elapsed.as_secs_f64().max(1e-6);
+    observed
+        .iter()
+        .zip(before)
+        .filter_map(|((name, pid), before)| {
+            Some((name.clone(), (cpu_seconds(*pid)? - (*before)?) / seconds))
+        })
+        .collect()
 }
 
 fn clock_ticks_per_second() -> f64 {

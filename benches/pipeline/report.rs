@@ -90,6 +90,9 @@ pub struct DrainResult {
     pub stored: u64,
     /// CPU the consumer process used while draining, in cores.
     pub consumer_cores: f64,
+    /// CPU of the consumer and the stack's processes while draining, in cores.
+    #[serde(default)]
+    pub cpu_cores: Vec<(String, f64)>,
 }
 
 /// A target: the median must be at least / at most this.
