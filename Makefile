@@ -6,7 +6,7 @@ CARGO ?= cargo
 DEV_CONFIG := config/dev.toml
 BIN := target/debug/activity-pipeline
 
-.PHONY: run test lint fmt build build-deps stack-up stack-down stack-status stack-reset topics unit integration faults
+.PHONY: run test lint fmt build build-deps stack-up stack-down stack-status stack-reset topics unit integration faults bench bench-micro
 
 ## run: start the local stack, build, create the topics, run `produce` and `consume` with the dev config.
 run: build stack-up
@@ -39,6 +39,15 @@ faults: build-deps
 	$(CARGO) test --locked --test faults -- --profile $(or $(PROFILE),short) \
 		$(if $(SEED),--seed $(SEED)) $(if $(DURATION),--duration $(DURATION)) \
 		$(if $(FAULTS),--faults $(FAULTS)) $(if $(TARGETS),--targets $(TARGETS))
+
+## bench: the pipeline bench on a private stack, release build (BENCH_ARGS="--rounds 1" etc.;
+## scripts/bench.sh --help). Not part of `make test`. See BENCHMARKS.md.
+bench: build-deps
+	@scripts/bench.sh $(BENCH_ARGS)
+
+## bench-micro: criterion benchmarks of the hot pure code (validation, envelope, document).
+bench-micro: build-deps
+	$(CARGO) bench --locked --bench hot_paths
 
 build: build-deps
 	$(CARGO) build --locked

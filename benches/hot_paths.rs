@@ -1,0 +1,59 @@
+//! Criterion benchmarks of the hot pure code, per activity: what the API does to a body
+//! (`ActivityValidator::parse_body`, `ActivityEnvelope::encode`) and what the consumer does to a
+//! record (`ActivityEnvelope::decode`, `StoredActivity::from_envelope`, `StoredActivity::to_json`).
+//!
+//! `cargo bench --bench hot_paths` (or `make bench-micro`). The activity is the pipeline bench's
+//! ~190-byte body, whose envelope is ~300 bytes.
+
+use std::hint::black_box;
+
+use activity_pipeline::domain::{ActivityEnvelope, ActivityValidator, IdempotencyKey, TenantId};
+use activity_pipeline::store::StoredActivity;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+const BODY: &str = r#"{"actorId":"user-001037","actorName":"Bob Okafor","type":"document.viewed","entityId":"doc-004101","metadata":{"text":"Can we move this to next sprint?","source":"web","revision":8}}"#;
+
+fn envelope(validator: &ActivityValidator) -> ActivityEnvelope {
+    ActivityEnvelope::new(
+        TenantId::parse("bench01").unwrap(),
+        IdempotencyKey::parse("b181722abc-r1-current-smax-17-4242").unwrap(),
+        validator.parse_body(BODY.as_bytes()).unwrap(),
+    )
+}
+
+fn api(c: &mut Criterion) {
+    let validator = ActivityValidator::new(16 * 1024, 8);
+    let envelope = envelope(&validator);
+    let mut group = c.benchmark_group("api");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("parse_body", |b| {
+        b.iter(|| validator.parse_body(black_box(BODY.as_bytes())).unwrap())
+    });
+    group.bench_function("envelope_encode", |b| {
+        b.iter(|| black_box(&envelope).encode())
+    });
+    group.finish();
+}
+
+fn consumer(c: &mut Criterion) {
+    let validator = ActivityValidator::new(16 * 1024, 8);
+    let envelope = envelope(&validator);
+    let encoded = envelope.encode();
+    let now = chrono::Utc::now();
+    let stored = StoredActivity::from_envelope(&envelope, now).unwrap();
+    let mut group = c.benchmark_group("consumer");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("envelope_decode", |b| {
+        b.iter(|| ActivityEnvelope::decode(black_box(&encoded), &validator).unwrap())
+    });
+    group.bench_function("stored_from_envelope", |b| {
+        b.iter(|| StoredActivity::from_envelope(black_box(&envelope), now).unwrap())
+    });
+    group.bench_function("stored_to_json", |b| {
+        b.iter(|| black_box(&stored).to_json().to_string())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, api, consumer);
+criterion_main!(benches);

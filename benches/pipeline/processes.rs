@@ -1,0 +1,272 @@
+//! The roles as separate processes of the release binary (so their memory is their own), and what
+//! the bench reads about processes and the machine: peak RSS, CPU time, load, free ports, metrics.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+/// A running `produce` or `consume` process. Killed if dropped without `stop` (a failed bench
+/// leaves nothing running).
+pub struct Role {
+    pub name: String,
+    child: tokio::process::Child,
+    pub pid: u32,
+    pub log: PathBuf,
+}
+
+impl Role {
+    /// Starts `binary --config <config> --set ... <args>`, its output going to `log`.
+    pub fn spawn(
+        name: &str,
+        binary: &Path,
+        config: &Path,
+        overrides: &[String],
+        args: &[&str],
+        log: PathBuf,
+    ) -> anyhow::Result<Role> {
+        let out = std::fs::File::create(&log).with_context(|| format!("creating {log:?}"))?;
+        let mut command = tokio::process::Command::new(binary);
+        command.arg("--config").arg(config);
+        for set in overrides {
+            command.arg("--set").arg(set);
+        }
+        command
+            .args(args)
+            .env_remove("AP_CONFIG")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out.try_clone()?))
+            .stderr(Stdio::from(out))
+            .kill_on_drop(true);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {binary:?} {args:?}"))?;
+        let pid = child.id().context("the child has a pid")?;
+        // The pid lets one attach a profiler (`perf record -g -p <pid>`) while a phase runs.
+        println!("     ({name}: pid {pid}, log {log:?})");
+        Ok(Role {
+            name: name.to_owned(),
+            child,
+            pid,
+            log,
+        })
+    }
+
+    /// Peak resident set size so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        peak_rss_kib(self.pid)
+    }
+
+    /// Fails when the process has exited (with the tail of its log).
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            anyhow::bail!(
+                "{} exited early ({status}); last lines of {:?}:\n{}",
+                self.name,
+                self.log,
+                tail(&self.log, 15)
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGTERM (graceful), then SIGKILL after `grace`. Returns the peak RSS read just before.
+    pub async fn stop(mut self, grace: Duration) -> Option<u64> {
+        let peak = self.peak_rss_kib();
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid.to_string())
+            .status();
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!("{} did not stop within {grace:?}; killing it", self.name);
+                let _ = self.child.kill().await;
+            }
+        }
+        peak
+    }
+}
+
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_field_kib(&status, "VmHWM:")
+}
+
+/// A `kB` field of /proc/<pid>/status.
+pub fn status_field_kib(status: &str, field: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+}
+
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the command.
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / clock_ticks_per_second())
+}
+
+/// CPU seconds so far of each observed process (None when unreadable).
+pub fn cpu_of(observed: &[(String, u32)]) -> Vec<Option<f64>> {
+    observed.iter().map(|(_, pid)| cpu_seconds(*pid)).collect()
+}
+
+/// Cores each observed process used since `before` was sampled, `elapsed` ago.
+pub fn cores_since(
+    observed: &[(String, u32)],
+    before: &[Option<f64>],
+    elapsed: Duration,
+) -> Vec<(String, f64)> {
+    let seconds = elapsed.as_secs_f64().max(1e-6);
+    observed
+        .iter()
+        .zip(before)
+        .filter_map(|((name, pid), before)| {
+            Some((name.clone(), (cpu_seconds(*pid)? - (*before)?) / seconds))
+        })
+        .collect()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The machine's CPU counters (/proc/stat, first line): busy and total jiffies.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSample {
+    busy: u64,
+    total: u64,
+}
+
+impl CpuSample {
+    pub fn now() -> CpuSample {
+        let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        parse_cpu_line(text.lines().next().unwrap_or_default())
+    }
+
+    /// Percentage of all cores busy between `self` and `later`.
+    pub fn busy_percent_until(&self, later: &CpuSample) -> f64 {
+        let total = later.total.saturating_sub(self.total);
+        if total == 0 {
+            return 0.0;
+        }
+        later.busy.saturating_sub(self.busy) as f64 * 100.0 / total as f64
+    }
+}
+
+pub fn parse_cpu_line(line: &str) -> CpuSample {
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = values.iter().take(8).sum();
+    // idle + iowait are not busy.
+    let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
+    CpuSample {
+        busy: total.saturating_sub(idle),
+        total,
+    }
+}
+
+/// The 1-minute load average.
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Polls `url` until it answers 200, the role dies, or `timeout` passes.
+pub async fn wait_ready(
+    http: &reqwest::Client,
+    role: &mut Role,
+    url: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        role.ensure_running()?;
+        if let Ok(response) = http.get(url).send().await {
+            if response.status().is_success() {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "{} did not answer {url} within {timeout:?}; last lines of {:?}:\n{}",
+                role.name,
+                role.log,
+                tail(&role.log, 15)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sum of every sample of the Prometheus metric `name` (all label sets), from a text exposition.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let metric = series.split('{').next()?;
+            (metric == name).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// The last `lines` lines of a log file.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+pub mod checks {
+    use super::*;
+
+    pub fn proc_files_are_parsed() {
+        let status = "Name:\tx\nVmPeak:\t  1000 kB\nVmHWM:\t   51234 kB\nVmRSS:\t 40000 kB\n";
+        assert_eq!(status_field_kib(status, "VmHWM:"), Some(51234));
+        assert_eq!(status_field_kib(status, "VmSwap:"), None);
+        let before = parse_cpu_line("cpu  100 0 100 700 100 0 0 0 0 0");
+        let after = parse_cpu_line("cpu  200 0 200 800 100 0 0 0 0 0");
+        assert!((before.busy_percent_until(&after) - 66.666).abs() < 0.01);
+        // This very process has a peak RSS and has used some CPU.
+        assert!(peak_rss_kib(std::process::id()).unwrap() > 0);
+        assert!(cpu_seconds(std::process::id()).unwrap() >= 0.0);
+    }
+
+    pub fn metrics_are_summed_over_labels() {
+        let text = "# HELP activity_pipeline_consumer_records_total x\n\
+            # TYPE activity_pipeline_consumer_records_total counter\n\
+            activity_pipeline_consumer_records_total{outcome=\"duplicate\"} 2\n\
+            activity_pipeline_consumer_records_total{outcome=\"inserted\"} 40\n\
+            activity_pipeline_consumer_records_total_other 7\n";
+        assert_eq!(
+            metric_sum(text, "activity_pipeline_consumer_records_total"),
+            42.0
+        );
+        assert_eq!(metric_sum(text, "missing"), 0.0);
+    }
+}

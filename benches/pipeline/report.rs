@@ -1,0 +1,623 @@
+//! The bench's report: every round's raw figures, and per subject the table of medians, ratios and
+//! targets. Written as JSON (everything) and Markdown (the table), and printed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ceilings::{KafkaCeiling, StoreCeiling};
+use crate::e2e::E2eResult;
+use crate::http::LoadResult;
+use crate::latency::median;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub started_at: String,
+    pub finished_at: String,
+    pub machine: Machine,
+    pub setup: Setup,
+    pub rounds: Vec<Round>,
+    /// Per subject: the table.
+    pub summary: Vec<SubjectSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Machine {
+    pub cpu_model: String,
+    pub cores: usize,
+    pub memory_gib: f64,
+    pub kernel: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Setup {
+    /// `private` (a stack started for the bench) or `shared`.
+    pub stack: String,
+    pub rounds: usize,
+    pub duration_s: f64,
+    pub warmup_s: f64,
+    pub connections: usize,
+    pub batch_connections: usize,
+    pub batch_size: usize,
+    pub drain_records: usize,
+    pub kafka_records: u64,
+    pub tenants: usize,
+    pub partitions: i32,
+    pub envelope_bytes: f64,
+    pub producer_props: Vec<String>,
+    pub subjects: Vec<String>,
+    pub phases: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Round {
+    pub index: usize,
+    pub load_before: f64,
+    pub load_after: f64,
+    pub kafka: Option<KafkaCeiling>,
+    pub store: Option<StoreCeiling>,
+    pub subjects: Vec<SubjectRound>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SubjectRound {
+    pub subject: String,
+    pub single_max: Option<LoadResult>,
+    pub single_half: Option<LoadResult>,
+    pub batch_max: Option<LoadResult>,
+    pub batch_half: Option<LoadResult>,
+    /// Why batch ingest was not measured (e.g. the endpoint is missing).
+    pub batch_missing: Option<String>,
+    pub publisher: Option<PublisherFigure>,
+    pub drain: Option<DrainResult>,
+    pub e2e: Option<E2eResult>,
+    pub produce_peak_rss_mib: Option<f64>,
+    pub consume_peak_rss_mib: Option<f64>,
+}
+
+/// The drain's pre-fill, timed: our `ActivityPublisher` in-process (no HTTP), all records in flight.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublisherFigure {
+    pub records: usize,
+    pub records_per_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrainResult {
+    pub records: usize,
+    pub records_per_s: f64,
+    /// From the first processed record to the last.
+    pub seconds: f64,
+    /// Documents found in MongoDB afterwards (must equal `records`).
+    pub stored: u64,
+    /// CPU the consumer process used while draining, in cores.
+    pub consumer_cores: f64,
+    /// CPU of the consumer and the stack's processes while draining, in cores.
+    #[serde(default)]
+    pub cpu_cores: Vec<(String, f64)>,
+}
+
+/// A target: the median must be at least / at most this.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub enum Target {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
+impl Target {
+    pub fn met(self, value: f64) -> bool {
+        match self {
+            Target::AtLeast(bound) => value >= bound,
+            Target::AtMost(bound) => value <= bound,
+        }
+    }
+
+    fn text(self, unit: &str) -> String {
+        match self {
+            Target::AtLeast(bound) => format!(">= {}", format_value(bound, unit)),
+            Target::AtMost(bound) => format!("<= {}", format_value(bound, unit)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Figure {
+    pub label: String,
+    pub unit: String,
+    pub values: Vec<Option<f64>>,
+    pub median: Option<f64>,
+    pub target: Option<Target>,
+    pub met: Option<bool>,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubjectSummary {
+    pub subject: String,
+    pub figures: Vec<Figure>,
+}
+
+type Extract = fn(&Round, &SubjectRound) -> Option<f64>;
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// The rows of the table, in order: label, unit, how to read it from a round, target.
+fn rows() -> Vec<(&'static str, &'static str, Extract, Option<Target>)> {
+    vec![
+        (
+            "1. Kafka ceiling: ProducerPerformance",
+            "records/s",
+            |round, _| round.kafka.as_ref().map(|k| k.records_per_s),
+            None,
+        ),
+        (
+            "2. Store ceiling: raw insert_many",
+            "docs/s",
+            |round, _| round.store.as_ref().map(|s| s.documents_per_s),
+            None,
+        ),
+        (
+            "3. Single: max rate",
+            "req/s",
+            |_, s| s.single_max.as_ref().map(|l| l.requests_per_s),
+            Some(Target::AtLeast(25_000.0)),
+        ),
+        (
+            "3. Single @max: p50",
+            "ms",
+            |_, s| s.single_max.as_ref().map(|l| l.latency.p50_ms),
+            None,
+        ),
+        (
+            "3. Single @max: p99",
+            "ms",
+            |_, s| s.single_max.as_ref().map(|l| l.latency.p99_ms),
+            None,
+        ),
+        (
+            "3. Single @max: p99.9",
+            "ms",
+            |_, s| s.single_max.as_ref().map(|l| l.latency.p999_ms),
+            None,
+        ),
+        (
+            "3. Single @50%: rate",
+            "req/s",
+            |_, s| s.single_half.as_ref().map(|l| l.requests_per_s),
+            None,
+        ),
+        (
+            "3. Single @50%: p50",
+            "ms",
+            |_, s| s.single_half.as_ref().map(|l| l.latency.p50_ms),
+            None,
+        ),
+        (
+            "3. Single @50%: p99",
+            "ms",
+            |_, s| s.single_half.as_ref().map(|l| l.latency.p99_ms),
+            Some(Target::AtMost(10.0)),
+        ),
+        (
+            "3. Single @50%: p99.9",
+            "ms",
+            |_, s| s.single_half.as_ref().map(|l| l.latency.p999_ms),
+            None,
+        ),
+        (
+            "4. Batch of 100: max rate",
+            "activities/s",
+            |_, s| s.batch_max.as_ref().map(|l| l.items_per_s),
+            Some(Target::AtLeast(100_000.0)),
+        ),
+        (
+            "4. Batch @max: p50 per request",
+            "ms",
+            |_, s| s.batch_max.as_ref().map(|l| l.latency.p50_ms),
+            None,
+        ),
+        (
+            "4. Batch @max: p99 per request",
+            "ms",
+            |_, s| s.batch_max.as_ref().map(|l| l.latency.p99_ms),
+            None,
+        ),
+        (
+            "4. Batch @50%: p50 per request",
+            "ms",
+            |_, s| s.batch_half.as_ref().map(|l| l.latency.p50_ms),
+            None,
+        ),
+        (
+            "4. Batch @50%: p99 per request",
+            "ms",
+            |_, s| s.batch_half.as_ref().map(|l| l.latency.p99_ms),
+            None,
+        ),
+        (
+            "4. Batch @50%: p99.9 per request",
+            "ms",
+            |_, s| s.batch_half.as_ref().map(|l| l.latency.p999_ms),
+            None,
+        ),
+        (
+            "5. Drain: Kafka -> MongoDB + Redis",
+            "activities/s",
+            |_, s| s.drain.as_ref().map(|d| d.records_per_s),
+            None,
+        ),
+        (
+            "6. End to end @50%: rate",
+            "activities/s",
+            |_, s| s.e2e.as_ref().map(|e| e.rate),
+            None,
+        ),
+        (
+            "6. End to end @50%: p50 (202 -> event)",
+            "ms",
+            |_, s| s.e2e.as_ref().map(|e| e.latency.p50_ms),
+            None,
+        ),
+        (
+            "6. End to end @50%: p99 (202 -> event)",
+            "ms",
+            |_, s| s.e2e.as_ref().map(|e| e.latency.p99_ms),
+            Some(Target::AtMost(100.0)),
+        ),
+        (
+            "7. Peak RSS: produce",
+            "MiB",
+            |_, s| s.produce_peak_rss_mib,
+            Some(Target::AtMost(100.0)),
+        ),
+        (
+            "7. Peak RSS: consume",
+            "MiB",
+            |_, s| s.consume_peak_rss_mib,
+            Some(Target::AtMost(200.0)),
+        ),
+        (
+            "Ratio 3/1: single max / Kafka ceiling",
+            "ratio",
+            |round, s| {
+                ratio(
+                    s.single_max.as_ref().map(|l| l.requests_per_s),
+                    round.kafka.as_ref().map(|k| k.records_per_s),
+                )
+            },
+            None,
+        ),
+        (
+            "Ratio 4/1: batch max / Kafka ceiling",
+            "ratio",
+            |round, s| {
+                ratio(
+                    s.batch_max.as_ref().map(|l| l.items_per_s),
+                    round.kafka.as_ref().map(|k| k.records_per_s),
+                )
+            },
+            Some(Target::AtLeast(0.5)),
+        ),
+        (
+            "Ratio 5/2: drain / store ceiling",
+            "ratio",
+            |round, s| {
+                ratio(
+                    s.drain.as_ref().map(|d| d.records_per_s),
+                    round.store.as_ref().map(|c| c.documents_per_s),
+                )
+            },
+            Some(Target::AtLeast(0.7)),
+        ),
+        (
+            "Extra: ActivityPublisher in-process (no HTTP)",
+            "records/s",
+            |_, s| s.publisher.as_ref().map(|p| p.records_per_s),
+            None,
+        ),
+        (
+            "Extra: publisher / Kafka ceiling",
+            "ratio",
+            |round, s| {
+                ratio(
+                    s.publisher.as_ref().map(|p| p.records_per_s),
+                    round.kafka.as_ref().map(|k| k.records_per_s),
+                )
+            },
+            None,
+        ),
+    ]
+}
+
+/// The table of one subject: each row's per-round values, median (ratios: the median of the
+/// per-round ratios) and whether the target is met.
+pub fn summarize(rounds: &[Round], subject: &str) -> SubjectSummary {
+    let figures = rows()
+        .into_iter()
+        .map(|(label, unit, extract, target)| {
+            let values: Vec<Option<f64>> = rounds
+                .iter()
+                .map(|round| {
+                    round
+                        .subjects
+                        .iter()
+                        .find(|s| s.subject == subject)
+                        .and_then(|s| extract(round, s))
+                })
+                .collect();
+            let present: Vec<f64> = values.iter().flatten().copied().collect();
+            let median = median(&present);
+            let note = if label.starts_with("4.") {
+                rounds
+                    .iter()
+                    .flat_map(|round| round.subjects.iter())
+                    .find(|s| s.subject == subject)
+                    .and_then(|s| s.batch_missing.clone())
+            } else {
+                None
+            };
+            Figure {
+                label: label.to_owned(),
+                unit: unit.to_owned(),
+                met: target.zip(median).map(|(target, value)| target.met(value)),
+                values,
+                median,
+                target,
+                note,
+            }
+        })
+        .collect();
+    SubjectSummary {
+        subject: subject.to_owned(),
+        figures,
+    }
+}
+
+pub fn format_value(value: f64, unit: &str) -> String {
+    match unit {
+        "ms" => format!("{value:.2}"),
+        "ratio" => format!("{value:.2}"),
+        "MiB" => format!("{value:.1}"),
+        _ => group_thousands(value.round() as i64),
+    }
+}
+
+fn group_thousands(value: i64) -> String {
+    let digits = value.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    if value < 0 {
+        out.insert(0, '-');
+    }
+    out
+}
+
+/// The Markdown table of one subject.
+pub fn markdown_table(summary: &SubjectSummary) -> String {
+    let rounds = summary
+        .figures
+        .first()
+        .map(|figure| figure.values.len())
+        .unwrap_or(0);
+    let mut out = String::new();
+    out.push_str("| figure | unit |");
+    for round in 1..=rounds {
+        out.push_str(&format!(" run {round} |"));
+    }
+    out.push_str(" **median** | target | met |\n|---|---|");
+    for _ in 0..rounds {
+        out.push_str("---:|");
+    }
+    out.push_str("---:|---|---|\n");
+    for figure in &summary.figures {
+        out.push_str(&format!("| {} | {} |", figure.label, figure.unit));
+        for value in &figure.values {
+            match value {
+                Some(value) => out.push_str(&format!(" {} |", format_value(*value, &figure.unit))),
+                None => out.push_str(" – |"),
+            }
+        }
+        let median = match (figure.median, &figure.note) {
+            (Some(value), _) => format!("**{}**", format_value(value, &figure.unit)),
+            (None, Some(note)) => note.clone(),
+            (None, None) => "–".to_owned(),
+        };
+        let target = figure
+            .target
+            .map(|target| target.text(&figure.unit))
+            .unwrap_or_default();
+        let met = match figure.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None if figure.target.is_some() => "n/a",
+            None => "",
+        };
+        out.push_str(&format!(" {median} | {target} | {met} |\n"));
+    }
+    out
+}
+
+/// The whole report as Markdown: setup, per-subject tables, per-round load.
+pub fn markdown(report: &Report) -> String {
+    let setup = &report.setup;
+    let mut out = format!(
+        "## Pipeline bench, {}\n\n\
+         Machine: {} ({} cores), {:.1} GiB, kernel {}. Stack: {}. {} run(s) of {} s (+{} s warm-up) per load \
+         figure; {} tenants over {} partitions; envelopes of {:.0} bytes; producer {}.\n\
+         Single: {} connections; batch: {} connections x {} activities; drain: {} records; Kafka ceiling: {} records.\n\n",
+        report.started_at,
+        report.machine.cpu_model,
+        report.machine.cores,
+        report.machine.memory_gib,
+        report.machine.kernel,
+        setup.stack,
+        setup.rounds,
+        setup.duration_s,
+        setup.warmup_s,
+        setup.tenants,
+        setup.partitions,
+        setup.envelope_bytes,
+        setup.producer_props.join(" "),
+        setup.connections,
+        setup.batch_connections,
+        setup.batch_size,
+        setup.drain_records,
+        setup.kafka_records,
+    );
+    for summary in &report.summary {
+        out.push_str(&format!("### Subject `{}`\n\n", summary.subject));
+        out.push_str(&markdown_table(summary));
+        out.push('\n');
+    }
+    out.push_str("Load average (1 min) before/after each run: ");
+    let loads: Vec<String> = report
+        .rounds
+        .iter()
+        .map(|round| {
+            format!(
+                "run {}: {:.2}/{:.2}",
+                round.index, round.load_before, round.load_after
+            )
+        })
+        .collect();
+    out.push_str(&loads.join(", "));
+    out.push('\n');
+    out
+}
+
+pub mod checks {
+    use super::*;
+    use crate::latency::Percentiles;
+
+    fn load(rps: f64, p99: f64) -> LoadResult {
+        LoadResult {
+            pacing: "closed".to_owned(),
+            target_rate: None,
+            connections: 1,
+            duration_s: 1.0,
+            requests_ok: rps as u64,
+            requests_failed: 0,
+            failures: vec![],
+            items_per_request: 1,
+            requests_per_s: rps,
+            items_per_s: rps,
+            latency: Percentiles {
+                p99_ms: p99,
+                ..Percentiles::default()
+            },
+            latency_uncorrected: Percentiles::default(),
+            cpu_busy_percent: None,
+            cpu_cores: vec![],
+        }
+    }
+
+    fn round(index: usize, kafka: f64, single: f64, p99: f64) -> Round {
+        Round {
+            index,
+            load_before: 0.5,
+            load_after: 1.0,
+            kafka: Some(KafkaCeiling {
+                records: 1,
+                records_per_s: kafka,
+                mb_per_s: 1.0,
+                avg_latency_ms: 1.0,
+                p99_latency_ms: 1.0,
+                producer_props: vec![],
+            }),
+            store: None,
+            subjects: vec![SubjectRound {
+                subject: "current".to_owned(),
+                single_max: Some(load(single, 30.0)),
+                single_half: Some(load(single / 2.0, p99)),
+                batch_missing: Some("n/a: endpoint missing (404)".to_owned()),
+                ..SubjectRound::default()
+            }],
+        }
+    }
+
+    pub fn summary_takes_medians_of_values_and_ratios() {
+        let rounds = vec![
+            round(1, 100_000.0, 30_000.0, 8.0),
+            round(2, 200_000.0, 20_000.0, 12.0),
+            round(3, 150_000.0, 26_000.0, 9.0),
+        ];
+        let summary = summarize(&rounds, "current");
+        let figure = |label: &str| {
+            summary
+                .figures
+                .iter()
+                .find(|f| f.label == label)
+                .unwrap()
+                .clone()
+        };
+        let single = figure("3. Single: max rate");
+        assert_eq!(single.median, Some(26_000.0));
+        assert_eq!(single.met, Some(true));
+        let p99 = figure("3. Single @50%: p99");
+        assert_eq!(p99.median, Some(9.0));
+        assert_eq!(p99.met, Some(true));
+        // Ratios per round: 0.3, 0.1, 0.1733 -> median 0.1733 (not 26000/150000 by chance).
+        let ratio = figure("Ratio 3/1: single max / Kafka ceiling");
+        assert!((ratio.median.unwrap() - 26_000.0 / 150_000.0).abs() < 1e-9);
+        let batch = figure("4. Batch of 100: max rate");
+        assert_eq!(batch.median, None);
+        assert_eq!(batch.met, None);
+        assert_eq!(batch.note.as_deref(), Some("n/a: endpoint missing (404)"));
+        let table = markdown_table(&summary);
+        assert!(table.contains("| 3. Single: max rate | req/s | 30,000 | 20,000 | 26,000 | **26,000** | >= 25,000 | yes |"), "{table}");
+        assert!(table.contains("| 4. Batch of 100: max rate | activities/s | – | – | – | n/a: endpoint missing (404) | >= 100,000 | n/a |"), "{table}");
+        let report = Report {
+            started_at: "t".to_owned(),
+            finished_at: "t".to_owned(),
+            machine: Machine {
+                cpu_model: "cpu".to_owned(),
+                cores: 2,
+                memory_gib: 24.0,
+                kernel: "k".to_owned(),
+            },
+            setup: Setup {
+                stack: "private".to_owned(),
+                rounds: 3,
+                duration_s: 8.0,
+                warmup_s: 2.0,
+                connections: 256,
+                batch_connections: 16,
+                batch_size: 100,
+                drain_records: 1,
+                kafka_records: 1,
+                tenants: 12,
+                partitions: 12,
+                envelope_bytes: 300.0,
+                producer_props: vec!["acks=all".to_owned()],
+                subjects: vec!["current".to_owned()],
+                phases: vec![],
+            },
+            rounds,
+            summary: vec![summary],
+        };
+        // The JSON round-trips, and the Markdown holds the table.
+        let json = serde_json::to_string(&report).unwrap();
+        let back: Report = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.rounds.len(), 3);
+        assert!(markdown(&back).contains("### Subject `current`"));
+    }
+
+    pub fn values_are_formatted_for_humans() {
+        assert_eq!(format_value(1_234_567.4, "req/s"), "1,234,567");
+        assert_eq!(format_value(999.0, "req/s"), "999");
+        assert_eq!(format_value(-1000.0, "x"), "-1,000");
+        assert_eq!(format_value(1.23456, "ms"), "1.23");
+        assert_eq!(format_value(0.4567, "ratio"), "0.46");
+        assert_eq!(Target::AtLeast(0.5).text("ratio"), ">= 0.50");
+        assert!(Target::AtMost(10.0).met(10.0));
+        assert!(!Target::AtLeast(10.0).met(9.9));
+    }
+}

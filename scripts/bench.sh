@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# `make bench`: the pipeline bench (benches/pipeline) against a private stack, release build.
+#
+# Usage: scripts/bench.sh [bench options...]
+#   scripts/bench.sh                                  3 runs of every figure (about 6 minutes)
+#   scripts/bench.sh --rounds 1 --duration 4          a quick look
+#   scripts/bench.sh --phases single,drain            some figures only
+#   scripts/bench.sh --subject before@/tmp/ap-old --subject current    before/after in one run
+#   scripts/bench.sh --help                           every option
+# The report goes to target/bench/<time>/report.{md,json} (and is printed).
+#
+# Environment:
+#   AP_BENCH_STACK       private (default): a stack of its own on other ports, started here and
+#                        reset afterwards; shared: the stack on the default ports (make stack-up),
+#                        used with names unique to the run, cleaned up afterwards.
+#   AP_BENCH_STACK_DIR   the private stack's data (default <repo>/.stack-bench, git-ignored)
+#   AP_BENCH_KAFKA_PORT, AP_BENCH_MONGO_PORT, AP_BENCH_REDIS_PORT
+#                        the private stack's ports (default 19092 (+19093), 27117, 16479)
+#   AP_BENCH_KEEP_STACK  1: leave the private stack running (and its data) for the next run
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "${AP_REPO_ROOT}"
+
+for arg in "$@"; do
+    if [[ "${arg}" == -h || "${arg}" == --help ]]; then
+        sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
+        exec cargo bench --locked --bench pipeline -- --help
+    fi
+done
+
+mode=${AP_BENCH_STACK:-private}
+args=()
+case ${mode} in
+    private)
+        export AP_STACK_DIR=${AP_BENCH_STACK_DIR:-${AP_REPO_ROOT}/.stack-bench}
+        export AP_STACK_KAFKA_PORT=${AP_BENCH_KAFKA_PORT:-19092}
+        export AP_STACK_MONGO_PORT=${AP_BENCH_MONGO_PORT:-27117}
+        export AP_STACK_REDIS_PORT=${AP_BENCH_REDIS_PORT:-16479}
+        stop_stack() {
+            if [[ "${AP_BENCH_KEEP_STACK:-0}" == 1 ]]; then
+                ap_log "bench: leaving the private stack running (${AP_STACK_DIR}); 'AP_STACK_DIR=${AP_STACK_DIR} scripts/stack.sh reset' removes it"
+            else
+                scripts/stack.sh reset
+            fi
+        }
+        scripts/stack.sh up
+        trap stop_stack EXIT
+        args+=(--stack private
+            --brokers "127.0.0.1:${AP_STACK_KAFKA_PORT}"
+            --mongo-uri "mongodb://127.0.0.1:${AP_STACK_MONGO_PORT}"
+            --redis-url "redis://127.0.0.1:${AP_STACK_REDIS_PORT}")
+        # The stack's processes, for the per-phase CPU breakdown.
+        for pair in kafka:kafka/kafka.pid ferretdb:mongo/ferretdb.pid redis:redis/redis.pid; do
+            pid=$(head -n 1 "${AP_STACK_DIR}/${pair#*:}" 2>/dev/null | tr -dc '0-9' || true)
+            [[ -n "${pid}" ]] && args+=(--watch "${pair%%:*}=${pid}")
+        done
+        ;;
+    shared)
+        scripts/stack.sh up
+        args+=(--stack shared)
+        ;;
+    *) ap_die "AP_BENCH_STACK must be private or shared, not '${mode}'" ;;
+esac
+
+ap_log "bench: load average now: $(cut -d' ' -f1-3 /proc/loadavg) (figures are noisy while other work runs)"
+cargo bench --locked --bench pipeline -- "${args[@]}" "$@"
