@@ -68,13 +68,17 @@ impl RedisStore {
         &self,
         pairs: &[(&TenantId, &IdempotencyKey)],
     ) -> Result<Vec<bool>, StoreOutage> {
-        if pairs.is_empty() {
+        let keys = pairs
+            .iter()
+            .map(|(tenant, key)| self.keys.idempotency(tenant, key));
+        self.existing(keys.collect()).await
+    }
+
+    /// Which of `keys` exist, in order, in one MGET.
+    async fn existing(&self, keys: Vec<String>) -> Result<Vec<bool>, StoreOutage> {
+        if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = pairs
-            .iter()
-            .map(|(tenant, key)| self.keys.idempotency(tenant, key))
-            .collect();
         let values: Vec<Option<String>> = redis::cmd("MGET")
             .arg(&keys)
             .query_async(&mut self.connection.clone())
@@ -163,19 +167,10 @@ impl RedisStore {
         &self,
         pairs: &[(&TenantId, &IdempotencyKey)],
     ) -> Result<Vec<bool>, StoreOutage> {
-        if pairs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<String> = pairs
+        let keys = pairs
             .iter()
-            .map(|(tenant, key)| self.keys.accepted(tenant, key))
-            .collect();
-        let values: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut self.connection.clone())
-            .await
-            .map_err(StoreOutage::redis)?;
-        Ok(values.into_iter().map(|value| value.is_some()).collect())
+            .map(|(tenant, key)| self.keys.accepted(tenant, key));
+        self.existing(keys.collect()).await
     }
 
     /// Marks `pairs` as accepted for `redis.idempotency_ttl_secs` (`SET NX EX`, one pipeline).
