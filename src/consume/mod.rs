@@ -251,6 +251,12 @@ impl StageLoop {
             backoff.reset();
             loop {
                 if batch.is_empty() {
+                    // A rebalance during an outage took every record of the batch away: the new
+                    // owners redeliver them. Resume, or the paused partitions would never be fetched.
+                    if breaker.get() == 1 {
+                        self.consumer.resume();
+                        breaker.set(0);
+                    }
                     continue 'batches;
                 }
                 let started = std::time::Instant::now();
