@@ -55,6 +55,8 @@ pub struct Checked {
     pub live_backfilled: usize,
     pub live_reconnects: u32,
     pub live_truncated: u32,
+    /// Reconnects the server refused, by status (e.g. 503 while the store cannot replay).
+    pub live_refusals: BTreeMap<u16, usize>,
     pub dlq_entries: usize,
     pub dlq_unexpected: Violations,
     pub dlq_missing: Violations,
@@ -613,6 +615,9 @@ pub async fn check(env: &Env, inputs: Inputs<'_>) -> anyhow::Result<Checked> {
         checked.live_duplicates_dropped += seen.events.len() - seen.ids.len();
         checked.live_reconnects += seen.connects.saturating_sub(1);
         checked.live_truncated += seen.truncated;
+        for status in &seen.refusals {
+            *checked.live_refusals.entry(*status).or_default() += 1;
+        }
         let stored = ids_by_tenant.get(client.tenant.id).unwrap_or(&empty);
         for event in &seen.events {
             if event.via == Via::Backfill {

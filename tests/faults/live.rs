@@ -180,17 +180,18 @@ async fn sse_client(api: String, tenant: Tenant, seen: Arc<Mutex<Seen>>, stop: C
         };
         refusals_in_a_row = 0;
         seen.lock().expect("seen").connects += 1;
-        let mut buffer = String::new();
+        // Bytes until a blank line: a chunk may end inside a multi-byte character.
+        let mut buffer: Vec<u8> = Vec::new();
         loop {
             let chunk = tokio::select! {
                 _ = stop.cancelled() => return,
                 chunk = response.chunk() => chunk,
             };
             let Ok(Some(chunk)) = chunk else { break };
-            buffer.push_str(&String::from_utf8_lossy(&chunk));
-            buffer = buffer.replace("\r\n", "\n");
-            while let Some(end) = buffer.find("\n\n") {
-                let block: String = buffer.drain(..end + 2).collect();
+            buffer.extend_from_slice(&chunk);
+            while let Some(end) = find_blank_line(&buffer) {
+                let raw: Vec<u8> = buffer.drain(..end).collect();
+                let block = String::from_utf8_lossy(&raw).replace("\r\n", "\n");
                 let (mut id, mut name, mut data) = (None, None, Vec::new());
                 for line in block.lines() {
                     if let Some(value) = line.strip_prefix("id:") {
@@ -222,6 +223,22 @@ async fn sse_client(api: String, tenant: Tenant, seen: Arc<Mutex<Seen>>, stop: C
             }
         }
         sleep_or_stop(retry, &stop).await;
+    }
+}
+
+/// The end (exclusive) of the first event block: after a `\n\n` or `\r\n\r\n`.
+fn find_blank_line(buffer: &[u8]) -> Option<usize> {
+    let lf = buffer
+        .windows(2)
+        .position(|pair| pair == b"\n\n")
+        .map(|at| at + 2);
+    let crlf = buffer
+        .windows(4)
+        .position(|quad| quad == b"\r\n\r\n")
+        .map(|at| at + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

@@ -199,14 +199,21 @@ impl Summary<'_> {
             checked.counter_mismatches.count.to_string(),
         );
         line("cross-tenant leaks", checked.live_leaks.count.to_string());
+        let refusals: Vec<String> = checked
+            .live_refusals
+            .iter()
+            .map(|(status, count)| format!("{status}={count}"))
+            .collect();
         line(
             "live events",
             format!(
-                "{} received ({} via resume from the store, {} duplicates dropped by id, {} reconnects, {} truncated replays), {} missed",
+                "{} received ({} via resume from the store, {} duplicates dropped by id, {} reconnects, {} refused reconnects{}, {} truncated replays), {} missed",
                 checked.live_events,
                 checked.live_backfilled,
                 checked.live_duplicates_dropped,
                 checked.live_reconnects,
+                checked.live_refusals.values().sum::<usize>(),
+                if refusals.is_empty() { String::new() } else { format!(" ({})", refusals.join(", ")) },
                 checked.live_truncated,
                 checked.live_missed.count
             ),

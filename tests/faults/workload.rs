@@ -436,6 +436,13 @@ impl Client {
                         self.report.duplicate_answers += 1;
                     }
                     let server_key = body["idempotencyKey"].as_str().map(str::to_owned);
+                    if key.is_some() && server_key.as_deref() != key {
+                        self.report.unexpected.push(format!(
+                            "t={:.1}s POST /activities {} key={key:?}: 202 names key {server_key:?}",
+                            self.shared.clock.secs(),
+                            tenant.id
+                        ));
+                    }
                     return (Outcome::Acked, server_key, posts);
                 }
                 Answer::Status {
