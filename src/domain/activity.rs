@@ -433,6 +433,27 @@ mod tests {
     }
 
     #[test]
+    fn rejects_arrays_directly_inside_arrays() {
+        // FerretDB refuses nested arrays (BadValue): accepting one would acknowledge an activity
+        // the consumer can only dead-letter. Arrays of objects holding arrays are fine.
+        for metadata in [
+            json!({"a": [[1]]}),
+            json!({"a": [1, [2, 3]]}),
+            json!({"o": {"a": [[]]}}),
+        ] {
+            let body = json!({"actorId": "u", "actorName": "A", "type": "t", "metadata": metadata});
+            let failure = validator().validate(body.clone()).unwrap_err();
+            assert!(
+                failure.errors[0].field.starts_with("/metadata"),
+                "{body}: {failure:?}"
+            );
+        }
+        assert!(validator()
+            .validate(json!({"actorId": "u", "actorName": "A", "type": "t", "metadata": {"a": [{"b": [1, 2]}, 3]}}))
+            .is_ok());
+    }
+
+    #[test]
     fn rejects_nul_in_strings() {
         let failure = validator()
             .validate(json!({"actorId": "u\u{0}", "actorName": "A", "type": "t"}))
