@@ -1,7 +1,8 @@
 //! Property tests of the consumer's record decoding (issue 5, "bad input"): whatever bytes reach the
 //! activities topic, `ActivityEnvelope::decode` does not panic, and whatever it accepts is storable:
 //! it becomes a `StoredActivity` and a BSON document without a key MongoDB would refuse or interpret
-//! (`$`-prefixed, dotted, NUL) and without a NUL in a string. So poison stops at decoding (DLQ) and
+//! (`$`-prefixed, dotted, NUL), without a NUL in a string, and without an array directly inside an
+//! array (FerretDB refuses those). So poison stops at decoding (DLQ) and
 //! never reaches MongoDB.
 //!
 //! Case counts default to a few thousand per property; `DECODE_FUZZ_CASES=100000 cargo test --test
@@ -208,6 +209,9 @@ fn first_unsafe(document: &Document, path: &str) -> Option<String> {
 fn first_unsafe_value(value: &Bson, path: &str) -> Option<String> {
     match value {
         Bson::Document(document) => first_unsafe(document, path),
+        Bson::Array(items) if items.iter().any(|item| matches!(item, Bson::Array(_))) => Some(
+            format!("an array inside the array at {path} (FerretDB refuses nested arrays)"),
+        ),
         Bson::Array(items) => items
             .iter()
             .enumerate()

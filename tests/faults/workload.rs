@@ -932,7 +932,7 @@ fn mutate(rng: &mut StdRng, mut body: Value) -> (String, Vec<u8>) {
         }
         inner
     };
-    let case = match rng.random_range(0..14) {
+    let case = match rng.random_range(0..15) {
         0 => {
             body.as_object_mut().expect("object").remove(field);
             format!("missing-{field}")
@@ -991,6 +991,10 @@ fn mutate(rng: &mut StdRng, mut body: Value) -> (String, Vec<u8>) {
         12 => {
             body[field] = json!("");
             format!("empty-{field}")
+        }
+        13 => {
+            body["metadata"] = json!({"matrix": [[1, 2], [3]]});
+            "nested-array".to_owned()
         }
         _ => {
             body["metadata"] = json!({"blob": "y".repeat(20_000)});
