@@ -56,7 +56,9 @@ mkdir -p "${REPORT_DIR}"
 log "fuzzing ${API} from its /openapi.json: up to ${EXAMPLES} cases per operation, ${MAX_TIME} s at most"
 seed=()
 [[ -n "${FUZZ_SEED:-}" ]] && seed=(--seed "${FUZZ_SEED}")
-# The live stream never ends by itself: leave it to the faults suite's SSE clients.
+# The live stream never ends by itself: leave it to the faults suite's SSE clients. Run from the
+# report directory, where Schemathesis keeps its example database (.schemathesis/).
+cd "${REPORT_DIR}"
 exec "${VENV}/bin/st" run "${API}/openapi.json" \
     --url "${API}" \
     --header "Authorization: Bearer ${KEY}" \
