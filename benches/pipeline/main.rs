@@ -960,6 +960,11 @@ impl Bench {
             stored as usize == records,
             "drain: {stored} documents stored, {records} expected"
         );
+        let counted = self.counted(&names.prefix).await?;
+        anyhow::ensure!(
+            counted as usize == records,
+            "drain: the Redis counters hold {counted} activities, {records} expected"
+        );
         result.drain = Some(drain);
         Ok(())
     }
@@ -1124,6 +1129,21 @@ impl Bench {
         result.produce_peak_rss_mib = max_mib(result.produce_peak_rss_mib, produce_peak);
         result.consume_peak_rss_mib = max_mib(result.consume_peak_rss_mib, consume_peak);
         Ok(())
+    }
+
+    /// Activities counted in the tenants' Redis counters under `prefix`.
+    async fn counted(&self, prefix: &str) -> anyhow::Result<i64> {
+        let client = redis::Client::open(self.options.redis_url.as_str())?;
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        let mut total = 0;
+        for tenant in &self.tenants.ids {
+            let counts: std::collections::HashMap<String, i64> = redis::cmd("HGETALL")
+                .arg(format!("{prefix}analytics:{{{tenant}}}"))
+                .query_async(&mut connection)
+                .await?;
+            total += counts.values().sum::<i64>();
+        }
+        Ok(total)
     }
 
     /// Removes what a phase made: its topics, database and Redis keys. Failures are reported, not
