@@ -54,7 +54,7 @@ use crate::processes::{free_port, load_average, wait_ready, Role};
 use crate::report::{DrainResult, PublisherFigure, Report, Round, SubjectRound};
 use crate::workload::Tenants;
 
-const PHASES: [&str; 6] = ["kafka", "store", "single", "batch", "drain", "e2e"];
+const PHASES: [&str; 7] = ["kafka", "store", "single", "http", "batch", "drain", "e2e"];
 const STOP_GRACE: Duration = Duration::from_secs(20);
 
 /// The pipeline bench. Usually run by `make bench` (scripts/bench.sh), which starts a private stack
@@ -746,6 +746,23 @@ impl Bench {
                 .await;
                 print_load(&format!("3. [{}] single, 50%", subject.name), &half);
                 result.single_half = Some(half);
+                if self.phase("http") {
+                    let floor = http::run(self.plan(
+                        address,
+                        self.options.connections,
+                        Pacing::Open { rate: half_rate },
+                        1,
+                        Arc::new(|_, seq| (workload::get_request("/healthz"), seq.to_string())),
+                        observed.clone(),
+                        None,
+                    ))
+                    .await;
+                    print_load(
+                        &format!("   [{}] GET /healthz at the same rate", subject.name),
+                        &floor,
+                    );
+                    result.http_floor = Some(floor);
+                }
             }
             produce.ensure_running()?;
         }

@@ -62,6 +62,9 @@ pub struct SubjectRound {
     pub subject: String,
     pub single_max: Option<LoadResult>,
     pub single_half: Option<LoadResult>,
+    /// Diagnostic: GET /healthz at the single 50% rate (no Kafka): the latency floor.
+    #[serde(default)]
+    pub http_floor: Option<LoadResult>,
     pub batch_max: Option<LoadResult>,
     pub batch_half: Option<LoadResult>,
     /// Why batch ingest was not measured (e.g. the endpoint is missing).
@@ -221,6 +224,12 @@ fn rows() -> Vec<(&'static str, &'static str, Extract, Option<Target>)> {
             "3. Single @50%: p99.9",
             "ms",
             |_, s| s.single_half.as_ref().map(|l| l.latency.p999_ms),
+            None,
+        ),
+        (
+            "3. Floor: GET /healthz @50% rate, p99",
+            "ms",
+            |_, s| s.http_floor.as_ref().map(|l| l.latency.p99_ms),
             None,
         ),
         (
