@@ -157,6 +157,8 @@ impl KafkaSettings {
 pub struct ConsumerSettings {
     pub batch_max_records: usize,
     pub batch_max_wait_ms: u64,
+    /// Parts of a batch applied at once, each holding whole partitions (per-partition order kept).
+    pub partition_parallelism: usize,
     pub outage_backoff_initial_ms: u64,
     pub outage_backoff_max_ms: u64,
     pub metrics_listen: SocketAddr,
@@ -491,6 +493,11 @@ impl Settings {
             consumer.batch_max_records >= 1,
             "consumer.batch_max_records",
             "must be at least 1",
+        )?;
+        require(
+            (1..=64).contains(&consumer.partition_parallelism),
+            "consumer.partition_parallelism",
+            "must be 1 to 64",
         )?;
         require(
             consumer.outage_backoff_initial_ms >= 1

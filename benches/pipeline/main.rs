@@ -54,7 +54,7 @@ use crate::processes::{free_port, load_average, wait_ready, Role};
 use crate::report::{DrainResult, PublisherFigure, Report, Round, SubjectRound};
 use crate::workload::Tenants;
 
-const PHASES: [&str; 6] = ["kafka", "store", "single", "batch", "drain", "e2e"];
+const PHASES: [&str; 7] = ["kafka", "store", "single", "http", "batch", "drain", "e2e"];
 const STOP_GRACE: Duration = Duration::from_secs(20);
 
 /// The pipeline bench. Usually run by `make bench` (scripts/bench.sh), which starts a private stack
@@ -746,6 +746,23 @@ impl Bench {
                 .await;
                 print_load(&format!("3. [{}] single, 50%", subject.name), &half);
                 result.single_half = Some(half);
+                if self.phase("http") {
+                    let floor = http::run(self.plan(
+                        address,
+                        self.options.connections,
+                        Pacing::Open { rate: half_rate },
+                        1,
+                        Arc::new(|_, seq| (workload::get_request("/healthz"), seq.to_string())),
+                        observed.clone(),
+                        None,
+                    ))
+                    .await;
+                    print_load(
+                        &format!("   [{}] GET /healthz at the same rate", subject.name),
+                        &floor,
+                    );
+                    result.http_floor = Some(floor);
+                }
             }
             produce.ensure_running()?;
         }
@@ -960,6 +977,11 @@ impl Bench {
             stored as usize == records,
             "drain: {stored} documents stored, {records} expected"
         );
+        let counted = self.counted(&names.prefix).await?;
+        anyhow::ensure!(
+            counted as usize == records,
+            "drain: the Redis counters hold {counted} activities, {records} expected"
+        );
         result.drain = Some(drain);
         Ok(())
     }
@@ -1124,6 +1146,21 @@ impl Bench {
         result.produce_peak_rss_mib = max_mib(result.produce_peak_rss_mib, produce_peak);
         result.consume_peak_rss_mib = max_mib(result.consume_peak_rss_mib, consume_peak);
         Ok(())
+    }
+
+    /// Activities counted in the tenants' Redis counters under `prefix`.
+    async fn counted(&self, prefix: &str) -> anyhow::Result<i64> {
+        let client = redis::Client::open(self.options.redis_url.as_str())?;
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        let mut total = 0;
+        for tenant in &self.tenants.ids {
+            let counts: std::collections::HashMap<String, i64> = redis::cmd("HGETALL")
+                .arg(format!("{prefix}analytics:{{{tenant}}}"))
+                .query_async(&mut connection)
+                .await?;
+            total += counts.values().sum::<i64>();
+        }
+        Ok(total)
     }
 
     /// Removes what a phase made: its topics, database and Redis keys. Failures are reported, not

@@ -62,6 +62,9 @@ pub struct SubjectRound {
     pub subject: String,
     pub single_max: Option<LoadResult>,
     pub single_half: Option<LoadResult>,
+    /// Diagnostic: GET /healthz at the single 50% rate (no Kafka): the latency floor.
+    #[serde(default)]
+    pub http_floor: Option<LoadResult>,
     pub batch_max: Option<LoadResult>,
     pub batch_half: Option<LoadResult>,
     /// Why batch ingest was not measured (e.g. the endpoint is missing).
@@ -184,6 +187,22 @@ fn rows() -> Vec<(&'static str, &'static str, Extract, Option<Target>)> {
             None,
         ),
         (
+            "3. Single @max: CPU per request, produce",
+            "us",
+            |_, s| {
+                s.single_max
+                    .as_ref()
+                    .and_then(|l| cpu_per_item(l, Some("produce")))
+            },
+            None,
+        ),
+        (
+            "3. Single @max: CPU per request, all processes",
+            "us",
+            |_, s| s.single_max.as_ref().and_then(|l| cpu_per_item(l, None)),
+            None,
+        ),
+        (
             "3. Single @50%: rate",
             "req/s",
             |_, s| s.single_half.as_ref().map(|l| l.requests_per_s),
@@ -205,6 +224,12 @@ fn rows() -> Vec<(&'static str, &'static str, Extract, Option<Target>)> {
             "3. Single @50%: p99.9",
             "ms",
             |_, s| s.single_half.as_ref().map(|l| l.latency.p999_ms),
+            None,
+        ),
+        (
+            "3. Floor: GET /healthz @50% rate, p99",
+            "ms",
+            |_, s| s.http_floor.as_ref().map(|l| l.latency.p99_ms),
             None,
         ),
         (
@@ -247,6 +272,18 @@ fn rows() -> Vec<(&'static str, &'static str, Extract, Option<Target>)> {
             "5. Drain: Kafka -> MongoDB + Redis",
             "activities/s",
             |_, s| s.drain.as_ref().map(|d| d.records_per_s),
+            None,
+        ),
+        (
+            "5. Drain: CPU per activity, all processes",
+            "us",
+            |_, s| {
+                s.drain.as_ref().and_then(|d| {
+                    let cores: f64 = d.cpu_cores.iter().map(|(_, c)| c).sum();
+                    (d.records_per_s > 0.0 && !d.cpu_cores.is_empty())
+                        .then(|| cores / d.records_per_s * 1e6)
+                })
+            },
             None,
         ),
         (
@@ -332,6 +369,21 @@ fn rows() -> Vec<(&'static str, &'static str, Extract, Option<Target>)> {
     ]
 }
 
+/// CPU microseconds per request of one observed process (`Some(name)`) or of all of them: robust
+/// to other work on the machine, unlike rates, which show how much of the cores we were given.
+fn cpu_per_item(load: &LoadResult, process: Option<&str>) -> Option<f64> {
+    if load.requests_per_s <= 0.0 || load.cpu_cores.is_empty() {
+        return None;
+    }
+    let cores: f64 = load
+        .cpu_cores
+        .iter()
+        .filter(|(name, _)| process.is_none_or(|wanted| name == wanted))
+        .map(|(_, cores)| cores)
+        .sum();
+    Some(cores / load.requests_per_s * 1e6)
+}
+
 /// The table of one subject: each row's per-round values, median (ratios: the median of the
 /// per-round ratios) and whether the target is met.
 pub fn summarize(rounds: &[Round], subject: &str) -> SubjectSummary {
@@ -379,6 +431,7 @@ pub fn summarize(rounds: &[Round], subject: &str) -> SubjectSummary {
 pub fn format_value(value: f64, unit: &str) -> String {
     match unit {
         "ms" => format!("{value:.2}"),
+        "us" => format!("{value:.1}"),
         "ratio" => format!("{value:.2}"),
         "MiB" => format!("{value:.1}"),
         _ => group_thousands(value.round() as i64),
@@ -515,7 +568,7 @@ pub mod checks {
             },
             latency_uncorrected: Percentiles::default(),
             cpu_busy_percent: None,
-            cpu_cores: vec![],
+            cpu_cores: vec![("produce".to_owned(), 0.3), ("bench".to_owned(), 0.15)],
         }
     }
 
@@ -567,6 +620,11 @@ pub mod checks {
         // Ratios per round: 0.3, 0.1, 0.1733 -> median 0.1733 (not 26000/150000 by chance).
         let ratio = figure("Ratio 3/1: single max / Kafka ceiling");
         assert!((ratio.median.unwrap() - 26_000.0 / 150_000.0).abs() < 1e-9);
+        // 0.3 cores at 30,000 req/s is 10 us per request; all processes 0.45 cores, 15 us.
+        let cpu = figure("3. Single @max: CPU per request, produce");
+        assert!((cpu.values[0].unwrap() - 10.0).abs() < 1e-9, "{cpu:?}");
+        let cpu = figure("3. Single @max: CPU per request, all processes");
+        assert!((cpu.values[0].unwrap() - 15.0).abs() < 1e-9, "{cpu:?}");
         let batch = figure("4. Batch of 100: max rate");
         assert_eq!(batch.median, None);
         assert_eq!(batch.met, None);

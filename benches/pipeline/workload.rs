@@ -109,6 +109,11 @@ pub fn post_request(path: &str, api_key: &str, idempotency_key: &str, body: &[u8
     request
 }
 
+/// An HTTP/1.1 keep-alive GET (the diagnostic `/healthz` load).
+pub fn get_request(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").into_bytes()
+}
+
 /// `n` envelopes as the API would make them, spread over the tenants, with keys `<prefix>-<i>`.
 pub fn envelopes(tenants: &Tenants, prefix: &str, n: usize) -> Vec<ActivityEnvelope> {
     let validator = ActivityValidator::new(16 * 1024, 8);

@@ -12,6 +12,7 @@ pub mod alerts;
 pub mod metrics;
 mod processor;
 
+use std::collections::HashSet;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,10 +23,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConsumerSettings, Settings};
-use crate::kafka::{ActivityConsumer, ActivityPublisher};
+use crate::kafka::{ActivityConsumer, ActivityPublisher, ConsumedRecord};
 use crate::store::{ActivityRepository, RedisStore};
 
 pub use metrics::ConsumerMetrics;
+use processor::ProcessingOutage;
 pub use processor::{BatchProcessor, BatchReport, Stage};
 
 /// Which stages a `consume` process runs.
@@ -249,6 +251,10 @@ impl StageLoop {
                 }
             }
             backoff.reset();
+            // Partitions whose records in this batch were applied: an outage of another part does
+            // not apply them again (their dead letters would be written twice).
+            let mut applied = HashSet::new();
+            let mut report = BatchReport::default();
             loop {
                 if batch.is_empty() {
                     // A rebalance during an outage took every record of the batch away: the new
@@ -260,8 +266,8 @@ impl StageLoop {
                     continue 'batches;
                 }
                 let started = std::time::Instant::now();
-                match self.processor.process(&batch, self.stage).await {
-                    Ok(report) => {
+                match self.apply(&batch, &mut applied, &mut report).await {
+                    Ok(()) => {
                         self.record(&report, batch.len(), started.elapsed());
                         if let Err(error) = self.consumer.store_processed(&batch) {
                             // The partition was revoked meanwhile; its new owner redelivers, which
@@ -308,6 +314,45 @@ impl StageLoop {
         Ok(())
     }
 
+    /// Applies the batch's effects: split into up to `partition_parallelism` parts of whole
+    /// partitions (balanced by record count), applied concurrently. Per-partition order holds, as a
+    /// partition's records are applied in order by one part. The first outage is returned once every
+    /// part has finished; the parts that succeeded are in `applied` and not applied again.
+    async fn apply(
+        &self,
+        batch: &[ConsumedRecord],
+        applied: &mut HashSet<(String, i32)>,
+        total: &mut BatchReport,
+    ) -> Result<(), ProcessingOutage> {
+        let pending: Vec<&ConsumedRecord> = batch
+            .iter()
+            .filter(|record| !applied.contains(&(record.topic.clone(), record.partition)))
+            .collect();
+        let parts = split_by_partition(&pending, self.settings.partition_parallelism);
+        let outcomes = futures::future::join_all(
+            parts
+                .iter()
+                .map(|part| self.processor.process(part, self.stage)),
+        )
+        .await;
+        let mut first_outage = None;
+        for (part, outcome) in parts.iter().zip(outcomes) {
+            match outcome {
+                Ok(report) => {
+                    add_report(total, &report);
+                    applied.extend(
+                        part.iter()
+                            .map(|record| (record.topic.clone(), record.partition)),
+                    );
+                }
+                Err(outage) => {
+                    first_outage.get_or_insert(outage);
+                }
+            }
+        }
+        first_outage.map_or(Ok(()), Err)
+    }
+
     fn record(&self, report: &BatchReport, records: usize, elapsed: Duration) {
         let metrics = &self.metrics;
         metrics.batch_size.observe(records as f64);
@@ -325,6 +370,37 @@ impl StageLoop {
             .inc_by(report.duplicates as u64);
         tracing::debug!(stage = %self.stage.label(), ?report, "batch processed");
     }
+}
+
+fn add_report(total: &mut BatchReport, part: &BatchReport) {
+    total.inserted += part.inserted;
+    total.duplicates += part.duplicates;
+    total.announced += part.announced;
+    total.retried += part.retried;
+    total.dead_lettered += part.dead_lettered;
+}
+
+/// Splits `records` into at most `parts` groups of whole partitions, in their order, balancing the
+/// record counts (largest partition first into the smallest group).
+fn split_by_partition(records: &[&ConsumedRecord], parts: usize) -> Vec<Vec<ConsumedRecord>> {
+    let mut partitions: Vec<((&str, i32), Vec<ConsumedRecord>)> = Vec::new();
+    for record in records {
+        let id = (record.topic.as_str(), record.partition);
+        match partitions.iter_mut().find(|(key, _)| *key == id) {
+            Some((_, list)) => list.push((*record).clone()),
+            None => partitions.push((id, vec![(*record).clone()])),
+        }
+    }
+    partitions.sort_by_key(|(_, list)| std::cmp::Reverse(list.len()));
+    let mut groups: Vec<Vec<ConsumedRecord>> = Vec::new();
+    for (_, list) in partitions {
+        if groups.len() < parts.max(1) {
+            groups.push(list);
+        } else if let Some(smallest) = groups.iter_mut().min_by_key(|group| group.len()) {
+            smallest.extend(list);
+        }
+    }
+    groups
 }
 
 /// Capped exponential backoff while a dependency is down.
@@ -368,6 +444,44 @@ impl OutageBackoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_split_into_whole_partitions_in_order() {
+        let records: Vec<ConsumedRecord> = [(0, 10), (1, 20), (0, 11), (2, 30), (0, 12), (3, 40)]
+            .iter()
+            .map(|&(partition, offset)| {
+                ConsumedRecord::from_parts("t", partition, offset, None, None)
+            })
+            .collect();
+        let refs: Vec<&ConsumedRecord> = records.iter().collect();
+        let positions = |groups: &[Vec<ConsumedRecord>]| -> Vec<Vec<(i32, i64)>> {
+            groups
+                .iter()
+                .map(|group| group.iter().map(|r| (r.partition, r.offset)).collect())
+                .collect()
+        };
+        // Partition 0 (3 records) alone; the others balanced over the remaining part.
+        assert_eq!(
+            positions(&split_by_partition(&refs, 2)),
+            [
+                vec![(0, 10), (0, 11), (0, 12)],
+                vec![(1, 20), (2, 30), (3, 40)]
+            ]
+        );
+        // One part: everything, each partition's records in order.
+        let one = positions(&split_by_partition(&refs, 1));
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].len(), 6);
+        let partition_zero: Vec<i64> = one[0]
+            .iter()
+            .filter(|(p, _)| *p == 0)
+            .map(|(_, o)| *o)
+            .collect();
+        assert_eq!(partition_zero, [10, 11, 12]);
+        // More parts than partitions: one part per partition.
+        assert_eq!(split_by_partition(&refs, 16).len(), 4);
+        assert!(split_by_partition(&[], 4).is_empty());
+    }
 
     #[test]
     fn outage_backoff_doubles_up_to_the_cap_and_resets() {

@@ -6,17 +6,32 @@ use super::{RedisKeys, StoreOutage};
 use crate::config::RedisSettings;
 use crate::domain::{IdempotencyKey, TenantId};
 
-/// The consumer's per-record Redis step, atomic and idempotent: mark the key (NX, with TTL) and, only
-/// if this call set the mark, count the activity and publish it. A redelivered record finds the mark
-/// and changes nothing, so a crash anywhere leaves one count and one live event per key.
+/// The consumer's Redis step for several activities of one tenant, atomic and idempotent per
+/// activity: mark its key (NX, with TTL) and, only if this call set the mark, count the activity and
+/// publish it. A redelivered record finds the mark and changes nothing, so a crash anywhere leaves one
+/// count and one live event per key.
+///
+/// KEYS[1] is the tenant's counter hash and KEYS[2..] the activities' marks (all in the tenant's hash
+/// slot); ARGV[1] is the marks' TTL, ARGV[2] the tenant's channel, then per activity its document id,
+/// type and event. One call per tenant and batch rather than per activity: profiles of the drain put
+/// Redis at ~17 us of CPU per activity with one script call each.
 const MARK_COUNT_PUBLISH_LUA: &str = r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
-  return 1
+local marked = {}
+for i = 2, #KEYS do
+  local at = 3 + (i - 2) * 3
+  if redis.call('SET', KEYS[i], ARGV[at], 'NX', 'EX', ARGV[1]) then
+    redis.call('HINCRBY', KEYS[1], ARGV[at + 1], 1)
+    redis.call('PUBLISH', ARGV[2], ARGV[at + 2])
+    marked[#marked + 1] = 1
+  else
+    marked[#marked + 1] = 0
+  end
 end
-return 0
+return marked
 ";
+
+/// Activities per script call at most: a script holds Redis for its whole run.
+const EFFECTS_PER_CALL: usize = 200;
 
 /// One record's Redis effects.
 #[derive(Debug, Clone)]
@@ -28,6 +43,30 @@ pub struct EffectRequest<'a> {
     pub activity_type: &'a str,
     /// The event published to the tenant's channel (JSON of the stored activity).
     pub event: String,
+}
+
+/// Groups `requests` into script calls: by tenant (in order of first appearance), at most
+/// `EFFECTS_PER_CALL` each, keeping each tenant's order; each call is a list of request indexes.
+fn effect_calls(requests: &[EffectRequest<'_>]) -> Vec<Vec<usize>> {
+    let mut tenants: Vec<(&TenantId, Vec<usize>)> = Vec::new();
+    for (index, request) in requests.iter().enumerate() {
+        match tenants
+            .iter_mut()
+            .find(|(tenant, _)| *tenant == request.tenant)
+        {
+            Some((_, indexes)) => indexes.push(index),
+            None => tenants.push((request.tenant, vec![index])),
+        }
+    }
+    tenants
+        .into_iter()
+        .flat_map(|(_, indexes)| {
+            indexes
+                .chunks(EFFECTS_PER_CALL)
+                .map(<[usize]>::to_vec)
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// Redis as the consumer and the API use it.
@@ -87,8 +126,9 @@ impl RedisStore {
         Ok(values.into_iter().map(|value| value.is_some()).collect())
     }
 
-    /// Runs the atomic mark-count-publish step for each request in one pipeline; `true` where this
-    /// call made the mark (and so counted and published).
+    /// Runs the atomic mark-count-publish step for each request, one script call per tenant (and per
+    /// `EFFECTS_PER_CALL` activities), all in one pipeline; `true` where this call made the mark (and
+    /// so counted and published). A tenant's activities are published in the order given.
     pub async fn apply_effects(
         &self,
         requests: &[EffectRequest<'_>],
@@ -96,25 +136,44 @@ impl RedisStore {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
+        let calls = effect_calls(requests);
         let mut pipeline = redis::pipe();
         pipeline.load_script(&self.mark_count_publish).ignore();
-        for request in requests {
+        for call in &calls {
+            let tenant = requests[call[0]].tenant;
             let mut invocation = self.mark_count_publish.prepare_invoke();
             invocation
-                .key(self.keys.idempotency(request.tenant, request.key))
-                .key(self.keys.analytics(request.tenant))
-                .arg(&request.document_id)
+                .key(self.keys.analytics(tenant))
                 .arg(self.idempotency_ttl_secs)
-                .arg(request.activity_type)
-                .arg(self.keys.channel(request.tenant))
-                .arg(&request.event);
+                .arg(self.keys.channel(tenant));
+            for &index in call {
+                let request = &requests[index];
+                invocation
+                    .key(self.keys.idempotency(request.tenant, request.key))
+                    .arg(&request.document_id)
+                    .arg(request.activity_type)
+                    .arg(&request.event);
+            }
             pipeline.invoke_script(&invocation);
         }
-        let marked: Vec<i64> = pipeline
+        let marked: Vec<Vec<i64>> = pipeline
             .query_async(&mut self.connection.clone())
             .await
             .map_err(StoreOutage::redis)?;
-        Ok(marked.into_iter().map(|newly| newly == 1).collect())
+        let mut newly = vec![false; requests.len()];
+        for (call, results) in calls.iter().zip(&marked) {
+            if results.len() != call.len() {
+                return Err(StoreOutage::redis(format!(
+                    "the effects script answered {} results for {} activities",
+                    results.len(),
+                    call.len()
+                )));
+            }
+            for (&index, &result) in call.iter().zip(results) {
+                newly[index] = result == 1;
+            }
+        }
+        Ok(newly)
     }
 
     /// The tenant's counters: activity type -> count.
@@ -196,5 +255,41 @@ impl RedisStore {
             .query_async::<()>(&mut self.connection.clone())
             .await
             .map_err(StoreOutage::redis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn effects_are_grouped_by_tenant_in_order_and_capped_per_call() {
+        let acme = TenantId::parse("acme").unwrap();
+        let globex = TenantId::parse("globex").unwrap();
+        let keys: Vec<IdempotencyKey> = (0..EFFECTS_PER_CALL + 3)
+            .map(|n| IdempotencyKey::parse(&format!("k{n}")).unwrap())
+            .collect();
+        let request = |tenant, key| EffectRequest {
+            tenant,
+            key,
+            document_id: String::new(),
+            activity_type: "t",
+            event: String::new(),
+        };
+        let requests = vec![
+            request(&acme, &keys[0]),
+            request(&globex, &keys[1]),
+            request(&acme, &keys[2]),
+        ];
+        assert_eq!(effect_calls(&requests), [vec![0, 2], vec![1]]);
+        let many: Vec<EffectRequest<'_>> = keys.iter().map(|key| request(&acme, key)).collect();
+        let calls = effect_calls(&many);
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0], (0..EFFECTS_PER_CALL).collect::<Vec<_>>());
+        assert_eq!(
+            calls[1],
+            (EFFECTS_PER_CALL..EFFECTS_PER_CALL + 3).collect::<Vec<_>>()
+        );
+        assert!(effect_calls(&[]).is_empty());
     }
 }
