@@ -202,6 +202,9 @@ pub struct RedisSettings {
     pub url: SecretString,
     pub key_prefix: String,
     pub idempotency_ttl_secs: u64,
+    /// Length of each tenant's recent-events stream (the SSE replay buffer); 0 keeps none.
+    pub recent_events_per_tenant: usize,
+    pub recent_events_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -542,6 +545,16 @@ impl Settings {
         require(
             self.redis.idempotency_ttl_secs >= 1,
             "redis.idempotency_ttl_secs",
+            "must be at least 1",
+        )?;
+        require(
+            self.redis.recent_events_per_tenant <= 1_000_000,
+            "redis.recent_events_per_tenant",
+            "must be at most 1000000 (0 turns the replay buffer off)",
+        )?;
+        require(
+            self.redis.recent_events_ttl_secs >= 1,
+            "redis.recent_events_ttl_secs",
             "must be at least 1",
         )?;
         require(

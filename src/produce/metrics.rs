@@ -41,6 +41,8 @@ pub struct ApiMetrics {
     rate_limited: IntCounterVec,
     /// Requests and batch items refused, by reason.
     rejected: IntCounterVec,
+    /// SSE resumes (Last-Event-ID) by where the replay came from: `redis` or `mongodb`.
+    sse_replays: IntCounterVec,
 }
 
 impl ApiMetrics {
@@ -93,6 +95,14 @@ impl ApiMetrics {
             &["reason"],
         )
         .expect("valid metric");
+        let sse_replays = IntCounterVec::new(
+            Opts::new(
+                "sse_replays_total",
+                "SSE resumes with Last-Event-ID, by replay source (redis: the recent-events buffer; mongodb: a gap older than it).",
+            ),
+            &["source"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -101,6 +111,7 @@ impl ApiMetrics {
             Box::new(sse_clients.clone()),
             Box::new(rate_limited.clone()),
             Box::new(rejected.clone()),
+            Box::new(sse_replays.clone()),
         ] {
             registry
                 .register(collector)
@@ -115,6 +126,7 @@ impl ApiMetrics {
             sse_clients,
             rate_limited,
             rejected,
+            sse_replays,
         }
     }
 
@@ -131,6 +143,11 @@ impl ApiMetrics {
 
     pub fn count_rate_limited(&self, tenant: &str) {
         self.rate_limited.with_label_values(&[tenant]).inc();
+    }
+
+    /// One SSE resume replayed from `source` (`redis` or `mongodb`).
+    pub fn count_sse_replay(&self, source: &str) {
+        self.sse_replays.with_label_values(&[source]).inc();
     }
 
     pub fn sse_clients(&self) -> &IntGauge {

@@ -1,9 +1,13 @@
 //! `GET /activities/stream`: Server-Sent Events of the tenant's newly stored activities.
 //!
 //! Order of work, so nothing falls between replay and live: join the tenant's live feed (subscribed
-//! before the response starts), then read the replay from MongoDB, then send the replay, then live
-//! events, skipping live events the replay already covered (ids are time-ordered).
+//! before the response starts), then read the replay, then send the replay, then live events,
+//! skipping live events the replay already sent. The replay comes from the tenant's recent-events
+//! stream in Redis (written by the consumer in the same script that publishes), and from MongoDB only
+//! for a gap older than that buffer: a fleet of clients reconnecting after a deploy costs Redis reads,
+//! not a query each on the database.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +23,8 @@ use super::error::ApiError;
 use super::live::{JoinError, LiveEvent, LiveFeed};
 use super::read::bounded;
 use super::ApiState;
-use crate::store::{ActivityCursor, StoredActivity};
+use crate::domain::TenantId;
+use crate::store::ActivityCursor;
 
 /// The header EventSource sends when it reconnects: the id of the last event it received.
 pub const LAST_EVENT_ID_HEADER: &str = "Last-Event-ID";
@@ -34,7 +39,8 @@ pub const REPLAY_TRUNCATED_EVENT: &str = "replay-truncated";
     description = "Server-Sent Events (`text/event-stream`) of the tenant's activities as they are stored. \
         Each event: `id: <activity id>` and `data: <the activity JSON, as in GET /activities>` (unnamed, so \
         EventSource's onmessage receives it). `: keep-alive` comment lines every sse.heartbeat_secs. With \
-        Last-Event-ID, the activities stored after that id are replayed first from MongoDB (at most \
+        Last-Event-ID, the activities stored after that id are replayed first (from the tenant's recent-events \
+        buffer in Redis, or from MongoDB for a gap older than it; at most \
         sse.replay_max_events; if there were more, an event named `replay-truncated` follows: fetch the \
         rest with GET /activities). The stream ends if this instance loses Redis, or shuts down; \
         reconnect with Last-Event-ID.",
@@ -86,20 +92,14 @@ pub async fn stream(
 
     let mut replay = Vec::new();
     if let Some(after) = resume_after {
-        let max = state.sse.replay_max_events;
-        replay = bounded(
-            &state,
-            "MongoDB",
-            state.repository.stored_after(&tenant, after, max + 1),
-        )
-        .await?;
+        replay = replay_after(&state, &tenant, after).await?;
     }
     let truncated = replay.len() > state.sse.replay_max_events;
     replay.truncate(state.sse.replay_max_events);
-    // Live events at or before this were replayed (or seen by the client) already.
-    let replayed_up_to = replay.last().map(ActivityCursor::of).or(resume_after);
+    // Live events the replay sent already (they were published after this stream subscribed).
+    let replayed: HashSet<ActivityCursor> = replay.iter().map(|event| event.id).collect();
 
-    let replay_events = replay.iter().map(event_of_stored).collect::<Vec<_>>();
+    let replay_events = replay.iter().map(event_of_live).collect::<Vec<_>>();
     let notice = truncated.then(|| {
         sse::Event::Data(
             sse::Data::new(json!({"replayed": replay_events.len()}).to_string())
@@ -108,7 +108,7 @@ pub async fn stream(
     });
     let events = stream::iter(replay_events)
         .chain(stream::iter(notice))
-        .chain(live_events(feed, replayed_up_to))
+        .chain(live_events(feed, replayed))
         .take_until(state.shutdown.clone().cancelled_owned())
         .map(Ok::<_, std::convert::Infallible>);
 
@@ -128,33 +128,77 @@ pub async fn stream(
     Ok(response)
 }
 
-fn event_of_stored(activity: &StoredActivity) -> sse::Event {
-    sse::Event::Data(
-        sse::Data::new(activity.to_json().to_string()).id(ActivityCursor::of(activity).to_string()),
+/// What a client resuming after `after` missed, oldest first, at most `sse.replay_max_events + 1`
+/// events (one more tells the caller the replay is truncated). From the tenant's recent-events
+/// buffer in Redis when it reaches back to `after`; otherwise (an older gap, the buffer off, Redis
+/// slow or failing) from MongoDB, ordered by id.
+async fn replay_after(
+    state: &ApiState,
+    tenant: &TenantId,
+    after: ActivityCursor,
+) -> Result<Vec<LiveEvent>, ApiError> {
+    let limit = state.sse.replay_max_events + 1;
+    let recent = bounded(
+        state,
+        "Redis",
+        state.redis.recent_after(tenant, &after.to_string(), limit),
     )
+    .await;
+    match recent {
+        Ok(Some(recent)) => {
+            state.metrics.count_sse_replay("redis");
+            return Ok(recent
+                .into_iter()
+                .filter_map(|event| {
+                    Some(LiveEvent {
+                        id: ActivityCursor::parse(&event.document_id)?,
+                        json: event.event,
+                    })
+                })
+                .collect());
+        }
+        Ok(None) => {}
+        Err(error) => {
+            tracing::debug!(%error, "the recent-events buffer could not be read; replaying from MongoDB");
+        }
+    }
+    state.metrics.count_sse_replay("mongodb");
+    let stored = bounded(
+        state,
+        "MongoDB",
+        state.repository.stored_after(tenant, after, limit),
+    )
+    .await?;
+    Ok(stored
+        .iter()
+        .map(|activity| LiveEvent {
+            id: ActivityCursor::of(activity),
+            json: activity.to_json().to_string(),
+        })
+        .collect())
 }
 
 fn event_of_live(event: &LiveEvent) -> sse::Event {
     sse::Event::Data(sse::Data::new(event.json.clone()).id(event.id.to_string()))
 }
 
-/// The live part: events from the feed newer than `replayed_up_to`. It ends when the feed closes
+/// The live part: events from the feed, but those in `replayed`. It ends when the feed closes
 /// (Redis lost) or this client fell more than `sse.buffer_events` behind; either way the client
 /// reconnects with Last-Event-ID and replays the gap. The feed (and its membership) is dropped
 /// with the stream, however the client leaves.
 fn live_events(
     feed: LiveFeed,
-    replayed_up_to: Option<ActivityCursor>,
+    replayed: HashSet<ActivityCursor>,
 ) -> impl Stream<Item = sse::Event> {
-    stream::unfold(feed, move |mut feed| async move {
+    stream::unfold((feed, replayed), |(mut feed, replayed)| async move {
         loop {
             match feed.events.recv().await {
                 Ok(event) => {
                     let event: Arc<LiveEvent> = event;
-                    if replayed_up_to.is_some_and(|seen| event.id <= seen) {
+                    if replayed.contains(&event.id) {
                         continue;
                     }
-                    return Some((event_of_live(&event), feed));
+                    return Some((event_of_live(&event), (feed, replayed)));
                 }
                 Err(RecvError::Lagged(missed)) => {
                     tracing::info!(

@@ -28,6 +28,11 @@ impl RedisKeys {
         format!("{}analytics:{{{tenant}}}", self.prefix)
     }
 
+    /// Capped stream of the tenant's newest live events (fields `id`, `event`): the SSE replay buffer.
+    pub fn recent_events(&self, tenant: &TenantId) -> String {
+        format!("{}recent:{{{tenant}}}", self.prefix)
+    }
+
     /// Pub/Sub channel carrying the tenant's newly stored activities to the SSE endpoints.
     pub fn channel(&self, tenant: &TenantId) -> String {
         format!("{}activities:{{{tenant}}}", self.prefix)
@@ -64,6 +69,7 @@ mod tests {
         );
         assert_eq!(keys.analytics(&tenant), "analytics:{acme}");
         assert_eq!(keys.channel(&tenant), "activities:{acme}");
+        assert_eq!(keys.recent_events(&tenant), "recent:{acme}");
         assert_eq!(keys.accepted(&tenant, &key), "accepted:{acme}:order-42");
         let prefixed = RedisKeys::new("test-1:");
         assert_eq!(prefixed.analytics(&tenant), "test-1:analytics:{acme}");

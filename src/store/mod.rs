@@ -15,7 +15,7 @@ pub use live::{open_live_connection, LiveMessage, LiveMessages, LiveSubscription
 pub use mongo::{
     ActivityCursor, ActivityFilter, ActivityRepository, InsertOutcome, ReplayLog, StoredActivity,
 };
-pub use redis_store::{EffectRequest, RedisStore};
+pub use redis_store::{EffectRequest, RecentEvent, RedisStore};
 
 /// A store that did not answer as a whole: nothing about any single record is known to be wrong.
 #[derive(Debug, thiserror::Error)]

@@ -380,7 +380,7 @@ impl ReplayLog {
 
 /// A position in a tenant's activities: the id of an activity, which is time-ordered. Clients see it
 /// as an opaque string (the page cursor of `GET /activities`, the SSE event id).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ActivityCursor(ObjectId);
 
 impl ActivityCursor {

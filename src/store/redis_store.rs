@@ -7,28 +7,50 @@ use crate::config::RedisSettings;
 use crate::domain::{IdempotencyKey, TenantId};
 
 /// The consumer's Redis step for several activities of one tenant, atomic and idempotent per
-/// activity: mark its key (NX, with TTL) and, only if this call set the mark, count the activity and
-/// publish it. A redelivered record finds the mark and changes nothing, so a crash anywhere leaves one
-/// count and one live event per key.
+/// activity: mark its key (NX, with TTL) and, only if this call set the mark, count the activity,
+/// publish it and append it to the tenant's recent-events stream (the SSE replay buffer). A
+/// redelivered record finds the mark and changes nothing, so a crash anywhere leaves one count and one
+/// live event per key.
 ///
-/// KEYS[1] is the tenant's counter hash and KEYS[2..] the activities' marks (all in the tenant's hash
-/// slot); ARGV[1] is the marks' TTL, ARGV[2] the tenant's channel, then per activity its document id,
-/// type and event. One call per tenant and batch rather than per activity: profiles of the drain put
-/// Redis at ~17 us of CPU per activity with one script call each.
+/// KEYS[1] is the tenant's counter hash, KEYS[2] its recent-events stream and KEYS[3..] the
+/// activities' marks (all in the tenant's hash slot); ARGV[1] is the marks' TTL, ARGV[2] the tenant's
+/// channel, ARGV[3] the stream's length (0: no stream), ARGV[4] its TTL, then per activity its
+/// document id, type and event. One call per tenant and batch rather than per activity: profiles of
+/// the drain put Redis at ~17 us of CPU per activity with one script call each.
 const MARK_COUNT_PUBLISH_LUA: &str = r"
 local marked = {}
-for i = 2, #KEYS do
-  local at = 3 + (i - 2) * 3
+local recent_length = tonumber(ARGV[3])
+local appended = false
+for i = 3, #KEYS do
+  local at = 5 + (i - 3) * 3
   if redis.call('SET', KEYS[i], ARGV[at], 'NX', 'EX', ARGV[1]) then
     redis.call('HINCRBY', KEYS[1], ARGV[at + 1], 1)
     redis.call('PUBLISH', ARGV[2], ARGV[at + 2])
+    if recent_length > 0 then
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', recent_length, '*', 'id', ARGV[at], 'event', ARGV[at + 2])
+      appended = true
+    end
     marked[#marked + 1] = 1
   else
     marked[#marked + 1] = 0
   end
 end
+if appended then
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
 return marked
 ";
+
+/// Entries read per XREVRANGE while looking for a resume point in the recent-events stream.
+const RECENT_PAGE: usize = 500;
+
+/// One event of a tenant's recent-events stream: the document id (the SSE `id:`) and the published
+/// JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecentEvent {
+    pub document_id: String,
+    pub event: String,
+}
 
 /// Activities per script call at most: a script holds Redis for its whole run.
 const EFFECTS_PER_CALL: usize = 200;
@@ -43,6 +65,23 @@ pub struct EffectRequest<'a> {
     pub activity_type: &'a str,
     /// The event published to the tenant's channel (JSON of the stored activity).
     pub event: String,
+}
+
+impl RecentEvent {
+    fn from_fields(fields: Vec<(String, String)>) -> RecentEvent {
+        let mut event = RecentEvent {
+            document_id: String::new(),
+            event: String::new(),
+        };
+        for (name, value) in fields {
+            match name.as_str() {
+                "id" => event.document_id = value,
+                "event" => event.event = value,
+                _ => {}
+            }
+        }
+        event
+    }
 }
 
 /// Groups `requests` into script calls: by tenant (in order of first appearance), at most
@@ -75,6 +114,8 @@ pub struct RedisStore {
     connection: ConnectionManager,
     keys: RedisKeys,
     idempotency_ttl_secs: u64,
+    recent_events_per_tenant: usize,
+    recent_events_ttl_secs: u64,
     mark_count_publish: Script,
 }
 
@@ -94,6 +135,8 @@ impl RedisStore {
             connection,
             keys: RedisKeys::new(settings.key_prefix.clone()),
             idempotency_ttl_secs: settings.idempotency_ttl_secs,
+            recent_events_per_tenant: settings.recent_events_per_tenant,
+            recent_events_ttl_secs: settings.recent_events_ttl_secs,
             mark_count_publish: Script::new(MARK_COUNT_PUBLISH_LUA),
         })
     }
@@ -144,8 +187,11 @@ impl RedisStore {
             let mut invocation = self.mark_count_publish.prepare_invoke();
             invocation
                 .key(self.keys.analytics(tenant))
+                .key(self.keys.recent_events(tenant))
                 .arg(self.idempotency_ttl_secs)
-                .arg(self.keys.channel(tenant));
+                .arg(self.keys.channel(tenant))
+                .arg(self.recent_events_per_tenant)
+                .arg(self.recent_events_ttl_secs);
             for &index in call {
                 let request = &requests[index];
                 invocation
@@ -174,6 +220,49 @@ impl RedisStore {
             }
         }
         Ok(newly)
+    }
+
+    /// The tenant's events published after the one with `document_id`, oldest first, at most `limit`
+    /// of them; `None` when the recent-events stream does not reach back to that event (trimmed,
+    /// expired, turned off or lost with Redis): the caller replays from MongoDB instead.
+    ///
+    /// Reads newest first, a page at a time, until it meets the resume point; the stream is capped,
+    /// so this reads at most `redis.recent_events_per_tenant` entries (plus the `~` trim's slack).
+    pub async fn recent_after(
+        &self,
+        tenant: &TenantId,
+        document_id: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<RecentEvent>>, StoreOutage> {
+        type Entry = (String, Vec<(String, String)>);
+        let key = self.keys.recent_events(tenant);
+        let mut newest_first: Vec<RecentEvent> = Vec::new();
+        let mut end = "+".to_owned();
+        loop {
+            let page: Vec<Entry> = redis::cmd("XREVRANGE")
+                .arg(&key)
+                .arg(&end)
+                .arg("-")
+                .arg("COUNT")
+                .arg(RECENT_PAGE)
+                .query_async(&mut self.connection.clone())
+                .await
+                .map_err(StoreOutage::redis)?;
+            let exhausted = page.len() < RECENT_PAGE;
+            for (entry_id, fields) in page {
+                let event = RecentEvent::from_fields(fields);
+                if event.document_id == document_id {
+                    newest_first.reverse();
+                    newest_first.truncate(limit);
+                    return Ok(Some(newest_first));
+                }
+                newest_first.push(event);
+                end = format!("({entry_id}");
+            }
+            if exhausted {
+                return Ok(None);
+            }
+        }
     }
 
     /// The tenant's counters: activity type -> count.

@@ -1,5 +1,6 @@
 //! `GET /activities/stream`: live events reach the client, resume with Last-Event-ID replays from the
-//! store, tenants never see each other's events, and the per-tenant cap holds.
+//! recent-events buffer (or MongoDB for an older gap), tenants never see each other's events, and the
+//! per-tenant cap holds.
 
 use std::time::Duration;
 
@@ -127,10 +128,90 @@ async fn last_event_id_replays_what_was_missed_then_continues_live() {
     );
     let live = resumed.next_event(WAIT).await.unwrap();
     assert_eq!(live.json()["idempotencyKey"], "e4");
+    assert_eq!(
+        (
+            sse_replays(&pipeline, "redis").await,
+            sse_replays(&pipeline, "mongodb").await
+        ),
+        (1, 0),
+        "a recent gap is replayed from the recent-events buffer, without a MongoDB query"
+    );
 
     // A Last-Event-ID this service did not make is refused.
     let response = SseClient::request(&pipeline.address, ACME_KEY, Some("garbage")).await;
     assert_eq!(response.status(), 400);
+    drop(resumed);
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_the_recent_events_buffer_no_longer_holds_is_replayed_from_mongodb() {
+    let pipeline = TestPipeline::spawn().await;
+    let mut first = SseClient::open(&pipeline.address, ACME_KEY, None).await;
+    assert_eq!(
+        pipeline
+            .post_activity(ACME_KEY, Some("m0"), &activity("u", "t"))
+            .await
+            .status(),
+        202
+    );
+    let last_id = first.next_event(WAIT).await.unwrap().id.unwrap();
+    drop(first);
+    for key in ["m1", "m2"] {
+        assert_eq!(
+            pipeline
+                .post_activity(ACME_KEY, Some(key), &activity("u", "t"))
+                .await
+                .status(),
+            202
+        );
+        pipeline
+            .wait_for_json(ACME_KEY, &format!("/activities/{key}"), |status, _| {
+                status == 200
+            })
+            .await;
+    }
+    // The consumer keeps the tenant's newest events in a capped stream that expires when idle.
+    let buffer = pipeline.redis_key("recent:{acme}");
+    let mut redis = pipeline.redis.clone();
+    let length: i64 = redis::cmd("XLEN")
+        .arg(&buffer)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(length, 3, "one entry per stored activity");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&buffer)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 0 && ttl <= 3600,
+        "the buffer expires when idle (TTL {ttl})"
+    );
+
+    // As if trimmed or lost with Redis: the resume point is no longer in the buffer.
+    let _: i64 = redis::cmd("DEL")
+        .arg(&buffer)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let mut resumed = SseClient::open(&pipeline.address, ACME_KEY, Some(&last_id)).await;
+    let replayed: Vec<String> = vec![
+        resumed.next_event(WAIT).await.unwrap(),
+        resumed.next_event(WAIT).await.unwrap(),
+    ]
+    .into_iter()
+    .map(|event| event.json()["idempotencyKey"].as_str().unwrap().to_owned())
+    .collect();
+    assert_eq!(replayed, ["m1", "m2"]);
+    assert_eq!(
+        (
+            sse_replays(&pipeline, "redis").await,
+            sse_replays(&pipeline, "mongodb").await
+        ),
+        (0, 1)
+    );
     drop(resumed);
     pipeline.stop().await;
 }
@@ -211,4 +292,22 @@ async fn sse_clients(pipeline: &TestPipeline) -> i64 {
         .expect("the gauge is exported")
         .parse()
         .unwrap()
+}
+
+/// `sse_replays_total` of the API for `source`, 0 before the first.
+async fn sse_replays(pipeline: &TestPipeline, source: &str) -> i64 {
+    let metrics = pipeline
+        .http
+        .get(format!("{}/metrics", pipeline.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("activity_pipeline_sse_replays_total{{source=\"{source}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .map_or(0, |value| value.parse().unwrap())
 }
