@@ -207,7 +207,7 @@ impl Summary<'_> {
         line(
             "live events",
             format!(
-                "{} received ({} via resume from the store, {} duplicates dropped by id, {} reconnects, {} refused reconnects{}, {} truncated replays), {} missed",
+                "{} received ({} fetched with GET /activities after a truncated replay, {} duplicates dropped by id, {} reconnects, {} refused reconnects{}, {} truncated replays), {} missed",
                 checked.live_events,
                 checked.live_backfilled,
                 checked.live_duplicates_dropped,
