@@ -156,7 +156,7 @@ pub struct BatchOutcome {
     responses(
         (status = 202, description = "Every item accepted.", body = BatchOutcome),
         (status = 207, description = "Some items accepted, some not; see `results`.", body = BatchOutcome),
-        (status = 400, description = "The batch itself is malformed (`details`), or every item is invalid (`results`).", body = BatchOutcome),
+        (status = 400, description = "The batch itself is malformed (an error body with `details`), or every item is invalid (a batch outcome with `results`).", body = BatchRefusal),
         (status = 401, description = "No, malformed or unknown API key.", body = ErrorBody),
         (status = 403, description = "X-Tenant-Id is not the key's tenant.", body = ErrorBody),
         (status = 413, description = "Body over intake.batch_max_body_bytes.", body = ErrorBody),
@@ -395,9 +395,11 @@ async fn read_body(
 }
 
 /// OpenAPI stand-ins for bodies whose schema lives elsewhere or is built by hand.
-/// Every error: `{"success": false, "error": "...", "details"?: [...]}`.
+/// Every error: `{"success": false, "error": "...", "details"?: [...]}`. No other field, so a batch's
+/// 400 is exactly one of this or a `BatchOutcome`.
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)] // Describes a body in the OpenAPI document; never built.
+#[serde(deny_unknown_fields)]
 pub struct ErrorBody {
     /// Always `false`.
     pub success: bool,
@@ -405,6 +407,15 @@ pub struct ErrorBody {
     pub error: String,
     /// With 400: each failing field and rule.
     pub details: Option<Vec<FieldErrorBody>>,
+}
+
+/// The two shapes of a batch's 400: the batch as a whole refused, or every item judged invalid.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Describes a body in the OpenAPI document; never built.
+#[serde(untagged)]
+pub enum BatchRefusal {
+    Malformed(ErrorBody),
+    EveryItemInvalid(BatchOutcome),
 }
 
 /// One reason a body was refused.

@@ -33,6 +33,7 @@ use super::{activities, ops, read, stream};
         activities::Accepted,
         activities::ItemResult,
         activities::BatchOutcome,
+        activities::BatchRefusal,
         activities::ErrorBody,
         activities::FieldErrorBody,
         activities::BatchRequestSchema,
@@ -110,4 +111,39 @@ pub fn document(schema_json: &str) -> Value {
     let mut document: Value = serde_json::from_str(&text).expect("still JSON");
     document["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
     document
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_400_is_documented_as_either_refusal_shape() {
+        let document = document("{}");
+        let refusal = &document["paths"]["/activities/batch"]["post"]["responses"]["400"]
+            ["content"]["application/json"]["schema"];
+        assert_eq!(
+            refusal["$ref"], "#/components/schemas/BatchRefusal",
+            "{refusal}"
+        );
+        let shapes = &document["components"]["schemas"]["BatchRefusal"]["oneOf"];
+        let references: Vec<&str> = shapes
+            .as_array()
+            .expect("BatchRefusal is a oneOf")
+            .iter()
+            .filter_map(|shape| shape["$ref"].as_str())
+            .collect();
+        assert_eq!(
+            references,
+            [
+                "#/components/schemas/ErrorBody",
+                "#/components/schemas/BatchOutcome"
+            ]
+        );
+        // Exactly one shape matches: an error body has nothing but success, error and details.
+        assert_eq!(
+            document["components"]["schemas"]["ErrorBody"]["additionalProperties"],
+            false
+        );
+    }
 }
