@@ -1,4 +1,5 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -97,14 +98,19 @@ pub trait ConsumerObserver: Send + Sync + 'static {
 pub struct ActivityConsumer {
     consumer: StreamConsumer<GroupContext>,
     epochs: Arc<Mutex<HashMap<(String, i32), u64>>>,
+    /// Shared with the context, which applies it to partitions as they are assigned.
+    paused: Arc<AtomicBool>,
     /// Records received while the partitions were paused (during an outage); they come first in the
     /// next batch, in order.
     carried: VecDeque<ConsumedRecord>,
 }
 
-/// Tracks assignment epochs, commits on revoke, and forwards commit results and lag to the observer.
+/// Tracks assignment epochs, commits on revoke, keeps the pause state right across rebalances, and
+/// forwards commit results and lag to the observer.
 struct GroupContext {
     epochs: Arc<Mutex<HashMap<(String, i32), u64>>>,
+    /// Whether the stage wants its partitions paused (a dependency is down).
+    paused: Arc<AtomicBool>,
     observer: Arc<dyn ConsumerObserver>,
 }
 
@@ -135,6 +141,13 @@ impl ConsumerContext for GroupContext {
                 if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
                     tracing::debug!(%error, "commit before revoke");
                 }
+                // librdkafka keeps a partition's pause flag after it is revoked: paused now and
+                // assigned back after the stage resumed, it would never be fetched again (found by
+                // the faults suite: both consumers stalled with lag after a broker restart). Clear
+                // it on the way out; `post_rebalance` sets the stage's state on the way in.
+                if let Err(error) = consumer.resume(partitions) {
+                    tracing::debug!(%error, "clearing the pause of revoked partitions");
+                }
                 let mut epochs = self.epochs.lock().expect("epoch lock");
                 for element in partitions.elements() {
                     *epochs
@@ -144,6 +157,24 @@ impl ConsumerContext for GroupContext {
                 }
             }
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            if partitions.count() == 0 {
+                return;
+            }
+            // New partitions take the stage's state: paused during an outage, fetching otherwise
+            // (whatever flag a partition kept from an earlier assignment).
+            let result = if self.paused.load(Ordering::SeqCst) {
+                consumer.pause(partitions)
+            } else {
+                consumer.resume(partitions)
+            };
+            if let Err(error) = result {
+                tracing::warn!(%error, "setting the pause state of assigned partitions");
+            }
         }
     }
 
@@ -188,8 +219,10 @@ impl ActivityConsumer {
         observer: Arc<dyn ConsumerObserver>,
     ) -> anyhow::Result<ActivityConsumer> {
         let epochs = Arc::new(Mutex::new(HashMap::new()));
+        let paused = Arc::new(AtomicBool::new(false));
         let context = GroupContext {
             epochs: epochs.clone(),
+            paused: paused.clone(),
             observer,
         };
         let consumer: StreamConsumer<GroupContext> = base_client_config(settings)
@@ -214,6 +247,7 @@ impl ActivityConsumer {
         Ok(ActivityConsumer {
             consumer,
             epochs,
+            paused,
             carried: VecDeque::new(),
         })
     }
@@ -282,8 +316,24 @@ impl ActivityConsumer {
         }
     }
 
-    /// Stops fetching from every assigned partition (a dependency is down).
+    /// The partitions assigned to this member now, as (topic, partition).
+    pub fn assigned_partitions(&self) -> Vec<(String, i32)> {
+        self.consumer
+            .assignment()
+            .map(|assignment| {
+                assignment
+                    .elements()
+                    .iter()
+                    .map(|element| (element.topic().to_owned(), element.partition()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Stops fetching from every assigned partition (a dependency is down), and from partitions
+    /// assigned later until `resume`.
     pub fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
         if let Ok(assignment) = self.consumer.assignment() {
             if let Err(error) = self.consumer.pause(&assignment) {
                 tracing::warn!(%error, "pausing partitions");
@@ -291,8 +341,9 @@ impl ActivityConsumer {
         }
     }
 
-    /// Fetches again from every assigned partition.
+    /// Fetches again from every assigned partition, and from partitions assigned later.
     pub fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
         if let Ok(assignment) = self.consumer.assignment() {
             if let Err(error) = self.consumer.resume(&assignment) {
                 tracing::warn!(%error, "resuming partitions");
@@ -320,7 +371,8 @@ impl ActivityConsumer {
         let mut carried: Vec<ConsumedRecord> = self.carried.drain(..).collect();
         self.retain_assigned(&mut carried);
         self.carried.extend(carried);
-        // Paused partitions re-assigned meanwhile come back unpaused; pause them again.
+        // Partitions assigned meanwhile took the paused state in `post_rebalance`; pausing the whole
+        // assignment again costs nothing and does not depend on it.
         self.pause();
     }
 

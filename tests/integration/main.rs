@@ -12,6 +12,7 @@ mod docker_compose;
 mod http_errors;
 mod ingest;
 mod intake;
+mod kafka_pause;
 mod operations;
 mod ops;
 mod read_side;
