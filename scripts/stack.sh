@@ -96,6 +96,14 @@ pid_alive() {
     [[ -n "${state}" && "${state}" != Z && "${state}" != X ]]
 }
 
+# spawned_pid_died PIDFILE: the pid file names a process that is gone.
+spawned_pid_died() {
+    local pid
+    [[ -s "$1" ]] || return 1
+    pid=$(head -n 1 "$1" 2>/dev/null | tr -dc '0-9')
+    [[ -n "${pid}" ]] && ! pid_alive "${pid}"
+}
+
 # svc_pid SVC: prints the pid of the service's live process, per its pid file; fails otherwise.
 svc_pid() {
     local pidfile pid
@@ -306,8 +314,10 @@ wait_ready() {
                 ap_log "${svc}: ready on ${HOST}:$(svc_port "${svc}") (pid ${pid}, $((SECONDS - start)) s)"
                 return 0
             fi
-        elif [[ -s "${pidfile}" ]] || ((SECONDS - start >= 5)); then
-            # The pid file is written right after the spawn, so a missing/dead pid means it exited.
+        elif spawned_pid_died "${pidfile}" || { ((SECONDS - start >= 5)) && [[ ! -s "${pidfile}" ]]; }; then
+            # The pid file is written right after the spawn, so a missing or dead pid means it
+            # exited. A live pid whose command line is not the service's yet is still on its way
+            # through `exec` (slow on a loaded machine): keep waiting.
             rm -f "${pidfile}"
             fail_service "${svc}" "exited during startup"
         fi
