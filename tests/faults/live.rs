@@ -268,10 +268,31 @@ async fn fetch_missed(
         if let Some(cursor) = &cursor {
             request = request.query(&[("cursor", cursor.as_str())]);
         }
-        let Ok(response) = request.send().await else {
-            return;
-        };
-        let Ok(page) = response.json::<Value>().await else {
+        // As a client should: a page refused with 503 (the store slow or down) or lost is asked
+        // again after Retry-After, a few times, before giving up.
+        let mut page = None;
+        for _ in 0..6 {
+            let Some(attempt) = request.try_clone() else {
+                return;
+            };
+            match attempt.send().await {
+                Ok(response) if response.status().is_success() => {
+                    page = response.json::<Value>().await.ok();
+                    break;
+                }
+                Ok(response) => {
+                    let after = response
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|value| value.to_str().ok())
+                        .and_then(|value| value.parse::<u64>().ok())
+                        .unwrap_or(1);
+                    tokio::time::sleep(Duration::from_secs(after.clamp(1, 5))).await;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        }
+        let Some(page) = page else {
             return;
         };
         let activities = page["activities"].as_array().cloned().unwrap_or_default();
