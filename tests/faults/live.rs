@@ -15,6 +15,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::env::{Tenant, COLLECTION, DATABASE};
+use crate::workload::retry_after_secs;
 
 /// How an event reached the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,11 +157,7 @@ async fn sse_client(api: String, tenant: Tenant, seen: Arc<Mutex<Seen>>, stop: C
         let mut response = match response {
             Ok(response) if response.status().is_success() => response,
             Ok(response) => {
-                let after = response
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.parse::<u64>().ok())
+                let after = retry_after_secs(&response)
                     .map(Duration::from_secs)
                     .unwrap_or_default();
                 seen.lock()
@@ -281,13 +278,10 @@ async fn fetch_missed(
                     break;
                 }
                 Ok(response) => {
-                    let after = response
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|value| value.to_str().ok())
-                        .and_then(|value| value.parse::<u64>().ok())
-                        .unwrap_or(1);
-                    tokio::time::sleep(Duration::from_secs(after.clamp(1, 5))).await;
+                    let after = retry_after_secs(&response)
+                        .map_or(Duration::from_secs(1), Duration::from_secs);
+                    let after = after.clamp(Duration::from_secs(1), Duration::from_secs(5));
+                    tokio::time::sleep(after).await;
                 }
                 Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
             }

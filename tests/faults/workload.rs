@@ -341,11 +341,7 @@ impl Client {
         let answer = match request.timeout(self.timeout).send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
-                let retry_after = response
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.parse().ok());
+                let retry_after = retry_after_secs(&response);
                 match response.bytes().await {
                     Ok(bytes) => Answer::Status {
                         status,
@@ -1002,4 +998,13 @@ fn mutate(rng: &mut StdRng, mut body: Value) -> (String, Vec<u8>) {
         }
     };
     (case, serde_json::to_vec(&body).expect("serializes"))
+}
+
+/// The `Retry-After` of a refusal, in seconds (the form this API sends).
+pub fn retry_after_secs(response: &reqwest::Response) -> Option<u64> {
+    response
+        .headers()
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
 }

@@ -338,6 +338,17 @@ impl TestPipeline {
     }
 }
 
+/// The `/metrics` text of the API at `address`.
+pub async fn api_metrics(http: &reqwest::Client, address: &str) -> String {
+    http.get(format!("{address}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub fn activity(actor: &str, activity_type: &str) -> Value {
     serde_json::json!({
         "actorId": actor,

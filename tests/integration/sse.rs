@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{activity, TestPipeline, ACME_KEY, GLOBEX_KEY};
+use crate::helpers::{activity, api_metrics, TestPipeline, ACME_KEY, GLOBEX_KEY};
 use crate::sse_client::SseClient;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -87,20 +87,7 @@ async fn last_event_id_replays_what_was_missed_then_continues_live() {
     drop(first);
 
     // Missed while disconnected: three, one more than the replay bound.
-    for key in ["e1", "e2", "e3"] {
-        assert_eq!(
-            pipeline
-                .post_activity(ACME_KEY, Some(key), &activity("u", "t"))
-                .await
-                .status(),
-            202
-        );
-        pipeline
-            .wait_for_json(ACME_KEY, &format!("/activities/{key}"), |status, _| {
-                status == 200
-            })
-            .await;
-    }
+    post_stored(&pipeline, &["e1", "e2", "e3"]).await;
     let mut resumed = SseClient::open(&pipeline.address, ACME_KEY, Some(&last_id)).await;
     let replayed: Vec<String> = vec![
         resumed.next_event(WAIT).await.unwrap(),
@@ -157,20 +144,7 @@ async fn a_gap_the_recent_events_buffer_no_longer_holds_is_replayed_from_mongodb
     );
     let last_id = first.next_event(WAIT).await.unwrap().id.unwrap();
     drop(first);
-    for key in ["m1", "m2"] {
-        assert_eq!(
-            pipeline
-                .post_activity(ACME_KEY, Some(key), &activity("u", "t"))
-                .await
-                .status(),
-            202
-        );
-        pipeline
-            .wait_for_json(ACME_KEY, &format!("/activities/{key}"), |status, _| {
-                status == 200
-            })
-            .await;
-    }
+    post_stored(&pipeline, &["m1", "m2"]).await;
     // The consumer keeps the tenant's newest events in a capped stream that expires when idle.
     let buffer = pipeline.redis_key("recent:{acme}");
     let mut redis = pipeline.redis.clone();
@@ -277,37 +251,40 @@ async fn a_stream_needs_a_key() {
 }
 
 async fn sse_clients(pipeline: &TestPipeline) -> i64 {
-    let metrics = pipeline
-        .http
-        .get(format!("{}/metrics", pipeline.address))
-        .send()
+    metric(pipeline, "activity_pipeline_sse_clients")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("activity_pipeline_sse_clients "))
         .expect("the gauge is exported")
-        .parse()
-        .unwrap()
 }
 
 /// `sse_replays_total` of the API for `source`, 0 before the first.
 async fn sse_replays(pipeline: &TestPipeline, source: &str) -> i64 {
-    let metrics = pipeline
-        .http
-        .get(format!("{}/metrics", pipeline.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let series = format!("activity_pipeline_sse_replays_total{{source=\"{source}\"}} ");
+    let series = format!("activity_pipeline_sse_replays_total{{source=\"{source}\"}}");
+    metric(pipeline, &series).await.unwrap_or(0)
+}
+
+/// The value of one series (name and labels, as exported) of the API's metrics, if exported.
+async fn metric(pipeline: &TestPipeline, series: &str) -> Option<i64> {
+    let metrics = api_metrics(&pipeline.http, &pipeline.address).await;
     metrics
         .lines()
-        .find_map(|line| line.strip_prefix(series.as_str()))
-        .map_or(0, |value| value.parse().unwrap())
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.parse().unwrap())
+}
+
+/// Posts one activity per key for acme and waits until each is stored (so it was published).
+async fn post_stored(pipeline: &TestPipeline, keys: &[&str]) {
+    for key in keys {
+        assert_eq!(
+            pipeline
+                .post_activity(ACME_KEY, Some(key), &activity("u", "t"))
+                .await
+                .status(),
+            202
+        );
+        pipeline
+            .wait_for_json(ACME_KEY, &format!("/activities/{key}"), |status, _| {
+                status == 200
+            })
+            .await;
+    }
 }
