@@ -441,11 +441,34 @@ impl utoipa::PartialSchema for ActivitySchemaRef {
 
 impl utoipa::ToSchema for ActivitySchemaRef {}
 
-/// `{"activities": [item, ...]}`.
+/// `{"activities": [item, ...]}`, at most `intake.batch_max_items` items.
+// `openapi::document` sets `maxItems` from the configuration.
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)] // Describes a body in the OpenAPI document; never built.
+#[serde(deny_unknown_fields)]
 pub struct BatchRequestSchema {
     /// Activities, or `{"idempotencyKey": "...", "activity": {...}}` wrappers.
-    #[schema(value_type = Vec<Object>)]
-    pub activities: Vec<()>,
+    #[schema(min_items = 1)]
+    pub activities: Vec<BatchItemSchema>,
+}
+
+/// One batch item: an activity, or a wrapper giving it its own idempotency key. An object with an
+/// `activity` field is a wrapper; an activity has no such field, so an item matches one shape only.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Describes a body in the OpenAPI document; never built.
+#[serde(untagged)]
+pub enum BatchItemSchema {
+    Activity(ActivitySchemaRef),
+    Wrapped(WrappedActivitySchema),
+}
+
+/// `{"idempotencyKey": "...", "activity": {...}}`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Describes a body in the OpenAPI document; never built.
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WrappedActivitySchema {
+    pub activity: ActivitySchemaRef,
+    /// The item's own key (else the batch key with `:<index>`, or a UUIDv7). Unique in the batch.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")]
+    pub idempotency_key: Option<String>,
 }

@@ -101,7 +101,8 @@ impl Application {
             .collect();
         let redis = RedisStore::connect(&settings.redis)?;
         let shutdown = CancellationToken::new();
-        let openapi_json = openapi::document(validator.schema_json()).to_string();
+        let openapi_json =
+            openapi::document(validator.schema_json(), settings.intake.batch_max_items).to_string();
         let state = web::Data::from(Arc::new(ApiState {
             publisher: publisher.clone(),
             validator,
@@ -250,9 +251,14 @@ pub fn registered_routes() -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
-/// The OpenAPI document this build serves (with the bundled schema's default limits).
+/// The OpenAPI document this build serves with the default configuration (bundled schema, default
+/// limits).
 pub fn openapi_document() -> serde_json::Value {
-    openapi::document(crate::domain::ACTIVITY_SCHEMA_JSON)
+    let defaults = crate::config::Settings::from_files(&[]).expect("the defaults load");
+    openapi::document(
+        crate::domain::ACTIVITY_SCHEMA_JSON,
+        defaults.intake.batch_max_items,
+    )
 }
 
 fn routes(config: &mut web::ServiceConfig) {

@@ -70,8 +70,9 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The document, with the effective activity schema (`schema_json`) as the `Activity` component.
-pub fn document(schema_json: &str) -> Value {
+/// The document, with the effective activity schema (`schema_json`) as the `Activity` component and
+/// the configured most items of a batch (`intake.batch_max_items`).
+pub fn document(schema_json: &str, batch_max_items: usize) -> Value {
     let mut document =
         serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
     let mut activity: Value =
@@ -109,6 +110,8 @@ pub fn document(schema_json: &str) -> Value {
         "#/components/schemas/Activity",
     );
     let mut document: Value = serde_json::from_str(&text).expect("still JSON");
+    document["components"]["schemas"]["BatchRequestSchema"]["properties"]["activities"]
+        ["maxItems"] = json!(batch_max_items);
     document["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
     document
 }
@@ -119,7 +122,7 @@ mod tests {
 
     #[test]
     fn a_batch_400_is_documented_as_either_refusal_shape() {
-        let document = document("{}");
+        let document = document("{}", 1000);
         let refusal = &document["paths"]["/activities/batch"]["post"]["responses"]["400"]
             ["content"]["application/json"]["schema"];
         assert_eq!(
@@ -145,5 +148,42 @@ mod tests {
             document["components"]["schemas"]["ErrorBody"]["additionalProperties"],
             false
         );
+    }
+
+    #[test]
+    fn a_batch_request_is_documented_as_strictly_as_it_is_validated() {
+        let document = document(crate::domain::ACTIVITY_SCHEMA_JSON, 250);
+        let schemas = &document["components"]["schemas"];
+        let batch = &schemas["BatchRequestSchema"];
+        assert_eq!(batch["additionalProperties"], false, "{batch}");
+        assert_eq!(batch["required"], json!(["activities"]), "{batch}");
+        let activities = &batch["properties"]["activities"];
+        assert_eq!(activities["minItems"], 1, "{activities}");
+        assert_eq!(activities["maxItems"], 250, "{activities}");
+
+        let shapes: Vec<&str> = schemas["BatchItemSchema"]["oneOf"]
+            .as_array()
+            .expect("an item is a oneOf")
+            .iter()
+            .filter_map(|shape| shape["$ref"].as_str())
+            .collect();
+        assert_eq!(
+            shapes,
+            [
+                "#/components/schemas/Activity",
+                "#/components/schemas/WrappedActivitySchema"
+            ]
+        );
+        // The two shapes cannot both match: an activity has no `activity` field.
+        assert_eq!(schemas["Activity"]["additionalProperties"], false);
+        assert!(schemas["Activity"]["properties"].get("activity").is_none());
+
+        let wrapped = &schemas["WrappedActivitySchema"];
+        assert_eq!(wrapped["additionalProperties"], false, "{wrapped}");
+        assert_eq!(wrapped["required"], json!(["activity"]), "{wrapped}");
+        let key = &wrapped["properties"]["idempotencyKey"];
+        assert_eq!(key["maxLength"], 128, "{key}");
+        assert_eq!(key["pattern"], "^[A-Za-z0-9._:-]+$", "{key}");
+        assert!(!document.to_string().contains("ActivitySchemaRef"));
     }
 }
