@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 
 use crate::http::{parse_head, sse_events, ChunkedDecoder};
 use crate::latency::{self, Percentiles};
+use crate::processes::HistogramSample;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct E2eResult {
@@ -31,6 +32,47 @@ pub struct E2eResult {
     /// Events that came before the client had its 202 (counted as 0 ms).
     pub early: u64,
     pub latency: Percentiles,
+    /// Where the time went, from the consumer's own histograms over the measured load.
+    #[serde(default)]
+    pub breakdown: Option<ConsumerBreakdown>,
+}
+
+/// The consumer's side of the end-to-end time, from its Prometheus histograms (differences over the
+/// measured load). Percentiles are bucket upper bounds (the buckets double: 1, 2, 4, ... ms).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConsumerBreakdown {
+    pub batches: f64,
+    pub records_per_batch: f64,
+    /// From the API's `enqueuedAt` (just before it produced) to the consumer's store step: the
+    /// producer's acknowledgement, the fetch, the batch window and any wait behind the batch before.
+    pub to_store_mean_ms: f64,
+    pub to_store_p50_bound_ms: Option<f64>,
+    pub to_store_p99_bound_ms: Option<f64>,
+    /// Applying one batch: the Redis check, the MongoDB insert, the Redis effects (count, publish).
+    pub apply_mean_ms: f64,
+    pub apply_p99_bound_ms: Option<f64>,
+}
+
+impl ConsumerBreakdown {
+    /// From two scrapes of the consumer's `/metrics`, before and after the measured load.
+    pub fn between(before: &str, after: &str) -> Option<ConsumerBreakdown> {
+        let window = |name: &str| {
+            HistogramSample::read(after, name).since(&HistogramSample::read(before, name))
+        };
+        let to_store = window("activity_pipeline_end_to_end_latency_seconds");
+        let apply = window("activity_pipeline_consumer_batch_duration_seconds");
+        let sizes = window("activity_pipeline_consumer_batch_records");
+        let millis = |seconds: f64| seconds * 1e3;
+        Some(ConsumerBreakdown {
+            batches: sizes.count,
+            records_per_batch: sizes.mean()?,
+            to_store_mean_ms: millis(to_store.mean()?),
+            to_store_p50_bound_ms: to_store.quantile_bound(0.5).map(millis),
+            to_store_p99_bound_ms: to_store.quantile_bound(0.99).map(millis),
+            apply_mean_ms: millis(apply.mean()?),
+            apply_p99_bound_ms: apply.quantile_bound(0.99).map(millis),
+        })
+    }
 }
 
 #[derive(Default)]
@@ -118,6 +160,7 @@ impl Tracker {
             missing: state.accepted.saturating_sub(state.matched),
             early: state.early,
             latency: Percentiles::of(&state.histogram),
+            breakdown: None,
         }
     }
 }

@@ -126,6 +126,10 @@ struct Options {
     /// Threads of the load generator's runtime.
     #[arg(long, default_value_t = 2)]
     generator_threads: usize,
+    /// Roles to record with `perf record` while they run (`produce`, `consume`): a perf.data next
+    /// to each role's log, for `scripts/flamegraph.sh`. Sampling costs CPU: not for figures.
+    #[arg(long, value_delimiter = ',')]
+    perf: Vec<String>,
     /// Where the report goes (default: target/bench/<time>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -233,6 +237,10 @@ fn self_checks() -> ExitCode {
             processes::checks::metrics_are_summed_over_labels,
         ),
         (
+            "processes: histograms",
+            processes::checks::histograms_are_read_and_subtracted,
+        ),
+        (
             "report: medians and ratios",
             report::checks::summary_takes_medians_of_values_and_ratios,
         ),
@@ -299,6 +307,12 @@ async fn run(options: Options) -> anyhow::Result<()> {
         );
     }
     anyhow::ensure!(options.rounds >= 1, "--rounds must be at least 1");
+    for role in &options.perf {
+        anyhow::ensure!(
+            role == "produce" || role == "consume",
+            "--perf {role:?}: the roles are produce and consume"
+        );
+    }
     let repo_root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let binary = PathBuf::from(env!("CARGO_BIN_EXE_activity-pipeline"));
     let specs = if options.subjects.is_empty() {
@@ -702,10 +716,9 @@ impl Bench {
         result: &mut SubjectRound,
     ) -> anyhow::Result<()> {
         let address: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        let mut produce = Role::spawn(
+        let mut produce = self.spawn_role(
             "produce",
-            &subject.binary,
-            &self.config_path,
+            subject,
             overrides,
             &["produce"],
             self.out
@@ -903,10 +916,9 @@ impl Bench {
         );
         result.publisher = Some(publisher);
 
-        let mut consume = Role::spawn(
+        let mut consume = self.spawn_role(
             "consume",
-            &subject.binary,
-            &self.config_path,
+            subject,
             overrides,
             &["consume"],
             self.out
@@ -1046,22 +1058,10 @@ impl Bench {
             self.out
                 .join(format!("r{round}-{}-e2e-{role}.log", subject.name))
         };
-        let mut consume = Role::spawn(
-            "consume",
-            &subject.binary,
-            &self.config_path,
-            overrides,
-            &["consume"],
-            log("consume"),
-        )?;
-        let mut produce = Role::spawn(
-            "produce",
-            &subject.binary,
-            &self.config_path,
-            overrides,
-            &["produce"],
-            log("produce"),
-        )?;
+        let mut consume =
+            self.spawn_role("consume", subject, overrides, &["consume"], log("consume"))?;
+        let mut produce =
+            self.spawn_role("produce", subject, overrides, &["produce"], log("produce"))?;
         wait_ready(
             &self.http,
             &mut consume,
@@ -1123,10 +1123,17 @@ impl Bench {
             Some(observer),
         );
         plan.warmup = Duration::ZERO;
+        let consumer_metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
+        let metrics_before = self.scrape(&consumer_metrics).await;
         let load = http::run(plan).await;
         let _ = wait_matched(&tracker, Duration::from_secs(15)).await;
+        let metrics_after = self.scrape(&consumer_metrics).await;
         stop.cancel();
-        let e2e = tracker.result(source, rate);
+        let mut e2e = tracker.result(source, rate);
+        e2e.breakdown = match (metrics_before, metrics_after) {
+            (Some(before), Some(after)) => e2e::ConsumerBreakdown::between(&before, &after),
+            _ => None,
+        };
         println!(
             "  6. [{}] end to end at {:.0}/s via {source}: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms ({} matched, {} missing; HTTP p99 {:.2} ms; cpu {})",
             subject.name,
@@ -1140,12 +1147,59 @@ impl Bench {
             load.latency.p99_ms,
             describe_cpu(&load),
         );
+        if let Some(breakdown) = &e2e.breakdown {
+            println!(
+                "     consumer: enqueued -> store step mean {:.1} ms (p50 <= {}, p99 <= {}); {:.0} batches of {:.0} records, applied in {:.1} ms mean (p99 <= {})",
+                breakdown.to_store_mean_ms,
+                describe_bound(breakdown.to_store_p50_bound_ms),
+                describe_bound(breakdown.to_store_p99_bound_ms),
+                breakdown.batches,
+                breakdown.records_per_batch,
+                breakdown.apply_mean_ms,
+                describe_bound(breakdown.apply_p99_bound_ms),
+            );
+        }
         result.e2e = Some(e2e);
         let produce_peak = produce.stop(STOP_GRACE).await;
         let consume_peak = consume.stop(STOP_GRACE).await;
         result.produce_peak_rss_mib = max_mib(result.produce_peak_rss_mib, produce_peak);
         result.consume_peak_rss_mib = max_mib(result.consume_peak_rss_mib, consume_peak);
         Ok(())
+    }
+
+    /// Starts a role of `subject`, recorded by perf when `--perf` names it.
+    fn spawn_role(
+        &self,
+        name: &str,
+        subject: &Subject,
+        overrides: &[String],
+        args: &[&str],
+        log: PathBuf,
+    ) -> anyhow::Result<Role> {
+        let mut role = Role::spawn(
+            name,
+            &subject.binary,
+            &self.config_path,
+            overrides,
+            args,
+            log,
+        )?;
+        if self.options.perf.iter().any(|wanted| wanted == name) {
+            role.record_with_perf()?;
+        }
+        Ok(role)
+    }
+
+    /// A `/metrics` text, or `None` (with a note) if it could not be read.
+    async fn scrape(&self, url: &str) -> Option<String> {
+        let response = async { self.http.get(url).send().await?.text().await };
+        match response.await {
+            Ok(text) => Some(text),
+            Err(error) => {
+                eprintln!("bench: could not read {url}: {error}");
+                None
+            }
+        }
     }
 
     /// Activities counted in the tenants' Redis counters under `prefix`.
@@ -1219,6 +1273,11 @@ async fn delete_keys(redis_url: &str, prefix: &str) -> anyhow::Result<()> {
         }
         cursor = next;
     }
+}
+
+/// A histogram bucket bound in milliseconds, or `?` past the last finite bucket.
+fn describe_bound(bound_ms: Option<f64>) -> String {
+    bound_ms.map_or_else(|| "?".to_owned(), |ms| format!("{ms:.0} ms"))
 }
 
 async fn wait_matched(tracker: &e2e::Tracker, timeout: Duration) -> anyhow::Result<()> {

@@ -14,6 +14,8 @@ pub struct Role {
     child: tokio::process::Child,
     pub pid: u32,
     pub log: PathBuf,
+    /// `perf record` attached to this process, when asked for (`--perf`).
+    profiler: Option<tokio::process::Child>,
 }
 
 impl Role {
@@ -51,7 +53,37 @@ impl Role {
             child,
             pid,
             log,
+            profiler: None,
         })
+    }
+
+    /// Attaches `perf record` (call graphs from DWARF, 99 Hz) until the role stops; the samples go
+    /// to `<log>.perf.data` (see `scripts/flamegraph.sh`).
+    pub fn record_with_perf(&mut self) -> anyhow::Result<()> {
+        let data = self.log.with_extension("perf.data");
+        let perf_log = std::fs::File::create(self.log.with_extension("perf.log"))?;
+        let child = tokio::process::Command::new("perf")
+            .args([
+                "record",
+                "--quiet",
+                "-F",
+                "99",
+                "--call-graph",
+                "dwarf,16384",
+            ])
+            .arg("-p")
+            .arg(self.pid.to_string())
+            .arg("-o")
+            .arg(&data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(perf_log.try_clone()?))
+            .stderr(Stdio::from(perf_log))
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting `perf record` (Debian: apt-get install linux-perf)")?;
+        println!("     ({}: recorded by perf into {data:?})", self.name);
+        self.profiler = Some(child);
+        Ok(())
     }
 
     /// Peak resident set size so far (VmHWM), in KiB.
@@ -75,6 +107,22 @@ impl Role {
     /// SIGTERM (graceful), then SIGKILL after `grace`. Returns the peak RSS read just before.
     pub async fn stop(mut self, grace: Duration) -> Option<u64> {
         let peak = self.peak_rss_kib();
+        if let Some(mut profiler) = self.profiler.take() {
+            // SIGINT: perf stops sampling and finishes its file.
+            if let Some(pid) = profiler.id() {
+                let _ = std::process::Command::new("kill")
+                    .arg("-INT")
+                    .arg(pid.to_string())
+                    .status();
+            }
+            if tokio::time::timeout(Duration::from_secs(60), profiler.wait())
+                .await
+                .is_err()
+            {
+                eprintln!("perf record of {} did not finish; killing it", self.name);
+                let _ = profiler.kill().await;
+            }
+        }
         let _ = std::process::Command::new("kill")
             .arg("-TERM")
             .arg(self.pid.to_string())
@@ -235,6 +283,92 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// A Prometheus histogram summed over its label sets: observations, their sum, and the cumulative
+/// bucket counts by upper bound (ascending, `+Inf` last).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistogramSample {
+    pub count: f64,
+    pub sum: f64,
+    pub buckets: Vec<(f64, f64)>,
+}
+
+impl HistogramSample {
+    /// Reads the histogram `name` from a text exposition (empty if absent).
+    pub fn read(text: &str, name: &str) -> HistogramSample {
+        let bucket_name = format!("{name}_bucket");
+        let mut buckets: Vec<(f64, f64)> = Vec::new();
+        for line in text.lines().filter(|line| !line.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            if series.split('{').next() != Some(bucket_name.as_str()) {
+                continue;
+            }
+            let (Some(bound), Ok(value)) = (bucket_bound(series), value.parse::<f64>()) else {
+                continue;
+            };
+            match buckets.iter_mut().find(|(known, _)| *known == bound) {
+                Some((_, total)) => *total += value,
+                None => buckets.push((bound, value)),
+            }
+        }
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        HistogramSample {
+            count: metric_sum(text, &format!("{name}_count")),
+            sum: metric_sum(text, &format!("{name}_sum")),
+            buckets,
+        }
+    }
+
+    /// What was observed between `earlier` and this sample.
+    pub fn since(&self, earlier: &HistogramSample) -> HistogramSample {
+        let before = |bound: f64| {
+            earlier
+                .buckets
+                .iter()
+                .find(|(known, _)| *known == bound)
+                .map_or(0.0, |(_, count)| *count)
+        };
+        HistogramSample {
+            count: self.count - earlier.count,
+            sum: self.sum - earlier.sum,
+            buckets: self
+                .buckets
+                .iter()
+                .map(|&(bound, count)| (bound, count - before(bound)))
+                .collect(),
+        }
+    }
+
+    pub fn mean(&self) -> Option<f64> {
+        (self.count > 0.0).then(|| self.sum / self.count)
+    }
+
+    /// The upper bound of the bucket holding quantile `q`: the quantile is at most this (a bucket's
+    /// width is its precision). `None` without observations or when it is past the last finite bound.
+    pub fn quantile_bound(&self, q: f64) -> Option<f64> {
+        if self.count <= 0.0 {
+            return None;
+        }
+        let rank = q * self.count;
+        self.buckets
+            .iter()
+            .find(|(_, cumulative)| *cumulative >= rank)
+            .map(|(bound, _)| *bound)
+            .filter(|bound| bound.is_finite())
+    }
+}
+
+/// The `le` label of a bucket series, as a number (`+Inf` is infinity).
+fn bucket_bound(series: &str) -> Option<f64> {
+    let start = series.find("le=\"")? + 4;
+    let end = start + series[start..].find('"')?;
+    match &series[start..end] {
+        "+Inf" => Some(f64::INFINITY),
+        bound => bound.parse().ok(),
+    }
+}
+
 /// The last `lines` lines of a log file.
 pub fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -268,5 +402,38 @@ pub mod checks {
             42.0
         );
         assert_eq!(metric_sum(text, "missing"), 0.0);
+    }
+
+    pub fn histograms_are_read_and_subtracted() {
+        let sample = |fast: f64, slow: f64, sum: f64| {
+            format!(
+                "# TYPE h histogram\n\
+                h_bucket{{stage=\"main\",le=\"0.01\"}} {fast}\n\
+                h_bucket{{stage=\"main\",le=\"0.1\"}} {slow}\n\
+                h_bucket{{stage=\"main\",le=\"+Inf\"}} {slow}\n\
+                h_sum{{stage=\"main\"}} {sum}\n\
+                h_count{{stage=\"main\"}} {slow}\n\
+                h_bucket{{stage=\"retry\",le=\"0.01\"}} 1\n\
+                h_bucket{{stage=\"retry\",le=\"0.1\"}} 1\n\
+                h_bucket{{stage=\"retry\",le=\"+Inf\"}} 1\n\
+                h_sum{{stage=\"retry\"}} 0.005\n\
+                h_count{{stage=\"retry\"}} 1\n"
+            )
+        };
+        let before = HistogramSample::read(&sample(10.0, 10.0, 0.05), "h");
+        assert_eq!(before.count, 11.0);
+        assert_eq!(
+            before.buckets,
+            [(0.01, 11.0), (0.1, 11.0), (f64::INFINITY, 11.0)]
+        );
+        // Then 90 more observations: 80 under 10 ms, 10 between 10 and 100 ms.
+        let after = HistogramSample::read(&sample(90.0, 100.0, 1.45), "h");
+        let window = after.since(&before);
+        assert_eq!(window.count, 90.0);
+        assert!((window.mean().unwrap() - 1.4 / 90.0).abs() < 1e-9);
+        assert_eq!(window.quantile_bound(0.5), Some(0.01));
+        assert_eq!(window.quantile_bound(0.99), Some(0.1));
+        assert_eq!(HistogramSample::default().quantile_bound(0.5), None);
+        assert_eq!(HistogramSample::read("", "h").mean(), None);
     }
 }

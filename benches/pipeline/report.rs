@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ceilings::{KafkaCeiling, StoreCeiling};
-use crate::e2e::E2eResult;
+use crate::e2e::{ConsumerBreakdown, E2eResult};
 use crate::http::LoadResult;
 use crate::latency::median;
 
@@ -148,6 +148,10 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 }
 
 /// The rows of the table, in order: label, unit, how to read it from a round, target.
+fn e2e_breakdown(subject: &SubjectRound) -> Option<&ConsumerBreakdown> {
+    subject.e2e.as_ref()?.breakdown.as_ref()
+}
+
 fn rows() -> Vec<(&'static str, &'static str, Extract, Option<Target>)> {
     vec![
         (
@@ -303,6 +307,24 @@ fn rows() -> Vec<(&'static str, &'static str, Extract, Option<Target>)> {
             "ms",
             |_, s| s.e2e.as_ref().map(|e| e.latency.p99_ms),
             Some(Target::AtMost(100.0)),
+        ),
+        (
+            "6. of which: enqueued -> consumer's store step, mean",
+            "ms",
+            |_, s| e2e_breakdown(s).map(|b| b.to_store_mean_ms),
+            None,
+        ),
+        (
+            "6. of which: consumer batch apply (Redis, MongoDB, Redis), mean",
+            "ms",
+            |_, s| e2e_breakdown(s).map(|b| b.apply_mean_ms),
+            None,
+        ),
+        (
+            "6. consumer batch size during end to end, mean",
+            "records",
+            |_, s| e2e_breakdown(s).map(|b| b.records_per_batch),
+            None,
         ),
         (
             "7. Peak RSS: produce",
