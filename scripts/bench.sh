@@ -6,8 +6,8 @@
 #   scripts/bench.sh --rounds 1 --duration 4          a quick look
 #   scripts/bench.sh --phases single,drain            some figures only
 #   scripts/bench.sh --subject before@/tmp/ap-old --subject current    before/after in one run
-  scripts/bench.sh --phases single --rounds 1 --perf produce         a perf recording of produce
-                                                    (then scripts/flamegraph.sh <its .perf.data>)
+#   scripts/bench.sh --phases single --rounds 1 --perf produce         a perf recording of produce
+#                                                     (then: scripts/flamegraph.sh <its .perf.data>)
 #   scripts/bench.sh --help                           every option
 # The report goes to target/bench/<time>/report.{md,json} (and is printed).
 #
