@@ -3,6 +3,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -252,7 +253,8 @@ impl ActivityConsumer {
         })
     }
 
-    /// Waits for at least one record, then takes more until `max_records` or `max_wait` is reached.
+    /// Waits for at least one record, then takes more until `max_records` or `max_wait` is reached
+    /// (with `max_wait` zero: takes the records already received, without waiting).
     /// Records of partitions revoked meanwhile are left out. Cancel-safe: dropping the future loses
     /// no record (an unreturned record is redelivered after a restart, as nothing stored its offset).
     pub async fn next_batch(
@@ -284,13 +286,22 @@ impl ActivityConsumer {
         }
         let deadline = Instant::now() + max_wait;
         while batch.len() < max_records {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(self.own(&message)),
-                Ok(Err(error)) => {
+            let received = if max_wait.is_zero() {
+                // Only what librdkafka has already fetched: a pending receive is dropped unfinished,
+                // which takes no record from its queue.
+                self.consumer.recv().now_or_never()
+            } else {
+                tokio::time::timeout_at(deadline, self.consumer.recv())
+                    .await
+                    .ok()
+            };
+            match received {
+                Some(Ok(message)) => batch.push(self.own(&message)),
+                Some(Err(error)) => {
                     tracing::warn!(%error, "Kafka consumer error");
                     break;
                 }
-                Err(_elapsed) => break,
+                None => break,
             }
         }
         self.retain_assigned(&mut batch);

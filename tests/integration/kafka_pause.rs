@@ -1,8 +1,9 @@
-//! The consumer's pause state across rebalances, against the real broker: a stage that paused during
+//! The consumer against the real broker. Its pause state across rebalances: a stage that paused during
 //! an outage, lost partitions while paused and resumed must fetch from those partitions when they
 //! come back. librdkafka keeps a partition's pause flag through revoke and re-assign: without the
 //! consumer clearing it, this test fails (the moved partitions are never read again), the state in
-//! which the faults suite's long run found both consumers holding lagging partitions for good.
+//! which the faults suite's long run found both consumers holding lagging partitions for good. And
+//! batches taken without a wait (`consumer.batch_max_wait_ms = 0`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -113,4 +114,79 @@ async fn partitions_read(consumer: &mut ActivityConsumer, budget: Duration) -> B
         }
     }
     seen
+}
+
+/// `consumer.batch_max_wait_ms = 0` (the default): after the first record a batch takes what the
+/// consumer has already received, without waiting, and the receives it leaves unfinished take no
+/// record with them: every record comes exactly once, in partition order, in batches that still
+/// group what was there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_without_a_wait_take_what_arrived_and_lose_nothing() {
+    const RECORDS: usize = 400;
+    let settings = load_settings(&test_overrides(&[format!("kafka.partitions={PARTITIONS}")]));
+    let topic = settings.kafka.topic.clone();
+    create_topics(&settings.kafka, std::slice::from_ref(&topic))
+        .await
+        .expect("the topic is created");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.brokers)
+        .create()
+        .unwrap();
+    for sequence in 0..RECORDS {
+        let payload = sequence.to_string();
+        producer
+            .send(
+                FutureRecord::<str, str>::to(&topic)
+                    .partition((sequence % PARTITIONS as usize) as i32)
+                    .payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("the broker takes the record");
+    }
+
+    let mut consumer = ActivityConsumer::subscribe(
+        &settings.kafka,
+        &settings.kafka.consumer_group,
+        &[&topic],
+        Arc::new(Quiet),
+    )
+    .unwrap();
+    let mut received: Vec<(i32, usize)> = Vec::new();
+    let mut largest_batch = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while received.len() < RECORDS && tokio::time::Instant::now() < deadline {
+        // The first record of a batch is awaited; nothing after it is.
+        let batch = consumer.next_batch(50, Duration::ZERO).await;
+        assert!(batch.len() <= 50, "a batch of {}", batch.len());
+        largest_batch = largest_batch.max(batch.len());
+        consumer.store_processed(&batch).unwrap();
+        received.extend(batch.iter().map(|record| {
+            let payload = std::str::from_utf8(record.payload.as_deref().unwrap()).unwrap();
+            (record.partition, payload.parse::<usize>().unwrap())
+        }));
+    }
+
+    let mut sequences: Vec<usize> = received.iter().map(|(_, sequence)| *sequence).collect();
+    sequences.sort_unstable();
+    assert_eq!(
+        sequences,
+        (0..RECORDS).collect::<Vec<_>>(),
+        "each record exactly once"
+    );
+    for partition in 0..PARTITIONS {
+        let in_order: Vec<usize> = received
+            .iter()
+            .filter(|(of, _)| *of == partition)
+            .map(|(_, sequence)| *sequence)
+            .collect();
+        assert!(
+            in_order.windows(2).all(|pair| pair[0] < pair[1]),
+            "partition {partition} out of order: {in_order:?}"
+        );
+    }
+    assert!(
+        largest_batch > 1,
+        "records already received are taken into the batch, not one batch each"
+    );
 }
