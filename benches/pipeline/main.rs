@@ -1167,7 +1167,7 @@ impl Bench {
         Ok(())
     }
 
-    /// Starts a role of `subject`, recorded by perf when `--perf` names it.
+    /// Starts a role of `subject`, to be recorded by perf once ready when `--perf` names it.
     fn spawn_role(
         &self,
         name: &str,
@@ -1184,9 +1184,7 @@ impl Bench {
             args,
             log,
         )?;
-        if self.options.perf.iter().any(|wanted| wanted == name) {
-            role.record_with_perf()?;
-        }
+        role.profile_when_ready = self.options.perf.iter().any(|wanted| wanted == name);
         Ok(role)
     }
 

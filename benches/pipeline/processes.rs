@@ -14,7 +14,8 @@ pub struct Role {
     child: tokio::process::Child,
     pub pid: u32,
     pub log: PathBuf,
-    /// `perf record` attached to this process, when asked for (`--perf`).
+    /// Whether `perf record` is to be attached once the role is ready (`--perf`).
+    pub profile_when_ready: bool,
     profiler: Option<tokio::process::Child>,
 }
 
@@ -53,13 +54,15 @@ impl Role {
             child,
             pid,
             log,
+            profile_when_ready: false,
             profiler: None,
         })
     }
 
     /// Attaches `perf record` (call graphs from DWARF, 99 Hz) until the role stops; the samples go
-    /// to `<log>.perf.data` (see `scripts/flamegraph.sh`).
-    pub fn record_with_perf(&mut self) -> anyhow::Result<()> {
+    /// to `<log>.perf.data` (see `scripts/flamegraph.sh`). Only once the role is ready: `perf record
+    /// -p` follows the threads that exist when it attaches, not those started later.
+    fn record_with_perf(&mut self) -> anyhow::Result<()> {
         let data = self.log.with_extension("perf.data");
         let perf_log = std::fs::File::create(self.log.with_extension("perf.log"))?;
         let child = tokio::process::Command::new("perf")
@@ -256,6 +259,9 @@ pub async fn wait_ready(
         role.ensure_running()?;
         if let Ok(response) = http.get(url).send().await {
             if response.status().is_success() {
+                if role.profile_when_ready && role.profiler.is_none() {
+                    role.record_with_perf()?;
+                }
                 return Ok(());
             }
         }

@@ -47,6 +47,7 @@ pub fn test_overrides(extra: &[String]) -> Vec<String> {
         format!("redis.key_prefix=it:{id}:"),
         "http.listen=127.0.0.1:0".to_owned(),
         "http.workers=2".to_owned(),
+        "consumer.batch_max_wait_ms=20".to_owned(),
         "consumer.outage_backoff_max_ms=500".to_owned(),
         "consumer.metrics_listen=127.0.0.1:0".to_owned(),
         "log.filter=warn".to_owned(),

@@ -116,7 +116,7 @@ async fn partitions_read(consumer: &mut ActivityConsumer, budget: Duration) -> B
     seen
 }
 
-/// `consumer.batch_max_wait_ms = 0` (the default): after the first record a batch takes what the
+/// `consumer.batch_max_wait_ms = 0`: after the first record a batch takes what the
 /// consumer has already received, without waiting, and the receives it leaves unfinished take no
 /// record with them: every record comes exactly once, in partition order, in batches that still
 /// group what was there.
