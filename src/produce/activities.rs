@@ -59,8 +59,8 @@ pub struct Accepted {
     ),
     security(("bearer" = []))
 )]
-// A debug span: per request, an info span cost ~5% of the API's CPU at the default filter, formatting
-// fields for log lines that are never written (BENCHMARKS.md).
+// A debug span: at the default filter, per-request info spans cost ~10% of the API's CPU in a
+// profile, formatting fields for log lines that are never written (BENCHMARKS.md, Tuning).
 #[tracing::instrument(level = "debug", skip_all, fields(tenant, key))]
 pub async fn create(
     request: HttpRequest,
