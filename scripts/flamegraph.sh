@@ -43,11 +43,11 @@ perf script --input "${data}" 2>/dev/null \
 {
     echo "# ${data}: self time (samples in the function itself)"
     perf report --input "${data}" --stdio --no-children --sort symbol --percent-limit 0.5 2>/dev/null \
-        | grep -E '^ +[0-9]' | head -40
+        | grep -E '^ +[0-9]' | sed -E 's/ {2,}/  /g; s/ +- +- *$//' | head -40
     echo
     echo "# ${data}: time including callees"
     perf report --input "${data}" --stdio --children --sort symbol --percent-limit 2 -g none 2>/dev/null \
-        | grep -E '^ +[0-9]' | head -40
+        | grep -E '^ +[0-9]' | sed -E 's/ {2,}/  /g; s/ +- +- *$//' | head -40
 } >"${top}"
 log "flame graph: ${svg}"
 log "hottest functions: ${top}"
