@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{activity, api_metrics, TestApi, ACME_KEY};
+use crate::helpers::{activity, metrics_text, TestApi, ACME_KEY};
 
 fn unreachable_broker(extra: &[&str]) -> Vec<String> {
     let mut settings = vec![
@@ -82,7 +82,7 @@ async fn an_unreachable_broker_gets_503_with_retry_after_and_never_202() {
     assert_eq!(body["checks"]["mongodb"], "ok");
 
     // Metrics saw it: no record acknowledged, three not.
-    let metrics = api_metrics(&api.http, &api.address).await;
+    let metrics = metrics_text(&api.http, &api.address).await;
     assert!(!metrics.contains("outcome=\"acked\""), "{metrics}");
     assert!(metrics.contains(
         "activity_pipeline_produce_duration_seconds_count{outcome=\"not_acknowledged\"} 4"

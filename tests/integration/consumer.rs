@@ -480,14 +480,8 @@ async fn a_consumer_killed_mid_stream_and_restarted_leaves_every_activity_once()
     // second was never committed. One more activity, stored, shows it owns the partition and has
     // gone through everything before it (all of acme's records are in one partition, in order).
     let response = pipeline
-        .http
-        .post(format!("{}/activities", pipeline.address))
-        .bearer_auth(ACME_KEY)
-        .header("X-Idempotency-Key", "kill-last")
-        .json(&activity("u1", "even"))
-        .send()
-        .await
-        .unwrap();
+        .post_activity(ACME_KEY, Some("kill-last"), &activity("u1", "even"))
+        .await;
     assert_eq!(response.status(), 202);
     eventually("the restarted consumer processes", || async {
         pipeline.count(doc! {}).await == total as u64 + 1

@@ -291,14 +291,7 @@ impl TestPipeline {
         let port = self
             .consumer_metrics_port
             .expect("this pipeline runs a consumer");
-        self.http
-            .get(format!("http://127.0.0.1:{port}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        metrics_text(&self.http, &format!("http://127.0.0.1:{port}")).await
     }
 
     /// Polls the consumer's metrics until `line` appears; false after 30 s.
@@ -338,8 +331,8 @@ impl TestPipeline {
     }
 }
 
-/// The `/metrics` text of the API at `address`.
-pub async fn api_metrics(http: &reqwest::Client, address: &str) -> String {
+/// The `/metrics` text served at `address` (the API's, or the consumer's metrics listener).
+pub async fn metrics_text(http: &reqwest::Client, address: &str) -> String {
     http.get(format!("{address}/metrics"))
         .send()
         .await
@@ -474,6 +467,19 @@ impl TestPipeline {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Posts `body` for acme under `key` (expecting 202) and waits until it is stored (so it was
+    /// also published).
+    pub async fn post_stored(&self, key: &str, body: &Value) {
+        assert_eq!(
+            self.post_activity(ACME_KEY, Some(key), body).await.status(),
+            202
+        );
+        self.wait_for_json(ACME_KEY, &format!("/activities/{key}"), |status, _| {
+            status == 200
+        })
+        .await;
     }
 }
 

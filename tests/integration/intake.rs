@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use mongodb::bson::doc;
 use serde_json::{json, Value};
 
-use crate::helpers::{activity, api_metrics, filter, TestApi, TestPipeline, ACME_KEY, GLOBEX_KEY};
+use crate::helpers::{activity, filter, metrics_text, TestApi, TestPipeline, ACME_KEY, GLOBEX_KEY};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_of_an_accepted_key_is_answered_as_a_duplicate_without_producing() {
@@ -38,7 +38,7 @@ async fn a_retry_of_an_accepted_key_is_answered_as_a_duplicate_without_producing
 
     // Produced once: the topic holds two records (acme's and globex's), not three. The consumer's
     // own dedupe would hide a second record, so count what reached Kafka through the metrics.
-    let metrics = api_metrics(&pipeline.http, &pipeline.address).await;
+    let metrics = metrics_text(&pipeline.http, &pipeline.address).await;
     assert!(
         metrics.contains("activity_pipeline_produce_duration_seconds_count{outcome=\"acked\"} 2"),
         "{metrics}"

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use activity_pipeline::config::Settings;
 use activity_pipeline::kafka::{create_topics, ActivityConsumer, ConsumerObserver};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -25,33 +26,42 @@ impl ConsumerObserver for Quiet {
     fn revoked(&self, _topic: &str, _partition: i32) {}
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partitions_revoked_while_paused_are_fetched_when_assigned_back_after_resume() {
+/// A fresh topic of `PARTITIONS` partitions (settings for a test of its own) and a producer.
+async fn topic_and_producer() -> (Settings, FutureProducer) {
     let settings = load_settings(&test_overrides(&[format!("kafka.partitions={PARTITIONS}")]));
-    let topic = settings.kafka.topic.clone();
-    let group = settings.kafka.consumer_group.clone();
-    create_topics(&settings.kafka, std::slice::from_ref(&topic))
+    create_topics(&settings.kafka, std::slice::from_ref(&settings.kafka.topic))
         .await
         .expect("the topic is created");
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &settings.kafka.brokers)
         .create()
         .unwrap();
+    (settings, producer)
+}
+
+async fn send(producer: &FutureProducer, topic: &str, partition: i32, payload: &str) {
+    producer
+        .send(
+            FutureRecord::<str, str>::to(topic)
+                .partition(partition)
+                .payload(payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("the broker takes the record");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_revoked_while_paused_are_fetched_when_assigned_back_after_resume() {
+    let (settings, producer) = topic_and_producer().await;
+    let topic = settings.kafka.topic.clone();
+    let group = settings.kafka.consumer_group.clone();
     let produce_one_per_partition = |round: u32| {
         let producer = producer.clone();
         let topic = topic.clone();
         async move {
             for partition in 0..PARTITIONS {
-                let payload = format!("round {round}");
-                producer
-                    .send(
-                        FutureRecord::<str, str>::to(&topic)
-                            .partition(partition)
-                            .payload(&payload),
-                        Duration::from_secs(10),
-                    )
-                    .await
-                    .expect("the broker takes the record");
+                send(&producer, &topic, partition, &format!("round {round}")).await;
             }
         }
     };
@@ -123,26 +133,11 @@ async fn partitions_read(consumer: &mut ActivityConsumer, budget: Duration) -> B
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_without_a_wait_take_what_arrived_and_lose_nothing() {
     const RECORDS: usize = 400;
-    let settings = load_settings(&test_overrides(&[format!("kafka.partitions={PARTITIONS}")]));
+    let (settings, producer) = topic_and_producer().await;
     let topic = settings.kafka.topic.clone();
-    create_topics(&settings.kafka, std::slice::from_ref(&topic))
-        .await
-        .expect("the topic is created");
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka.brokers)
-        .create()
-        .unwrap();
     for sequence in 0..RECORDS {
-        let payload = sequence.to_string();
-        producer
-            .send(
-                FutureRecord::<str, str>::to(&topic)
-                    .partition((sequence % PARTITIONS as usize) as i32)
-                    .payload(&payload),
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("the broker takes the record");
+        let partition = (sequence % PARTITIONS as usize) as i32;
+        send(&producer, &topic, partition, &sequence.to_string()).await;
     }
 
     let mut consumer = ActivityConsumer::subscribe(

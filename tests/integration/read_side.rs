@@ -25,19 +25,7 @@ async fn pages_are_newest_first_with_cursors_and_filters() {
             "type": if index < 3 { "comment.created" } else { "doc.viewed" },
             "entityId": format!("doc-{}", index % 2),
         });
-        let key = format!("k{index}");
-        assert_eq!(
-            pipeline
-                .post_activity(ACME_KEY, Some(&key), &body)
-                .await
-                .status(),
-            202
-        );
-        pipeline
-            .wait_for_json(ACME_KEY, &format!("/activities/{key}"), |status, _| {
-                status == 200
-            })
-            .await;
+        pipeline.post_stored(&format!("k{index}"), &body).await;
     }
 
     let (status, page) = pipeline.get_json(ACME_KEY, "/activities?limit=2").await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{activity, api_metrics, TestPipeline, ACME_KEY, GLOBEX_KEY};
+use crate::helpers::{activity, metrics_text, TestPipeline, ACME_KEY, GLOBEX_KEY};
 use crate::sse_client::SseClient;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -264,7 +264,7 @@ async fn sse_replays(pipeline: &TestPipeline, source: &str) -> i64 {
 
 /// The value of one series (name and labels, as exported) of the API's metrics, if exported.
 async fn metric(pipeline: &TestPipeline, series: &str) -> Option<i64> {
-    let metrics = api_metrics(&pipeline.http, &pipeline.address).await;
+    let metrics = metrics_text(&pipeline.http, &pipeline.address).await;
     metrics
         .lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
@@ -274,17 +274,6 @@ async fn metric(pipeline: &TestPipeline, series: &str) -> Option<i64> {
 /// Posts one activity per key for acme and waits until each is stored (so it was published).
 async fn post_stored(pipeline: &TestPipeline, keys: &[&str]) {
     for key in keys {
-        assert_eq!(
-            pipeline
-                .post_activity(ACME_KEY, Some(key), &activity("u", "t"))
-                .await
-                .status(),
-            202
-        );
-        pipeline
-            .wait_for_json(ACME_KEY, &format!("/activities/{key}"), |status, _| {
-                status == 200
-            })
-            .await;
+        pipeline.post_stored(key, &activity("u", "t")).await;
     }
 }
