@@ -21,6 +21,9 @@ pub struct BatchItem {
     pub index: usize,
     /// The item's key, when one could be determined (an invalid own key leaves it `None`).
     pub key: Option<IdempotencyKey>,
+    /// Whether the client chose the key (its own, or derived from the batch's header) rather than the
+    /// server making a fresh UUIDv7. Only a client's key can come back in a retry.
+    pub key_from_client: bool,
     pub activity: Result<NewActivity, ValidationFailure>,
 }
 
@@ -120,16 +123,21 @@ fn judge(
     validator: &ActivityValidator,
 ) -> BatchItem {
     let fallback_key = || match batch_key {
-        Some(batch_key) => derived_key(batch_key, index).expect("checked for the longest index"),
-        None => IdempotencyKey::generate(),
+        Some(batch_key) => (
+            derived_key(batch_key, index).expect("checked for the longest index"),
+            true,
+        ),
+        None => (IdempotencyKey::generate(), false),
     };
     let wrapped = element
         .as_object()
         .is_some_and(|object| object.contains_key("activity"));
     if !wrapped {
+        let (key, key_from_client) = fallback_key();
         return BatchItem {
             index,
-            key: Some(fallback_key()),
+            key: Some(key),
+            key_from_client,
             activity: validator.validate(element),
         };
     }
@@ -143,6 +151,7 @@ fn judge(
         return BatchItem {
             index,
             key: None,
+            key_from_client: false,
             activity: Err(ValidationFailure::single(
                 "/",
                 "additionalProperties",
@@ -150,14 +159,15 @@ fn judge(
             )),
         };
     }
-    let key = match wrapper.remove("idempotencyKey") {
+    let (key, key_from_client) = match wrapper.remove("idempotencyKey") {
         None | Some(Value::Null) => fallback_key(),
         Some(Value::String(raw)) => match IdempotencyKey::parse(&raw) {
-            Ok(key) => key,
+            Ok(key) => (key, true),
             Err(error) => {
                 return BatchItem {
                     index,
                     key: None,
+                    key_from_client: false,
                     activity: Err(ValidationFailure::single(
                         "idempotencyKey",
                         "pattern",
@@ -170,6 +180,7 @@ fn judge(
             return BatchItem {
                 index,
                 key: None,
+                key_from_client: false,
                 activity: Err(ValidationFailure::single(
                     "idempotencyKey",
                     "type",
@@ -182,6 +193,7 @@ fn judge(
     BatchItem {
         index,
         key: Some(key),
+        key_from_client,
         activity: validator.validate(activity),
     }
 }
@@ -227,15 +239,22 @@ mod tests {
             .map(|item| item.key.as_ref().unwrap().as_str())
             .collect();
         assert_eq!(keys, ["batch-7:0", "own-1", "batch-7:2"]);
+        assert!(items.iter().all(|item| item.key_from_client));
         assert!(items.iter().all(|item| item.activity.is_ok()));
         assert_eq!(items[1].activity.as_ref().unwrap().actor_id, "b");
     }
 
     #[test]
     fn without_a_batch_key_items_get_fresh_keys() {
-        let items = parse(json!({"activities": [good("a"), good("b")]}), None).unwrap();
+        let items = parse(
+            json!({"activities": [good("a"), {"activity": good("b")}, {"idempotencyKey": "own-2", "activity": good("c")}]}),
+            None,
+        )
+        .unwrap();
         assert_ne!(items[0].key, items[1].key);
         assert!(items.iter().all(|item| item.key.is_some()));
+        let from_client: Vec<bool> = items.iter().map(|item| item.key_from_client).collect();
+        assert_eq!(from_client, [false, false, true]);
     }
 
     #[test]

@@ -69,7 +69,11 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let tenant = authenticate(&request, &state.tenants)?;
     require_json(&request)?;
-    let key = idempotency_key(&request)?.unwrap_or_else(IdempotencyKey::generate);
+    let client_key = idempotency_key(&request)?;
+    // Layer 2 only pays for keys a client chose: a key the server makes now is new by construction,
+    // and a client that never sent a key cannot send the same one again in a retry.
+    let key_from_client = client_key.is_some();
+    let key = client_key.unwrap_or_else(IdempotencyKey::generate);
     tracing::Span::current()
         .record("tenant", tenant.as_str())
         .record("key", key.as_str());
@@ -77,11 +81,13 @@ pub async fn create(
     let body = read_body(&request, payload, state.max_body_bytes).await?;
     let activity = state.validator.parse_body(&body)?;
 
-    let duplicate = state.accepted.accepted(&[(&tenant, &key)]).await[0];
+    let duplicate = key_from_client && state.accepted.accepted(&[(&tenant, &key)]).await[0];
     if !duplicate {
         let envelope = ActivityEnvelope::new(tenant.clone(), key.clone(), activity);
         publish(&state, &envelope).await?;
-        state.accepted.mark(&[(&tenant, &key)]).await;
+        if key_from_client {
+            state.accepted.mark(&[(&tenant, &key)]).await;
+        }
     }
     Ok(HttpResponse::Accepted().json(Accepted {
         success: true,
@@ -89,6 +95,14 @@ pub async fn create(
         idempotency_key: key.to_string(),
         duplicate,
     }))
+}
+
+/// A batch item that passed validation, waiting for layer 2 and the producer.
+struct ValidItem {
+    index: usize,
+    key: IdempotencyKey,
+    key_from_client: bool,
+    activity: NewActivity,
 }
 
 /// What happened to one item of a batch.
@@ -187,16 +201,17 @@ pub async fn create_batch(
     rate_limit(&state, &tenant, items.len())?;
 
     let mut results: Vec<ItemResult> = Vec::with_capacity(items.len());
-    let mut valid: Vec<(usize, IdempotencyKey, NewActivity)> = Vec::new();
+    let mut valid: Vec<ValidItem> = Vec::new();
     for item in items {
         let key = item.key.as_ref().map(ToString::to_string);
         match item.activity {
             Ok(activity) => {
-                valid.push((
-                    item.index,
-                    item.key.expect("valid items have a key"),
+                valid.push(ValidItem {
+                    index: item.index,
+                    key: item.key.expect("valid items have a key"),
+                    key_from_client: item.key_from_client,
                     activity,
-                ));
+                });
                 results.push(ItemResult {
                     index: item.index,
                     status: 202,
@@ -217,16 +232,25 @@ pub async fn create_batch(
         }
     }
 
-    // Layer 2: skip items whose key was already accepted.
-    let pairs: Vec<(&TenantId, &IdempotencyKey)> =
-        valid.iter().map(|(_, key, _)| (&tenant, key)).collect();
-    let already = state.accepted.accepted(&pairs).await;
+    // Layer 2: skip items whose key was already accepted. Only keys the client chose are asked
+    // about (and marked below): a key the server just made cannot have been accepted before.
+    let pairs: Vec<(&TenantId, &IdempotencyKey)> = valid
+        .iter()
+        .filter(|item| item.key_from_client)
+        .map(|item| (&tenant, &item.key))
+        .collect();
+    let mut already = state.accepted.accepted(&pairs).await.into_iter();
     let mut envelopes = Vec::with_capacity(valid.len());
-    for ((index, key, activity), duplicate) in valid.into_iter().zip(already) {
+    for item in valid {
+        let duplicate = item.key_from_client && already.next().unwrap_or(false);
         if duplicate {
-            results[index].duplicate = Some(true);
+            results[item.index].duplicate = Some(true);
         } else {
-            envelopes.push((index, ActivityEnvelope::new(tenant.clone(), key, activity)));
+            envelopes.push((
+                item.index,
+                item.key_from_client,
+                ActivityEnvelope::new(tenant.clone(), item.key, item.activity),
+            ));
         }
     }
 
@@ -235,14 +259,15 @@ pub async fn create_batch(
     let outcomes = futures::future::join_all(
         envelopes
             .iter()
-            .map(|(_, envelope)| publish(&state, envelope)),
+            .map(|(_, _, envelope)| publish(&state, envelope)),
     )
     .await;
     let mut retry_after_secs = 0;
     let mut acknowledged = Vec::new();
-    for ((index, envelope), outcome) in envelopes.iter().zip(outcomes) {
+    for ((index, key_from_client, envelope), outcome) in envelopes.iter().zip(outcomes) {
         match outcome {
-            Ok(()) => acknowledged.push((&tenant, &envelope.idempotency_key)),
+            Ok(()) if *key_from_client => acknowledged.push((&tenant, &envelope.idempotency_key)),
+            Ok(()) => {}
             Err(ApiError::Unavailable {
                 reason,
                 retry_after_secs: retry,

@@ -57,6 +57,62 @@ async fn a_retry_of_an_accepted_key_is_answered_as_a_duplicate_without_producing
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_keys_the_client_chose_get_accepted_markers() {
+    let pipeline = TestPipeline::spawn().await;
+    let single: Value = pipeline
+        .post_activity(ACME_KEY, None, &activity("u1", "login"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(single["duplicate"], false);
+    let batch: Value = pipeline
+        .post_batch(
+            ACME_KEY,
+            None,
+            &json!({"activities": [
+                activity("u2", "login"),
+                {"idempotencyKey": "chosen-1", "activity": activity("u3", "login")},
+            ]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(batch["accepted"], 2, "{batch}");
+    let made_by_server = [
+        single["idempotencyKey"].as_str().unwrap().to_owned(),
+        batch["results"][0]["idempotencyKey"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    ];
+    let mut redis = pipeline.redis.clone();
+    for key in made_by_server
+        .iter()
+        .map(String::as_str)
+        .chain(["chosen-1"])
+    {
+        assert_eq!(
+            pipeline.wait_for_count(filter("acme", key), 1).await,
+            1,
+            "{key} stored once"
+        );
+        let marker: Option<String> = redis::cmd("GET")
+            .arg(pipeline.redis_key(&format!("accepted:{{acme}}:{key}")))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert_eq!(
+            marker.is_some(),
+            key == "chosen-1",
+            "accepted marker of {key}: only a key the client chose can come back in a retry"
+        );
+    }
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_never_fails_intake() {
     let api = TestApi::spawn(&["redis.url=redis://127.0.0.1:1".to_owned()], true).await;
     for attempt in 0..3 {
