@@ -1,13 +1,16 @@
 //! Criterion benchmarks of the hot pure code, per activity: what the API does to a body
-//! (`ActivityValidator::parse_body`, `ActivityEnvelope::encode`) and what the consumer does to a
-//! record (`ActivityEnvelope::decode`, `StoredActivity::from_envelope`, `StoredActivity::to_json`).
+//! (`ActivityValidator::parse_body`, `parse_batch` of 100 items, `ActivityEnvelope::encode`) and what
+//! the consumer does to a record (`ActivityEnvelope::decode`, `StoredActivity::from_envelope`,
+//! `StoredActivity::to_json`).
 //!
 //! `cargo bench --bench hot_paths` (or `make bench-micro`). The activity is the pipeline bench's
 //! ~190-byte body, whose envelope is ~300 bytes.
 
 use std::hint::black_box;
 
-use activity_pipeline::domain::{ActivityEnvelope, ActivityValidator, IdempotencyKey, TenantId};
+use activity_pipeline::domain::{
+    parse_batch, ActivityEnvelope, ActivityValidator, IdempotencyKey, TenantId,
+};
 use activity_pipeline::store::StoredActivity;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
@@ -31,6 +34,26 @@ fn api(c: &mut Criterion) {
     });
     group.bench_function("envelope_encode", |b| {
         b.iter(|| black_box(&envelope).encode())
+    });
+    group.finish();
+
+    // The pipeline bench's batch body: 100 bare activities under one batch key.
+    let batch = format!("{{\"activities\":[{}]}}", vec![BODY; 100].join(","));
+    let batch_key = IdempotencyKey::parse("b181722abc-r1-batch-17").unwrap();
+    let mut group = c.benchmark_group("api_batch");
+    group.throughput(Throughput::Elements(100));
+    group.bench_function("parse_batch_100", |b| {
+        b.iter(|| {
+            let items = parse_batch(
+                black_box(batch.as_bytes()),
+                Some(&batch_key),
+                &validator,
+                1000,
+            )
+            .unwrap();
+            assert!(items.iter().all(|item| item.activity.is_ok()));
+            items
+        })
     });
     group.finish();
 }

@@ -202,12 +202,14 @@ impl ActivityValidator {
 
     /// Validates an already parsed JSON value.
     pub fn validate(&self, value: Value) -> Result<NewActivity, ValidationFailure> {
-        let errors: Vec<FieldError> = self
-            .schema
-            .iter_errors(&value)
-            .map(describe_schema_error)
-            .collect();
-        if !errors.is_empty() {
+        // `is_valid` stops at the first failure and builds no error values; only an invalid body
+        // pays for the walk that names every failing field.
+        if !self.schema.is_valid(&value) {
+            let errors: Vec<FieldError> = self
+                .schema
+                .iter_errors(&value)
+                .map(describe_schema_error)
+                .collect();
             return Err(ValidationFailure { errors });
         }
         if let Some(metadata) = value.get("metadata") {
@@ -220,9 +222,7 @@ impl ActivityValidator {
     }
 
     fn check_metadata_limits(&self, metadata: &Value) -> Result<(), ValidationFailure> {
-        let size = serde_json::to_vec(metadata)
-            .map(|bytes| bytes.len())
-            .unwrap_or(usize::MAX);
+        let size = serialized_len(metadata);
         if size > self.metadata_max_bytes {
             return Err(ValidationFailure::single(
                 "/metadata",
@@ -252,6 +252,25 @@ impl ActivityValidator {
             ));
         }
         Ok(())
+    }
+}
+
+/// Length of `value` serialized as compact JSON, counted without building the bytes.
+fn serialized_len(value: &Value) -> usize {
+    struct CountingWriter(usize);
+    impl std::io::Write for CountingWriter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = CountingWriter(0);
+    match serde_json::to_writer(&mut counter, value) {
+        Ok(()) => counter.0,
+        Err(_) => usize::MAX,
     }
 }
 
@@ -560,5 +579,19 @@ mod tests {
         assert_eq!(nesting_depth(&json!(1)), 0);
         assert_eq!(nesting_depth(&json!({})), 1);
         assert_eq!(nesting_depth(&json!({"a": [{"b": 1}]})), 3);
+    }
+
+    #[test]
+    fn serialized_len_is_the_length_of_the_compact_json() {
+        for value in [
+            json!({}),
+            json!({"text": "Can we \"move\" this?\n", "n": [1, -2.5, null, true], "é": "ü"}),
+            json!({"deep": {"er": {"est": [[], {}]}}}),
+        ] {
+            assert_eq!(
+                serialized_len(&value),
+                serde_json::to_vec(&value).unwrap().len()
+            );
+        }
     }
 }
