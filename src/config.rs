@@ -304,6 +304,17 @@ pub struct SseSettings {
     /// Live events buffered per tenant for slow clients; a client that falls further behind is
     /// disconnected (and resumes with `Last-Event-ID`).
     pub buffer_events: usize,
+    /// Replays (after `Last-Event-ID`) being read or sent at once on one API instance, all tenants
+    /// together: each holds up to `replay_max_events` events in memory until its client took them.
+    pub max_concurrent_replays: usize,
+    /// How long a resume waits for a replay slot before it is refused with 503 and Retry-After.
+    pub replay_wait_ms: u64,
+}
+
+impl SseSettings {
+    pub fn replay_wait(&self) -> Duration {
+        Duration::from_millis(self.replay_wait_ms)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -644,6 +655,16 @@ impl Settings {
             "must be at least 1",
         )?;
         require(
+            self.sse.max_concurrent_replays >= 1,
+            "sse.max_concurrent_replays",
+            "must be at least 1",
+        )?;
+        require(
+            self.sse.replay_wait_ms <= 60_000,
+            "sse.replay_wait_ms",
+            "must be at most 60000",
+        )?;
+        require(
             self.readiness.timeout_ms >= 1,
             "readiness.timeout_ms",
             "must be at least 1",
@@ -885,6 +906,11 @@ mod tests {
                 &["sse.max_connections_per_tenant=0"][..],
                 "sse.max_connections_per_tenant",
             ),
+            (
+                &["sse.max_concurrent_replays=0"][..],
+                "sse.max_concurrent_replays",
+            ),
+            (&["sse.replay_wait_ms=600000"][..], "sse.replay_wait_ms"),
             (&["intake.batch_max_items=0"][..], "intake.batch_max_items"),
         ] {
             let error = load_with(overrides).unwrap_err().to_string();

@@ -37,6 +37,8 @@ pub enum ApiError {
         message: String,
         retry_after_secs: u64,
     },
+    #[error("{0}; retry later")]
+    Busy(&'static str),
     #[error("{store} is unavailable right now; retry later")]
     StoreUnavailable {
         store: &'static str,
@@ -60,6 +62,7 @@ impl ApiError {
             ApiError::TooManyRequests { .. } => "rate_limited",
             ApiError::Unavailable { .. } => "kafka_unavailable",
             ApiError::StoreUnavailable { .. } => "store_unavailable",
+            ApiError::Busy(_) => "busy",
             ApiError::Unexpected(_) => "internal",
         }
     }
@@ -95,7 +98,9 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound | ApiError::ActivityNotFound => StatusCode::NOT_FOUND,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StoreUnavailable { .. } | ApiError::Busy(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -128,6 +133,9 @@ impl ResponseError for ApiError {
             } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
+            ApiError::Busy(_) => {
+                response.insert_header((header::RETRY_AFTER, "1"));
+            }
             ApiError::Unexpected(error) => {
                 // The cause chain is logged once, here; the client gets no internals.
                 tracing::error!(error = format!("{error:#}"), "request failed unexpectedly");
@@ -135,5 +143,25 @@ impl ResponseError for ApiError {
             _ => {}
         }
         response.json(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::body::MessageBody;
+
+    use super::*;
+
+    #[test]
+    fn busy_is_a_503_with_retry_after_and_its_reason() {
+        let response = ApiError::Busy("too many SSE clients are resuming").error_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "1");
+        let body = response.into_body().try_into_bytes().unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            json!({"success": false, "error": "too many SSE clients are resuming; retry later"})
+        );
     }
 }

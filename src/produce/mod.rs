@@ -64,6 +64,8 @@ pub(crate) struct ApiState {
     pub metrics: metrics::ApiMetrics,
     pub read: ReadSettings,
     pub sse: SseSettings,
+    /// Bounds the SSE replays in memory at once (`sse.max_concurrent_replays`).
+    pub replay_slots: stream::ReplaySlots,
     pub readiness_timeout: Duration,
     /// The OpenAPI document, rendered once.
     pub openapi_json: String,
@@ -124,6 +126,10 @@ impl Application {
             metrics: metrics::ApiMetrics::new(),
             read: settings.read.clone(),
             sse: settings.sse.clone(),
+            replay_slots: stream::ReplaySlots::new(
+                settings.sse.max_concurrent_replays,
+                settings.sse.replay_wait(),
+            ),
             readiness_timeout: settings.readiness.timeout(),
             openapi_json,
             shutdown: shutdown.clone(),

@@ -17,6 +17,7 @@ use actix_web_lab::sse::{self, Sse};
 use futures::stream::{self, Stream, StreamExt};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::auth::authenticate;
 use super::error::ApiError;
@@ -51,7 +52,7 @@ pub const REPLAY_TRUNCATED_EVENT: &str = "replay-truncated";
         (status = 401, description = "No, malformed or unknown API key.", body = super::activities::ErrorBody),
         (status = 403, description = "X-Tenant-Id is not the key's tenant.", body = super::activities::ErrorBody),
         (status = 429, description = "The tenant has sse.max_connections_per_tenant open streams on this instance.", body = super::activities::ErrorBody),
-        (status = 503, description = "Redis (live feed) or MongoDB (replay) unavailable.", body = super::activities::ErrorBody),
+        (status = 503, description = "Redis (live feed) or MongoDB (replay) unavailable, or sse.max_concurrent_replays resumes are replaying on this instance and none finished within sse.replay_wait_ms; see Retry-After.", body = super::activities::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -91,7 +92,11 @@ pub async fn stream(
         })?;
 
     let mut replay = Vec::new();
+    let mut slot = None;
     if let Some(after) = resume_after {
+        slot = Some(state.replay_slots.take().await.ok_or(ApiError::Busy(
+            "too many SSE clients are resuming on this instance at once",
+        ))?);
         replay = replay_after(&state, &tenant, after).await?;
     }
     let truncated = replay.len() > state.sse.replay_max_events;
@@ -99,15 +104,23 @@ pub async fn stream(
     // Live events the replay sent already (they were published after this stream subscribed).
     let replayed: HashSet<ActivityCursor> = replay.iter().map(|event| event.id).collect();
 
-    let replay_events = replay.iter().map(event_of_live).collect::<Vec<_>>();
     let notice = truncated.then(|| {
         sse::Event::Data(
-            sse::Data::new(json!({"replayed": replay_events.len()}).to_string())
+            sse::Data::new(json!({"replayed": replay.len()}).to_string())
                 .event(REPLAY_TRUNCATED_EVENT),
         )
     });
-    let events = stream::iter(replay_events)
-        .chain(stream::iter(notice))
+    let replay_events = stream::iter(
+        replay
+            .into_iter()
+            .map(|event| event_of(event.id, event.json)),
+    )
+    .chain(stream::iter(notice));
+    let replay_events = match slot {
+        Some(slot) => holding(replay_events, slot).left_stream(),
+        None => replay_events.right_stream(),
+    };
+    let events = replay_events
         .chain(live_events(feed, replayed))
         .take_until(state.shutdown.clone().cancelled_owned())
         .map(Ok::<_, std::convert::Infallible>);
@@ -178,8 +191,45 @@ async fn replay_after(
         .collect())
 }
 
-fn event_of_live(event: &LiveEvent) -> sse::Event {
-    sse::Event::Data(sse::Data::new(event.json.clone()).id(event.id.to_string()))
+fn event_of(id: ActivityCursor, json: String) -> sse::Event {
+    sse::Event::Data(sse::Data::new(json).id(id.to_string()))
+}
+
+/// Bounds the replays being read or sent at once on one instance (`sse.max_concurrent_replays`):
+/// a replay's events stay in memory until its client has taken them, so a fleet of dashboards
+/// resuming together after a deploy would otherwise hold `replay_max_events` each, all at once.
+pub struct ReplaySlots {
+    slots: Arc<Semaphore>,
+    wait: Duration,
+}
+
+impl ReplaySlots {
+    pub fn new(slots: usize, wait: Duration) -> ReplaySlots {
+        ReplaySlots {
+            slots: Arc::new(Semaphore::new(slots)),
+            wait,
+        }
+    }
+
+    /// A slot, waiting at most the configured time for one to free; `None` if none did.
+    pub async fn take(&self) -> Option<OwnedSemaphorePermit> {
+        tokio::time::timeout(self.wait, self.slots.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()
+    }
+}
+
+/// `events`, holding `slot` until the last of them has been handed to the response (or the client
+/// left and the stream was dropped).
+fn holding<S: Stream + Unpin>(
+    events: S,
+    slot: OwnedSemaphorePermit,
+) -> impl Stream<Item = S::Item> {
+    stream::unfold((events, slot), |(mut events, slot)| async move {
+        let event = events.next().await?;
+        Some((event, (events, slot)))
+    })
 }
 
 /// The live part: events from the feed, but those in `replayed`. It ends when the feed closes
@@ -198,7 +248,7 @@ fn live_events(
                     if replayed.contains(&event.id) {
                         continue;
                     }
-                    return Some((event_of_live(&event), (feed, replayed)));
+                    return Some((event_of(event.id, event.json.clone()), (feed, replayed)));
                 }
                 Err(RecvError::Lagged(missed)) => {
                     tracing::info!(
@@ -211,4 +261,51 @@ fn live_events(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NO_WAIT: Duration = Duration::from_millis(20);
+
+    #[tokio::test]
+    async fn a_replay_holds_its_slot_until_its_last_event_is_taken() {
+        let slots = ReplaySlots::new(1, NO_WAIT);
+        let slot = slots.take().await.expect("one slot free");
+        assert!(slots.take().await.is_none(), "the only slot is taken");
+
+        let mut events = Box::pin(holding(stream::iter([1, 2]), slot));
+        assert_eq!(events.next().await, Some(1));
+        assert!(slots.take().await.is_none(), "still replaying");
+        assert_eq!(events.next().await, Some(2));
+        assert_eq!(events.next().await, None);
+        assert!(slots.take().await.is_some(), "free once the replay is out");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_mid_replay_frees_its_slot() {
+        let slots = ReplaySlots::new(1, NO_WAIT);
+        let mut events = Box::pin(holding(
+            stream::iter([1, 2, 3]),
+            slots.take().await.unwrap(),
+        ));
+        assert_eq!(events.next().await, Some(1));
+        drop(events);
+        assert!(slots.take().await.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_resume_waits_for_a_slot_to_free() {
+        let slots = Arc::new(ReplaySlots::new(1, Duration::from_secs(10)));
+        let slot = slots.take().await.unwrap();
+        let waiting = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.take().await.is_some() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "waits while the slot is taken");
+        drop(slot);
+        assert!(waiting.await.unwrap(), "gets the slot once it frees");
+    }
 }

@@ -132,6 +132,39 @@ async fn last_event_id_replays_what_was_missed_then_continues_live() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_slot_is_freed_once_the_replay_is_sent_not_when_the_stream_ends() {
+    // One slot on the instance: a second resume gets it only if the first gave it back after its
+    // replay, while its stream stays open for live events. A slot held for the whole stream would
+    // make the second resume wait 2 s and get 503.
+    let pipeline = TestPipeline::spawn_with(&[
+        "sse.max_concurrent_replays=1".to_owned(),
+        "sse.replay_wait_ms=2000".to_owned(),
+    ])
+    .await;
+    let mut first = SseClient::open(&pipeline.address, ACME_KEY, None).await;
+    post_stored(&pipeline, &["slot-0"]).await;
+    let last_id = first.next_event(WAIT).await.unwrap().id.unwrap();
+    drop(first);
+    post_stored(&pipeline, &["slot-1"]).await;
+
+    let mut resumed = Vec::new();
+    for _ in 0..3 {
+        let mut client = SseClient::open(&pipeline.address, ACME_KEY, Some(&last_id)).await;
+        let replayed = client.next_event(WAIT).await.expect("the replay");
+        assert_eq!(replayed.json()["idempotencyKey"], "slot-1");
+        resumed.push(client);
+    }
+    // All three still live.
+    post_stored(&pipeline, &["slot-2"]).await;
+    for client in &mut resumed {
+        let live = client.next_event(WAIT).await.expect("a live event");
+        assert_eq!(live.json()["idempotencyKey"], "slot-2");
+    }
+    drop(resumed);
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_the_recent_events_buffer_no_longer_holds_is_replayed_from_mongodb() {
     let pipeline = TestPipeline::spawn().await;
     let mut first = SseClient::open(&pipeline.address, ACME_KEY, None).await;
