@@ -310,30 +310,29 @@ impl RedisStore {
 /// client retry is answered without producing again. Best effort by design: callers bound these calls
 /// with a short timeout and carry on without them (the consumer deduplicates anyway).
 impl RedisStore {
-    /// Which of `pairs` the API already accepted.
-    pub async fn accepted(
-        &self,
-        pairs: &[(&TenantId, &IdempotencyKey)],
-    ) -> Result<Vec<bool>, StoreOutage> {
-        let keys = pairs
+    /// The marker key of each of `pairs`, in order.
+    pub fn accepted_marker_keys(&self, pairs: &[(&TenantId, &IdempotencyKey)]) -> Vec<String> {
+        pairs
             .iter()
-            .map(|(tenant, key)| self.keys.accepted(tenant, key));
-        self.existing(keys.collect()).await
+            .map(|(tenant, key)| self.keys.accepted(tenant, key))
+            .collect()
     }
 
-    /// Marks `pairs` as accepted for `redis.idempotency_ttl_secs` (`SET NX EX`, one pipeline).
-    pub async fn mark_accepted(
-        &self,
-        pairs: &[(&TenantId, &IdempotencyKey)],
-    ) -> Result<(), StoreOutage> {
-        if pairs.is_empty() {
+    /// Which of the marker `keys` exist (one `MGET`).
+    pub async fn markers_exist(&self, keys: Vec<String>) -> Result<Vec<bool>, StoreOutage> {
+        self.existing(keys).await
+    }
+
+    /// Sets the marker `keys` for `redis.idempotency_ttl_secs` (`SET NX EX`, one pipeline).
+    pub async fn set_accepted(&self, keys: &[String]) -> Result<(), StoreOutage> {
+        if keys.is_empty() {
             return Ok(());
         }
         let mut pipeline = redis::pipe();
-        for (tenant, key) in pairs {
+        for key in keys {
             pipeline
                 .cmd("SET")
-                .arg(self.keys.accepted(tenant, key))
+                .arg(key)
                 .arg(1)
                 .arg("NX")
                 .arg("EX")
