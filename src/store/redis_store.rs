@@ -310,29 +310,30 @@ impl RedisStore {
 /// client retry is answered without producing again. Best effort by design: callers bound these calls
 /// with a short timeout and carry on without them (the consumer deduplicates anyway).
 impl RedisStore {
-    /// The marker key of each of `pairs`, in order.
-    pub fn accepted_marker_keys(&self, pairs: &[(&TenantId, &IdempotencyKey)]) -> Vec<String> {
-        pairs
+    /// Which of `pairs` the API already accepted.
+    pub async fn accepted(
+        &self,
+        pairs: &[(&TenantId, &IdempotencyKey)],
+    ) -> Result<Vec<bool>, StoreOutage> {
+        let keys = pairs
             .iter()
-            .map(|(tenant, key)| self.keys.accepted(tenant, key))
-            .collect()
+            .map(|(tenant, key)| self.keys.accepted(tenant, key));
+        self.existing(keys.collect()).await
     }
 
-    /// Which of the marker `keys` exist (one `MGET`).
-    pub async fn markers_exist(&self, keys: Vec<String>) -> Result<Vec<bool>, StoreOutage> {
-        self.existing(keys).await
-    }
-
-    /// Sets the marker `keys` for `redis.idempotency_ttl_secs` (`SET NX EX`, one pipeline).
-    pub async fn set_accepted(&self, keys: &[String]) -> Result<(), StoreOutage> {
-        if keys.is_empty() {
+    /// Marks `pairs` as accepted for `redis.idempotency_ttl_secs` (`SET NX EX`, one pipeline).
+    pub async fn mark_accepted(
+        &self,
+        pairs: &[(&TenantId, &IdempotencyKey)],
+    ) -> Result<(), StoreOutage> {
+        if pairs.is_empty() {
             return Ok(());
         }
         let mut pipeline = redis::pipe();
-        for key in keys {
+        for (tenant, key) in pairs {
             pipeline
                 .cmd("SET")
-                .arg(key)
+                .arg(self.keys.accepted(tenant, key))
                 .arg(1)
                 .arg("NX")
                 .arg("EX")
