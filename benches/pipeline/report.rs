@@ -147,11 +147,12 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
-/// The rows of the table, in order: label, unit, how to read it from a round, target.
+/// The consumer's breakdown of a round's end-to-end phase, if it was measured.
 fn e2e_breakdown(subject: &SubjectRound) -> Option<&ConsumerBreakdown> {
     subject.e2e.as_ref()?.breakdown.as_ref()
 }
 
+/// The rows of the table, in order: label, unit, how to read it from a round, target.
 fn rows() -> Vec<(&'static str, &'static str, Extract, Option<Target>)> {
     vec![
         (

@@ -37,8 +37,11 @@ pub enum ApiError {
         message: String,
         retry_after_secs: u64,
     },
-    #[error("{0}; retry later")]
-    Busy(&'static str),
+    #[error("{reason}; retry later")]
+    Busy {
+        reason: &'static str,
+        retry_after_secs: u32,
+    },
     #[error("{store} is unavailable right now; retry later")]
     StoreUnavailable {
         store: &'static str,
@@ -62,7 +65,7 @@ impl ApiError {
             ApiError::TooManyRequests { .. } => "rate_limited",
             ApiError::Unavailable { .. } => "kafka_unavailable",
             ApiError::StoreUnavailable { .. } => "store_unavailable",
-            ApiError::Busy(_) => "busy",
+            ApiError::Busy { .. } => "busy",
             ApiError::Unexpected(_) => "internal",
         }
     }
@@ -98,7 +101,7 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound | ApiError::ActivityNotFound => StatusCode::NOT_FOUND,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::StoreUnavailable { .. } | ApiError::Busy(_) => {
+            ApiError::StoreUnavailable { .. } | ApiError::Busy { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -125,6 +128,9 @@ impl ResponseError for ApiError {
             }
             | ApiError::StoreUnavailable {
                 retry_after_secs, ..
+            }
+            | ApiError::Busy {
+                retry_after_secs, ..
             } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
@@ -132,9 +138,6 @@ impl ResponseError for ApiError {
                 retry_after_secs, ..
             } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
-            }
-            ApiError::Busy(_) => {
-                response.insert_header((header::RETRY_AFTER, "1"));
             }
             ApiError::Unexpected(error) => {
                 // The cause chain is logged once, here; the client gets no internals.
@@ -154,7 +157,11 @@ mod tests {
 
     #[test]
     fn busy_is_a_503_with_retry_after_and_its_reason() {
-        let response = ApiError::Busy("too many SSE clients are resuming").error_response();
+        let response = ApiError::Busy {
+            reason: "too many SSE clients are resuming",
+            retry_after_secs: 1,
+        }
+        .error_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "1");
         let body = response.into_body().try_into_bytes().unwrap();

@@ -94,9 +94,10 @@ pub async fn stream(
     let mut replay = Vec::new();
     let mut slot = None;
     if let Some(after) = resume_after {
-        slot = Some(state.replay_slots.take().await.ok_or(ApiError::Busy(
-            "too many SSE clients are resuming on this instance at once",
-        ))?);
+        slot = Some(state.replay_slots.take().await.ok_or(ApiError::Busy {
+            reason: "too many SSE clients are resuming on this instance at once",
+            retry_after_secs: 1,
+        })?);
         replay = replay_after(&state, &tenant, after).await?;
     }
     let truncated = replay.len() > state.sse.replay_max_events;

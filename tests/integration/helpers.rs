@@ -175,6 +175,15 @@ impl TestPipeline {
         format!("{}{rest}", self.settings.redis.key_prefix)
     }
 
+    /// The value of this pipeline's Redis key `rest` (without the test's prefix), if set.
+    pub async fn redis_get(&self, rest: &str) -> Option<String> {
+        redis::cmd("GET")
+            .arg(self.redis_key(rest))
+            .query_async(&mut self.redis.clone())
+            .await
+            .unwrap()
+    }
+
     pub async fn counters(&self, tenant: &str) -> std::collections::BTreeMap<String, i64> {
         // A fresh connection each time: tests restart their private Redis under the pipeline.
         let mut connection = redis::Client::open(self.settings.redis.url.expose_secret())

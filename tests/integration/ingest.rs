@@ -77,11 +77,9 @@ async fn activities_of_two_tenants_are_stored_marked_counted_and_published_once(
             stored.get_datetime("enqueuedAt").is_ok() && stored.get_datetime("createdAt").is_ok()
         );
 
-        let mark: Option<String> = redis::cmd("GET")
-            .arg(pipeline.redis_key(&format!("idempotency:{{{tenant}}}:{key}")))
-            .query_async(&mut pipeline.redis.clone())
-            .await
-            .unwrap();
+        let mark = pipeline
+            .redis_get(&format!("idempotency:{{{tenant}}}:{key}"))
+            .await;
         assert_eq!(
             mark,
             Some(stored.get_object_id("_id").unwrap().to_hex()),

@@ -43,11 +43,7 @@ async fn a_retry_of_an_accepted_key_is_answered_as_a_duplicate_without_producing
         metrics.contains("activity_pipeline_produce_duration_seconds_count{outcome=\"acked\"} 2"),
         "{metrics}"
     );
-    let marker: Option<String> = redis::cmd("GET")
-        .arg(pipeline.redis_key("accepted:{acme}:retry-me"))
-        .query_async(&mut pipeline.redis.clone())
-        .await
-        .unwrap();
+    let marker = pipeline.redis_get("accepted:{acme}:retry-me").await;
     assert!(marker.is_some(), "the accepted marker is set after the ack");
     assert_eq!(
         pipeline.wait_for_count(filter("acme", "retry-me"), 1).await,
@@ -87,7 +83,6 @@ async fn only_keys_the_client_chose_get_accepted_markers() {
             .unwrap()
             .to_owned(),
     ];
-    let mut redis = pipeline.redis.clone();
     for key in made_by_server
         .iter()
         .map(String::as_str)
@@ -98,11 +93,9 @@ async fn only_keys_the_client_chose_get_accepted_markers() {
             1,
             "{key} stored once"
         );
-        let marker: Option<String> = redis::cmd("GET")
-            .arg(pipeline.redis_key(&format!("accepted:{{acme}}:{key}")))
-            .query_async(&mut redis)
-            .await
-            .unwrap();
+        let marker = pipeline
+            .redis_get(&format!("accepted:{{acme}}:{key}"))
+            .await;
         assert_eq!(
             marker.is_some(),
             key == "chosen-1",
