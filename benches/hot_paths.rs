@@ -1,7 +1,7 @@
 //! Criterion benchmarks of the hot pure code, per activity: what the API does to a body
 //! (`ActivityValidator::parse_body`, `parse_batch` of 100 items, `ActivityEnvelope::encode`) and what
 //! the consumer does to a record (`ActivityEnvelope::decode`, `StoredActivity::from_envelope`,
-//! `StoredActivity::to_json`).
+//! `StoredActivity::to_json`, `PayloadFingerprint::of`).
 //!
 //! `cargo bench --bench hot_paths` (or `make bench-micro`). The activity is the pipeline bench's
 //! ~190-byte body, whose envelope is ~300 bytes.
@@ -9,7 +9,7 @@
 use std::hint::black_box;
 
 use activity_pipeline::domain::{
-    parse_batch, ActivityEnvelope, ActivityValidator, IdempotencyKey, TenantId,
+    parse_batch, ActivityEnvelope, ActivityValidator, IdempotencyKey, PayloadFingerprint, TenantId,
 };
 use activity_pipeline::store::StoredActivity;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -63,14 +63,19 @@ fn consumer(c: &mut Criterion) {
     let envelope = envelope(&validator);
     let encoded = envelope.encode();
     let now = chrono::Utc::now();
-    let stored = StoredActivity::from_envelope(&envelope, now).unwrap();
+    let fingerprint = PayloadFingerprint::of(&envelope.activity);
+    let stored = StoredActivity::from_envelope(&envelope, &fingerprint, now).unwrap();
     let mut group = c.benchmark_group("consumer");
     group.throughput(Throughput::Elements(1));
     group.bench_function("envelope_decode", |b| {
         b.iter(|| ActivityEnvelope::decode(black_box(&encoded), &validator).unwrap())
     });
     group.bench_function("stored_from_envelope", |b| {
-        b.iter(|| StoredActivity::from_envelope(black_box(&envelope), now).unwrap())
+        b.iter(|| StoredActivity::from_envelope(black_box(&envelope), &fingerprint, now).unwrap())
+    });
+    // Computed once per activity by the API and once by the consumer (idempotency conflicts).
+    group.bench_function("payload_fingerprint", |b| {
+        b.iter(|| PayloadFingerprint::of(black_box(&envelope.activity)))
     });
     group.bench_function("stored_to_json", |b| {
         b.iter(|| black_box(&stored).to_json().to_string())

@@ -135,6 +135,9 @@ pub struct KafkaSettings {
     pub consumer_group: String,
     /// How long the group waits for a silent member before its partitions move to the others.
     pub session_timeout_ms: u64,
+    /// librdkafka's `max.poll.interval.ms`: the longest a consumer may go between two polls before
+    /// the group evicts it. Must exceed the longest batch ([`Settings::longest_batch_ms`]).
+    pub max_poll_interval_ms: u64,
     pub delivery_timeout_ms: u64,
     pub linger_ms: u64,
     pub compression: Compression,
@@ -193,6 +196,8 @@ pub struct MongoSettings {
     pub database: String,
     pub collection: String,
     pub server_selection_timeout_ms: u64,
+    /// The budget of every consumer-side MongoDB call (client-side timeout and `maxTimeMS`).
+    pub op_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -205,6 +210,9 @@ pub struct RedisSettings {
     /// Length of each tenant's recent-events stream (the SSE replay buffer); 0 keeps none.
     pub recent_events_per_tenant: usize,
     pub recent_events_ttl_secs: u64,
+    /// The budget of every Redis call (the consumer's outage path; the API bounds its own calls
+    /// tighter where it waits for them).
+    pub op_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -475,6 +483,28 @@ impl Settings {
             "must be at least 1",
         )?;
         require(
+            (1..=600_000).contains(&self.mongo.op_timeout_ms),
+            "mongo.op_timeout_ms",
+            "must be 1 to 600000",
+        )?;
+        require(
+            (1..=600_000).contains(&self.redis.op_timeout_ms),
+            "redis.op_timeout_ms",
+            "must be 1 to 600000",
+        )?;
+        require(
+            kafka.max_poll_interval_ms <= 86_400_000
+                && kafka.max_poll_interval_ms >= kafka.session_timeout_ms
+                && kafka.max_poll_interval_ms > self.longest_batch_ms(),
+            "kafka.max_poll_interval_ms",
+            &format!(
+                "must be at most 86400000, at least kafka.session_timeout_ms, and more than the \
+                 longest batch, {} ms (2 x mongo.op_timeout_ms + 2 x redis.op_timeout_ms + \
+                 kafka.delivery_timeout_ms)",
+                self.longest_batch_ms()
+            ),
+        )?;
+        require(
             kafka.queue_max_messages >= 1,
             "kafka.queue_max_messages",
             "must be at least 1",
@@ -594,6 +624,14 @@ impl Settings {
 }
 
 impl Settings {
+    /// The longest one batch can take to process while every dependency answers within its budget:
+    /// two MongoDB calls (insert, then the lookup of keys already stored), two Redis calls (the
+    /// pre-check and the effects script) and one round of forwards awaited together. A dependency
+    /// slower than its budget is an outage, handled between polls, so no batch takes longer.
+    pub fn longest_batch_ms(&self) -> u64 {
+        2 * self.mongo.op_timeout_ms + 2 * self.redis.op_timeout_ms + self.kafka.delivery_timeout_ms
+    }
+
     /// The API's keys: intake, rate limit, read side, SSE, readiness.
     fn validate_api(&self) -> Result<(), ConfigError> {
         require(

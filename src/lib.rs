@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`domain`]: pure types (tenants, idempotency keys, activities, the Kafka envelope); no I/O.
 //! - [`config`]: the typed settings tree and its layering (defaults, files, environment, flags).
+//! - [`failures`]: record failure classes and the retry/DLQ header protocol (pure).
 //! - [`kafka`]: the only module that speaks Kafka (publisher, consumer, admin).
 //! - [`store`]: the only module that speaks MongoDB and Redis.
 //! - [`produce`]: the HTTP API role.
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod consume;
 pub mod domain;
+pub mod failures;
 pub mod kafka;
 pub mod ops;
 pub mod produce;

@@ -7,7 +7,8 @@ use proptest::prelude::*;
 use serde_json::{Map, Value};
 
 use crate::domain::{
-    parse_batch, ActivityEnvelope, ActivityValidator, IdempotencyKey, NewActivity, TenantId,
+    parse_batch, ActivityEnvelope, ActivityValidator, IdempotencyKey, NewActivity,
+    PayloadFingerprint, TenantId,
 };
 use crate::store::StoredActivity;
 
@@ -134,10 +135,18 @@ fn check(body: Value) -> Result<(), TestCaseError> {
                 IdempotencyKey::generate(),
                 activity,
             );
-            let stored = StoredActivity::from_envelope(&envelope, chrono::Utc::now());
+            let fingerprint = PayloadFingerprint::of(&envelope.activity);
+            let stored = StoredActivity::from_envelope(&envelope, &fingerprint, chrono::Utc::now());
             prop_assert!(stored.is_ok(), "accepted but not storable: {}", body);
             let decoded = ActivityEnvelope::decode(&envelope.encode(), &validator);
             prop_assert!(decoded.is_ok(), "the consumer would refuse: {}", body);
+            // The consumer's fingerprint of the record is the API's: a retry is never a conflict.
+            prop_assert_eq!(
+                PayloadFingerprint::of(&decoded.unwrap().activity),
+                fingerprint,
+                "fingerprint changed through Kafka: {}",
+                body
+            );
         }
     }
     Ok(())

@@ -8,7 +8,9 @@
 //! Case counts default to a few thousand per property; `DECODE_FUZZ_CASES=100000 cargo test --test
 //! decode_fuzz -- --nocapture` tries more and prints how many ran.
 
-use activity_pipeline::domain::{ActivityEnvelope, ActivityValidator, IdempotencyKey, TenantId};
+use activity_pipeline::domain::{
+    ActivityEnvelope, ActivityValidator, IdempotencyKey, PayloadFingerprint, TenantId,
+};
 use activity_pipeline::store::StoredActivity;
 use mongodb::bson::{self, Bson, Document};
 use proptest::prelude::*;
@@ -224,7 +226,8 @@ fn first_unsafe_value(value: &Bson, path: &str) -> Option<String> {
 
 /// What the consumer does with an accepted envelope, up to the insert: it must all work.
 fn assert_storable(envelope: &ActivityEnvelope) -> Result<bool, TestCaseError> {
-    let stored = StoredActivity::from_envelope(envelope, chrono::Utc::now())
+    let fingerprint = PayloadFingerprint::of(&envelope.activity);
+    let stored = StoredActivity::from_envelope(envelope, &fingerprint, chrono::Utc::now())
         .map_err(|error| TestCaseError::fail(format!("accepted but not storable: {error}")))?;
     let document = bson::to_document(&stored)
         .map_err(|error| TestCaseError::fail(format!("not a BSON document: {error}")))?;

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use activity_pipeline::config::Settings;
-use activity_pipeline::domain::ActivityEnvelope;
+use activity_pipeline::domain::{ActivityEnvelope, PayloadFingerprint};
 use activity_pipeline::store::{ActivityRepository, StoredActivity};
 use anyhow::Context as _;
 use futures::StreamExt as _;
@@ -171,7 +171,10 @@ pub async fn store(
         let now = chrono::Utc::now();
         let documents: Vec<StoredActivity> = envelopes
             .iter()
-            .map(|envelope| StoredActivity::from_envelope(envelope, now))
+            .map(|envelope| {
+                let fingerprint = PayloadFingerprint::of(&envelope.activity);
+                StoredActivity::from_envelope(envelope, &fingerprint, now)
+            })
             .collect::<Result<_, _>>()
             .map_err(|error| anyhow::anyhow!(error))?;
         let collection = client

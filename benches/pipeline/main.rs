@@ -41,6 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use activity_pipeline::config::{Settings, Sources};
+use activity_pipeline::domain::PayloadFingerprint;
 use activity_pipeline::kafka::{create_topics, ActivityPublisher};
 use anyhow::Context as _;
 use clap::Parser;
@@ -895,7 +896,11 @@ impl Bench {
         let publisher = ActivityPublisher::new(&settings.kafka)?;
         let started = Instant::now();
         let failures = futures::stream::iter(envelopes.iter())
-            .map(|envelope| publisher.publish(envelope))
+            .map(|envelope| {
+                let publisher = &publisher;
+                let fingerprint = PayloadFingerprint::of(&envelope.activity);
+                async move { publisher.publish(envelope, &fingerprint).await }
+            })
             .buffer_unordered(20_000)
             .filter(|outcome| futures::future::ready(outcome.is_err()))
             .count()

@@ -238,7 +238,8 @@ impl StageLoop {
             if let Stage::Retry(_) = self.stage {
                 // Records of one retry topic share one delay, so due times rise along a partition:
                 // waiting for the batch's latest keeps a record due sooner waiting at most one step.
-                if let Some(latest) = batch.iter().map(processor::due_at).max() {
+                let due_at = |record| self.processor.due_at(record, self.stage);
+                if let Some(latest) = batch.iter().map(due_at).max() {
                     if let Ok(wait) = (latest - Utc::now()).to_std() {
                         self.consumer.pause();
                         tokio::select! {

@@ -1,4 +1,5 @@
-use std::collections::{BTreeMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,8 +8,11 @@ use chrono::{DateTime, Utc};
 use super::alerts::AlertSender;
 use super::metrics::ConsumerMetrics;
 use crate::config::Settings;
-use crate::domain::{ActivityEnvelope, ActivityValidator, IdempotencyKey, TenantId};
-use crate::kafka::{headers, ActivityPublisher, ConsumedRecord, Failure, PublishError};
+use crate::domain::{
+    ActivityEnvelope, ActivityValidator, IdempotencyKey, PayloadFingerprint, TenantId,
+};
+use crate::failures::{retry_due_at, Failure, RecordFailure};
+use crate::kafka::{headers, ActivityPublisher, ConsumedRecord, PublishError};
 use crate::store::{
     ActivityRepository, EffectRequest, InsertOutcome, RedisStore, StoreOutage, StoredActivity,
 };
@@ -30,6 +34,14 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// The retry step this stage consumes, `None` for the main topic.
+    pub fn retry_step(self) -> Option<usize> {
+        match self {
+            Stage::Main => None,
+            Stage::Retry(step) => Some(step),
+        }
+    }
+
     pub fn label(self) -> String {
         match self {
             Stage::Main => "main".to_owned(),
@@ -53,20 +65,6 @@ pub struct BatchReport {
     pub dead_lettered: usize,
 }
 
-/// MongoDB error codes that fail the same way on every attempt: such a record goes to the DLQ at once.
-/// Anything else refused for one document is treated as transient and retried on the schedule.
-const DETERMINISTIC_WRITE_ERRORS: &[i32] = &[
-    2,     // BadValue
-    9,     // FailedToParse
-    14,    // TypeMismatch
-    52,    // DollarPrefixedFieldName
-    55,    // InvalidDBRef
-    56,    // EmptyFieldName
-    57,    // DottedFieldName
-    121,   // DocumentValidationFailure
-    10334, // BSONObjectTooLarge
-];
-
 /// Applies a batch's effects in the order that makes redelivery harmless: MongoDB (unique key) first,
 /// then the atomic Redis step, then forwards (retry topic, DLQ); the caller stores offsets after all
 /// of it.
@@ -87,8 +85,31 @@ pub struct BatchProcessor {
 /// A record that will not be stored by this attempt, and why.
 struct Refusal<'a> {
     record: &'a ConsumedRecord,
-    error: String,
-    class: &'static str,
+    failure: RecordFailure,
+}
+
+/// A record that decoded, with the fingerprint of what the tenant sent (recomputed here rather than
+/// read from its header, so records from any producer are judged alike).
+struct Decoded<'a> {
+    record: &'a ConsumedRecord,
+    envelope: ActivityEnvelope,
+    fingerprint: PayloadFingerprint,
+}
+
+/// The DLQ error of a record whose key is already stored (or marked) with another payload.
+fn conflict(
+    envelope: &ActivityEnvelope,
+    stored: Option<&PayloadFingerprint>,
+    fingerprint: &PayloadFingerprint,
+    where_found: &str,
+) -> RecordFailure {
+    RecordFailure::conflict(format!(
+        "idempotency key {} of tenant {} is already {where_found} with a different payload \
+         (stored fingerprint {}, this record {fingerprint}); the key was reused for another activity",
+        envelope.idempotency_key,
+        envelope.tenant_id,
+        stored.map_or("-", PayloadFingerprint::as_str),
+    ))
 }
 
 impl BatchProcessor {
@@ -133,61 +154,91 @@ impl BatchProcessor {
         let mut report = BatchReport::default();
         let mut refusals = Vec::new();
 
-        // 1. Decode. A record that cannot be decoded never will be: it is poison, for the DLQ.
-        let mut seen = HashSet::new();
-        let mut envelopes: Vec<(&ConsumedRecord, ActivityEnvelope)> =
-            Vec::with_capacity(batch.len());
+        // 1. Decode. A record that cannot be decoded never will be: it is poison, for the DLQ. The
+        // same key twice in one batch is a duplicate when the payloads match, else the later one is
+        // a conflict: the first occurrence is the one that may be stored.
+        let mut first_seen: HashMap<(TenantId, IdempotencyKey), PayloadFingerprint> =
+            HashMap::new();
+        let mut decoded: Vec<Decoded<'_>> = Vec::with_capacity(batch.len());
         for record in batch {
-            let decoded = match &record.payload {
+            let envelope = match &record.payload {
                 None => Err("record has no value".to_owned()),
                 Some(payload) => ActivityEnvelope::decode(payload, &self.validator)
                     .map_err(|error| error.to_string()),
             };
-            match decoded {
-                Ok(envelope) => {
-                    if seen.insert((envelope.tenant_id.clone(), envelope.idempotency_key.clone())) {
-                        envelopes.push((record, envelope));
-                    } else {
-                        report.duplicates += 1;
-                    }
+            let envelope = match envelope {
+                Ok(envelope) => envelope,
+                Err(error) => {
+                    refusals.push(Refusal {
+                        record,
+                        failure: RecordFailure::poison(error),
+                    });
+                    continue;
                 }
-                Err(error) => refusals.push(Refusal {
+            };
+            let fingerprint = PayloadFingerprint::of(&envelope.activity);
+            match first_seen.entry((envelope.tenant_id.clone(), envelope.idempotency_key.clone())) {
+                Entry::Vacant(entry) => {
+                    entry.insert(fingerprint.clone());
+                    decoded.push(Decoded {
+                        record,
+                        envelope,
+                        fingerprint,
+                    });
+                }
+                Entry::Occupied(entry) if *entry.get() == fingerprint => report.duplicates += 1,
+                Entry::Occupied(entry) => refusals.push(Refusal {
                     record,
-                    error,
-                    class: "poison",
+                    failure: conflict(&envelope, Some(entry.get()), &fingerprint, "in this batch"),
                 }),
             }
         }
 
-        // 2. Skip what Redis already marked. Without Redis, skip the check: the unique key dedupes.
-        let pairs: Vec<(&TenantId, &IdempotencyKey)> = envelopes
+        // 2. Skip what Redis already marked with the same payload; a mark with another payload is a
+        // conflict. Without Redis, skip the check: the unique key dedupes and the stored fingerprint
+        // tells conflicts apart.
+        let pairs: Vec<(&TenantId, &IdempotencyKey)> = decoded
             .iter()
-            .map(|(_, envelope)| (&envelope.tenant_id, &envelope.idempotency_key))
+            .map(|item| (&item.envelope.tenant_id, &item.envelope.idempotency_key))
             .collect();
-        let marked = match self.redis.already_marked(&pairs).await {
-            Ok(marked) => marked,
+        let marks = match self.redis.already_marked(&pairs).await {
+            Ok(marks) => marks,
             Err(outage) => {
                 tracing::warn!(%outage, "idempotency pre-check skipped");
-                vec![false; pairs.len()]
+                vec![None; pairs.len()]
             }
         };
         let now = Utc::now();
-        let mut pending: Vec<(&ConsumedRecord, &ActivityEnvelope)> = Vec::new();
+        let mut pending: Vec<&Decoded<'_>> = Vec::new();
         let mut documents = Vec::new();
-        for ((record, envelope), already) in envelopes.iter().zip(marked) {
-            if already {
-                report.duplicates += 1;
-                continue;
+        for (item, mark) in decoded.iter().zip(marks) {
+            match mark {
+                Some(mark) if mark.matches(&item.fingerprint) => {
+                    report.duplicates += 1;
+                    continue;
+                }
+                Some(mark) => {
+                    refusals.push(Refusal {
+                        record: item.record,
+                        failure: conflict(
+                            &item.envelope,
+                            mark.fingerprint.as_ref(),
+                            &item.fingerprint,
+                            "marked",
+                        ),
+                    });
+                    continue;
+                }
+                None => {}
             }
-            match StoredActivity::from_envelope(envelope, now) {
+            match StoredActivity::from_envelope(&item.envelope, &item.fingerprint, now) {
                 Ok(document) => {
-                    pending.push((record, envelope));
+                    pending.push(item);
                     documents.push(document);
                 }
                 Err(error) => refusals.push(Refusal {
-                    record,
-                    error,
-                    class: "rejected",
+                    record: item.record,
+                    failure: RecordFailure::rejected(error),
                 }),
             }
         }
@@ -195,72 +246,87 @@ impl BatchProcessor {
         // 3. Store. Duplicates are fine; a document the server refuses is retried or dead-lettered.
         let outcomes = self.repository.insert_unordered(&documents).await?;
         let mut to_announce: Vec<StoredActivity> = Vec::new();
-        let mut reported_duplicates: BTreeMap<&TenantId, Vec<(&ConsumedRecord, &IdempotencyKey)>> =
-            BTreeMap::new();
-        for (((record, envelope), document), outcome) in pending.iter().zip(documents).zip(outcomes)
-        {
+        let mut already_stored: Vec<&Decoded<'_>> = Vec::new();
+        for ((item, document), outcome) in pending.into_iter().zip(documents).zip(outcomes) {
             match outcome {
                 InsertOutcome::Inserted => {
                     report.inserted += 1;
-                    let latency = (now - envelope.enqueued_at).to_std().unwrap_or_default();
+                    let latency = (now - item.envelope.enqueued_at)
+                        .to_std()
+                        .unwrap_or_default();
                     self.metrics
                         .end_to_end_latency
                         .observe(latency.as_secs_f64());
                     to_announce.push(document);
                 }
-                InsertOutcome::AlreadyStored => reported_duplicates
-                    .entry(&envelope.tenant_id)
-                    .or_default()
-                    .push((record, &envelope.idempotency_key)),
-                InsertOutcome::Rejected { code, message } => refusals.push(Refusal {
-                    record,
-                    error: format!("MongoDB refused the document (code {code}): {message}"),
-                    class: if DETERMINISTIC_WRITE_ERRORS.contains(&code) {
-                        "rejected"
-                    } else {
-                        "transient"
-                    },
+                InsertOutcome::AlreadyStored => already_stored.push(item),
+                InsertOutcome::Refused(failure) => refusals.push(Refusal {
+                    record: item.record,
+                    failure,
                 }),
             }
         }
-        // A duplicate-key error is "already stored" only if our (tenant, key) is what is stored: a
-        // conflict on any other unique index is a failure of this record. A stored one may have been
-        // stored by a delivery that died before its Redis step: announce the stored document (the
-        // Redis step is a no-op if it did happen).
-        for (tenant, records) in reported_duplicates {
-            let keys: Vec<&IdempotencyKey> = records.iter().map(|(_, key)| *key).collect();
-            let stored = self.repository.find_by_keys(tenant, &keys).await?;
-            for (record, key) in records {
-                if stored
-                    .iter()
-                    .any(|document| document.idempotency_key == key.as_str())
-                {
-                    report.duplicates += 1;
-                } else {
-                    refusals.push(Refusal {
-                        record,
-                        error: "MongoDB reported a duplicate key, but not on (tenantId, idempotencyKey)".to_owned(),
-                        class: "transient",
-                    });
+        // A duplicate-key error is "already stored" only if our (tenant, key) is what is stored, and
+        // the same activity only if the stored fingerprint matches: a conflict on any other unique
+        // index is a failure of this record, and a reused key is a conflict. A stored one may have
+        // been stored by a delivery that died before its Redis step: announce the stored document
+        // (the Redis step is a no-op if it did happen).
+        if !already_stored.is_empty() {
+            let keys: Vec<(&TenantId, &IdempotencyKey)> = already_stored
+                .iter()
+                .map(|item| (&item.envelope.tenant_id, &item.envelope.idempotency_key))
+                .collect();
+            let mut found = self.repository.find_stored(&keys).await?;
+            // Stored within the mark's lifetime: its Redis step may not have happened, so announce
+            // it (a no-op if it did). Stored before that: the step happened long ago and the mark
+            // just expired; announcing again would count it twice (a replay of an old dead letter).
+            let marks_live_since = now - self.mark_ttl;
+            for item in already_stored {
+                let identity = (
+                    item.envelope.tenant_id.clone(),
+                    item.envelope.idempotency_key.clone(),
+                );
+                let failure = match found.remove(&identity) {
+                    None => Some(RecordFailure::transient(
+                        "MongoDB reported a duplicate key, but not on (tenantId, idempotencyKey)",
+                    )),
+                    Some(Err(corrupt)) => Some(RecordFailure::rejected(corrupt.to_string())),
+                    Some(Ok(stored)) => {
+                        let failure = (!stored.matches(&item.fingerprint)).then(|| {
+                            conflict(
+                                &item.envelope,
+                                stored.payload_fingerprint.as_ref(),
+                                &item.fingerprint,
+                                "stored",
+                            )
+                        });
+                        if stored.created_at_utc() > marks_live_since {
+                            to_announce.push(stored);
+                        }
+                        failure
+                    }
+                };
+                match failure {
+                    None => report.duplicates += 1,
+                    Some(failure) => refusals.push(Refusal {
+                        record: item.record,
+                        failure,
+                    }),
                 }
             }
-            // Stored within the mark's lifetime: its Redis step may not have happened, so announce it
-            // (a no-op if it did). Stored before that: the step happened long ago and the mark just
-            // expired; announcing again would count it twice (a replay of an old dead letter).
-            let marks_live_since = now - self.mark_ttl;
-            to_announce.extend(
-                stored
-                    .into_iter()
-                    .filter(|document| document.created_at_utc() > marks_live_since),
-            );
         }
 
         // 4. Mark, count, publish: atomically per record, and only once per key.
         report.announced = self.announce(&to_announce).await?;
 
-        // 5. Forwards, acknowledged before the offsets move past them.
-        for refusal in &refusals {
-            if self.forward(refusal, stage).await? {
+        // 5. Forwards, acknowledged before the offsets move past them. Handed to the producer
+        // together (in order, so a partition's forwards keep their order) and awaited together, so
+        // the batch waits for one delivery round, not one per refused record.
+        let forwarded =
+            futures::future::join_all(refusals.iter().map(|refusal| self.forward(refusal, stage)))
+                .await;
+        for outcome in forwarded {
+            if outcome? {
                 report.retried += 1;
             } else {
                 report.dead_lettered += 1;
@@ -270,30 +336,13 @@ impl BatchProcessor {
     }
 
     async fn announce(&self, stored: &[StoredActivity]) -> Result<usize, StoreOutage> {
-        let mut identities = Vec::with_capacity(stored.len());
-        for document in stored {
-            let tenant = TenantId::parse(&document.tenant_id);
-            let key = IdempotencyKey::parse(&document.idempotency_key);
-            match (tenant, key) {
-                (Ok(tenant), Ok(key)) => identities.push((tenant, key)),
-                _ => {
-                    return Err(StoreOutage {
-                        store: "MongoDB",
-                        message: format!(
-                            "stored document {} has an invalid tenant or key",
-                            document.id
-                        ),
-                    })
-                }
-            }
-        }
         let requests: Vec<EffectRequest<'_>> = stored
             .iter()
-            .zip(&identities)
-            .map(|(document, (tenant, key))| EffectRequest {
-                tenant,
-                key,
+            .map(|document| EffectRequest {
+                tenant: &document.tenant_id,
+                key: &document.idempotency_key,
                 document_id: document.id.to_hex(),
+                fingerprint: document.payload_fingerprint.as_ref(),
                 activity_type: &document.activity_type,
                 event: document.to_json().to_string(),
             })
@@ -307,26 +356,13 @@ impl BatchProcessor {
     async fn forward(&self, refusal: &Refusal<'_>, stage: Stage) -> Result<bool, PublishError> {
         let record = refusal.record;
         let now = Utc::now();
-        let attempts_before = match stage {
-            Stage::Main => 0,
-            Stage::Retry(_) => record
-                .header(headers::RETRY_ATTEMPTS)
-                .and_then(|attempts| attempts.parse::<u32>().ok())
-                .unwrap_or(0),
-        };
-        let first_failure_at = record
-            .header(headers::RETRY_FIRST_FAILURE_AT)
-            .filter(|_| stage != Stage::Main)
-            .and_then(|time| DateTime::parse_from_rfc3339(time).ok())
-            .map_or(now, |time| time.with_timezone(&Utc));
-        let failure = Failure {
-            error: refusal.error.clone(),
-            class: refusal.class,
-            attempts: attempts_before + 1,
-            first_failure_at,
-            last_failure_at: now,
-        };
-        let next_step = failure.attempts as usize;
+        let failure = Failure::after(
+            record,
+            stage.retry_step(),
+            refusal.failure.clone(),
+            record.origin(),
+            now,
+        );
         let span = tracing::warn_span!(
             "record",
             topic = %record.topic,
@@ -336,32 +372,40 @@ impl BatchProcessor {
             key = record.header(headers::IDEMPOTENCY_KEY).unwrap_or("-"),
         );
         let _entered = span.enter();
-        if refusal.class == "transient" && next_step <= self.retry_topics.len() {
-            let delay = self.retry_delays[next_step - 1];
-            let due_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
-            tracing::warn!(attempts = failure.attempts, error = %failure.error, retry_topic = %self.retry_topics[next_step - 1], ?delay, "record failed; retrying later");
-            self.publisher
-                .retry_later(&self.retry_topics[next_step - 1], record, &failure, due_at)
-                .await?;
-            self.metrics.records.with_label_values(&["retried"]).inc();
-            Ok(true)
-        } else {
-            tracing::warn!(attempts = failure.attempts, class = failure.class, error = %failure.error, "record dead-lettered");
-            self.publisher.dead_letter(record, &failure).await?;
-            self.metrics
-                .records
-                .with_label_values(&["dead_lettered"])
-                .inc();
-            self.alerts.dead_lettered(failure.class, &failure.error);
-            Ok(false)
+        match failure.next_retry_step(self.retry_topics.len()) {
+            Some(step) => {
+                let delay = self.retry_delays[step - 1];
+                let due_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+                let retry_topic = &self.retry_topics[step - 1];
+                tracing::warn!(attempts = failure.attempts, error = %failure.error, %retry_topic, ?delay, "record failed; retrying later");
+                self.publisher
+                    .retry_later(retry_topic, record, &failure, due_at)
+                    .await?;
+                self.metrics.records.with_label_values(&["retried"]).inc();
+                Ok(true)
+            }
+            None => {
+                tracing::warn!(attempts = failure.attempts, class = %failure.class, error = %failure.error, "record dead-lettered");
+                self.publisher.dead_letter(record, &failure).await?;
+                self.metrics
+                    .records
+                    .with_label_values(&["dead_lettered"])
+                    .inc();
+                self.alerts
+                    .dead_lettered(failure.class.as_str(), &failure.error);
+                Ok(false)
+            }
         }
     }
-}
 
-/// When a record from a retry topic is due; a record without a readable due time is due now.
-pub fn due_at(record: &ConsumedRecord) -> DateTime<Utc> {
-    record
-        .header(headers::RETRY_DUE_AT)
-        .and_then(|time| DateTime::parse_from_rfc3339(time).ok())
-        .map_or_else(Utc::now, |time| time.with_timezone(&Utc))
+    /// When a record read from `stage`'s retry topic is due: its `retry-due-at`, but never later than
+    /// the step's own delay from now (`failures::retry_due_at`).
+    pub fn due_at(&self, record: &ConsumedRecord, stage: Stage) -> DateTime<Utc> {
+        let delay = stage
+            .retry_step()
+            .and_then(|step| self.retry_delays.get(step - 1))
+            .copied()
+            .unwrap_or_default();
+        retry_due_at(record, delay, Utc::now())
+    }
 }

@@ -6,6 +6,7 @@
 mod activity;
 mod batch;
 mod envelope;
+mod fingerprint;
 mod idempotency;
 mod tenant;
 
@@ -15,5 +16,6 @@ pub use activity::{
 };
 pub use batch::{parse_batch, BatchItem};
 pub use envelope::{ActivityEnvelope, EnvelopeError};
+pub use fingerprint::{InvalidFingerprint, PayloadFingerprint};
 pub use idempotency::{IdempotencyKey, InvalidIdempotencyKey};
 pub use tenant::{ApiKeyDigest, InvalidTenant, TenantDirectory, TenantId};

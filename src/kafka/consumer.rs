@@ -15,6 +15,13 @@ use tokio::time::Instant;
 
 use super::base_client_config;
 use crate::config::KafkaSettings;
+use crate::failures::{HeaderSource, Origin};
+
+impl HeaderSource for ConsumedRecord {
+    fn header(&self, name: &str) -> Option<&str> {
+        ConsumedRecord::header(self, name)
+    }
+}
 
 /// A record taken from Kafka, owned so it can outlive the consumer's buffer while its batch is
 /// processed.
@@ -39,6 +46,11 @@ impl ConsumedRecord {
             .find(|(key, _)| key == name)
             .and_then(|(_, value)| value.as_deref())
             .and_then(|value| std::str::from_utf8(value).ok())
+    }
+
+    /// Where the record was first consumed (its `origin-*` headers after a retry hop).
+    pub fn origin(&self) -> Origin {
+        Origin::of(self, &self.topic, self.partition, self.offset)
     }
 
     /// A record built by hand (tools and tests); it belongs to no assignment.
@@ -239,6 +251,10 @@ impl ActivityConsumer {
             .set(
                 "session.timeout.ms",
                 settings.session_timeout_ms.to_string(),
+            )
+            .set(
+                "max.poll.interval.ms",
+                settings.max_poll_interval_ms.to_string(),
             )
             .create_with_context(context)
             .map_err(|error| anyhow::anyhow!("creating the Kafka consumer: {error}"))?;

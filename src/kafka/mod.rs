@@ -17,7 +17,7 @@ use crate::config::KafkaSettings;
 pub use admin::{create_topics, fetch_cluster_metadata, ClusterSummary, TopicCreation};
 pub use consumer::{ActivityConsumer, ConsumedRecord, ConsumerObserver};
 pub use dlq::read_topic;
-pub use publisher::{ActivityPublisher, Failure, PublishError};
+pub use publisher::{ActivityPublisher, PublishError};
 
 /// Header names carried on every activity record; constants so producer and consumer cannot drift.
 pub mod headers {
@@ -25,36 +25,11 @@ pub mod headers {
     pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
     /// The envelope's schema id, e.g. `activity.v1`.
     pub const SCHEMA: &str = "schema";
-    /// Dead letters: why the record failed, and of which class (`poison`, `rejected`, `transient`).
-    pub const ERROR: &str = "dlq-error";
-    pub const ERROR_CLASS: &str = "dlq-error-class";
-    /// Dead letters: how many times processing was attempted in all.
-    pub const ATTEMPTS: &str = "dlq-attempts";
-    pub const FIRST_FAILURE_AT: &str = "dlq-first-failure-at";
-    pub const LAST_FAILURE_AT: &str = "dlq-last-failure-at";
-    /// Dead letters: where the record was first consumed (the main topic, even after retries).
-    pub const SOURCE_TOPIC: &str = "dlq-source-topic";
-    pub const SOURCE_PARTITION: &str = "dlq-source-partition";
-    pub const SOURCE_OFFSET: &str = "dlq-source-offset";
-    /// Retry topics: attempts made so far, when the next one is due (RFC 3339), the first failure
-    /// and the last error.
-    pub const RETRY_ATTEMPTS: &str = "retry-attempts";
-    pub const RETRY_DUE_AT: &str = "retry-due-at";
-    pub const RETRY_FIRST_FAILURE_AT: &str = "retry-first-failure-at";
-    pub const RETRY_ERROR: &str = "retry-error";
-    /// Retry topics: where the record was first consumed.
-    pub const ORIGIN_TOPIC: &str = "origin-topic";
-    pub const ORIGIN_PARTITION: &str = "origin-partition";
-    pub const ORIGIN_OFFSET: &str = "origin-offset";
-    /// Set by `dlq replay` on the republished record: `<partition>:<offset>` of the dead letter.
-    pub const REPLAYED_FROM: &str = "replayed-from";
-
-    /// Headers the pipeline itself writes; rewritten (not duplicated) when a record moves on.
-    pub fn is_pipeline_header(name: &str) -> bool {
-        ["dlq-", "retry-", "origin-", "replayed-"]
-            .iter()
-            .any(|prefix| name.starts_with(prefix))
-    }
+    /// The activity's payload fingerprint (`domain::PayloadFingerprint`): lets tools compare records
+    /// without decoding them. The consumer recomputes it from the value rather than trusting it, so a
+    /// record from another producer, or one written without it, is judged the same way.
+    pub const PAYLOAD_FINGERPRINT: &str = "payload-fingerprint";
+    // The headers of failed records (retry topics, DLQ) are in `crate::failures::headers`.
 }
 
 /// The settings every client shares: brokers, identity and security. Secrets go to librdkafka only,

@@ -9,7 +9,8 @@ use rdkafka::util::Timeout;
 use super::consumer::ConsumedRecord;
 use super::{base_client_config, headers};
 use crate::config::KafkaSettings;
-use crate::domain::{ActivityEnvelope, ACTIVITY_SCHEMA_ID};
+use crate::domain::{ActivityEnvelope, PayloadFingerprint, ACTIVITY_SCHEMA_ID};
+use crate::failures::{headers as failure_headers, Failure};
 
 /// Why a record was not acknowledged. Either way the API must not answer 202.
 #[derive(Debug, thiserror::Error)]
@@ -29,19 +30,6 @@ pub struct ActivityPublisher {
     producer: FutureProducer,
     topic: String,
     dlq_topic: String,
-}
-
-/// Why a record failed, as far as it has come: what the retry and DLQ headers carry.
-#[derive(Debug, Clone)]
-pub struct Failure {
-    pub error: String,
-    /// `poison` (cannot be decoded or validated), `rejected` (the store refuses it, deterministically),
-    /// `transient` (the store refused it this time; it may pass later).
-    pub class: &'static str,
-    /// Attempts made so far, this one included.
-    pub attempts: u32,
-    pub first_failure_at: DateTime<Utc>,
-    pub last_failure_at: DateTime<Utc>,
 }
 
 impl ActivityPublisher {
@@ -77,9 +65,13 @@ impl ActivityPublisher {
     // A debug span: at the default `info` filter an info span per record cost ~5% of the API's CPU
     // (formatting its fields for a log line that is never written; BENCHMARKS.md).
     #[tracing::instrument(level = "debug", skip_all, fields(tenant = %envelope.tenant_id, key = %envelope.idempotency_key))]
-    pub async fn publish(&self, envelope: &ActivityEnvelope) -> Result<(), PublishError> {
+    pub async fn publish(
+        &self,
+        envelope: &ActivityEnvelope,
+        fingerprint: &PayloadFingerprint,
+    ) -> Result<(), PublishError> {
         let payload = envelope.encode();
-        let record_headers = OwnedHeaders::new_with_capacity(2)
+        let record_headers = OwnedHeaders::new_with_capacity(3)
             .insert(Header {
                 key: headers::IDEMPOTENCY_KEY,
                 value: Some(envelope.idempotency_key.as_str()),
@@ -87,6 +79,10 @@ impl ActivityPublisher {
             .insert(Header {
                 key: headers::SCHEMA,
                 value: Some(ACTIVITY_SCHEMA_ID),
+            })
+            .insert(Header {
+                key: headers::PAYLOAD_FINGERPRINT,
+                value: Some(fingerprint.as_str()),
             });
         let record = FutureRecord::to(&self.topic)
             .key(envelope.tenant_id.as_str())
@@ -102,24 +98,8 @@ impl ActivityPublisher {
         record: &ConsumedRecord,
         failure: &Failure,
     ) -> Result<(), PublishError> {
-        let (topic, partition, offset) = origin(record);
-        let facts = [
-            (headers::ERROR, failure.error.clone()),
-            (headers::ERROR_CLASS, failure.class.to_owned()),
-            (headers::ATTEMPTS, failure.attempts.to_string()),
-            (
-                headers::FIRST_FAILURE_AT,
-                failure.first_failure_at.to_rfc3339(),
-            ),
-            (
-                headers::LAST_FAILURE_AT,
-                failure.last_failure_at.to_rfc3339(),
-            ),
-            (headers::SOURCE_TOPIC, topic),
-            (headers::SOURCE_PARTITION, partition),
-            (headers::SOURCE_OFFSET, offset),
-        ];
-        self.forward(&self.dlq_topic, record, &facts).await
+        self.forward(&self.dlq_topic, record, &failure.dead_letter_headers())
+            .await
     }
 
     /// Sends a record to a retry topic, due at `due_at`.
@@ -130,20 +110,8 @@ impl ActivityPublisher {
         failure: &Failure,
         due_at: DateTime<Utc>,
     ) -> Result<(), PublishError> {
-        let (topic, partition, offset) = origin(record);
-        let facts = [
-            (headers::RETRY_ATTEMPTS, failure.attempts.to_string()),
-            (headers::RETRY_DUE_AT, due_at.to_rfc3339()),
-            (
-                headers::RETRY_FIRST_FAILURE_AT,
-                failure.first_failure_at.to_rfc3339(),
-            ),
-            (headers::RETRY_ERROR, failure.error.clone()),
-            (headers::ORIGIN_TOPIC, topic),
-            (headers::ORIGIN_PARTITION, partition),
-            (headers::ORIGIN_OFFSET, offset),
-        ];
-        self.forward(retry_topic, record, &facts).await
+        self.forward(retry_topic, record, &failure.retry_headers(due_at))
+            .await
     }
 
     /// Republishes a dead letter to the main topic with its original key, value and headers, so the
@@ -153,7 +121,7 @@ impl ActivityPublisher {
         self.forward(
             &self.topic,
             dead_letter,
-            &[(headers::REPLAYED_FROM, replayed_from)],
+            &[(failure_headers::REPLAYED_FROM, replayed_from)],
         )
         .await
     }
@@ -169,7 +137,7 @@ impl ActivityPublisher {
         let mut record_headers =
             OwnedHeaders::new_with_capacity(record.headers.len() + facts.len());
         for (name, value) in &record.headers {
-            if !headers::is_pipeline_header(name) {
+            if !failure_headers::is_pipeline_header(name) {
                 record_headers = record_headers.insert(Header {
                     key: name,
                     value: value.as_deref(),
@@ -244,24 +212,5 @@ impl ActivityPublisher {
             }
             Err((error, _)) => Err(PublishError::NotAcknowledged(error.to_string())),
         }
-    }
-}
-
-/// Where the record was first consumed: its `origin-*` headers if it came through a retry topic,
-/// else its own coordinates.
-fn origin(record: &ConsumedRecord) -> (String, String, String) {
-    match (
-        record.header(headers::ORIGIN_TOPIC),
-        record.header(headers::ORIGIN_PARTITION),
-        record.header(headers::ORIGIN_OFFSET),
-    ) {
-        (Some(topic), Some(partition), Some(offset)) => {
-            (topic.to_owned(), partition.to_owned(), offset.to_owned())
-        }
-        _ => (
-            record.topic.clone(),
-            record.partition.to_string(),
-            record.offset.to_string(),
-        ),
     }
 }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::config::Settings;
+use crate::failures::DeadLetterFacts;
 use crate::kafka::{headers, read_topic, ActivityPublisher, ConsumedRecord};
 use crate::store::ActivityRepository;
 
@@ -26,24 +27,19 @@ pub struct DeadLetterView {
 
 impl DeadLetterView {
     pub fn from_record(record: ConsumedRecord) -> DeadLetterView {
-        let text = |name: &str| record.header(name).unwrap_or("-").to_owned();
+        let facts = DeadLetterFacts::of(&record);
         DeadLetterView {
             tenant: record
                 .key
                 .as_deref()
                 .map(|key| String::from_utf8_lossy(key).into_owned()),
             idempotency_key: record.header(headers::IDEMPOTENCY_KEY).map(str::to_owned),
-            error: text(headers::ERROR),
-            class: text(headers::ERROR_CLASS),
-            attempts: text(headers::ATTEMPTS),
-            first_failure_at: text(headers::FIRST_FAILURE_AT),
-            last_failure_at: text(headers::LAST_FAILURE_AT),
-            source: format!(
-                "{}[{}]@{}",
-                text(headers::SOURCE_TOPIC),
-                text(headers::SOURCE_PARTITION),
-                text(headers::SOURCE_OFFSET)
-            ),
+            error: facts.error,
+            class: facts.class,
+            attempts: facts.attempts,
+            first_failure_at: facts.first_failure_at,
+            last_failure_at: facts.last_failure_at,
+            source: facts.source,
             record,
         }
     }
@@ -217,6 +213,8 @@ mod tests {
 
     #[test]
     fn views_read_the_dead_letter_headers() {
+        use crate::failures::headers as failure_headers;
+
         let mut record = ConsumedRecord::from_parts(
             "activities.dlq",
             2,
@@ -226,12 +224,12 @@ mod tests {
         );
         for (name, value) in [
             (headers::IDEMPOTENCY_KEY, "k-1"),
-            (headers::ERROR, "boom"),
-            (headers::ERROR_CLASS, "poison"),
-            (headers::ATTEMPTS, "1"),
-            (headers::SOURCE_TOPIC, "activities"),
-            (headers::SOURCE_PARTITION, "5"),
-            (headers::SOURCE_OFFSET, "9"),
+            (failure_headers::ERROR, "boom"),
+            (failure_headers::ERROR_CLASS, "poison"),
+            (failure_headers::ATTEMPTS, "1"),
+            (failure_headers::SOURCE_TOPIC, "activities"),
+            (failure_headers::SOURCE_PARTITION, "5"),
+            (failure_headers::SOURCE_OFFSET, "9"),
         ] {
             record
                 .headers

@@ -4,15 +4,17 @@ use std::time::Instant;
 
 use actix_web::http::{header, StatusCode};
 use actix_web::web::{self, BytesMut};
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use futures::StreamExt;
 use serde::Serialize;
 
 use super::auth::authenticate;
+use super::dedupe::KeyVerdict;
 use super::error::ApiError;
 use super::ApiState;
 use crate::domain::{
-    parse_batch, ActivityEnvelope, FieldError, IdempotencyKey, NewActivity, TenantId,
+    parse_batch, ActivityEnvelope, FieldError, IdempotencyKey, NewActivity, PayloadFingerprint,
+    TenantId,
 };
 use crate::kafka::PublishError;
 
@@ -80,15 +82,34 @@ pub async fn create(
     rate_limit(&state, &tenant, 1)?;
     let body = read_body(&request, payload, state.max_body_bytes).await?;
     let activity = state.validator.parse_body(&body)?;
+    let fingerprint = PayloadFingerprint::of(&activity);
 
-    let duplicate = key_from_client && state.accepted.accepted(&[(&tenant, &key)]).await[0];
-    if !duplicate {
-        let envelope = ActivityEnvelope::new(tenant.clone(), key.clone(), activity);
-        publish(&state, &envelope).await?;
-        if key_from_client {
-            state.accepted.mark(&[(&tenant, &key)]).await;
+    let verdict = if key_from_client {
+        state
+            .accepted
+            .reserve(&[(&tenant, &key, &fingerprint)])
+            .await[0]
+    } else {
+        KeyVerdict::Produce { reserved: false }
+    };
+    let duplicate = match verdict {
+        KeyVerdict::Duplicate => true,
+        KeyVerdict::InFlight => return Err(ApiError::KeyInFlight { key: key.into() }),
+        KeyVerdict::Conflict => return Err(ApiError::KeyReused { key: key.into() }),
+        KeyVerdict::Produce { reserved } => {
+            let envelope = ActivityEnvelope::new(tenant.clone(), key.clone(), activity);
+            let published = publish(&state, &envelope, &fingerprint).await;
+            if reserved {
+                let reservation = [(&tenant, &key, &fingerprint)];
+                match published {
+                    Ok(()) => state.accepted.settle(&reservation, &[]).await,
+                    Err(_) => state.accepted.settle(&[], &reservation).await,
+                }
+            }
+            published?;
+            false
         }
-    }
+    };
     Ok(HttpResponse::Accepted().json(Accepted {
         success: true,
         message: "Activity queued for processing".to_owned(),
@@ -103,6 +124,7 @@ struct ValidItem {
     key: IdempotencyKey,
     key_from_client: bool,
     activity: NewActivity,
+    fingerprint: PayloadFingerprint,
 }
 
 /// What happened to one item of a batch.
@@ -111,7 +133,9 @@ struct ValidItem {
 pub struct ItemResult {
     /// Position of the item in `activities`.
     pub index: usize,
-    /// 202 (acknowledged, or already accepted), 400 (invalid) or 503 (Kafka did not acknowledge).
+    /// 202 (acknowledged, or already accepted with the same payload), 400 (invalid), 409 (its key is
+    /// being produced by another request right now), 422 (its key was already used for a different
+    /// activity) or 503 (Kafka did not acknowledge).
     pub status: u16,
     /// The item's key (absent only when the item's own key was invalid).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -119,7 +143,7 @@ pub struct ItemResult {
     /// With 202: whether the key was already accepted (nothing produced again).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duplicate: Option<bool>,
-    /// With 400 and 503: why.
+    /// With 400, 409, 422 and 503: why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// With 400: each failing field and rule.
@@ -145,6 +169,10 @@ pub struct BatchOutcome {
     pub invalid: usize,
     /// Items answered 503.
     pub unavailable: usize,
+    /// Items answered 422: their key was already used for a different activity.
+    pub conflicts: usize,
+    /// Items answered 409: their key is being produced by another request right now.
+    pub in_flight: usize,
     /// One result per item, in request order.
     pub results: Vec<ItemResult>,
 }
@@ -210,6 +238,7 @@ pub async fn create_batch(
                     index: item.index,
                     key: item.key.expect("valid items have a key"),
                     key_from_client: item.key_from_client,
+                    fingerprint: PayloadFingerprint::of(&activity),
                     activity,
                 });
                 results.push(ItemResult {
@@ -232,46 +261,71 @@ pub async fn create_batch(
         }
     }
 
-    // Layer 2: skip items whose key was already accepted. Only keys the client chose are asked
-    // about (and marked below): a key the server just made cannot have been accepted before.
-    let pairs: Vec<(&TenantId, &IdempotencyKey)> = valid
+    // Layer 2: reserve the keys the client chose, so a retried item with the same payload is a
+    // duplicate, a reused key with another payload a 422 and a key in flight a 409. A key the server
+    // just made cannot have been used before, so it is not asked about (nor marked below).
+    let chosen: Vec<(&TenantId, &IdempotencyKey, &PayloadFingerprint)> = valid
         .iter()
         .filter(|item| item.key_from_client)
-        .map(|item| (&tenant, &item.key))
+        .map(|item| (&tenant, &item.key, &item.fingerprint))
         .collect();
-    let mut already = state.accepted.accepted(&pairs).await.into_iter();
-    let mut envelopes = Vec::with_capacity(valid.len());
+    let mut verdicts = state.accepted.reserve(&chosen).await.into_iter();
+    drop(chosen);
+    let mut to_publish = Vec::with_capacity(valid.len());
     for item in valid {
-        let duplicate = item.key_from_client && already.next().unwrap_or(false);
-        if duplicate {
-            results[item.index].duplicate = Some(true);
+        let verdict = if item.key_from_client {
+            verdicts
+                .next()
+                .unwrap_or(KeyVerdict::Produce { reserved: false })
         } else {
-            envelopes.push((
-                item.index,
-                item.key_from_client,
-                ActivityEnvelope::new(tenant.clone(), item.key, item.activity),
-            ));
-        }
+            KeyVerdict::Produce { reserved: false }
+        };
+        let result = &mut results[item.index];
+        let refusal = match verdict {
+            KeyVerdict::Produce { reserved } => {
+                let envelope = ActivityEnvelope::new(tenant.clone(), item.key, item.activity);
+                to_publish.push((item.index, reserved, envelope, item.fingerprint));
+                continue;
+            }
+            KeyVerdict::Duplicate => {
+                result.duplicate = Some(true);
+                continue;
+            }
+            KeyVerdict::InFlight => ApiError::KeyInFlight {
+                key: item.key.into(),
+            },
+            KeyVerdict::Conflict => ApiError::KeyReused {
+                key: item.key.into(),
+            },
+        };
+        result.status = refusal.status_code().as_u16();
+        result.duplicate = None;
+        result.error = Some(refusal.to_string());
     }
 
     // Every record is handed to the producer at once (join_all polls each future, which enqueues
     // it), so they share the producer's batches; then all delivery reports are awaited.
     let outcomes = futures::future::join_all(
-        envelopes
+        to_publish
             .iter()
-            .map(|(_, _, envelope)| publish(&state, envelope)),
+            .map(|(_, _, envelope, fingerprint)| publish(&state, envelope, fingerprint)),
     )
     .await;
     let mut retry_after_secs = 0;
     let mut acknowledged = Vec::new();
-    for ((index, key_from_client, envelope), outcome) in envelopes.iter().zip(outcomes) {
+    let mut refused = Vec::new();
+    for ((index, reserved, envelope, fingerprint), outcome) in to_publish.iter().zip(outcomes) {
+        let reservation = (&tenant, &envelope.idempotency_key, fingerprint);
         match outcome {
-            Ok(()) if *key_from_client => acknowledged.push((&tenant, &envelope.idempotency_key)),
+            Ok(()) if *reserved => acknowledged.push(reservation),
             Ok(()) => {}
             Err(ApiError::Unavailable {
                 reason,
                 retry_after_secs: retry,
             }) => {
+                if *reserved {
+                    refused.push(reservation);
+                }
                 retry_after_secs = retry_after_secs.max(retry);
                 let result = &mut results[*index];
                 result.status = 503;
@@ -283,10 +337,11 @@ pub async fn create_batch(
             Err(other) => return Err(other),
         }
     }
-    state.accepted.mark(&acknowledged).await;
+    state.accepted.settle(&acknowledged, &refused).await;
 
     let count = |status: u16| results.iter().filter(|r| r.status == status).count();
     let (accepted, invalid, unavailable) = (count(202), count(400), count(503));
+    let (conflicts, in_flight) = (count(422), count(409));
     let duplicates = results
         .iter()
         .filter(|result| result.duplicate == Some(true))
@@ -295,25 +350,36 @@ pub async fn create_batch(
     state
         .metrics
         .count_rejected("kafka_unavailable", unavailable as u64);
-    let status = if accepted == results.len() {
+    state.metrics.count_rejected("key_reused", conflicts as u64);
+    state
+        .metrics
+        .count_rejected("key_in_flight", in_flight as u64);
+    let items = results.len();
+    let status = if accepted == items {
         StatusCode::ACCEPTED
-    } else if accepted == 0 && unavailable == 0 {
-        StatusCode::BAD_REQUEST
-    } else if accepted == 0 {
+    } else if accepted == 0 && unavailable > 0 {
         StatusCode::SERVICE_UNAVAILABLE
+    } else if accepted == 0 && invalid == items {
+        StatusCode::BAD_REQUEST
+    } else if accepted == 0 && conflicts == items {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else if accepted == 0 && in_flight == items {
+        StatusCode::CONFLICT
     } else {
         StatusCode::MULTI_STATUS
     };
-    let error = (accepted < results.len()).then(|| {
+    let error = (accepted < items).then(|| {
         format!(
-            "{} of {} activities were not accepted ({invalid} invalid, {unavailable} not acknowledged by Kafka)",
-            results.len() - accepted,
-            results.len()
+            "{} of {items} activities were not accepted ({invalid} invalid, {conflicts} with a reused key, \
+             {in_flight} with a key in flight, {unavailable} not acknowledged by Kafka)",
+            items - accepted,
         )
     });
     let mut response = HttpResponse::build(status);
     if unavailable > 0 {
         response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+    } else if in_flight > 0 {
+        response.insert_header((header::RETRY_AFTER, "1"));
     }
     Ok(response.json(BatchOutcome {
         success: accepted == results.len(),
@@ -322,14 +388,20 @@ pub async fn create_batch(
         duplicates,
         invalid,
         unavailable,
+        conflicts,
+        in_flight,
         results,
     }))
 }
 
 /// Publishes one envelope and records how long the broker took, by outcome.
-async fn publish(state: &ApiState, envelope: &ActivityEnvelope) -> Result<(), ApiError> {
+async fn publish(
+    state: &ApiState,
+    envelope: &ActivityEnvelope,
+    fingerprint: &PayloadFingerprint,
+) -> Result<(), ApiError> {
     let started = Instant::now();
-    let result = state.publisher.publish(envelope).await;
+    let result = state.publisher.publish(envelope, fingerprint).await;
     let outcome = match &result {
         Ok(()) => "acked",
         Err(PublishError::QueueFull) => "queue_full",

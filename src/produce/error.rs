@@ -2,11 +2,13 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
+use super::activities::IDEMPOTENCY_KEY_HEADER;
 use crate::domain::ValidationFailure;
 use crate::kafka::PublishError;
 
 /// Every way a request can fail, each with its status. The body is always
-/// `{"success": false, "error": "...", "details"?: [...]}` (the seed's contract, extended).
+/// `{"success": false, "error": "...", "details"?: [...], "idempotencyKey"?: "..."}` (the seed's
+/// contract, extended).
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -27,6 +29,15 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
+    /// The idempotency key was already used for an activity with another payload (422, per the
+    /// IETF draft "The Idempotency-Key HTTP Header Field"): nothing was produced.
+    #[error("{IDEMPOTENCY_KEY_HEADER} {key} was already used for a different activity; use a new key for a new activity")]
+    KeyReused { key: String },
+    /// Another request with this key and payload is being produced right now (409): retry shortly.
+    #[error(
+        "A request with {IDEMPOTENCY_KEY_HEADER} {key} is still being processed; retry shortly"
+    )]
+    KeyInFlight { key: String },
     #[error("Kafka cannot take the activity right now ({reason}); retry later")]
     Unavailable {
         reason: String,
@@ -62,6 +73,8 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::KeyReused { .. } => "key_reused",
+            ApiError::KeyInFlight { .. } => "key_in_flight",
             ApiError::TooManyRequests { .. } => "rate_limited",
             ApiError::Unavailable { .. } => "kafka_unavailable",
             ApiError::StoreUnavailable { .. } => "store_unavailable",
@@ -107,6 +120,8 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::KeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::KeyInFlight { .. } => StatusCode::CONFLICT,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -117,6 +132,11 @@ impl ResponseError for ApiError {
         let mut body = json!({ "success": false, "error": self.to_string() });
         match self {
             ApiError::Invalid(failure) => body["details"] = json!(failure.errors),
+            ApiError::KeyReused { key } => body["idempotencyKey"] = json!(key),
+            ApiError::KeyInFlight { key } => {
+                body["idempotencyKey"] = json!(key);
+                response.insert_header((header::RETRY_AFTER, "1"));
+            }
             ApiError::Unauthorized(_) => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
@@ -170,5 +190,25 @@ mod tests {
             body,
             json!({"success": false, "error": "too many SSE clients are resuming; retry later"})
         );
+    }
+
+    #[test]
+    fn reused_and_in_flight_keys_name_the_key() {
+        let response = ApiError::KeyReused {
+            key: "order-42".to_owned(),
+        }
+        .error_response();
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let body = response.into_body().try_into_bytes().unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["idempotencyKey"], "order-42");
+        assert_eq!(body["success"], false);
+
+        let response = ApiError::KeyInFlight {
+            key: "order-42".to_owned(),
+        }
+        .error_response();
+        assert_eq!(response.status(), StatusCode::CONFLICT);
+        assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "1");
     }
 }

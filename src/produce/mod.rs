@@ -113,7 +113,11 @@ impl Application {
             batch_max_body_bytes: settings.intake.batch_max_body_bytes,
             batch_max_items: settings.intake.batch_max_items,
             repository: ActivityRepository::connect(&settings.mongo).await?,
-            accepted: dedupe::AcceptedMarkers::new(redis.clone(), settings.intake.dedupe_timeout()),
+            accepted: dedupe::AcceptedMarkers::new(
+                redis.clone(),
+                settings.intake.dedupe_timeout(),
+                settings.kafka.delivery_timeout(),
+            ),
             redis,
             rate_limiter: rate_limit::TenantRateLimiter::new(&settings.rate_limit, &tenant_ids),
             fanout: live::Fanout::start(

@@ -18,7 +18,9 @@ impl RedisKeys {
         }
     }
 
-    /// Set (NX, 24 h) by the consumer once an activity is stored; its value is the document id.
+    /// Set (NX, 24 h) by the consumer once an activity is stored; its value is
+    /// `<document id>:<payload fingerprint>` (just the document id for documents stored before
+    /// fingerprints), see `IdempotencyMark`.
     pub fn idempotency(&self, tenant: &TenantId, key: &IdempotencyKey) -> String {
         format!("{}idempotency:{{{tenant}}}:{key}", self.prefix)
     }
@@ -47,8 +49,9 @@ impl RedisKeys {
         TenantId::parse(tenant).ok()
     }
 
-    /// Set by the API after the broker acknowledged, so a client retry is answered without producing
-    /// again (the queue-level layer of idempotency).
+    /// The API's marker of a client-chosen key (the queue-level layer of idempotency): reserved as
+    /// `pending:<fingerprint>` before the record is produced, `<fingerprint>` once the broker
+    /// acknowledged it (`1` from versions before fingerprints), see `AcceptedState`.
     pub fn accepted(&self, tenant: &TenantId, key: &IdempotencyKey) -> String {
         format!("{}accepted:{{{tenant}}}:{key}", self.prefix)
     }

@@ -13,9 +13,10 @@ mod redis_store;
 pub use keys::RedisKeys;
 pub use live::{open_live_connection, LiveMessage, LiveMessages, LiveSubscriptions};
 pub use mongo::{
-    ActivityCursor, ActivityFilter, ActivityRepository, InsertOutcome, ReplayLog, StoredActivity,
+    ActivityCursor, ActivityFilter, ActivityRepository, CorruptDocument, InsertOutcome, ReplayLog,
+    StoredActivity, StoredByKey,
 };
-pub use redis_store::{EffectRequest, RecentEvent, RedisStore};
+pub use redis_store::{AcceptedState, EffectRequest, IdempotencyMark, RecentEvent, RedisStore};
 
 /// A store that did not answer as a whole: nothing about any single record is known to be wrong.
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,5 @@
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::IntoFuture;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -10,10 +11,24 @@ use serde::{Deserialize, Serialize};
 
 use super::StoreOutage;
 use crate::config::MongoSettings;
-use crate::domain::{ActivityEnvelope, IdempotencyKey, TenantId};
+use crate::domain::{ActivityEnvelope, IdempotencyKey, PayloadFingerprint, TenantId};
+use crate::failures::RecordFailure;
 
 /// MongoDB's "duplicate key" error: the unique (tenant, key) index already holds this activity.
 const DUPLICATE_KEY: i32 = 11000;
+/// MongoDB error codes that fail the same way on every attempt: such a record goes to the DLQ at once.
+/// Anything else refused for one document is treated as transient and retried on the schedule.
+const DETERMINISTIC_WRITE_ERRORS: &[i32] = &[
+    2,     // BadValue
+    9,     // FailedToParse
+    14,    // TypeMismatch
+    52,    // DollarPrefixedFieldName
+    55,    // InvalidDBRef
+    56,    // EmptyFieldName
+    57,    // DottedFieldName
+    121,   // DocumentValidationFailure
+    10334, // BSONObjectTooLarge
+];
 const UNIQUE_KEY_INDEX: &str = "tenant_idempotency_key_unique";
 const NEWEST_FIRST_INDEX: &str = "tenant_newest_first";
 /// The filters of `GET /activities`, each newest first within a tenant.
@@ -30,8 +45,13 @@ pub struct StoredActivity {
     /// Made by the consumer; time-ordered, so it doubles as the SSE event id and the page cursor.
     #[serde(rename = "_id")]
     pub id: ObjectId,
-    pub tenant_id: String,
-    pub idempotency_key: String,
+    pub tenant_id: TenantId,
+    pub idempotency_key: IdempotencyKey,
+    /// What the tenant sent, digested: a delivery of the same key with another fingerprint is a
+    /// conflict, not a duplicate. Absent on documents stored before fingerprints existed; those are
+    /// taken to match (there is nothing to compare them with).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_fingerprint: Option<PayloadFingerprint>,
     pub actor_id: String,
     pub actor_name: String,
     #[serde(rename = "type")]
@@ -49,6 +69,7 @@ impl StoredActivity {
     /// beyond i64), which is deterministic: the record is rejected, not retried.
     pub fn from_envelope(
         envelope: &ActivityEnvelope,
+        fingerprint: &PayloadFingerprint,
         created_at: DateTime<Utc>,
     ) -> Result<StoredActivity, String> {
         let activity = &envelope.activity;
@@ -59,8 +80,9 @@ impl StoredActivity {
         };
         Ok(StoredActivity {
             id: ObjectId::new(),
-            tenant_id: envelope.tenant_id.to_string(),
-            idempotency_key: envelope.idempotency_key.to_string(),
+            tenant_id: envelope.tenant_id.clone(),
+            idempotency_key: envelope.idempotency_key.clone(),
+            payload_fingerprint: Some(fingerprint.clone()),
             actor_id: activity.actor_id.clone(),
             actor_name: activity.actor_name.clone(),
             activity_type: activity.activity_type.clone(),
@@ -69,6 +91,14 @@ impl StoredActivity {
             enqueued_at: bson::DateTime::from_millis(envelope.enqueued_at.timestamp_millis()),
             created_at: bson::DateTime::from_millis(created_at.timestamp_millis()),
         })
+    }
+
+    /// Whether `fingerprint` is what this document was stored from. A document from before
+    /// fingerprints has none and matches any (documented in ARCHITECTURE.md).
+    pub fn matches(&self, fingerprint: &PayloadFingerprint) -> bool {
+        self.payload_fingerprint
+            .as_ref()
+            .is_none_or(|stored| stored == fingerprint)
     }
 
     /// When the consumer stored it.
@@ -81,8 +111,8 @@ impl StoredActivity {
     pub fn to_json(&self) -> serde_json::Value {
         let mut value = serde_json::json!({
             "id": self.id.to_hex(),
-            "tenantId": self.tenant_id,
-            "idempotencyKey": self.idempotency_key,
+            "tenantId": self.tenant_id.as_str(),
+            "idempotencyKey": self.idempotency_key.as_str(),
             "actorId": self.actor_id,
             "actorName": self.actor_name,
             "type": self.activity_type,
@@ -109,17 +139,39 @@ pub enum InsertOutcome {
     Inserted,
     /// The unique index already holds this (tenant, key): stored by an earlier delivery.
     AlreadyStored,
-    /// The server refused this document for a reason of its own (not an outage).
-    Rejected {
-        code: i32,
-        message: String,
-    },
+    /// The server refused this document for a reason of its own (not an outage): rejected when the
+    /// code says it always will, transient otherwise.
+    Refused(RecordFailure),
+}
+
+/// What `find_stored` found, by (tenant, key).
+pub type StoredByKey = HashMap<(TenantId, IdempotencyKey), Result<StoredActivity, CorruptDocument>>;
+
+/// A document found under a (tenant, key) that does not read as an activity: a failure of the
+/// records with that key (DLQ), not an outage of the store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the document stored under key {idempotency_key} is corrupt: {reason}")]
+pub struct CorruptDocument {
+    pub idempotency_key: String,
+    pub reason: String,
+}
+
+/// The classification of one write error's code.
+fn refusal(code: i32, message: &str) -> RecordFailure {
+    let error = format!("MongoDB refused the document (code {code}): {message}");
+    if DETERMINISTIC_WRITE_ERRORS.contains(&code) {
+        RecordFailure::rejected(error)
+    } else {
+        RecordFailure::transient(error)
+    }
 }
 
 /// The activities collection.
 #[derive(Clone)]
 pub struct ActivityRepository {
     collection: Collection<StoredActivity>,
+    /// The budget of every consumer-side call (`mongo.op_timeout_ms`), client- and server-side.
+    op_timeout: Duration,
 }
 
 impl ActivityRepository {
@@ -137,7 +189,10 @@ impl ActivityRepository {
         let collection = client
             .database(&settings.database)
             .collection(&settings.collection);
-        Ok(ActivityRepository { collection })
+        Ok(ActivityRepository {
+            collection,
+            op_timeout: Duration::from_millis(settings.op_timeout_ms),
+        })
     }
 
     /// Creates the unique (tenant, key) index and the newest-first index behind `GET /activities`,
@@ -175,10 +230,11 @@ impl ActivityRepository {
         // One index per command: FerretDB v1.24 drops the connection when a multi-index
         // createIndexes names indexes that already exist, which is every start but the first.
         for index in indexes {
-            self.collection
-                .create_index(index)
-                .await
-                .map_err(StoreOutage::mongo)?;
+            self.within(
+                "createIndexes",
+                self.collection.create_index(index).into_future(),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -193,7 +249,23 @@ impl ActivityRepository {
             return Ok(Vec::new());
         }
         let mut outcomes = vec![InsertOutcome::Inserted; documents.len()];
-        match self.collection.insert_many(documents).ordered(false).await {
+        let inserted = tokio::time::timeout(
+            self.op_timeout,
+            self.collection
+                .insert_many(documents)
+                .ordered(false)
+                .into_future(),
+        )
+        .await
+        .map_err(|_| {
+            // The insert may still have happened: the retry finds the documents stored (duplicate
+            // key) and, their fingerprints matching, counts them as duplicates and re-announces them.
+            StoreOutage::mongo(format!(
+                "no answer to insert_many within mongo.op_timeout_ms ({} ms)",
+                self.op_timeout.as_millis()
+            ))
+        })?;
+        match inserted {
             Ok(_) => Ok(outcomes),
             Err(error) => match *error.kind {
                 mongodb::error::ErrorKind::InsertMany(ref failure)
@@ -210,10 +282,7 @@ impl ActivityRepository {
                         *outcome = if write_error.code == DUPLICATE_KEY {
                             InsertOutcome::AlreadyStored
                         } else {
-                            InsertOutcome::Rejected {
-                                code: write_error.code,
-                                message: write_error.message.clone(),
-                            }
+                            InsertOutcome::Refused(refusal(write_error.code, &write_error.message))
                         };
                     }
                     Ok(outcomes)
@@ -223,23 +292,82 @@ impl ActivityRepository {
         }
     }
 
-    /// The stored activities of `tenant` with the given keys (to re-announce ones stored by an
-    /// earlier delivery whose Redis step did not happen).
-    pub async fn find_by_keys(
+    /// The stored activities with the given (tenant, key) pairs, in one query (to compare
+    /// fingerprints, and to re-announce ones stored by an earlier delivery whose Redis step did not
+    /// happen). A document that does not read as an activity is reported as corrupt under its key,
+    /// rather than failing the whole call as if MongoDB were down.
+    pub async fn find_stored(
         &self,
-        tenant: &TenantId,
-        keys: &[&IdempotencyKey],
-    ) -> Result<Vec<StoredActivity>, StoreOutage> {
+        pairs: &[(&TenantId, &IdempotencyKey)],
+    ) -> Result<StoredByKey, StoreOutage> {
         use futures::TryStreamExt;
 
-        let keys: Vec<&str> = keys.iter().map(|key| key.as_str()).collect();
-        self.collection
-            .find(doc! { "tenantId": tenant.as_str(), "idempotencyKey": { "$in": keys } })
-            .await
-            .map_err(StoreOutage::mongo)?
-            .try_collect()
-            .await
-            .map_err(StoreOutage::mongo)
+        let mut by_tenant: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (tenant, key) in pairs {
+            by_tenant
+                .entry(tenant.as_str())
+                .or_default()
+                .push(key.as_str());
+        }
+        let branches: Vec<Document> = by_tenant
+            .into_iter()
+            .map(|(tenant, keys)| doc! { "tenantId": tenant, "idempotencyKey": { "$in": keys } })
+            .collect();
+        let query = match <[Document; 1]>::try_from(branches) {
+            Ok([single]) => single,
+            Err(branches) => doc! { "$or": branches },
+        };
+        let budget = self.op_timeout;
+        let documents: Vec<Document> = self
+            .within("find stored", async {
+                self.collection
+                    .clone_with_type::<Document>()
+                    .find(query)
+                    .max_time(budget)
+                    .await?
+                    .try_collect()
+                    .await
+            })
+            .await?;
+        let mut found = HashMap::with_capacity(documents.len());
+        for document in documents {
+            let identity = (
+                document.get_str("tenantId").ok().map(TenantId::parse),
+                document
+                    .get_str("idempotencyKey")
+                    .ok()
+                    .map(IdempotencyKey::parse),
+            );
+            // The query matched valid ids, so these parse; anything else is not one we asked for.
+            let (Some(Ok(tenant)), Some(Ok(key))) = identity else {
+                continue;
+            };
+            let activity =
+                bson::from_document::<StoredActivity>(document).map_err(|error| CorruptDocument {
+                    idempotency_key: key.to_string(),
+                    reason: error.to_string(),
+                });
+            found.insert((tenant, key), activity);
+        }
+        Ok(found)
+    }
+
+    /// Runs one consumer-side call within `mongo.op_timeout_ms`. The driver has no socket timeout,
+    /// so a reply that never comes (a blackholed connection shorter than its heartbeat) would
+    /// otherwise hang the stage until the group evicts it; a call past its budget is an outage of
+    /// the store (breaker, retry in place), like any other failure of the whole call.
+    async fn within<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = mongodb::error::Result<T>>,
+    ) -> Result<T, StoreOutage> {
+        match tokio::time::timeout(self.op_timeout, call).await {
+            Ok(result) => result.map_err(StoreOutage::mongo),
+            Err(_) => Err(StoreOutage::mongo(format!(
+                "no answer to {what} within mongo.op_timeout_ms ({} ms)",
+                self.op_timeout.as_millis()
+            ))),
+        }
     }
 
     /// One stored activity by tenant and key.
@@ -484,16 +612,20 @@ mod tests {
         )
     }
 
+    fn from_envelope(envelope: &ActivityEnvelope) -> Result<StoredActivity, String> {
+        let fingerprint = PayloadFingerprint::of(&envelope.activity);
+        StoredActivity::from_envelope(envelope, &fingerprint, Utc::now())
+    }
+
     #[test]
     fn documents_carry_tenant_key_fields_and_times() {
-        let stored =
-            StoredActivity::from_envelope(&envelope(json!({"n": 1, "tags": ["a"]})), Utc::now())
-                .unwrap();
+        let stored = from_envelope(&envelope(json!({"n": 1, "tags": ["a"]}))).unwrap();
         let document = bson::to_document(&stored).unwrap();
         for field in [
             "_id",
             "tenantId",
             "idempotencyKey",
+            "payloadFingerprint",
             "actorId",
             "actorName",
             "type",
@@ -515,10 +647,9 @@ mod tests {
 
     #[test]
     fn json_view_round_trips_metadata() {
-        let stored = StoredActivity::from_envelope(
-            &envelope(json!({"n": 1, "f": 1.5, "s": "x", "nested": {"b": true}})),
-            Utc::now(),
-        )
+        let stored = from_envelope(&envelope(
+            json!({"n": 1, "f": 1.5, "s": "x", "nested": {"b": true}}),
+        ))
         .unwrap();
         let view = stored.to_json();
         assert_eq!(
@@ -535,6 +666,6 @@ mod tests {
         // The API refuses such integers; build the envelope by hand as a foreign producer could.
         let mut unvalidated = envelope(json!({}));
         unvalidated.activity.metadata = json!({"big": u64::MAX}).as_object().cloned();
-        assert!(StoredActivity::from_envelope(&unvalidated, Utc::now()).is_err());
+        assert!(from_envelope(&unvalidated).is_err());
     }
 }

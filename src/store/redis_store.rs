@@ -4,7 +4,7 @@ use secrecy::ExposeSecret;
 
 use super::{RedisKeys, StoreOutage};
 use crate::config::RedisSettings;
-use crate::domain::{IdempotencyKey, TenantId};
+use crate::domain::{IdempotencyKey, PayloadFingerprint, TenantId};
 
 /// The consumer's Redis step for several activities of one tenant, atomic and idempotent per
 /// activity: mark its key (NX, with TTL) and, only if this call set the mark, count the activity,
@@ -15,19 +15,19 @@ use crate::domain::{IdempotencyKey, TenantId};
 /// KEYS[1] is the tenant's counter hash, KEYS[2] its recent-events stream and KEYS[3..] the
 /// activities' marks (all in the tenant's hash slot); ARGV[1] is the marks' TTL, ARGV[2] the tenant's
 /// channel, ARGV[3] the stream's length (0: no stream), ARGV[4] its TTL, then per activity its
-/// document id, type and event. One call per tenant and batch rather than per activity: profiles of
+/// mark's value (`IdempotencyMark`), document id, type and event. One call per tenant and batch rather than per activity: profiles of
 /// the drain put Redis at ~17 us of CPU per activity with one script call each.
 const MARK_COUNT_PUBLISH_LUA: &str = r"
 local marked = {}
 local recent_length = tonumber(ARGV[3])
 local appended = false
 for i = 3, #KEYS do
-  local at = 5 + (i - 3) * 3
+  local at = 5 + (i - 3) * 4
   if redis.call('SET', KEYS[i], ARGV[at], 'NX', 'EX', ARGV[1]) then
-    redis.call('HINCRBY', KEYS[1], ARGV[at + 1], 1)
-    redis.call('PUBLISH', ARGV[2], ARGV[at + 2])
+    redis.call('HINCRBY', KEYS[1], ARGV[at + 2], 1)
+    redis.call('PUBLISH', ARGV[2], ARGV[at + 3])
     if recent_length > 0 then
-      redis.call('XADD', KEYS[2], 'MAXLEN', '~', recent_length, '*', 'id', ARGV[at], 'event', ARGV[at + 2])
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', recent_length, '*', 'id', ARGV[at + 1], 'event', ARGV[at + 3])
       appended = true
     end
     marked[#marked + 1] = 1
@@ -60,8 +60,10 @@ const EFFECTS_PER_CALL: usize = 200;
 pub struct EffectRequest<'a> {
     pub tenant: &'a TenantId,
     pub key: &'a IdempotencyKey,
-    /// Stored as the mark's value: the MongoDB document id.
+    /// The MongoDB document id: the mark's value (with the fingerprint) and the SSE event id.
     pub document_id: String,
+    /// The stored document's payload fingerprint (`None` for documents stored before them).
+    pub fingerprint: Option<&'a PayloadFingerprint>,
     pub activity_type: &'a str,
     /// The event published to the tenant's channel (JSON of the stored activity).
     pub event: String,
@@ -108,6 +110,88 @@ fn effect_calls(requests: &[EffectRequest<'_>]) -> Vec<Vec<usize>> {
         .collect()
 }
 
+/// What the consumer's idempotency mark of a key says: which document holds the key, and from what
+/// payload it was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyMark {
+    pub document_id: String,
+    /// `None` for marks written before fingerprints: they match any payload.
+    pub fingerprint: Option<PayloadFingerprint>,
+}
+
+impl IdempotencyMark {
+    fn encode(document_id: &str, fingerprint: Option<&PayloadFingerprint>) -> String {
+        match fingerprint {
+            Some(fingerprint) => format!("{document_id}:{fingerprint}"),
+            None => document_id.to_owned(),
+        }
+    }
+
+    fn decode(value: &str) -> IdempotencyMark {
+        match value.split_once(':') {
+            Some((document_id, fingerprint)) => IdempotencyMark {
+                document_id: document_id.to_owned(),
+                fingerprint: PayloadFingerprint::parse(fingerprint).ok(),
+            },
+            None => IdempotencyMark {
+                document_id: value.to_owned(),
+                fingerprint: None,
+            },
+        }
+    }
+
+    /// Whether a record with `fingerprint` is the activity this mark was made for.
+    pub fn matches(&self, fingerprint: &PayloadFingerprint) -> bool {
+        self.fingerprint
+            .as_ref()
+            .is_none_or(|marked| marked == fingerprint)
+    }
+}
+
+/// What the API's accepted marker of a client-chosen key said when a request tried to reserve it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcceptedState {
+    /// Nobody had the key: this request reserved it and must produce, then mark or release it.
+    Reserved,
+    /// Another request with this key is between its reservation and the broker's answer.
+    InFlight(PayloadFingerprint),
+    /// The broker acknowledged the key; `None` for markers from before fingerprints (they match).
+    Accepted(Option<PayloadFingerprint>),
+}
+
+impl AcceptedState {
+    const PENDING: &'static str = "pending:";
+    /// The marker value of versions before fingerprints.
+    const LEGACY_ACCEPTED: &'static str = "1";
+
+    fn decode(previous: Option<String>) -> AcceptedState {
+        match previous {
+            None => AcceptedState::Reserved,
+            Some(value) => match value.strip_prefix(Self::PENDING) {
+                Some(fingerprint) => match PayloadFingerprint::parse(fingerprint) {
+                    Ok(fingerprint) => AcceptedState::InFlight(fingerprint),
+                    Err(_) => AcceptedState::Accepted(None),
+                },
+                None if value == Self::LEGACY_ACCEPTED => AcceptedState::Accepted(None),
+                None => AcceptedState::Accepted(PayloadFingerprint::parse(&value).ok()),
+            },
+        }
+    }
+
+    fn pending(fingerprint: &PayloadFingerprint) -> String {
+        format!("{}{fingerprint}", Self::PENDING)
+    }
+}
+
+/// Deletes a reservation only if it is still this request's (`pending:<fingerprint>`): a request
+/// whose record the broker refused gives the key back, so the client's retry is not told 409.
+const RELEASE_RESERVATION_LUA: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
 /// Redis as the consumer and the API use it.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -116,18 +200,22 @@ pub struct RedisStore {
     idempotency_ttl_secs: u64,
     recent_events_per_tenant: usize,
     recent_events_ttl_secs: u64,
+    /// The budget of every call (`redis.op_timeout_ms`).
+    op_timeout: std::time::Duration,
     mark_count_publish: Script,
+    release_reservation: Script,
 }
 
 impl RedisStore {
     /// Prepares a connection (TLS with `rediss://`) without making it: Redis being down at start-up
     /// must not stop the API, and the connection manager reconnects by itself after an outage.
     pub fn connect(settings: &RedisSettings) -> anyhow::Result<RedisStore> {
+        let op_timeout = std::time::Duration::from_millis(settings.op_timeout_ms);
         let client = redis::Client::open(settings.url.expose_secret())
             .map_err(|error| anyhow::anyhow!("redis.url is not a valid Redis URL: {error}"))?;
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
-            .set_response_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_connection_timeout(Some(op_timeout))
+            .set_response_timeout(Some(op_timeout))
             .set_number_of_retries(1);
         let connection = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|error| anyhow::anyhow!("preparing the Redis connection: {error}"))?;
@@ -137,7 +225,9 @@ impl RedisStore {
             idempotency_ttl_secs: settings.idempotency_ttl_secs,
             recent_events_per_tenant: settings.recent_events_per_tenant,
             recent_events_ttl_secs: settings.recent_events_ttl_secs,
+            op_timeout,
             mark_count_publish: Script::new(MARK_COUNT_PUBLISH_LUA),
+            release_reservation: Script::new(RELEASE_RESERVATION_LUA),
         })
     }
 
@@ -145,28 +235,47 @@ impl RedisStore {
         &self.keys
     }
 
-    /// Which of `pairs` are already marked as processed (the pre-check that skips known duplicates).
+    /// The idempotency marks of `pairs`, in order, `None` where there is none (the pre-check that
+    /// skips known duplicates and spots reused keys before MongoDB is asked).
     pub async fn already_marked(
         &self,
         pairs: &[(&TenantId, &IdempotencyKey)],
-    ) -> Result<Vec<bool>, StoreOutage> {
-        let keys = pairs
-            .iter()
-            .map(|(tenant, key)| self.keys.idempotency(tenant, key));
-        self.existing(keys.collect()).await
-    }
-
-    /// Which of `keys` exist, in order, in one MGET.
-    async fn existing(&self, keys: Vec<String>) -> Result<Vec<bool>, StoreOutage> {
-        if keys.is_empty() {
+    ) -> Result<Vec<Option<IdempotencyMark>>, StoreOutage> {
+        if pairs.is_empty() {
             return Ok(Vec::new());
         }
-        let values: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut self.connection.clone())
-            .await
-            .map_err(StoreOutage::redis)?;
-        Ok(values.into_iter().map(|value| value.is_some()).collect())
+        let keys: Vec<String> = pairs
+            .iter()
+            .map(|(tenant, key)| self.keys.idempotency(tenant, key))
+            .collect();
+        let values: Vec<Option<String>> = self
+            .within(
+                "MGET",
+                redis::cmd("MGET")
+                    .arg(&keys)
+                    .query_async(&mut self.connection.clone()),
+            )
+            .await?;
+        Ok(values
+            .into_iter()
+            .map(|value| value.as_deref().map(IdempotencyMark::decode))
+            .collect())
+    }
+
+    /// Runs one call within `redis.op_timeout_ms`: past it, Redis counts as down for this call (the
+    /// consumer's breaker and retry in place), whatever the connection is doing.
+    async fn within<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreOutage> {
+        match tokio::time::timeout(self.op_timeout, call).await {
+            Ok(result) => result.map_err(StoreOutage::redis),
+            Err(_) => Err(StoreOutage::redis(format!(
+                "no answer to {what} within redis.op_timeout_ms ({} ms)",
+                self.op_timeout.as_millis()
+            ))),
+        }
     }
 
     /// Runs the atomic mark-count-publish step for each request, one script call per tenant (and per
@@ -196,16 +305,22 @@ impl RedisStore {
                 let request = &requests[index];
                 invocation
                     .key(self.keys.idempotency(request.tenant, request.key))
+                    .arg(IdempotencyMark::encode(
+                        &request.document_id,
+                        request.fingerprint,
+                    ))
                     .arg(&request.document_id)
                     .arg(request.activity_type)
                     .arg(&request.event);
             }
             pipeline.invoke_script(&invocation);
         }
-        let marked: Vec<Vec<i64>> = pipeline
-            .query_async(&mut self.connection.clone())
-            .await
-            .map_err(StoreOutage::redis)?;
+        let marked: Vec<Vec<i64>> = self
+            .within(
+                "the effects script",
+                pipeline.query_async(&mut self.connection.clone()),
+            )
+            .await?;
         let mut newly = vec![false; requests.len()];
         for (call, results) in calls.iter().zip(&marked) {
             if results.len() != call.len() {
@@ -306,50 +421,136 @@ impl RedisStore {
     }
 }
 
-/// Idempotency layer 2, the API's "accepted" markers: set after the broker acknowledged a record, so a
-/// client retry is answered without producing again. Best effort by design: callers bound these calls
-/// with a short timeout and carry on without them (the consumer deduplicates anyway).
+/// Idempotency layer 2, the API's "accepted" markers of client-chosen keys: reserved before the
+/// record is produced (so a concurrent request with the same key is answered 409 instead of being
+/// produced twice), set to the payload fingerprint once the broker acknowledged (so a retry is
+/// answered without producing again, and a reused key with another payload is refused with 422).
+/// Best effort by design: callers bound these calls with a short timeout and carry on without them
+/// (the consumer deduplicates and detects conflicts anyway).
 impl RedisStore {
-    /// Which of `pairs` the API already accepted.
-    pub async fn accepted(
+    /// Reserves each of `pairs` for its fingerprint (`SET NX GET`, one pipeline) for `pending_ttl`
+    /// (longer than the broker may take to answer), and says what was there before.
+    pub async fn reserve_accepted(
         &self,
-        pairs: &[(&TenantId, &IdempotencyKey)],
-    ) -> Result<Vec<bool>, StoreOutage> {
-        let keys = pairs
-            .iter()
-            .map(|(tenant, key)| self.keys.accepted(tenant, key));
-        self.existing(keys.collect()).await
+        pairs: &[(&TenantId, &IdempotencyKey, &PayloadFingerprint)],
+        pending_ttl: std::time::Duration,
+    ) -> Result<Vec<AcceptedState>, StoreOutage> {
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipeline = redis::pipe();
+        for (tenant, key, fingerprint) in pairs {
+            pipeline
+                .cmd("SET")
+                .arg(self.keys.accepted(tenant, key))
+                .arg(AcceptedState::pending(fingerprint))
+                .arg("NX")
+                .arg("GET")
+                .arg("PX")
+                .arg(
+                    u64::try_from(pending_ttl.as_millis())
+                        .unwrap_or(u64::MAX)
+                        .max(1),
+                );
+        }
+        let previous: Vec<Option<String>> = self
+            .within(
+                "the accepted reservation",
+                pipeline.query_async(&mut self.connection.clone()),
+            )
+            .await?;
+        Ok(previous.into_iter().map(AcceptedState::decode).collect())
     }
 
-    /// Marks `pairs` as accepted for `redis.idempotency_ttl_secs` (`SET NX EX`, one pipeline).
+    /// Marks `pairs` accepted with their fingerprints for `redis.idempotency_ttl_secs` (one
+    /// pipeline), replacing this request's reservation.
     pub async fn mark_accepted(
         &self,
-        pairs: &[(&TenantId, &IdempotencyKey)],
+        pairs: &[(&TenantId, &IdempotencyKey, &PayloadFingerprint)],
     ) -> Result<(), StoreOutage> {
         if pairs.is_empty() {
             return Ok(());
         }
         let mut pipeline = redis::pipe();
-        for (tenant, key) in pairs {
+        for (tenant, key, fingerprint) in pairs {
             pipeline
                 .cmd("SET")
                 .arg(self.keys.accepted(tenant, key))
-                .arg(1)
-                .arg("NX")
+                .arg(fingerprint.as_str())
                 .arg("EX")
                 .arg(self.idempotency_ttl_secs)
                 .ignore();
         }
-        pipeline
-            .query_async::<()>(&mut self.connection.clone())
-            .await
-            .map_err(StoreOutage::redis)
+        self.within(
+            "the accepted markers",
+            pipeline.query_async::<()>(&mut self.connection.clone()),
+        )
+        .await
+    }
+
+    /// Gives back the reservations of `pairs` whose records the broker did not acknowledge, where
+    /// they are still this request's.
+    pub async fn release_accepted(
+        &self,
+        pairs: &[(&TenantId, &IdempotencyKey, &PayloadFingerprint)],
+    ) -> Result<(), StoreOutage> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let mut pipeline = redis::pipe();
+        pipeline.load_script(&self.release_reservation).ignore();
+        for (tenant, key, fingerprint) in pairs {
+            let mut invocation = self.release_reservation.prepare_invoke();
+            invocation
+                .key(self.keys.accepted(tenant, key))
+                .arg(AcceptedState::pending(fingerprint));
+            pipeline.invoke_script(&invocation).ignore();
+        }
+        self.within(
+            "the accepted release",
+            pipeline.query_async::<()>(&mut self.connection.clone()),
+        )
+        .await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fingerprint(digit: char) -> PayloadFingerprint {
+        PayloadFingerprint::parse(&digit.to_string().repeat(32)).unwrap()
+    }
+
+    #[test]
+    fn idempotency_marks_round_trip_and_old_marks_match_anything() {
+        let encoded = IdempotencyMark::encode("65f0a1", Some(&fingerprint('a')));
+        let mark = IdempotencyMark::decode(&encoded);
+        assert_eq!(mark.document_id, "65f0a1");
+        assert!(mark.matches(&fingerprint('a')));
+        assert!(!mark.matches(&fingerprint('b')));
+        let old = IdempotencyMark::decode("65f0a1");
+        assert_eq!(old.fingerprint, None);
+        assert!(old.matches(&fingerprint('b')));
+    }
+
+    #[test]
+    fn accepted_markers_decode_every_state() {
+        assert_eq!(AcceptedState::decode(None), AcceptedState::Reserved);
+        assert_eq!(
+            AcceptedState::decode(Some(AcceptedState::pending(&fingerprint('c')))),
+            AcceptedState::InFlight(fingerprint('c'))
+        );
+        assert_eq!(
+            AcceptedState::decode(Some("c".repeat(32))),
+            AcceptedState::Accepted(Some(fingerprint('c')))
+        );
+        assert_eq!(
+            AcceptedState::decode(Some("1".to_owned())),
+            AcceptedState::Accepted(None),
+            "markers from before fingerprints"
+        );
+    }
 
     #[test]
     fn effects_are_grouped_by_tenant_in_order_and_capped_per_call() {
@@ -362,6 +563,7 @@ mod tests {
             tenant,
             key,
             document_id: String::new(),
+            fingerprint: None,
             activity_type: "t",
             event: String::new(),
         };
