@@ -568,7 +568,7 @@ pub async fn check(env: &Env, inputs: Inputs<'_>) -> anyhow::Result<Checked> {
         }
     }
 
-    // 3. Idempotency marks: one per stored activity, holding its document id.
+    // 3. Idempotency marks: one per stored activity, holding its document id and fingerprint.
     for chunk in documents.chunks(500) {
         let keys: Vec<String> = chunk
             .iter()
@@ -589,7 +589,12 @@ pub async fn check(env: &Env, inputs: Inputs<'_>) -> anyhow::Result<Checked> {
                 .get_object_id("_id")
                 .map(|id| id.to_hex())
                 .unwrap_or_default();
-            if mark.as_deref() != Some(id.as_str()) {
+            // `<document id>:<payload fingerprint>`, as the stored document says.
+            let expected = match document.get_str("payloadFingerprint") {
+                Ok(fingerprint) => format!("{id}:{fingerprint}"),
+                Err(_) => id.clone(),
+            };
+            if mark.as_deref() != Some(expected.as_str()) {
                 checked
                     .mark_mismatches
                     .add(format!("{key}: mark {mark:?}, stored document {id}"));

@@ -82,8 +82,12 @@ async fn activities_of_two_tenants_are_stored_marked_counted_and_published_once(
             .await;
         assert_eq!(
             mark,
-            Some(stored.get_object_id("_id").unwrap().to_hex()),
-            "the mark holds the document id"
+            Some(format!(
+                "{}:{}",
+                stored.get_object_id("_id").unwrap().to_hex(),
+                stored.get_str("payloadFingerprint").unwrap()
+            )),
+            "the mark holds the document id and the payload fingerprint"
         );
         let ttl: i64 = redis::cmd("TTL")
             .arg(pipeline.redis_key(&format!("idempotency:{{{tenant}}}:{key}")))

@@ -2,12 +2,15 @@
 //! One binary, so the compile happens once; every test gets its own topics, consumer group, MongoDB
 //! database and Redis key prefix, so they run in parallel.
 
+mod blackhole;
 mod helpers;
 mod services;
 mod sse_client;
 
 mod backpressure;
+mod conflicts;
 mod consumer;
+mod deadlines;
 mod docker_compose;
 mod http_errors;
 mod ingest;
