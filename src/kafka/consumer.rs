@@ -150,8 +150,17 @@ impl ConsumerContext for GroupContext {
             Rebalance::Revoke(partitions) => {
                 tracing::info!(partitions = %describe(partitions), "partitions revoked");
                 // Everything processed so far has its offset stored: commit it before the partitions
-                // go, so the next owner starts right after it.
-                if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+                // go, so the next owner starts right after it. Asynchronously: this callback runs
+                // inside `recv()`, on an async worker thread, and a synchronous commit would block
+                // that thread (and every task queued on it: the other stages) for as long as the
+                // coordinator takes to answer, up to librdkafka's request timeout when it is down.
+                // The order still holds: the commit request leaves before this member rejoins the
+                // group on the same coordinator connection, so it is applied before the partitions
+                // can be handed to their next owner. Partitions already lost (the coordinator gave
+                // them away, e.g. after a session timeout) cannot be committed for at all.
+                if consumer.assignment_lost() {
+                    tracing::warn!("assignment lost: its uncommitted records are redelivered to the next owner");
+                } else if let Err(error) = consumer.commit_consumer_state(CommitMode::Async) {
                     tracing::debug!(%error, "commit before revoke");
                 }
                 // librdkafka keeps a partition's pause flag after it is revoked: paused now and
