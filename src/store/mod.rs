@@ -13,7 +13,8 @@ mod redis_store;
 pub use keys::RedisKeys;
 pub use live::{open_live_connection, LiveMessage, LiveMessages, LiveSubscriptions};
 pub use mongo::{
-    ActivityCursor, ActivityFilter, ActivityRepository, InsertOutcome, ReplayLog, StoredActivity,
+    ActivityCursor, ActivityFilter, ActivityRepository, InsertOutcome, PurgeLog, PurgedDeadLetter,
+    ReplayLog, StoredActivity,
 };
 pub use redis_store::{EffectRequest, RecentEvent, RedisStore};
 
