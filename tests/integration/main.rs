@@ -17,3 +17,4 @@ mod operations;
 mod ops;
 mod read_side;
 mod sse;
+mod topics;
