@@ -293,6 +293,13 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<()> {
                 settings.kafka.topic, settings.kafka.retry_topic, settings.kafka.dlq_topic
             );
             println!(
+                "kafka.retention_ms = {} (main), {} (retry), {} (dlq); min.insync.replicas = {}",
+                settings.kafka.topic_retention_ms,
+                settings.kafka.retry_topic_retention_ms,
+                settings.kafka.dlq_topic_retention_ms,
+                settings.kafka.effective_min_insync_replicas()
+            );
+            println!(
                 "kafka.security     = {}",
                 settings.kafka.security_protocol.as_librdkafka()
             );
