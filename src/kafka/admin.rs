@@ -285,7 +285,10 @@ pub async fn reconcile_topics(
                     continue;
                 }
                 TopicMode::Apply => {
-                    anyhow::bail!("topic {} exists but has no metadata yet", spec.topic)
+                    anyhow::bail!(
+                        "topic {} exists but has no metadata yet; run `topics create` again",
+                        spec.topic
+                    )
                 }
             }
         };
