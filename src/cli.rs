@@ -7,7 +7,12 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Settings, Sources};
-use crate::kafka::TopicCreation;
+use crate::kafka::{TopicMode, TopicReport, TopicState};
+
+/// The exit code of `topics create --check` when a topic differs from the settings, apart from 1
+/// (the check itself failed, e.g. Kafka unreachable) and 2 (configuration error), so a deploy script
+/// can tell "drift" from "could not look".
+pub const EXIT_TOPIC_DRIFT: u8 = 3;
 
 /// Kafka-native activity ingestion: an HTTP API that publishes to Kafka (`produce`) and a
 /// consumer-group runtime that stores each activity exactly once in MongoDB and Redis (`consume`).
@@ -87,6 +92,9 @@ pub enum DlqCommand {
         /// Show at most this many (the newest).
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
+        /// Also list dead letters purged with `dlq purge` (marked `purged=<time>`).
+        #[arg(long)]
+        include_purged: bool,
     },
     /// Everything about one dead letter: headers and value.
     Show {
@@ -104,9 +112,39 @@ pub enum DlqCommand {
         /// Print what would be replayed, change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Replay dead letters that were replayed before, too.
+        /// Replay dead letters that were replayed before, too (purged ones never are).
         #[arg(long)]
         again: bool,
+    },
+    /// Declare dead letters done: they are recorded in the purge log, hidden from `dlq list` and
+    /// never replayed; each partition's longest all-purged prefix is deleted from the topic (Kafka
+    /// can only delete a prefix). Criteria combine (all must hold); at least one, or --all.
+    #[command(group(
+        clap::ArgGroup::new("selection")
+            .args(["tenant", "older_than", "position", "all"])
+            .required(true)
+            .multiple(true)
+    ))]
+    Purge {
+        /// Only this tenant's dead letters (the record key).
+        #[arg(long, value_parser = parse_tenant)]
+        tenant: Option<crate::domain::TenantId>,
+        /// Only dead letters whose last failure is at least this old: 7d, 12h, 30m, `1h 30m`.
+        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        older_than: Option<std::time::Duration>,
+        /// Only these `<partition>:<offset>` positions, as `dlq list` prints them (repeatable, or a
+        /// comma-separated list).
+        #[arg(long, value_name = "P:O", value_parser = parse_position, value_delimiter = ',')]
+        position: Vec<(i32, i64)>,
+        /// Every dead letter in the DLQ.
+        #[arg(long, conflicts_with_all = ["tenant", "older_than", "position"])]
+        all: bool,
+        /// Why, kept in the purge log with the selection.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Print what would be purged and dropped, change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -123,6 +161,10 @@ fn parse_position(raw: &str) -> Result<(i32, i64), String> {
     crate::ops::dlq::parse_position(raw)
 }
 
+fn parse_age(raw: &str) -> Result<std::time::Duration, String> {
+    crate::ops::dlq_purge::parse_age(raw)
+}
+
 fn parse_tenant(raw: &str) -> Result<crate::domain::TenantId, String> {
     crate::domain::TenantId::parse(raw).map_err(|error| error.to_string())
 }
@@ -130,9 +172,20 @@ fn parse_tenant(raw: &str) -> Result<crate::domain::TenantId, String> {
 #[derive(Debug, Subcommand)]
 pub enum TopicsCommand {
     /// Create the main, retry and DLQ topics (kafka.topic, kafka.retry_topic, kafka.dlq_topic) with
-    /// kafka.partitions partitions. Idempotent: existing topics are left as they are.
-    Create,
+    /// kafka.partitions partitions, their retention (kafka.*_retention_ms) and min.insync.replicas.
+    /// On existing topics, set those configs where they differ; partition counts and replication
+    /// factors are only reported. Idempotent.
+    Create {
+        /// Change nothing: print every difference and exit 3 if there is any (0 if none).
+        #[arg(long)]
+        check: bool,
+    },
 }
+
+/// `topics create --check` found a difference; the report has been printed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} topic(s) differ from the settings (`topics create` applies what it can)")]
+struct TopicDrift(usize);
 
 /// Runs the parsed command line; the exit code is 0 on success, 2 for configuration errors, 1 for
 /// everything else.
@@ -171,6 +224,10 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     match runtime.block_on(execute(cli.command, settings)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.is::<TopicDrift>() => {
+            eprintln!("{error}");
+            ExitCode::from(EXIT_TOPIC_DRIFT)
+        }
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "failed");
             eprintln!("error: {error:#}");
@@ -209,17 +266,22 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Topics {
-            command: TopicsCommand::Create,
+            command: TopicsCommand::Create { check },
         } => {
-            for creation in
-                crate::kafka::create_topics(&settings.kafka, &settings.topic_names()).await?
-            {
-                match creation {
-                    TopicCreation::Created { topic, partitions } => {
-                        println!("created {topic} ({partitions} partitions)")
-                    }
-                    TopicCreation::AlreadyExists { topic } => println!("exists  {topic}"),
-                }
+            let mode = if check {
+                TopicMode::Check
+            } else {
+                TopicMode::Apply
+            };
+            let reports =
+                crate::kafka::reconcile_topics(&settings.kafka, &settings.topic_names(), mode)
+                    .await?;
+            for report in &reports {
+                print!("{}", describe_topic_report(report, mode));
+            }
+            let drifted = reports.iter().filter(|report| report.has_drift()).count();
+            if check && drifted > 0 {
+                return Err(TopicDrift(drifted).into());
             }
             Ok(())
         }
@@ -229,6 +291,13 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<()> {
             println!(
                 "kafka.topics       = {}, {}, {}",
                 settings.kafka.topic, settings.kafka.retry_topic, settings.kafka.dlq_topic
+            );
+            println!(
+                "kafka.retention_ms = {} (main), {} (retry), {} (dlq); min.insync.replicas = {}",
+                settings.kafka.topic_retention_ms,
+                settings.kafka.retry_topic_retention_ms,
+                settings.kafka.dlq_topic_retention_ms,
+                settings.kafka.effective_min_insync_replicas()
             );
             println!(
                 "kafka.security     = {}",
@@ -252,19 +321,70 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<()> {
     }
 }
 
+/// The lines `topics create` prints for one topic.
+fn describe_topic_report(report: &TopicReport, mode: TopicMode) -> String {
+    let topic = &report.spec.topic;
+    let configs: Vec<String> = report
+        .spec
+        .configs
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    let mut out = match report.state {
+        TopicState::Created => format!(
+            "created {topic} ({} partitions, {})\n",
+            report.spec.partitions,
+            configs.join(", ")
+        ),
+        TopicState::Missing => format!("missing {topic}\n"),
+        TopicState::Existed if !report.has_drift() => {
+            format!("exists  {topic}: as configured ({})\n", configs.join(", "))
+        }
+        TopicState::Existed => format!("exists  {topic}:\n"),
+    };
+    let verdict = match mode {
+        TopicMode::Apply => "set",
+        TopicMode::Check => "drift",
+    };
+    for drift in &report.config_drift {
+        out.push_str(&format!("  {drift} ({verdict})\n"));
+    }
+    for drift in &report.layout_drift {
+        out.push_str(&format!("  {drift}\n"));
+    }
+    out
+}
+
 async fn run_dlq(command: DlqCommand, settings: &Settings) -> anyhow::Result<()> {
     use crate::ops::dlq::{self, ReplayOutcome};
 
     match command {
-        DlqCommand::List { tenant, limit } => {
+        DlqCommand::List {
+            tenant,
+            limit,
+            include_purged,
+        } => {
             let dead_letters = dlq::list(settings, tenant.as_deref()).await?;
-            let skip = dead_letters.len().saturating_sub(limit as usize);
-            for view in &dead_letters[skip..] {
+            let purged = dead_letters
+                .iter()
+                .filter(|view| view.purged.is_some())
+                .count();
+            let shown: Vec<_> = dead_letters
+                .iter()
+                .filter(|view| include_purged || view.purged.is_none())
+                .collect();
+            let skip = shown.len().saturating_sub(limit as usize);
+            for view in &shown[skip..] {
                 println!("{}", view.summary_line());
             }
+            let hidden = if include_purged || purged == 0 {
+                String::new()
+            } else {
+                format!(" ({purged} purged not shown; --include-purged lists them)")
+            };
             println!(
-                "{} dead letter(s) in {}",
-                dead_letters.len(),
+                "{} dead letter(s) in {}{hidden}",
+                dead_letters.len() - purged,
                 settings.kafka.dlq_topic
             );
         }
@@ -291,6 +411,7 @@ async fn run_dlq(command: DlqCommand, settings: &Settings) -> anyhow::Result<()>
                     ReplayOutcome::AlreadyReplayed => {
                         "skipped (replayed before; --again to repeat)"
                     }
+                    ReplayOutcome::Purged => "skipped (purged with `dlq purge`)",
                 };
                 println!(
                     "{} {verb}: tenant={} key={}",
@@ -303,6 +424,64 @@ async fn run_dlq(command: DlqCommand, settings: &Settings) -> anyhow::Result<()>
                 "{replayed} of {} dead letter(s) replayed to {}",
                 outcomes.len(),
                 settings.kafka.topic
+            );
+        }
+        DlqCommand::Purge {
+            tenant,
+            older_than,
+            position,
+            all,
+            reason,
+            dry_run,
+        } => {
+            use crate::ops::dlq_purge::{self, PurgeOutcome, PurgeSelection};
+
+            let selection = PurgeSelection {
+                tenant,
+                older_than,
+                positions: position.into_iter().collect(),
+                all,
+            };
+            let report = dlq_purge::purge(settings, &selection, reason.as_deref(), dry_run).await?;
+            let (mut newly, mut before) = (0, 0);
+            for (view, outcome) in &report.outcomes {
+                let verb = match outcome {
+                    PurgeOutcome::Purged => {
+                        newly += 1;
+                        "purged".to_owned()
+                    }
+                    PurgeOutcome::WouldPurge => {
+                        newly += 1;
+                        "would purge".to_owned()
+                    }
+                    PurgeOutcome::AlreadyPurged => {
+                        before += 1;
+                        let at = view
+                            .purged
+                            .as_ref()
+                            .map(|purged| purged.purged_at.to_rfc3339())
+                            .unwrap_or_default();
+                        format!("already purged ({at})")
+                    }
+                };
+                println!(
+                    "{} {verb}: tenant={} key={}",
+                    view.position(),
+                    view.tenant.as_deref().unwrap_or("-"),
+                    view.idempotency_key.as_deref().unwrap_or("-")
+                );
+            }
+            let drop_verb = if dry_run { "would drop" } else { "dropped" };
+            for drop in &report.dropped {
+                println!(
+                    "{drop_verb} {} record(s) before offset {} of {}[{}] (all purged)",
+                    drop.records, drop.before_offset, settings.kafka.dlq_topic, drop.partition
+                );
+            }
+            let purge_verb = if dry_run { "would be purged" } else { "purged" };
+            println!(
+                "{newly} dead letter(s) {purge_verb}, {before} already purged, in {}",
+                settings.kafka.dlq_topic
             );
         }
     }

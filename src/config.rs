@@ -142,6 +142,18 @@ pub struct KafkaSettings {
     pub linger_ms: u64,
     pub compression: Compression,
     pub queue_max_messages: u32,
+    /// `retention.ms` that `topics create` sets and keeps on the main topic; -1 keeps records until
+    /// they are deleted.
+    pub topic_retention_ms: i64,
+    /// `retention.ms` of every retry topic: a record must outlive its delay and any stop of the
+    /// retry stages, or it is lost without a dead letter.
+    pub retry_topic_retention_ms: i64,
+    /// `retention.ms` of the DLQ; -1 (the default) keeps dead letters until `dlq purge` drops them.
+    pub dlq_topic_retention_ms: i64,
+    /// `min.insync.replicas` of every topic; absent means `min(2, replication_factor)`, so
+    /// `acks=all` needs a second replica wherever there is one.
+    #[serde(default)]
+    pub min_insync_replicas: Option<i32>,
 }
 
 impl KafkaSettings {
@@ -152,6 +164,12 @@ impl KafkaSettings {
     /// The retry topic of step `step` (1-based): `<retry_topic>.<step>`.
     pub fn retry_topic_for(&self, step: usize) -> String {
         format!("{}.{step}", self.retry_topic)
+    }
+
+    /// The `min.insync.replicas` every topic gets: the configured one, else `min(2, replication_factor)`.
+    pub fn effective_min_insync_replicas(&self) -> i32 {
+        self.min_insync_replicas
+            .unwrap_or_else(|| self.replication_factor.min(2))
     }
 }
 
@@ -613,6 +631,7 @@ impl Settings {
             "limits.metadata_max_bytes",
             "must be at least 2",
         )?;
+        self.validate_topic_settings()?;
         self.validate_api()?;
         crate::domain::ActivityValidator::with_limits(&self.limits.activity_limits())
             .map_err(|error| invalid(&format!("limits.{}", error.key), error.message))?;
@@ -623,6 +642,15 @@ impl Settings {
     }
 }
 
+/// How many times the longest retry delay a retry topic must at least keep its records: a record
+/// waits up to that delay before its stage reads it, and the margin covers a stage that is
+/// restarting or catching up. (Retention is counted from when the record was written.)
+pub const RETRY_RETENTION_DELAY_MULTIPLE: u64 = 10;
+
+/// The shortest finite retention of the main topic and the DLQ: less would drop records before a
+/// stopped consumer or an operator could get to them.
+const MIN_FINITE_RETENTION_MS: i64 = 3_600_000;
+
 impl Settings {
     /// The longest one batch can take to process while every dependency answers within its budget:
     /// two MongoDB calls (insert, then the lookup of keys already stored), two Redis calls (the
@@ -630,6 +658,41 @@ impl Settings {
     /// slower than its budget is an outage, handled between polls, so no batch takes longer.
     pub fn longest_batch_ms(&self) -> u64 {
         2 * self.mongo.op_timeout_ms + 2 * self.redis.op_timeout_ms + self.kafka.delivery_timeout_ms
+    }
+
+    /// The topic settings `topics create` applies: retention per role, `min.insync.replicas`.
+    fn validate_topic_settings(&self) -> Result<(), ConfigError> {
+        let kafka = &self.kafka;
+        for (key, retention) in [
+            ("kafka.topic_retention_ms", kafka.topic_retention_ms),
+            ("kafka.dlq_topic_retention_ms", kafka.dlq_topic_retention_ms),
+        ] {
+            require(
+                retention == -1 || retention >= MIN_FINITE_RETENTION_MS,
+                key,
+                "must be -1 (keep until deleted) or at least 3600000 (1 hour)",
+            )?;
+        }
+        let longest_delay = self.retry.delays_ms.iter().copied().max().unwrap_or(0);
+        let shortest_retry_retention = longest_delay.saturating_mul(RETRY_RETENTION_DELAY_MULTIPLE);
+        require(
+            kafka.retry_topic_retention_ms == -1
+                || (kafka.retry_topic_retention_ms >= 1
+                    && kafka.retry_topic_retention_ms as u64 >= shortest_retry_retention),
+            "kafka.retry_topic_retention_ms",
+            &format!(
+                "must be -1 (keep until deleted) or at least {RETRY_RETENTION_DELAY_MULTIPLE} times \
+                 the longest of retry.delays_ms ({shortest_retry_retention})"
+            ),
+        )?;
+        if let Some(min_insync) = kafka.min_insync_replicas {
+            require(
+                (1..=kafka.replication_factor).contains(&min_insync),
+                "kafka.min_insync_replicas",
+                "must be 1 to kafka.replication_factor (more would refuse every acks=all write)",
+            )?;
+        }
+        Ok(())
     }
 
     /// The API's keys: intake, rate limit, read side, SSE, readiness.
@@ -921,6 +984,57 @@ mod tests {
         assert_eq!(settings.http.listen.port(), 9000);
         let error = load_with(&["retry.delays_ms=[]"]).unwrap_err().to_string();
         assert!(error.contains("retry.delays_ms"), "{error}");
+    }
+
+    #[test]
+    fn topic_settings_default_to_durable_and_name_their_key() {
+        let kafka = load_with(&[]).unwrap().kafka;
+        assert_eq!(kafka.dlq_topic_retention_ms, -1);
+        assert_eq!(kafka.effective_min_insync_replicas(), 1);
+        let kafka = load_with(&["kafka.replication_factor=3"]).unwrap().kafka;
+        assert_eq!(kafka.effective_min_insync_replicas(), 2);
+        // Ten times the longest delay (4 s by default) is the least a retry topic may keep.
+        assert!(load_with(&["kafka.retry_topic_retention_ms=40000"]).is_ok());
+        assert!(load_with(&["kafka.retry_topic_retention_ms=-1"]).is_ok());
+        for (overrides, key) in [
+            (
+                &["kafka.retry_topic_retention_ms=39999"][..],
+                "kafka.retry_topic_retention_ms",
+            ),
+            (
+                &["kafka.retry_topic_retention_ms=0"][..],
+                "kafka.retry_topic_retention_ms",
+            ),
+            (
+                &[
+                    "retry.delays_ms=[1000, 3600000]",
+                    "kafka.retry_topic_retention_ms=7200000",
+                ][..],
+                "kafka.retry_topic_retention_ms",
+            ),
+            (
+                &["kafka.dlq_topic_retention_ms=1000"][..],
+                "kafka.dlq_topic_retention_ms",
+            ),
+            (
+                &["kafka.topic_retention_ms=-2"][..],
+                "kafka.topic_retention_ms",
+            ),
+            (
+                &["kafka.min_insync_replicas=2"][..],
+                "kafka.min_insync_replicas",
+            ),
+            (
+                &["kafka.min_insync_replicas=0"][..],
+                "kafka.min_insync_replicas",
+            ),
+        ] {
+            let error = load_with(overrides).unwrap_err().to_string();
+            assert!(
+                error.starts_with(&format!("configuration key `{key}`")),
+                "{overrides:?}: {error}"
+            );
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! - [`store`]: the only module that speaks MongoDB and Redis.
 //! - [`produce`]: the HTTP API role.
 //! - [`consume`]: the consumer runtime role.
-//! - [`ops`]: operator verbs (DLQ list/show/replay, analytics rebuild).
+//! - [`ops`]: operator verbs (DLQ list/show/replay/purge, analytics rebuild).
 //! - [`cli`]: the command line, used by `main.rs`.
 //! - [`telemetry`]: logging set-up.
 

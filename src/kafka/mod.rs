@@ -14,7 +14,11 @@ use secrecy::ExposeSecret;
 
 use crate::config::KafkaSettings;
 
-pub use admin::{create_topics, fetch_cluster_metadata, ClusterSummary, TopicCreation};
+pub use admin::{
+    config_drift, create_topics, delete_records_before, describe_topic_configs,
+    fetch_cluster_metadata, layout_drift, reconcile_topics, topic_configs, ClusterSummary,
+    ConfigDrift, LayoutDrift, TopicConfigValue, TopicMode, TopicReport, TopicSpec, TopicState,
+};
 pub use consumer::{ActivityConsumer, ConsumedRecord, ConsumerObserver};
 pub use dlq::read_topic;
 pub use publisher::{ActivityPublisher, PublishError};

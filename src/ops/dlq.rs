@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::config::Settings;
 use crate::failures::DeadLetterFacts;
 use crate::kafka::{headers, read_topic, ActivityPublisher, ConsumedRecord};
-use crate::store::ActivityRepository;
+use crate::store::{ActivityRepository, PurgedDeadLetter};
 
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -23,6 +23,9 @@ pub struct DeadLetterView {
     pub last_failure_at: String,
     /// `topic[partition]@offset` where the record was first consumed.
     pub source: String,
+    /// Set when `dlq purge` declared this dead letter done: it is hidden from `dlq list` unless
+    /// asked for, and `dlq replay` leaves it alone.
+    pub purged: Option<PurgedDeadLetter>,
 }
 
 impl DeadLetterView {
@@ -40,8 +43,14 @@ impl DeadLetterView {
             first_failure_at: facts.first_failure_at,
             last_failure_at: facts.last_failure_at,
             source: facts.source,
+            purged: None,
             record,
         }
+    }
+
+    /// `topic:partition:offset`: how the replay and purge logs name this dead letter.
+    pub fn log_id(&self) -> String {
+        format!("{}:{}", self.record.topic, self.position())
     }
 
     /// `partition:offset` in the DLQ topic: how `dlq show` names it.
@@ -51,8 +60,11 @@ impl DeadLetterView {
 
     /// One line for `dlq list`.
     pub fn summary_line(&self) -> String {
+        let purged = self.purged.as_ref().map_or_else(String::new, |purged| {
+            format!(" purged={}", purged.purged_at.to_rfc3339())
+        });
         format!(
-            "{:<10} tenant={} key={} class={} attempts={} last={} source={} error={}",
+            "{:<10} tenant={} key={} class={} attempts={} last={} source={}{purged} error={}",
             self.position(),
             self.tenant.as_deref().unwrap_or("-"),
             self.idempotency_key.as_deref().unwrap_or("-"),
@@ -71,6 +83,17 @@ impl DeadLetterView {
             "key: {}\n",
             self.tenant.as_deref().unwrap_or("(none)")
         ));
+        if let Some(purged) = &self.purged {
+            out.push_str(&format!(
+                "purged: {} by `dlq purge` ({}){}\n",
+                purged.purged_at.to_rfc3339(),
+                purged.selection,
+                purged
+                    .reason
+                    .as_deref()
+                    .map_or_else(String::new, |reason| format!(": {reason}"))
+            ));
+        }
         out.push_str("headers:\n");
         for (name, value) in &self.record.headers {
             let value = value.as_deref().map_or_else(
@@ -110,7 +133,8 @@ pub fn parse_position(raw: &str) -> Result<(i32, i64), String> {
     Ok((partition, offset))
 }
 
-/// The dead letters now in the DLQ, oldest first per partition, optionally of one tenant.
+/// The dead letters now in the DLQ, oldest first per partition, optionally of one tenant, each
+/// marked with its purge (see [`DeadLetterView::purged`]) if it was purged.
 pub async fn list(
     settings: &Settings,
     tenant: Option<&str>,
@@ -119,10 +143,19 @@ pub async fn list(
     let topic = settings.kafka.dlq_topic.clone();
     let records =
         tokio::task::spawn_blocking(move || read_topic(&kafka, &topic, READ_TIMEOUT)).await??;
+    let mut purged = ActivityRepository::connect(&settings.mongo)
+        .await?
+        .purge_log()
+        .purged()
+        .await?;
     Ok(records
         .into_iter()
         .map(DeadLetterView::from_record)
         .filter(|view| tenant.is_none() || view.tenant.as_deref() == tenant)
+        .map(|mut view| {
+            view.purged = purged.remove(&view.log_id());
+            view
+        })
         .collect())
 }
 
@@ -150,12 +183,14 @@ pub enum ReplayOutcome {
     Replayed,
     WouldReplay,
     AlreadyReplayed,
+    /// Purged with `dlq purge`: never replayed, not even with `again`.
+    Purged,
 }
 
 /// Republishes dead letters (of `tenant`, if given) to the main topic with their original key, value
 /// and headers, so they are processed again under the same idempotency key: replaying something
 /// already stored changes nothing. Each replay is recorded in MongoDB, and a dead letter already
-/// replayed is skipped unless `again`.
+/// replayed is skipped unless `again`; a purged one is always skipped.
 pub async fn replay(
     settings: &Settings,
     tenant: Option<&str>,
@@ -174,8 +209,10 @@ pub async fn replay(
     };
     let mut outcomes = Vec::with_capacity(dead_letters.len());
     for view in dead_letters {
-        let log_id = format!("{}:{}", view.record.topic, view.position());
-        let outcome = if replayed.contains(&log_id) && !again {
+        let log_id = view.log_id();
+        let outcome = if view.purged.is_some() {
+            ReplayOutcome::Purged
+        } else if replayed.contains(&log_id) && !again {
             ReplayOutcome::AlreadyReplayed
         } else if let Some(publisher) = &publisher {
             publisher

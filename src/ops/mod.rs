@@ -1,4 +1,5 @@
-//! Operator verbs: inspecting and replaying the DLQ, rebuilding the analytics counters.
+//! Operator verbs: inspecting, replaying and purging the DLQ, rebuilding the analytics counters.
 
 pub mod analytics;
 pub mod dlq;
+pub mod dlq_purge;

@@ -13,8 +13,8 @@ mod redis_store;
 pub use keys::RedisKeys;
 pub use live::{open_live_connection, LiveMessage, LiveMessages, LiveSubscriptions};
 pub use mongo::{
-    ActivityCursor, ActivityFilter, ActivityRepository, CorruptDocument, InsertOutcome, ReplayLog,
-    StoredActivity, StoredByKey,
+    ActivityCursor, ActivityFilter, ActivityRepository, CorruptDocument, InsertOutcome, PurgeLog,
+    PurgedDeadLetter, ReplayLog, StoredActivity, StoredByKey,
 };
 pub use redis_store::{AcceptedState, EffectRequest, IdempotencyMark, RecentEvent, RedisStore};
 

@@ -447,6 +447,18 @@ impl ActivityRepository {
         }
     }
 
+    /// The log of DLQ purges, beside the activities collection.
+    pub fn purge_log(&self) -> PurgeLog {
+        let name = format!("{}_dlq_purges", self.collection.name());
+        PurgeLog {
+            collection: self
+                .collection
+                .client()
+                .database(self.collection.namespace().db.as_str())
+                .collection(&name),
+        }
+    }
+
     /// Answers when MongoDB answers a `ping`.
     pub async fn ping(&self) -> Result<(), StoreOutage> {
         self.collection
@@ -499,6 +511,82 @@ impl ReplayLog {
         };
         self.collection
             .replace_one(doc! { "_id": position }, entry)
+            .upsert(true)
+            .await
+            .map(|_| ())
+            .map_err(StoreOutage::mongo)
+    }
+}
+
+/// Which dead letters an operator declared done with `dlq purge`. Kafka cannot delete a record from
+/// the middle of a partition, so this log is what hides them from `dlq list` and keeps `dlq replay`
+/// off them; the records themselves go when a whole prefix of their partition is purged (or with the
+/// DLQ's retention).
+#[derive(Clone)]
+pub struct PurgeLog {
+    collection: Collection<Document>,
+}
+
+/// One purged dead letter, as the purge log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgedDeadLetter {
+    /// `topic:partition:offset` in the DLQ, the log's `_id`.
+    pub position: String,
+    pub tenant: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub purged_at: DateTime<Utc>,
+    /// The selection that purged it, as the operator gave it (`tenant=acme older-than=7d`).
+    pub selection: String,
+    /// The operator's `--reason`, if any.
+    pub reason: Option<String>,
+}
+
+impl PurgeLog {
+    /// Every purged dead letter, by `topic:partition:offset`.
+    pub async fn purged(&self) -> Result<BTreeMap<String, PurgedDeadLetter>, StoreOutage> {
+        use futures::TryStreamExt;
+
+        let documents: Vec<Document> = self
+            .collection
+            .find(doc! {})
+            .await
+            .map_err(StoreOutage::mongo)?
+            .try_collect()
+            .await
+            .map_err(StoreOutage::mongo)?;
+        Ok(documents
+            .into_iter()
+            .filter_map(|document| {
+                let text = |name: &str| document.get_str(name).ok().map(str::to_owned);
+                Some(PurgedDeadLetter {
+                    position: text("_id")?,
+                    tenant: text("tenantId"),
+                    idempotency_key: text("idempotencyKey"),
+                    purged_at: document
+                        .get_datetime("purgedAt")
+                        .ok()
+                        .and_then(|at| DateTime::from_timestamp_millis(at.timestamp_millis()))
+                        .unwrap_or_default(),
+                    selection: text("selection").unwrap_or_default(),
+                    reason: text("reason"),
+                })
+            })
+            .map(|purged| (purged.position.clone(), purged))
+            .collect())
+    }
+
+    /// Records one purge. Idempotent: recording the same position again keeps one entry.
+    pub async fn record(&self, purged: &PurgedDeadLetter) -> Result<(), StoreOutage> {
+        let entry = doc! {
+            "_id": &purged.position,
+            "tenantId": purged.tenant.as_deref(),
+            "idempotencyKey": purged.idempotency_key.as_deref(),
+            "purgedAt": bson::DateTime::from_millis(purged.purged_at.timestamp_millis()),
+            "selection": &purged.selection,
+            "reason": purged.reason.as_deref(),
+        };
+        self.collection
+            .replace_one(doc! { "_id": &purged.position }, entry)
             .upsert(true)
             .await
             .map(|_| ())

@@ -20,3 +20,4 @@ mod operations;
 mod ops;
 mod read_side;
 mod sse;
+mod topics;
