@@ -226,8 +226,10 @@ struct StageLoop {
 impl StageLoop {
     async fn run(mut self) -> anyhow::Result<()> {
         let label = self.stage.label();
-        let breaker = self.metrics.breaker_state.with_label_values(&[&label]);
-        breaker.set(0);
+        // The breaker's state lives here; the gauge only reports it.
+        let breaker_gauge = self.metrics.breaker_state.with_label_values(&[&label]);
+        let mut breaker_open = false;
+        breaker_gauge.set(0);
         let mut backoff = OutageBackoff::new(&self.settings);
         let max_wait = self.settings.batch_max_wait();
         'batches: loop {
@@ -260,9 +262,10 @@ impl StageLoop {
                 if batch.is_empty() {
                     // A rebalance during an outage took every record of the batch away: the new
                     // owners redeliver them. Resume, or the paused partitions would never be fetched.
-                    if breaker.get() == 1 {
+                    if breaker_open {
                         self.consumer.resume();
-                        breaker.set(0);
+                        breaker_open = false;
+                        breaker_gauge.set(0);
                     }
                     continue 'batches;
                 }
@@ -275,18 +278,20 @@ impl StageLoop {
                             // the idempotent effects make harmless.
                             tracing::warn!(error = format!("{error:#}"), "offsets not stored");
                         }
-                        if breaker.get() == 1 {
+                        if breaker_open {
                             tracing::info!(stage = %label, "dependency back; resuming partitions");
                             self.consumer.resume();
-                            breaker.set(0);
+                            breaker_open = false;
+                            breaker_gauge.set(0);
                         }
                         break;
                     }
                     Err(outage) => {
-                        if breaker.get() == 0 {
+                        if !breaker_open {
                             tracing::warn!(stage = %label, %outage, records = batch.len(), "dependency outage: pausing partitions, retrying the batch in place");
                             self.consumer.pause();
-                            breaker.set(1);
+                            breaker_open = true;
+                            breaker_gauge.set(1);
                         } else {
                             tracing::debug!(stage = %label, %outage, "still down");
                         }
