@@ -291,3 +291,52 @@ async fn the_consumer_dead_letters_a_reused_key_as_a_conflict_on_every_path() {
     }
     pipeline.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_document_under_a_key_is_a_dead_letter_not_an_outage() {
+    let pipeline = TestPipeline::spawn().await;
+    // Written by hand under (acme, broken): no actor, a type that is not a string.
+    pipeline
+        .activities()
+        .insert_one(doc! {"tenantId": "acme", "idempotencyKey": "broken", "type": 7})
+        .await
+        .unwrap();
+    let topic = pipeline.settings.kafka.topic.clone();
+    let envelope = pipeline.envelope("acme", "broken", &activity("u1", "login"));
+    pipeline
+        .produce_raw(
+            &topic,
+            Some("acme"),
+            Some(&envelope),
+            &[("idempotency-key", "broken")],
+        )
+        .await;
+    // The records after it are not held up by a breaker that thinks MongoDB is down.
+    let after = pipeline
+        .post_activity(ACME_KEY, Some("after-broken"), &activity("u2", "login"))
+        .await;
+    assert_eq!(after.status(), 202);
+    assert_eq!(
+        pipeline
+            .wait_for_count(filter("acme", "after-broken"), 1)
+            .await,
+        1
+    );
+    eventually(
+        "the record after it is counted (its batch completed)",
+        || async { pipeline.counters("acme").await.get("login") == Some(&1) },
+    )
+    .await;
+    eventually("the record of the corrupt key is dead-lettered", || async {
+        !pipeline.dead_letters().await.is_empty()
+    })
+    .await;
+    let dead = pipeline.dead_letters().await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(header(&dead[0], "dlq-error-class"), "rejected");
+    assert!(
+        header(&dead[0], "dlq-error").contains("corrupt"),
+        "{dead:?}"
+    );
+    pipeline.stop().await;
+}
