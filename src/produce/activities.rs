@@ -43,15 +43,19 @@ pub struct Accepted {
     operation_id = "createActivity",
     description = "Validates one activity against the activity schema and publishes it to Kafka, keyed by the \
         tenant. 202 means the broker acknowledged the record. A retry with an already accepted \
-        X-Idempotency-Key answers 202 with `duplicate: true` and produces nothing.",
+        X-Idempotency-Key and the same payload answers 202 with `duplicate: true` and produces nothing; \
+        the same key with a different payload answers 422; while a request with the same key and \
+        payload is still being produced, 409 (retry after Retry-After).",
     params(
         ("X-Idempotency-Key" = Option<String>, Header, description = "1-128 characters of [A-Za-z0-9._:-]; without it the server makes a UUIDv7."),
         ("X-Tenant-Id" = Option<String>, Header, description = "If sent, must be the API key's tenant (else 403)."),
     ),
     request_body(content = ActivitySchemaRef, content_type = "application/json", description = "An activity, as described by /schemas/activity.v1.json."),
     responses(
-        (status = 202, description = "Acknowledged by Kafka (or already accepted: `duplicate: true`).", body = Accepted),
+        (status = 202, description = "Acknowledged by Kafka (or already accepted with the same payload: `duplicate: true`).", body = Accepted),
         (status = 400, description = "Invalid body or header; `details` names each field and rule.", body = ErrorBody),
+        (status = 409, description = "A request with this X-Idempotency-Key and payload is still being produced; see Retry-After. `idempotencyKey` names the key.", body = ErrorBody),
+        (status = 422, description = "This X-Idempotency-Key was already used for a different payload; nothing was produced. `idempotencyKey` names the key.", body = ErrorBody),
         (status = 401, description = "No, malformed or unknown API key.", body = ErrorBody),
         (status = 403, description = "X-Tenant-Id is not the key's tenant.", body = ErrorBody),
         (status = 413, description = "Body over http.max_body_bytes.", body = ErrorBody),
@@ -186,10 +190,12 @@ pub struct BatchOutcome {
     description = "Body `{\"activities\": [item, ...]}`; an item is an activity, or \
         `{\"idempotencyKey\": \"...\", \"activity\": {...}}` to give it its own key. Items without one get \
         `<X-Idempotency-Key>:<index>` when the header is sent (so a retried batch is deduplicated item by \
-        item), else a UUIDv7. Each item is judged alone: invalid items get 400 in `results` while the \
-        valid ones are produced concurrently and awaited. The status is 202 when every item was \
-        accepted, 400 when every item was invalid, 503 when none was accepted and Kafka refused some, \
-        207 otherwise. The whole batch costs its item count against the rate limit.",
+        item), else a UUIDv7. Each item is judged alone: invalid items get 400 in `results`, items \
+        whose key was used for a different payload 422, items whose key is being produced by another \
+        request 409, while the valid ones are produced concurrently and awaited. The status is 202 \
+        when every item was accepted, 503 when none was accepted and Kafka refused some, 400 / 422 / \
+        409 when every item got that answer, 207 otherwise. The whole batch costs its item count \
+        against the rate limit.",
     params(
         ("X-Idempotency-Key" = Option<String>, Header, description = "Batch key: item i without its own key gets `<key>:<i>`."),
         ("X-Tenant-Id" = Option<String>, Header, description = "If sent, must be the API key's tenant (else 403)."),
@@ -201,7 +207,9 @@ pub struct BatchOutcome {
         (status = 400, description = "The batch itself is malformed (an error body with `details`), or every item is invalid (a batch outcome with `results`).", body = BatchRefusal),
         (status = 401, description = "No, malformed or unknown API key.", body = ErrorBody),
         (status = 403, description = "X-Tenant-Id is not the key's tenant.", body = ErrorBody),
+        (status = 409, description = "Every item's key is being produced by another request right now; see Retry-After.", body = BatchOutcome),
         (status = 413, description = "Body over intake.batch_max_body_bytes.", body = ErrorBody),
+        (status = 422, description = "Every item's key was already used for a different payload.", body = BatchOutcome),
         (status = 415, description = "Content-Type is not JSON.", body = ErrorBody),
         (status = 429, description = "The batch's item count is over the tenant's rate limit; see Retry-After.", body = ErrorBody),
         (status = 503, description = "No item accepted because Kafka did not acknowledge; see Retry-After.", body = BatchOutcome),
@@ -492,11 +500,11 @@ async fn read_body(
 }
 
 /// OpenAPI stand-ins for bodies whose schema lives elsewhere or is built by hand.
-/// Every error: `{"success": false, "error": "...", "details"?: [...]}`. No other field, so a batch's
-/// 400 is exactly one of this or a `BatchOutcome`.
+/// Every error: `{"success": false, "error": "...", "details"?: [...], "idempotencyKey"?: "..."}`.
+/// No other field, so a batch's 400 is exactly one of this or a `BatchOutcome`.
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)] // Describes a body in the OpenAPI document; never built.
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ErrorBody {
     /// Always `false`.
     pub success: bool,
@@ -504,6 +512,8 @@ pub struct ErrorBody {
     pub error: String,
     /// With 400: each failing field and rule.
     pub details: Option<Vec<FieldErrorBody>>,
+    /// With 409 and 422: the idempotency key concerned.
+    pub idempotency_key: Option<String>,
 }
 
 /// The two shapes of a batch's 400: the batch as a whole refused, or every item judged invalid.
