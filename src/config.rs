@@ -409,18 +409,28 @@ impl Settings {
         topics
     }
 
-    /// The tenants with their parsed ids and key digests.
+    /// The tenants with their parsed ids and key digests. Two tenants sharing one digest are refused:
+    /// a key would authenticate as whichever tenant the lookup met first, so one tenant's clients
+    /// would silently write into the other's data. The message names both tenants, never the digest.
     pub fn tenant_credentials(&self) -> Result<Vec<(TenantId, ApiKeyDigest)>, ConfigError> {
-        self.tenants
-            .iter()
-            .map(|(id, tenant)| {
-                let key = format!("tenants.{id}");
-                let tenant_id = TenantId::parse(id).map_err(|error| invalid(&key, error))?;
-                let digest = ApiKeyDigest::from_hex(&tenant.api_key_sha256)
-                    .map_err(|error| invalid(&format!("{key}.api_key_sha256"), error))?;
-                Ok((tenant_id, digest))
-            })
-            .collect()
+        let mut credentials: Vec<(TenantId, ApiKeyDigest)> = Vec::with_capacity(self.tenants.len());
+        for (id, tenant) in &self.tenants {
+            let key = format!("tenants.{id}");
+            let tenant_id = TenantId::parse(id).map_err(|error| invalid(&key, error))?;
+            let digest = ApiKeyDigest::from_hex(&tenant.api_key_sha256)
+                .map_err(|error| invalid(&format!("{key}.api_key_sha256"), error))?;
+            if let Some((owner, _)) = credentials.iter().find(|(_, other)| *other == digest) {
+                return Err(invalid(
+                    &format!("{key}.api_key_sha256"),
+                    format!(
+                        "is also the API-key digest of tenant `{owner}`; tenants `{owner}` and \
+                         `{tenant_id}` would share one key, so each needs its own"
+                    ),
+                ));
+            }
+            credentials.push((tenant_id, digest));
+        }
+        Ok(credentials)
     }
 
     /// Rejects values that parse but cannot work, naming the key.
@@ -854,6 +864,25 @@ mod tests {
             "a".repeat(64)
         )]);
         assert!(error.is_err());
+    }
+
+    #[test]
+    fn two_tenants_with_one_key_digest_are_refused_naming_both() {
+        let digest = "8649cdebee753898fd50e01408a9e438aa5090249bc3e51b65f33dce973b0873";
+        let error = load_with(&[
+            &format!("tenants.acme.api_key_sha256={digest}"),
+            // Upper case hex is the same digest: the comparison is of the bytes, not the text.
+            &format!("tenants.initech.api_key_sha256={}", digest.to_uppercase()),
+            &format!("tenants.globex.api_key_sha256={}", "b".repeat(64)),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("configuration key `tenants.initech.api_key_sha256`"),
+            "{error}"
+        );
+        assert!(error.contains("acme") && !error.contains(digest), "{error}");
+        assert!(!error.contains("globex"), "{error}");
     }
 
     #[test]
