@@ -307,13 +307,26 @@ pub struct SseSettings {
     /// Replays (after `Last-Event-ID`) being read or sent at once on one API instance, all tenants
     /// together: each holds up to `replay_max_events` events in memory until its client took them.
     pub max_concurrent_replays: usize,
+    /// How many of those slots one tenant may hold at once, so one tenant's resumes cannot take
+    /// them all; a resume over its tenant's share waits like one over the instance's.
+    pub max_replays_per_tenant: usize,
     /// How long a resume waits for a replay slot before it is refused with 503 and Retry-After.
     pub replay_wait_ms: u64,
+    /// Events a replay reads (and holds in memory) at once; the next page is read once the client
+    /// took this one.
+    pub replay_page_events: usize,
+    /// How long a client has to take its whole replay; past it the slot and the page are freed and
+    /// the stream ends (the client resumes from the last id it got).
+    pub replay_send_timeout_ms: u64,
 }
 
 impl SseSettings {
     pub fn replay_wait(&self) -> Duration {
         Duration::from_millis(self.replay_wait_ms)
+    }
+
+    pub fn replay_send_timeout(&self) -> Duration {
+        Duration::from_millis(self.replay_send_timeout_ms)
     }
 }
 
@@ -670,9 +683,24 @@ impl Settings {
             "must be at least 1",
         )?;
         require(
+            (1..=self.sse.max_concurrent_replays).contains(&self.sse.max_replays_per_tenant),
+            "sse.max_replays_per_tenant",
+            "must be at least 1 and at most sse.max_concurrent_replays",
+        )?;
+        require(
             self.sse.replay_wait_ms <= 60_000,
             "sse.replay_wait_ms",
             "must be at most 60000",
+        )?;
+        require(
+            (1..=10_000).contains(&self.sse.replay_page_events),
+            "sse.replay_page_events",
+            "must be between 1 and 10000",
+        )?;
+        require(
+            (100..=3_600_000).contains(&self.sse.replay_send_timeout_ms),
+            "sse.replay_send_timeout_ms",
+            "must be between 100 and 3600000",
         )?;
         require(
             self.readiness.timeout_ms >= 1,
@@ -940,6 +968,18 @@ mod tests {
                 "sse.max_concurrent_replays",
             ),
             (&["sse.replay_wait_ms=600000"][..], "sse.replay_wait_ms"),
+            (
+                &[
+                    "sse.max_concurrent_replays=4",
+                    "sse.max_replays_per_tenant=5",
+                ][..],
+                "sse.max_replays_per_tenant",
+            ),
+            (&["sse.replay_page_events=0"][..], "sse.replay_page_events"),
+            (
+                &["sse.replay_send_timeout_ms=0"][..],
+                "sse.replay_send_timeout_ms",
+            ),
             (&["intake.batch_max_items=0"][..], "intake.batch_max_items"),
         ] {
             let error = load_with(overrides).unwrap_err().to_string();

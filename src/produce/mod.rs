@@ -22,6 +22,7 @@ mod openapi;
 mod ops;
 mod rate_limit;
 mod read;
+mod replay;
 mod stream;
 
 use std::net::TcpListener;
@@ -64,8 +65,9 @@ pub(crate) struct ApiState {
     pub metrics: metrics::ApiMetrics,
     pub read: ReadSettings,
     pub sse: SseSettings,
-    /// Bounds the SSE replays in memory at once (`sse.max_concurrent_replays`).
-    pub replay_slots: stream::ReplaySlots,
+    /// Bounds the SSE replays in memory at once (`sse.max_concurrent_replays`, and
+    /// `sse.max_replays_per_tenant` of them for one tenant).
+    pub replay_slots: replay::ReplaySlots,
     pub readiness_timeout: Duration,
     /// The OpenAPI document, rendered once.
     pub openapi_json: String,
@@ -126,8 +128,9 @@ impl Application {
             metrics: metrics::ApiMetrics::new(),
             read: settings.read.clone(),
             sse: settings.sse.clone(),
-            replay_slots: stream::ReplaySlots::new(
+            replay_slots: replay::ReplaySlots::new(
                 settings.sse.max_concurrent_replays,
+                settings.sse.max_replays_per_tenant,
                 settings.sse.replay_wait(),
             ),
             readiness_timeout: settings.readiness.timeout(),
