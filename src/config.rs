@@ -232,6 +232,8 @@ pub struct LimitSettings {
     pub entity_id_max_chars: u64,
     /// The regular expression (ECMA 262) every `type` must match: its charset and length.
     pub type_pattern: String,
+    /// Most failures described in one 400 (or one batch item); the others are only counted.
+    pub max_reported_errors: usize,
 }
 
 impl LimitSettings {
@@ -244,6 +246,7 @@ impl LimitSettings {
             type_pattern: self.type_pattern.clone(),
             metadata_max_bytes: self.metadata_max_bytes,
             metadata_max_depth: self.metadata_max_depth,
+            max_reported_errors: self.max_reported_errors,
         }
     }
 }
@@ -255,6 +258,9 @@ pub struct IntakeSettings {
     pub batch_max_items: usize,
     /// Largest batch body; larger ones get 413 before they are buffered.
     pub batch_max_body_bytes: usize,
+    /// Most failures described in one batch answer, all items together (each item describes at
+    /// most `limits.max_reported_errors`); past it, items only count theirs.
+    pub batch_max_reported_errors: usize,
     /// How long the API waits for Redis' "already accepted?" answer before producing anyway.
     pub dedupe_timeout_ms: u64,
 }
@@ -630,6 +636,16 @@ impl Settings {
             "must be at least 1024",
         )?;
         require(
+            self.intake.batch_max_reported_errors <= 10_000,
+            "intake.batch_max_reported_errors",
+            "must be at most 10000",
+        )?;
+        require(
+            (1..=1000).contains(&self.limits.max_reported_errors),
+            "limits.max_reported_errors",
+            "must be between 1 and 1000",
+        )?;
+        require(
             self.intake.dedupe_timeout_ms >= 1,
             "intake.dedupe_timeout_ms",
             "must be at least 1",
@@ -981,6 +997,14 @@ mod tests {
                 "sse.replay_send_timeout_ms",
             ),
             (&["intake.batch_max_items=0"][..], "intake.batch_max_items"),
+            (
+                &["limits.max_reported_errors=0"][..],
+                "limits.max_reported_errors",
+            ),
+            (
+                &["intake.batch_max_reported_errors=20000"][..],
+                "intake.batch_max_reported_errors",
+            ),
         ] {
             let error = load_with(overrides).unwrap_err().to_string();
             assert!(

@@ -56,6 +56,8 @@ pub(crate) struct ApiState {
     /// The same for batches, which are legitimately larger.
     pub batch_max_body_bytes: usize,
     pub batch_max_items: usize,
+    /// Most failures described in one batch answer, all items together.
+    pub batch_max_reported_errors: usize,
     pub repository: ActivityRepository,
     pub redis: RedisStore,
     /// Idempotency layer 2.
@@ -114,6 +116,7 @@ impl Application {
             max_body_bytes: settings.http.max_body_bytes,
             batch_max_body_bytes: settings.intake.batch_max_body_bytes,
             batch_max_items: settings.intake.batch_max_items,
+            batch_max_reported_errors: settings.intake.batch_max_reported_errors,
             repository: ActivityRepository::connect(&settings.mongo).await?,
             accepted: dedupe::AcceptedMarkers::new(redis.clone(), settings.intake.dedupe_timeout()),
             redis,
