@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use activity_pipeline::domain::TenantId;
+use activity_pipeline::store::{RecentEvent, RedisStore};
 use serde_json::Value;
 
 use crate::helpers::{activity, metrics_text, TestPipeline, ACME_KEY, GLOBEX_KEY};
@@ -213,6 +215,76 @@ async fn a_replay_longer_than_a_page_arrives_whole_and_in_order_from_either_stor
         (1, 1)
     );
     drop(from_mongodb);
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replay_buffer_is_read_forward_in_pages_and_notices_a_trim_past_its_position() {
+    let pipeline = TestPipeline::spawn_api_only(&[]).await;
+    let store = RedisStore::connect(&pipeline.settings.redis).unwrap();
+    let acme = TenantId::parse("acme").unwrap();
+    let key = pipeline.redis_key("recent:{acme}");
+    let mut redis = pipeline.redis.clone();
+    let document_id = |n: usize| format!("{n:024x}");
+    let mut entries = Vec::new();
+    for n in 0..5 {
+        let entry: String = redis::cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg("id")
+            .arg(document_id(n))
+            .arg("event")
+            .arg(format!("{{\"n\":{n}}}"))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        entries.push(entry);
+    }
+    let page_ids = |page: Option<Vec<(String, RecentEvent)>>| {
+        page.map(|page| {
+            page.into_iter()
+                .map(|(_, event)| event.document_id)
+                .collect::<Vec<_>>()
+        })
+    };
+
+    let position = store.recent_position(&acme, &document_id(0)).await.unwrap();
+    assert_eq!(position.as_ref(), Some(&entries[0]));
+    assert_eq!(
+        store.recent_position(&acme, &document_id(9)).await.unwrap(),
+        None
+    );
+    let first = store.recent_page(&acme, &entries[0], 2).await.unwrap();
+    assert_eq!(page_ids(first), Some(vec![document_id(1), document_id(2)]));
+    let second = store.recent_page(&acme, &entries[2], 2).await.unwrap();
+    assert_eq!(page_ids(second), Some(vec![document_id(3), document_id(4)]));
+    let end = store.recent_page(&acme, &entries[4], 2).await.unwrap();
+    assert_eq!(page_ids(end), Some(vec![]));
+
+    // Trimmed to the newest two while a replay stood at entry 2: what followed it may be gone, and
+    // the read says so instead of going on from whatever is left.
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(&key)
+        .arg("MAXLEN")
+        .arg(2)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.recent_page(&acme, &entries[2], 2).await.unwrap(),
+        None
+    );
+    let after_three = store.recent_page(&acme, &entries[3], 2).await.unwrap();
+    assert_eq!(page_ids(after_three), Some(vec![document_id(4)]));
+    let _: i64 = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.recent_page(&acme, &entries[3], 2).await.unwrap(),
+        None
+    );
     pipeline.stop().await;
 }
 
