@@ -114,6 +114,17 @@ pub enum ReplayBroken {
     Timeout { store: &'static str },
 }
 
+impl ReplayBroken {
+    /// The `reason` label of `sse_replays_cut_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ReplayBroken::SendDeadline => "send_deadline",
+            ReplayBroken::BufferTrimmed => "buffer_trimmed",
+            ReplayBroken::Store(_) | ReplayBroken::Timeout { .. } => "store",
+        }
+    }
+}
+
 /// Where a replay's pages come from.
 pub trait ReplaySource {
     /// Up to `count` events following the last one this source returned (or the resume point),

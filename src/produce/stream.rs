@@ -15,6 +15,7 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse, Responder};
 use actix_web_lab::sse::{self, Sse};
 use futures::stream::{self, Stream, StreamExt};
+use prometheus::IntCounterVec;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -110,7 +111,7 @@ pub async fn stream(
             )
         }
     };
-    let events = events(phase)
+    let events = events(phase, state.metrics.sse_replays_cut().clone())
         .take_until(state.shutdown.clone().cancelled_owned())
         .map(Ok::<_, std::convert::Infallible>);
 
@@ -218,48 +219,55 @@ enum Phase {
 /// `sse.buffer_events` behind; either way the client reconnects with Last-Event-ID and replays the
 /// gap. The feed (and its membership) and any replay slot are dropped with the stream, however the
 /// client leaves.
-fn events(phase: Phase) -> impl Stream<Item = sse::Event> {
-    stream::unfold(phase, |mut phase| async move {
-        loop {
-            match phase {
-                Phase::Replay(mut replay, feed) => match replay.next().await {
-                    ReplayStep::Event(event) => {
-                        return Some((event_of(event.id, event.json), Phase::Replay(replay, feed)))
-                    }
-                    ReplayStep::Truncated { replayed } => {
-                        let notice = sse::Event::Data(
-                            sse::Data::new(json!({ "replayed": replayed }).to_string())
-                                .event(REPLAY_TRUNCATED_EVENT),
-                        );
-                        return Some((notice, Phase::Replay(replay, feed)));
-                    }
-                    ReplayStep::Complete(replayed) => phase = Phase::Live(feed, replayed),
-                    ReplayStep::Broken(broken) => {
-                        tracing::info!(%broken, "ending an SSE stream mid-replay; the client resumes from the last id it got");
-                        return None;
-                    }
-                },
-                Phase::Live(mut feed, replayed) => match feed.events.recv().await {
-                    Ok(event) => {
-                        let event: Arc<LiveEvent> = event;
-                        if replayed.contains(&event.id) {
-                            phase = Phase::Live(feed, replayed);
-                            continue;
+fn events(phase: Phase, replays_cut: IntCounterVec) -> impl Stream<Item = sse::Event> {
+    stream::unfold(phase, move |mut phase| {
+        let replays_cut = replays_cut.clone();
+        async move {
+            loop {
+                match phase {
+                    Phase::Replay(mut replay, feed) => match replay.next().await {
+                        ReplayStep::Event(event) => {
+                            return Some((
+                                event_of(event.id, event.json),
+                                Phase::Replay(replay, feed),
+                            ))
                         }
-                        return Some((
-                            event_of(event.id, event.json.clone()),
-                            Phase::Live(feed, replayed),
-                        ));
-                    }
-                    Err(RecvError::Lagged(missed)) => {
-                        tracing::info!(
+                        ReplayStep::Truncated { replayed } => {
+                            let notice = sse::Event::Data(
+                                sse::Data::new(json!({ "replayed": replayed }).to_string())
+                                    .event(REPLAY_TRUNCATED_EVENT),
+                            );
+                            return Some((notice, Phase::Replay(replay, feed)));
+                        }
+                        ReplayStep::Complete(replayed) => phase = Phase::Live(feed, replayed),
+                        ReplayStep::Broken(broken) => {
+                            replays_cut.with_label_values(&[broken.reason()]).inc();
+                            tracing::info!(%broken, "ending an SSE stream mid-replay; the client resumes from the last id it got");
+                            return None;
+                        }
+                    },
+                    Phase::Live(mut feed, replayed) => match feed.events.recv().await {
+                        Ok(event) => {
+                            let event: Arc<LiveEvent> = event;
+                            if replayed.contains(&event.id) {
+                                phase = Phase::Live(feed, replayed);
+                                continue;
+                            }
+                            return Some((
+                                event_of(event.id, event.json.clone()),
+                                Phase::Live(feed, replayed),
+                            ));
+                        }
+                        Err(RecvError::Lagged(missed)) => {
+                            tracing::info!(
                             missed,
                             "an SSE client fell behind; ending its stream so it resumes from the store"
                         );
-                        return None;
-                    }
-                    Err(RecvError::Closed) => return None,
-                },
+                            return None;
+                        }
+                        Err(RecvError::Closed) => return None,
+                    },
+                }
             }
         }
     })
