@@ -311,7 +311,7 @@ pub struct SseSettings {
     /// disconnected (and resumes with `Last-Event-ID`).
     pub buffer_events: usize,
     /// Replays (after `Last-Event-ID`) being read or sent at once on one API instance, all tenants
-    /// together: each holds up to `replay_max_events` events in memory until its client took them.
+    /// together: each holds one page (`replay_page_events`) in memory until its client took it.
     pub max_concurrent_replays: usize,
     /// How many of those slots one tenant may hold at once, so one tenant's resumes cannot take
     /// them all; a resume over its tenant's share waits like one over the instance's.

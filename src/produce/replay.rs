@@ -423,9 +423,11 @@ mod tests {
         let mut truncated = None;
         loop {
             match replay.next().await {
-                ReplayStep::Event(event) => {
-                    numbers.push(event.json[5..event.json.len() - 1].parse().unwrap())
-                }
+                ReplayStep::Event(event) => numbers.push(
+                    serde_json::from_str::<serde_json::Value>(&event.json).unwrap()["n"]
+                        .as_u64()
+                        .unwrap() as u8,
+                ),
                 ReplayStep::Truncated { replayed } => truncated = Some(replayed),
                 ReplayStep::Complete(ids) => {
                     assert_eq!(ids.len(), numbers.len(), "every sent id is remembered");

@@ -2,10 +2,10 @@
 //!
 //! Order of work, so nothing falls between replay and live: join the tenant's live feed (subscribed
 //! before the response starts), then read the replay's first page, then send the replay a page at a
-//! time (`replay.rs`), then live events, skipping live events the replay already sent. The replay comes from the tenant's recent-events
-//! stream in Redis (written by the consumer in the same script that publishes), and from MongoDB only
-//! for a gap older than that buffer: a fleet of clients reconnecting after a deploy costs Redis reads,
-//! not a query each on the database.
+//! time (`replay.rs`), then live events, skipping live events the replay already sent. The replay
+//! comes from the tenant's recent-events stream in Redis (written by the consumer in the same script
+//! that publishes), and from MongoDB only for a gap older than that buffer: a fleet of clients
+//! reconnecting after a deploy costs Redis reads, not a query each on the database.
 
 use std::collections::HashSet;
 use std::sync::Arc;
