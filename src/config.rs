@@ -258,6 +258,8 @@ pub struct LimitSettings {
     pub entity_id_max_chars: u64,
     /// The regular expression (ECMA 262) every `type` must match: its charset and length.
     pub type_pattern: String,
+    /// Most failures described in one 400 (or one batch item); the others are only counted.
+    pub max_reported_errors: usize,
 }
 
 impl LimitSettings {
@@ -270,6 +272,7 @@ impl LimitSettings {
             type_pattern: self.type_pattern.clone(),
             metadata_max_bytes: self.metadata_max_bytes,
             metadata_max_depth: self.metadata_max_depth,
+            max_reported_errors: self.max_reported_errors,
         }
     }
 }
@@ -281,6 +284,9 @@ pub struct IntakeSettings {
     pub batch_max_items: usize,
     /// Largest batch body; larger ones get 413 before they are buffered.
     pub batch_max_body_bytes: usize,
+    /// Most failures described in one batch answer, all items together (each item describes at
+    /// most `limits.max_reported_errors`); past it, items only count theirs.
+    pub batch_max_reported_errors: usize,
     /// How long the API waits for Redis' "already accepted?" answer before producing anyway.
     pub dedupe_timeout_ms: u64,
 }
@@ -331,15 +337,28 @@ pub struct SseSettings {
     /// disconnected (and resumes with `Last-Event-ID`).
     pub buffer_events: usize,
     /// Replays (after `Last-Event-ID`) being read or sent at once on one API instance, all tenants
-    /// together: each holds up to `replay_max_events` events in memory until its client took them.
+    /// together: each holds one page (`replay_page_events`) in memory until its client took it.
     pub max_concurrent_replays: usize,
+    /// How many of those slots one tenant may hold at once, so one tenant's resumes cannot take
+    /// them all; a resume over its tenant's share waits like one over the instance's.
+    pub max_replays_per_tenant: usize,
     /// How long a resume waits for a replay slot before it is refused with 503 and Retry-After.
     pub replay_wait_ms: u64,
+    /// Events a replay reads (and holds in memory) at once; the next page is read once the client
+    /// took this one.
+    pub replay_page_events: usize,
+    /// How long a client has to take its whole replay; past it the slot and the page are freed and
+    /// the stream ends (the client resumes from the last id it got).
+    pub replay_send_timeout_ms: u64,
 }
 
 impl SseSettings {
     pub fn replay_wait(&self) -> Duration {
         Duration::from_millis(self.replay_wait_ms)
+    }
+
+    pub fn replay_send_timeout(&self) -> Duration {
+        Duration::from_millis(self.replay_send_timeout_ms)
     }
 }
 
@@ -435,18 +454,28 @@ impl Settings {
         topics
     }
 
-    /// The tenants with their parsed ids and key digests.
+    /// The tenants with their parsed ids and key digests. Two tenants sharing one digest are refused:
+    /// a key would authenticate as whichever tenant the lookup met first, so one tenant's clients
+    /// would silently write into the other's data. The message names both tenants, never the digest.
     pub fn tenant_credentials(&self) -> Result<Vec<(TenantId, ApiKeyDigest)>, ConfigError> {
-        self.tenants
-            .iter()
-            .map(|(id, tenant)| {
-                let key = format!("tenants.{id}");
-                let tenant_id = TenantId::parse(id).map_err(|error| invalid(&key, error))?;
-                let digest = ApiKeyDigest::from_hex(&tenant.api_key_sha256)
-                    .map_err(|error| invalid(&format!("{key}.api_key_sha256"), error))?;
-                Ok((tenant_id, digest))
-            })
-            .collect()
+        let mut credentials: Vec<(TenantId, ApiKeyDigest)> = Vec::with_capacity(self.tenants.len());
+        for (id, tenant) in &self.tenants {
+            let key = format!("tenants.{id}");
+            let tenant_id = TenantId::parse(id).map_err(|error| invalid(&key, error))?;
+            let digest = ApiKeyDigest::from_hex(&tenant.api_key_sha256)
+                .map_err(|error| invalid(&format!("{key}.api_key_sha256"), error))?;
+            if let Some((owner, _)) = credentials.iter().find(|(_, other)| *other == digest) {
+                return Err(invalid(
+                    &format!("{key}.api_key_sha256"),
+                    format!(
+                        "is also the API-key digest of tenant `{owner}`; tenants `{owner}` and \
+                         `{tenant_id}` would share one key, so each needs its own"
+                    ),
+                ));
+            }
+            credentials.push((tenant_id, digest));
+        }
+        Ok(credentials)
     }
 
     /// Rejects values that parse but cannot work, naming the key.
@@ -708,6 +737,16 @@ impl Settings {
             "must be at least 1024",
         )?;
         require(
+            self.intake.batch_max_reported_errors <= 10_000,
+            "intake.batch_max_reported_errors",
+            "must be at most 10000",
+        )?;
+        require(
+            (1..=1000).contains(&self.limits.max_reported_errors),
+            "limits.max_reported_errors",
+            "must be between 1 and 1000",
+        )?;
+        require(
             self.intake.dedupe_timeout_ms >= 1,
             "intake.dedupe_timeout_ms",
             "must be at least 1",
@@ -761,9 +800,24 @@ impl Settings {
             "must be at least 1",
         )?;
         require(
+            (1..=self.sse.max_concurrent_replays).contains(&self.sse.max_replays_per_tenant),
+            "sse.max_replays_per_tenant",
+            "must be at least 1 and at most sse.max_concurrent_replays",
+        )?;
+        require(
             self.sse.replay_wait_ms <= 60_000,
             "sse.replay_wait_ms",
             "must be at most 60000",
+        )?;
+        require(
+            (1..=10_000).contains(&self.sse.replay_page_events),
+            "sse.replay_page_events",
+            "must be between 1 and 10000",
+        )?;
+        require(
+            (100..=3_600_000).contains(&self.sse.replay_send_timeout_ms),
+            "sse.replay_send_timeout_ms",
+            "must be between 100 and 3600000",
         )?;
         require(
             self.readiness.timeout_ms >= 1,
@@ -958,6 +1012,25 @@ mod tests {
     }
 
     #[test]
+    fn two_tenants_with_one_key_digest_are_refused_naming_both() {
+        let digest = "8649cdebee753898fd50e01408a9e438aa5090249bc3e51b65f33dce973b0873";
+        let error = load_with(&[
+            &format!("tenants.acme.api_key_sha256={digest}"),
+            // Upper case hex is the same digest: the comparison is of the bytes, not the text.
+            &format!("tenants.initech.api_key_sha256={}", digest.to_uppercase()),
+            &format!("tenants.globex.api_key_sha256={}", "b".repeat(64)),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("configuration key `tenants.initech.api_key_sha256`"),
+            "{error}"
+        );
+        assert!(error.contains("acme") && !error.contains(digest), "{error}");
+        assert!(!error.contains("globex"), "{error}");
+    }
+
+    #[test]
     fn malformed_overrides_are_refused() {
         for bad in ["novalue", "=3", "a..b=1", "a b=1"] {
             let error = load_with(&[bad]).unwrap_err();
@@ -1063,7 +1136,27 @@ mod tests {
                 "sse.max_concurrent_replays",
             ),
             (&["sse.replay_wait_ms=600000"][..], "sse.replay_wait_ms"),
+            (
+                &[
+                    "sse.max_concurrent_replays=4",
+                    "sse.max_replays_per_tenant=5",
+                ][..],
+                "sse.max_replays_per_tenant",
+            ),
+            (&["sse.replay_page_events=0"][..], "sse.replay_page_events"),
+            (
+                &["sse.replay_send_timeout_ms=0"][..],
+                "sse.replay_send_timeout_ms",
+            ),
             (&["intake.batch_max_items=0"][..], "intake.batch_max_items"),
+            (
+                &["limits.max_reported_errors=0"][..],
+                "limits.max_reported_errors",
+            ),
+            (
+                &["intake.batch_max_reported_errors=20000"][..],
+                "intake.batch_max_reported_errors",
+            ),
         ] {
             let error = load_with(overrides).unwrap_err().to_string();
             assert!(

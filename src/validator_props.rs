@@ -7,8 +7,8 @@ use proptest::prelude::*;
 use serde_json::{Map, Value};
 
 use crate::domain::{
-    parse_batch, ActivityEnvelope, ActivityValidator, IdempotencyKey, NewActivity,
-    PayloadFingerprint, TenantId,
+    parse_batch, ActivityEnvelope, ActivityLimits, ActivityValidator, IdempotencyKey, NewActivity,
+    PayloadFingerprint, TenantId, FIELD_ERROR_MAX_TEXT,
 };
 use crate::store::StoredActivity;
 
@@ -117,6 +117,12 @@ fn check(body: Value) -> Result<(), TestCaseError> {
         Err(failure) => {
             prop_assert!(!failure.errors.is_empty());
             prop_assert!(!failure.summary().is_empty());
+            // The report is bounded whatever the body: its count and each text.
+            prop_assert!(failure.errors.len() <= ActivityLimits::default().max_reported_errors);
+            for error in &failure.errors {
+                prop_assert!(error.field.len() <= FIELD_ERROR_MAX_TEXT, "{:?}", error);
+                prop_assert!(error.message.len() <= FIELD_ERROR_MAX_TEXT, "{:?}", error);
+            }
         }
         Ok(activity) => {
             prop_assert!(schema_accepts, "accepted what the schema rejects: {}", body);

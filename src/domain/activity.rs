@@ -30,26 +30,43 @@ pub struct FieldError {
     pub message: String,
 }
 
-/// Why a body is not a valid activity. The first error is the headline; all are reported.
+/// Why a body is not a valid activity. The first error is the headline. At most
+/// `limits.max_reported_errors` are described; `omitted` counts the others, so a body built to fail
+/// everywhere costs a small answer, not one line per failure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", self.summary())]
 pub struct ValidationFailure {
     pub errors: Vec<FieldError>,
+    /// Failures found beyond those in `errors`.
+    pub omitted: usize,
 }
+
+/// Longest `field` or `message` of a `FieldError`, in bytes: a path or a message quoting a client's
+/// key is shortened, so the size of an error answer does not follow the size of the body.
+pub const FIELD_ERROR_MAX_TEXT: usize = 200;
+
+/// Most unknown field names listed in one `additionalProperties` message.
+const UNKNOWN_FIELDS_LISTED: usize = 10;
 
 impl ValidationFailure {
     pub(crate) fn single(field: &str, rule: &str, message: impl Into<String>) -> ValidationFailure {
         ValidationFailure {
             errors: vec![FieldError {
-                field: field.to_owned(),
+                field: shorten(field.to_owned()),
                 rule: rule.to_owned(),
-                message: message.into(),
+                message: shorten(message.into()),
             }],
+            omitted: 0,
         }
     }
 
+    /// Every failure found, described or not.
+    pub fn total(&self) -> usize {
+        self.errors.len() + self.omitted
+    }
+
     /// The seed's clients read `error`: keep a short sentence, naming the missing fields the way the
-    /// seed did when that is the problem.
+    /// seed did when that is the problem, and saying how many failures are not described.
     pub fn summary(&self) -> String {
         let missing: Vec<&str> = self
             .errors
@@ -57,13 +74,19 @@ impl ValidationFailure {
             .filter(|error| error.rule == "required")
             .map(|error| error.message.as_str())
             .collect();
-        if !missing.is_empty() {
-            return format!("Missing required fields: {}", missing.join(", "));
-        }
-        match self.errors.first() {
-            Some(error) if error.field == "/" => format!("Invalid activity: {}", error.message),
-            Some(error) => format!("Invalid activity: {}: {}", error.field, error.message),
-            None => "Invalid activity".to_owned(),
+        let headline = if !missing.is_empty() {
+            format!("Missing required fields: {}", missing.join(", "))
+        } else {
+            match self.errors.first() {
+                Some(error) if error.field == "/" => format!("Invalid activity: {}", error.message),
+                Some(error) => format!("Invalid activity: {}: {}", error.field, error.message),
+                None => "Invalid activity".to_owned(),
+            }
+        };
+        match (self.errors.is_empty(), self.omitted) {
+            (_, 0) => headline,
+            (true, omitted) => format!("{headline} ({omitted} failure(s), not described)"),
+            (false, omitted) => format!("{headline} (and {omitted} more)"),
         }
     }
 }
@@ -79,10 +102,13 @@ pub struct ActivityLimits {
     pub type_pattern: String,
     pub metadata_max_bytes: usize,
     pub metadata_max_depth: usize,
+    /// Most failures described in one `ValidationFailure`; the rest are only counted.
+    pub max_reported_errors: usize,
 }
 
 impl Default for ActivityLimits {
-    /// The values written in `schemas/activity.v1.json`, with 16 KiB and 8 levels of metadata.
+    /// The values written in `schemas/activity.v1.json`, with 16 KiB and 8 levels of metadata, and
+    /// 20 failures described.
     fn default() -> ActivityLimits {
         let schema = bundled_schema();
         let property = |name: &str, keyword: &str| schema["properties"][name][keyword].clone();
@@ -101,6 +127,7 @@ impl Default for ActivityLimits {
                 .to_owned(),
             metadata_max_bytes: 16 * 1024,
             metadata_max_depth: 8,
+            max_reported_errors: 20,
         }
     }
 }
@@ -125,6 +152,7 @@ pub struct ActivityValidator {
     schema_json: String,
     metadata_max_bytes: usize,
     metadata_max_depth: usize,
+    max_reported_errors: usize,
 }
 
 impl std::fmt::Debug for ActivityValidator {
@@ -133,6 +161,7 @@ impl std::fmt::Debug for ActivityValidator {
             .debug_struct("ActivityValidator")
             .field("metadata_max_bytes", &self.metadata_max_bytes)
             .field("metadata_max_depth", &self.metadata_max_depth)
+            .field("max_reported_errors", &self.max_reported_errors)
             .finish_non_exhaustive()
     }
 }
@@ -155,6 +184,7 @@ impl ActivityValidator {
             ("actor_id_max_chars", limits.actor_id_max_chars),
             ("actor_name_max_chars", limits.actor_name_max_chars),
             ("entity_id_max_chars", limits.entity_id_max_chars),
+            ("max_reported_errors", limits.max_reported_errors as u64),
         ] {
             if value == 0 {
                 return Err(InvalidLimit {
@@ -178,6 +208,7 @@ impl ActivityValidator {
             schema_json: serde_json::to_string_pretty(&schema).expect("a schema serializes"),
             metadata_max_bytes: limits.metadata_max_bytes,
             metadata_max_depth: limits.metadata_max_depth,
+            max_reported_errors: limits.max_reported_errors,
         })
     }
 
@@ -201,19 +232,35 @@ impl ActivityValidator {
     }
 
     /// Validates an already parsed JSON value.
+    ///
+    /// Cheap checks first: the schema walk descends only into `metadata` (every other field is a
+    /// string checked as a whole, and unknown fields are named, not walked), so `metadata`'s size
+    /// and depth are checked before it. A body is already bounded by `http.max_body_bytes` (413)
+    /// before it is parsed. Then the walk, describing at most `max_reported_errors` failures.
     pub fn validate(&self, value: Value) -> Result<NewActivity, ValidationFailure> {
+        if let Some(metadata) = value.get("metadata") {
+            self.check_metadata_size(metadata)?;
+        }
         // `is_valid` stops at the first failure and builds no error values; only an invalid body
-        // pays for the walk that names every failing field.
+        // pays for the walk that names failing fields.
         if !self.schema.is_valid(&value) {
-            let errors: Vec<FieldError> = self
-                .schema
-                .iter_errors(&value)
+            let mut failures = self.schema.iter_errors(&value);
+            let errors: Vec<FieldError> = failures
+                .by_ref()
+                .take(self.max_reported_errors)
                 .map(describe_schema_error)
                 .collect();
-            return Err(ValidationFailure { errors });
+            let omitted = failures.count();
+            return Err(ValidationFailure { errors, omitted });
         }
         if let Some(metadata) = value.get("metadata") {
-            self.check_metadata_limits(metadata)?;
+            if let Some(number) = first_unstorable_number(metadata) {
+                return Err(ValidationFailure::single(
+                    "/metadata",
+                    "integerRange",
+                    format!("{number} is outside the 64-bit signed integer range MongoDB stores"),
+                ));
+            }
         }
         // The schema admits exactly the shape of `NewActivity`, so this cannot fail; keep the error
         // path anyway rather than trust two definitions to stay in step.
@@ -221,7 +268,7 @@ impl ActivityValidator {
             .map_err(|error| ValidationFailure::single("/", "shape", error.to_string()))
     }
 
-    fn check_metadata_limits(&self, metadata: &Value) -> Result<(), ValidationFailure> {
+    fn check_metadata_size(&self, metadata: &Value) -> Result<(), ValidationFailure> {
         let size = serialized_len(metadata);
         if size > self.metadata_max_bytes {
             return Err(ValidationFailure::single(
@@ -231,13 +278,6 @@ impl ActivityValidator {
                     "is {size} bytes serialized; the limit is {}",
                     self.metadata_max_bytes
                 ),
-            ));
-        }
-        if let Some(number) = first_unstorable_number(metadata) {
-            return Err(ValidationFailure::single(
-                "/metadata",
-                "integerRange",
-                format!("{number} is outside the 64-bit signed integer range MongoDB stores"),
             ));
         }
         let depth = nesting_depth(metadata);
@@ -328,7 +368,16 @@ fn describe_schema_error(error: jsonschema::ValidationError<'_>) -> FieldError {
             property.as_str().unwrap_or_default().to_owned()
         }
         ValidationErrorKind::AdditionalProperties { unexpected } => {
-            format!("unknown field(s): {}", unexpected.join(", "))
+            let listed = unexpected
+                .iter()
+                .take(UNKNOWN_FIELDS_LISTED)
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            match unexpected.len().saturating_sub(UNKNOWN_FIELDS_LISTED) {
+                0 => format!("unknown field(s): {listed}"),
+                more => format!("unknown field(s): {listed} and {more} more"),
+            }
         }
         ValidationErrorKind::Pattern { pattern }
             if path.is_empty() || path.starts_with("/metadata") =>
@@ -338,10 +387,23 @@ fn describe_schema_error(error: jsonschema::ValidationError<'_>) -> FieldError {
         _ => error.masked().to_string(),
     };
     FieldError {
-        field,
+        field: shorten(field),
         rule,
-        message,
+        message: shorten(message),
     }
+}
+
+/// `text` cut to `FIELD_ERROR_MAX_TEXT` bytes (at a character boundary) with `...` when longer.
+fn shorten(mut text: String) -> String {
+    if text.len() > FIELD_ERROR_MAX_TEXT {
+        let mut cut = FIELD_ERROR_MAX_TEXT - 3;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    text
 }
 
 /// The offending value, shortened so an error never echoes a huge body back.
@@ -502,6 +564,95 @@ mod tests {
                 json!({"actorId": "u", "actorName": "A", "type": "t", "metadata": {"a": {"b": 1}}})
             )
             .is_ok());
+    }
+
+    #[test]
+    fn a_body_failing_everywhere_gets_a_bounded_report_with_the_rest_counted() {
+        // Under the size limit: 1,000 keys MongoDB would refuse, one failure each.
+        let metadata: Map<String, Value> = (0..1000)
+            .map(|n| (format!("${n}"), Value::from(n)))
+            .collect();
+        assert!(serialized_len(&Value::Object(metadata.clone())) <= 16 * 1024);
+        let failure = validator()
+            .validate(json!({"actorId": "u", "actorName": "A", "type": "t", "metadata": metadata}))
+            .unwrap_err();
+        assert_eq!(failure.errors.len(), 20, "limits.max_reported_errors");
+        assert_eq!(failure.total(), 1000, "the rest are counted");
+        assert!(
+            failure.summary().ends_with(" (and 980 more)"),
+            "{}",
+            failure.summary()
+        );
+        assert!(failure
+            .errors
+            .iter()
+            .all(|error| error.field.starts_with("/metadata")));
+
+        // Over it: 20,000 values FerretDB would refuse. The size is checked before the schema
+        // walk, so this is one failure, found without describing 20,000.
+        let metadata: Map<String, Value> = (0..20_000)
+            .map(|n| (format!("k{n}"), json!([[n]])))
+            .collect();
+        let failure = validator()
+            .validate(json!({"actorId": "u", "actorName": "A", "type": "t", "metadata": metadata}))
+            .unwrap_err();
+        assert_eq!(fields(&failure), [("/metadata", "maxBytes")]);
+        assert_eq!(failure.omitted, 0);
+    }
+
+    #[test]
+    fn depth_is_checked_before_the_schema_walk() {
+        let mut deep = json!({"$x": 1});
+        for _ in 0..20 {
+            deep = json!({ "a": deep });
+        }
+        let failure = validator()
+            .validate(json!({"actorId": "u", "actorName": "A", "type": "t", "metadata": deep}))
+            .unwrap_err();
+        assert_eq!(fields(&failure), [("/metadata", "maxDepth")]);
+    }
+
+    #[test]
+    fn no_reported_text_follows_the_size_of_the_body() {
+        let long_key = "k".repeat(5000);
+        let unknown: Map<String, Value> = (0..500)
+            .map(|n| (format!("{long_key}{n}"), Value::from(n)))
+            .collect();
+        let mut body = json!({"actorId": "u", "actorName": "A", "type": "t"});
+        body.as_object_mut().unwrap().extend(unknown);
+        body["metadata"] =
+            json!({ format!("${long_key}"): 1, "a": { format!("b.{long_key}"): [[1]] } });
+        let failure = validator().validate(body).unwrap_err();
+        assert!(failure.total() >= 3, "{failure:?}");
+        for error in &failure.errors {
+            assert!(
+                error.field.len() <= FIELD_ERROR_MAX_TEXT
+                    && error.message.len() <= FIELD_ERROR_MAX_TEXT,
+                "{error:?}"
+            );
+        }
+        assert!(failure.summary().len() <= 3 * FIELD_ERROR_MAX_TEXT);
+        let unknown = failure
+            .errors
+            .iter()
+            .find(|error| error.rule == "additionalProperties" && error.field == "/")
+            .unwrap();
+        assert!(unknown.message.ends_with("..."), "{unknown:?}");
+    }
+
+    #[test]
+    fn at_most_ten_unknown_fields_are_named() {
+        let mut body = json!({"actorId": "u", "actorName": "A", "type": "t"});
+        for n in 0..25 {
+            body[format!("x{n}")] = json!(1);
+        }
+        let failure = validator().validate(body).unwrap_err();
+        assert_eq!(fields(&failure), [("/", "additionalProperties")]);
+        assert!(
+            failure.errors[0].message.ends_with(" and 15 more"),
+            "{:?}",
+            failure.errors[0]
+        );
     }
 
     #[test]

@@ -116,6 +116,23 @@ pub fn parse_batch(
     Ok(items)
 }
 
+/// Bounds the failures described across a whole batch to `max_details`, in item order: each item
+/// already describes at most `limits.max_reported_errors`, and once the batch's budget is spent the
+/// later invalid items keep their one-line summary and only count their failures (`omitted`). So a
+/// batch of a thousand items built to fail gets an answer that grows with its item count, not with
+/// the failures in it.
+pub fn limit_batch_details(items: &mut [BatchItem], max_details: usize) {
+    let mut budget = max_details;
+    for item in items {
+        if let Err(failure) = &mut item.activity {
+            let kept = failure.errors.len().min(budget);
+            failure.omitted += failure.errors.len() - kept;
+            failure.errors.truncate(kept);
+            budget -= kept;
+        }
+    }
+}
+
 fn judge(
     index: usize,
     element: Value,
@@ -295,6 +312,36 @@ mod tests {
         assert_eq!(
             items[1].activity.as_ref().unwrap_err().errors[0].rule,
             "uniqueKeys"
+        );
+    }
+
+    #[test]
+    fn the_details_of_a_batch_are_bounded_as_a_whole_and_the_rest_counted() {
+        // Each invalid item misses two fields (two failures); a budget of 3 describes the first 3.
+        let missing_two = json!({"actorId": "x"});
+        let mut items = parse(
+            json!({"activities": [missing_two, good("a"), missing_two]}),
+            None,
+        )
+        .unwrap();
+        limit_batch_details(&mut items, 3);
+        let counts: Vec<(usize, usize)> = items
+            .iter()
+            .map(|item| match &item.activity {
+                Ok(_) => (0, 0),
+                Err(failure) => (failure.errors.len(), failure.omitted),
+            })
+            .collect();
+        assert_eq!(counts, [(2, 0), (0, 0), (1, 1)]);
+        assert_eq!(
+            items[2].activity.as_ref().unwrap_err().summary(),
+            "Missing required fields: actorName (and 1 more)",
+            "an item past the budget still says why"
+        );
+        limit_batch_details(&mut items, 0);
+        assert_eq!(
+            items[0].activity.as_ref().unwrap_err().summary(),
+            "Invalid activity (2 failure(s), not described)"
         );
     }
 

@@ -12,9 +12,9 @@ mod tenant;
 
 pub use activity::{
     ActivityLimits, ActivityValidator, FieldError, InvalidLimit, NewActivity, ValidationFailure,
-    ACTIVITY_SCHEMA_ID, ACTIVITY_SCHEMA_JSON,
+    ACTIVITY_SCHEMA_ID, ACTIVITY_SCHEMA_JSON, FIELD_ERROR_MAX_TEXT,
 };
-pub use batch::{parse_batch, BatchItem};
+pub use batch::{limit_batch_details, parse_batch, BatchItem};
 pub use envelope::{ActivityEnvelope, EnvelopeError};
 pub use fingerprint::{InvalidFingerprint, PayloadFingerprint};
 pub use idempotency::{IdempotencyKey, InvalidIdempotencyKey};

@@ -13,8 +13,8 @@ use super::dedupe::KeyVerdict;
 use super::error::ApiError;
 use super::ApiState;
 use crate::domain::{
-    parse_batch, ActivityEnvelope, FieldError, IdempotencyKey, NewActivity, PayloadFingerprint,
-    TenantId,
+    limit_batch_details, parse_batch, ActivityEnvelope, FieldError, IdempotencyKey, NewActivity,
+    PayloadFingerprint, TenantId,
 };
 use crate::kafka::PublishError;
 
@@ -53,7 +53,7 @@ pub struct Accepted {
     request_body(content = ActivitySchemaRef, content_type = "application/json", description = "An activity, as described by /schemas/activity.v1.json."),
     responses(
         (status = 202, description = "Acknowledged by Kafka (or already accepted with the same payload: `duplicate: true`).", body = Accepted),
-        (status = 400, description = "Invalid body or header; `details` names each field and rule.", body = ErrorBody),
+        (status = 400, description = "Invalid body or header; `details` names failing fields and rules (at most limits.max_reported_errors; `detailsOmitted` counts the rest).", body = ErrorBody),
         (status = 409, description = "A request with this X-Idempotency-Key and payload is still being produced; see Retry-After. `idempotencyKey` names the key.", body = ErrorBody),
         (status = 422, description = "This X-Idempotency-Key was already used for a different payload; nothing was produced. `idempotencyKey` names the key.", body = ErrorBody),
         (status = 401, description = "No, malformed or unknown API key.", body = ErrorBody),
@@ -150,10 +150,14 @@ pub struct ItemResult {
     /// With 400, 409, 422 and 503: why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// With 400: each failing field and rule.
+    /// With 400: failing fields and rules, at most limits.max_reported_errors per item and
+    /// intake.batch_max_reported_errors in the whole batch.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<FieldErrorBody>>)]
     pub details: Option<Vec<FieldError>>,
+    /// With 400, when some of the item's failures are not in `details`: how many.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details_omitted: Option<usize>,
 }
 
 /// The body of every `POST /activities/batch` answer that got as far as judging items.
@@ -227,12 +231,13 @@ pub async fn create_batch(
     let batch_key = idempotency_key(&request)?;
     tracing::Span::current().record("tenant", tenant.as_str());
     let body = read_body(&request, payload, state.batch_max_body_bytes).await?;
-    let items = parse_batch(
+    let mut items = parse_batch(
         &body,
         batch_key.as_ref(),
         &state.validator,
         state.batch_max_items,
     )?;
+    limit_batch_details(&mut items, state.batch_max_reported_errors);
     tracing::Span::current().record("items", items.len());
     rate_limit(&state, &tenant, items.len())?;
 
@@ -256,6 +261,7 @@ pub async fn create_batch(
                     duplicate: Some(false),
                     error: None,
                     details: None,
+                    details_omitted: None,
                 });
             }
             Err(failure) => results.push(ItemResult {
@@ -264,6 +270,7 @@ pub async fn create_batch(
                 idempotency_key: key,
                 duplicate: None,
                 error: Some(failure.summary()),
+                details_omitted: (failure.omitted > 0).then_some(failure.omitted),
                 details: Some(failure.errors),
             }),
         }
@@ -510,8 +517,10 @@ pub struct ErrorBody {
     pub success: bool,
     /// One sentence for humans.
     pub error: String,
-    /// With 400: each failing field and rule.
+    /// With 400: failing fields and rules, at most limits.max_reported_errors of them.
     pub details: Option<Vec<FieldErrorBody>>,
+    /// With 400, when some failures are not in `details`: how many.
+    pub details_omitted: Option<usize>,
     /// With 409 and 422: the idempotency key concerned.
     pub idempotency_key: Option<String>,
 }

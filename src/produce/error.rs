@@ -7,8 +7,8 @@ use crate::domain::ValidationFailure;
 use crate::kafka::PublishError;
 
 /// Every way a request can fail, each with its status. The body is always
-/// `{"success": false, "error": "...", "details"?: [...], "idempotencyKey"?: "..."}` (the seed's
-/// contract, extended).
+/// `{"success": false, "error": "...", "details"?: [...], "detailsOmitted"?: n,
+/// "idempotencyKey"?: "..."}` (the seed's contract, extended).
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -131,7 +131,12 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         let mut body = json!({ "success": false, "error": self.to_string() });
         match self {
-            ApiError::Invalid(failure) => body["details"] = json!(failure.errors),
+            ApiError::Invalid(failure) => {
+                body["details"] = json!(failure.errors);
+                if failure.omitted > 0 {
+                    body["detailsOmitted"] = json!(failure.omitted);
+                }
+            }
             ApiError::KeyReused { key } => body["idempotencyKey"] = json!(key),
             ApiError::KeyInFlight { key } => {
                 body["idempotencyKey"] = json!(key);

@@ -43,6 +43,8 @@ pub struct ApiMetrics {
     rejected: IntCounterVec,
     /// SSE resumes (Last-Event-ID) by where the replay came from: `redis` or `mongodb`.
     sse_replays: IntCounterVec,
+    /// SSE replays that ended before they were complete, by reason (their streams ended).
+    sse_replays_cut: IntCounterVec,
 }
 
 impl ApiMetrics {
@@ -103,6 +105,14 @@ impl ApiMetrics {
             &["source"],
         )
         .expect("valid metric");
+        let sse_replays_cut = IntCounterVec::new(
+            Opts::new(
+                "sse_replays_cut_total",
+                "SSE replays ended before they were complete, by reason (send_deadline: the client did not take it within sse.replay_send_timeout_ms; buffer_trimmed: the recent-events stream was trimmed past it; store: Redis or MongoDB failed part-way).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -112,6 +122,7 @@ impl ApiMetrics {
             Box::new(rate_limited.clone()),
             Box::new(rejected.clone()),
             Box::new(sse_replays.clone()),
+            Box::new(sse_replays_cut.clone()),
         ] {
             registry
                 .register(collector)
@@ -127,6 +138,7 @@ impl ApiMetrics {
             rate_limited,
             rejected,
             sse_replays,
+            sse_replays_cut,
         }
     }
 
@@ -148,6 +160,11 @@ impl ApiMetrics {
     /// One SSE resume replayed from `source` (`redis` or `mongodb`).
     pub fn count_sse_replay(&self, source: &str) {
         self.sse_replays.with_label_values(&[source]).inc();
+    }
+
+    /// The counter of replays cut short; streams hold a clone, as they outlive any one handler call.
+    pub fn sse_replays_cut(&self) -> &IntCounterVec {
+        &self.sse_replays_cut
     }
 
     pub fn sse_clients(&self) -> &IntGauge {

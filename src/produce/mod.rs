@@ -22,6 +22,7 @@ mod openapi;
 mod ops;
 mod rate_limit;
 mod read;
+mod replay;
 mod stream;
 
 use std::net::TcpListener;
@@ -55,6 +56,8 @@ pub(crate) struct ApiState {
     /// The same for batches, which are legitimately larger.
     pub batch_max_body_bytes: usize,
     pub batch_max_items: usize,
+    /// Most failures described in one batch answer, all items together.
+    pub batch_max_reported_errors: usize,
     pub repository: ActivityRepository,
     pub redis: RedisStore,
     /// Idempotency layer 2.
@@ -64,8 +67,9 @@ pub(crate) struct ApiState {
     pub metrics: metrics::ApiMetrics,
     pub read: ReadSettings,
     pub sse: SseSettings,
-    /// Bounds the SSE replays in memory at once (`sse.max_concurrent_replays`).
-    pub replay_slots: stream::ReplaySlots,
+    /// Bounds the SSE replays in memory at once (`sse.max_concurrent_replays`, and
+    /// `sse.max_replays_per_tenant` of them for one tenant).
+    pub replay_slots: replay::ReplaySlots,
     pub readiness_timeout: Duration,
     /// The OpenAPI document, rendered once.
     pub openapi_json: String,
@@ -112,6 +116,7 @@ impl Application {
             max_body_bytes: settings.http.max_body_bytes,
             batch_max_body_bytes: settings.intake.batch_max_body_bytes,
             batch_max_items: settings.intake.batch_max_items,
+            batch_max_reported_errors: settings.intake.batch_max_reported_errors,
             repository: ActivityRepository::connect(&settings.mongo).await?,
             accepted: dedupe::AcceptedMarkers::new(
                 redis.clone(),
@@ -130,8 +135,9 @@ impl Application {
             metrics: metrics::ApiMetrics::new(),
             read: settings.read.clone(),
             sse: settings.sse.clone(),
-            replay_slots: stream::ReplaySlots::new(
+            replay_slots: replay::ReplaySlots::new(
                 settings.sse.max_concurrent_replays,
+                settings.sse.max_replays_per_tenant,
                 settings.sse.replay_wait(),
             ),
             readiness_timeout: settings.readiness.timeout(),

@@ -143,11 +143,19 @@ mod tests {
                 "#/components/schemas/BatchOutcome"
             ]
         );
-        // Exactly one shape matches: an error body has nothing but success, error and details.
+        // Exactly one shape matches: an error body has nothing but success, error, details and
+        // detailsOmitted.
         assert_eq!(
             document["components"]["schemas"]["ErrorBody"]["additionalProperties"],
             false
         );
+        for shape in ["ErrorBody", "ItemResult"] {
+            let omitted = &document["components"]["schemas"][shape]["properties"]["detailsOmitted"];
+            assert!(
+                omitted["type"].to_string().contains("integer"),
+                "{shape}: {omitted}"
+            );
+        }
     }
 
     #[test]

@@ -42,7 +42,10 @@ return marked
 ";
 
 /// Entries read per XREVRANGE while looking for a resume point in the recent-events stream.
-const RECENT_PAGE: usize = 500;
+const RECENT_SEARCH_PAGE: usize = 500;
+
+/// An entry of a recent-events stream as XRANGE answers it: its entry id and its fields.
+type RecentEntry = (String, Vec<(String, String)>);
 
 /// One event of a tenant's recent-events stream: the document id (the SSE `id:`) and the published
 /// JSON.
@@ -337,47 +340,81 @@ impl RedisStore {
         Ok(newly)
     }
 
-    /// The tenant's events published after the one with `document_id`, oldest first, at most `limit`
-    /// of them; `None` when the recent-events stream does not reach back to that event (trimmed,
-    /// expired, turned off or lost with Redis): the caller replays from MongoDB instead.
+    /// Where the event with `document_id` sits in the tenant's recent-events stream (its entry id),
+    /// the point a replay reads forward from with `recent_page`; `None` when the stream does not reach
+    /// back to that event (trimmed, expired, turned off or lost with Redis): the caller replays from
+    /// MongoDB instead.
     ///
-    /// Reads newest first, a page at a time, until it meets the resume point; the stream is capped,
-    /// so this reads at most `redis.recent_events_per_tenant` entries (plus the `~` trim's slack).
-    pub async fn recent_after(
+    /// Reads newest first, a page at a time and keeping none of it, until it meets the event; the
+    /// stream is capped, so this reads at most `redis.recent_events_per_tenant` entries (plus the `~`
+    /// trim's slack), but holds one page at a time.
+    pub async fn recent_position(
         &self,
         tenant: &TenantId,
         document_id: &str,
-        limit: usize,
-    ) -> Result<Option<Vec<RecentEvent>>, StoreOutage> {
-        type Entry = (String, Vec<(String, String)>);
+    ) -> Result<Option<String>, StoreOutage> {
         let key = self.keys.recent_events(tenant);
-        let mut newest_first: Vec<RecentEvent> = Vec::new();
         let mut end = "+".to_owned();
         loop {
-            let page: Vec<Entry> = redis::cmd("XREVRANGE")
+            let page: Vec<RecentEntry> = redis::cmd("XREVRANGE")
                 .arg(&key)
                 .arg(&end)
                 .arg("-")
                 .arg("COUNT")
-                .arg(RECENT_PAGE)
+                .arg(RECENT_SEARCH_PAGE)
                 .query_async(&mut self.connection.clone())
                 .await
                 .map_err(StoreOutage::redis)?;
-            let exhausted = page.len() < RECENT_PAGE;
+            let exhausted = page.len() < RECENT_SEARCH_PAGE;
             for (entry_id, fields) in page {
-                let event = RecentEvent::from_fields(fields);
-                if event.document_id == document_id {
-                    newest_first.reverse();
-                    newest_first.truncate(limit);
-                    return Ok(Some(newest_first));
+                if RecentEvent::from_fields(fields).document_id == document_id {
+                    return Ok(Some(entry_id));
                 }
-                newest_first.push(event);
                 end = format!("({entry_id}");
             }
             if exhausted {
                 return Ok(None);
             }
         }
+    }
+
+    /// Up to `count` events that follow the entry `after_entry` in the tenant's recent-events stream,
+    /// oldest first, each with its own entry id (the next call's `after_entry`). `None` when
+    /// `after_entry` is no longer in the stream: the stream is trimmed from its oldest end (or expires
+    /// whole), so while that entry is there nothing after it was trimmed; once it is gone, events
+    /// after it may be gone too, and the caller must not go on as if the stream were complete.
+    ///
+    /// The check and the read run as one transaction, so no trim falls between them.
+    pub async fn recent_page(
+        &self,
+        tenant: &TenantId,
+        after_entry: &str,
+        count: usize,
+    ) -> Result<Option<Vec<(String, RecentEvent)>>, StoreOutage> {
+        let key = self.keys.recent_events(tenant);
+        let (anchor, page): (Vec<RecentEntry>, Vec<RecentEntry>) = redis::pipe()
+            .atomic()
+            .cmd("XRANGE")
+            .arg(&key)
+            .arg(after_entry)
+            .arg(after_entry)
+            .cmd("XRANGE")
+            .arg(&key)
+            .arg(format!("({after_entry}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(StoreOutage::redis)?;
+        if anchor.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(
+            page.into_iter()
+                .map(|(entry_id, fields)| (entry_id, RecentEvent::from_fields(fields)))
+                .collect(),
+        ))
     }
 
     /// The tenant's counters: activity type -> count.

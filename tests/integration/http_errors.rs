@@ -186,3 +186,53 @@ async fn the_schema_is_published() {
     assert_eq!(schema["required"], json!(["actorId", "actorName", "type"]));
     pipeline.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_built_to_fail_everywhere_gets_a_small_400_and_the_service_keeps_answering() {
+    let pipeline = TestPipeline::spawn_api_only(&[]).await;
+    let body_with = |metadata: serde_json::Map<String, Value>| json!({"actorId": "u", "actorName": "A", "type": "t", "metadata": metadata});
+
+    // 20,000 values FerretDB would refuse (an array in an array): ~250 KB, under
+    // http.max_body_bytes. Walked and described one by one, this was a 400 of ~2.6 MB.
+    let metadata = (0..20_000)
+        .map(|n| (format!("k{n}"), json!([[n]])))
+        .collect();
+    let response = pipeline
+        .post_activity(ACME_KEY, None, &body_with(metadata))
+        .await;
+    assert_eq!(response.status(), 400);
+    let answer = response.bytes().await.unwrap();
+    assert!(answer.len() < 2048, "a {} byte answer", answer.len());
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["details"].as_array().unwrap().len(), 1);
+    assert_eq!(answer["details"][0]["rule"], "maxBytes", "{answer}");
+
+    // Under the size limit, 1,000 keys MongoDB would refuse: 20 described, the rest counted.
+    let metadata = (0..1000).map(|n| (format!("${n}"), json!(n))).collect();
+    let response = pipeline
+        .post_activity(ACME_KEY, None, &body_with(metadata))
+        .await;
+    assert_eq!(response.status(), 400);
+    let answer = response.bytes().await.unwrap();
+    assert!(answer.len() < 16 * 1024, "a {} byte answer", answer.len());
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["details"].as_array().unwrap().len(), 20, "{answer}");
+    assert_eq!(answer["detailsOmitted"], 980, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .ends_with("(and 980 more)"),
+        "{answer}"
+    );
+
+    assert_eq!(
+        pipeline
+            .post_activity(ACME_KEY, None, &activity("u", "t"))
+            .await
+            .status(),
+        202,
+        "the service keeps answering"
+    );
+    pipeline.stop().await;
+}

@@ -340,3 +340,43 @@ async fn a_tenant_over_its_rate_gets_429_and_others_do_not() {
     );
     pipeline.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_built_to_fail_gets_an_answer_bounded_per_item_and_in_all() {
+    let pipeline = TestPipeline::spawn_api_only(&[]).await;
+    // 1,000 items, each with 30 keys MongoDB would refuse: 30,000 failures. Described one by one
+    // that was a ~4 MB answer.
+    let metadata: serde_json::Map<String, Value> =
+        (0..30).map(|n| (format!("${n}"), json!(n))).collect();
+    let item = json!({"actorId": "u", "actorName": "A", "type": "t", "metadata": metadata});
+    let batch = json!({ "activities": vec![item; 1000] });
+    let response = pipeline.post_batch(ACME_KEY, None, &batch).await;
+    assert_eq!(response.status(), 400);
+    let answer = response.bytes().await.unwrap();
+    assert!(answer.len() < 512 * 1024, "a {} byte answer", answer.len());
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["invalid"], 1000);
+    let results = answer["results"].as_array().unwrap();
+    let described: Vec<usize> = results
+        .iter()
+        .map(|result| result["details"].as_array().unwrap().len())
+        .collect();
+    assert!(
+        described.iter().all(|count| *count <= 20),
+        "limits.max_reported_errors per item"
+    );
+    assert_eq!(
+        described.iter().sum::<usize>(),
+        100,
+        "intake.batch_max_reported_errors in all"
+    );
+    for result in results {
+        let shown = result["details"].as_array().unwrap().len();
+        let omitted = result["detailsOmitted"].as_u64().unwrap_or(0) as usize;
+        assert_eq!(shown + omitted, 30, "every failure is counted: {result}");
+        assert!(result["error"]
+            .as_str()
+            .is_some_and(|error| !error.is_empty()));
+    }
+    pipeline.stop().await;
+}

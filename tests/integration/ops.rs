@@ -290,3 +290,30 @@ async fn the_command_line_answers_garbage_with_a_precise_message() {
     );
     pipeline.stop().await;
 }
+
+#[test]
+fn check_config_refuses_two_tenants_sharing_one_key_naming_both() {
+    // The dev profile's acme digest, configured a second time for another tenant.
+    let acme_digest = "8649cdebee753898fd50e01408a9e438aa5090249bc3e51b65f33dce973b0873";
+    let output = Command::new(env!("CARGO_BIN_EXE_activity-pipeline"))
+        .arg("--config")
+        .arg(dev_config())
+        .arg("--set")
+        .arg(format!("tenants.initech.api_key_sha256={acme_digest}"))
+        .arg("check-config")
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("tenants.initech.api_key_sha256")
+            && stderr.contains("`acme`")
+            && stderr.contains("`initech`"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(acme_digest),
+        "the digest is not echoed: {stderr}"
+    );
+    assert!(output.stdout.is_empty(), "nothing was checked as fine");
+}

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use activity_pipeline::domain::TenantId;
+use activity_pipeline::store::{RecentEvent, RedisStore};
 use serde_json::Value;
 
 use crate::helpers::{activity, metrics_text, TestPipeline, ACME_KEY, GLOBEX_KEY};
@@ -138,6 +140,7 @@ async fn a_replay_slot_is_freed_once_the_replay_is_sent_not_when_the_stream_ends
     // make the second resume wait 2 s and get 503.
     let pipeline = TestPipeline::spawn_with(&[
         "sse.max_concurrent_replays=1".to_owned(),
+        "sse.max_replays_per_tenant=1".to_owned(),
         "sse.replay_wait_ms=2000".to_owned(),
     ])
     .await;
@@ -161,6 +164,127 @@ async fn a_replay_slot_is_freed_once_the_replay_is_sent_not_when_the_stream_ends
         assert_eq!(live.json()["idempotencyKey"], "slot-2");
     }
     drop(resumed);
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_longer_than_a_page_arrives_whole_and_in_order_from_either_store() {
+    // Pages of 2 events: a 5-event gap takes three reads of the recent-events buffer (and, once the
+    // buffer is gone, three MongoDB queries), each sent before the next is read.
+    let pipeline = TestPipeline::spawn_with(&["sse.replay_page_events=2".to_owned()]).await;
+    let mut first = SseClient::open(&pipeline.address, ACME_KEY, None).await;
+    post_stored(&pipeline, &["p0"]).await;
+    let last_id = first.next_event(WAIT).await.unwrap().id.unwrap();
+    drop(first);
+    let missed = ["p1", "p2", "p3", "p4", "p5"];
+    post_stored(&pipeline, &missed).await;
+
+    let mut from_redis = SseClient::open(&pipeline.address, ACME_KEY, Some(&last_id)).await;
+    assert_eq!(replayed_keys(&mut from_redis, missed.len()).await, missed);
+    post_stored(&pipeline, &["p6"]).await;
+    let live = from_redis.next_event(WAIT).await.unwrap();
+    assert_eq!(
+        live.json()["idempotencyKey"],
+        "p6",
+        "live after the replay, nothing repeated"
+    );
+    drop(from_redis);
+
+    let _: i64 = redis::cmd("DEL")
+        .arg(pipeline.redis_key("recent:{acme}"))
+        .query_async(&mut pipeline.redis.clone())
+        .await
+        .unwrap();
+    let mut from_mongodb = SseClient::open(&pipeline.address, ACME_KEY, Some(&last_id)).await;
+    assert_eq!(
+        replayed_keys(&mut from_mongodb, missed.len() + 1).await,
+        ["p1", "p2", "p3", "p4", "p5", "p6"]
+    );
+    assert!(
+        from_mongodb
+            .next_event(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "nothing after the replay but live events"
+    );
+    assert_eq!(
+        (
+            sse_replays(&pipeline, "redis").await,
+            sse_replays(&pipeline, "mongodb").await
+        ),
+        (1, 1)
+    );
+    drop(from_mongodb);
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replay_buffer_is_read_forward_in_pages_and_notices_a_trim_past_its_position() {
+    let pipeline = TestPipeline::spawn_api_only(&[]).await;
+    let store = RedisStore::connect(&pipeline.settings.redis).unwrap();
+    let acme = TenantId::parse("acme").unwrap();
+    let key = pipeline.redis_key("recent:{acme}");
+    let mut redis = pipeline.redis.clone();
+    let document_id = |n: usize| format!("{n:024x}");
+    let mut entries = Vec::new();
+    for n in 0..5 {
+        let entry: String = redis::cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg("id")
+            .arg(document_id(n))
+            .arg("event")
+            .arg(format!("{{\"n\":{n}}}"))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        entries.push(entry);
+    }
+    let page_ids = |page: Option<Vec<(String, RecentEvent)>>| {
+        page.map(|page| {
+            page.into_iter()
+                .map(|(_, event)| event.document_id)
+                .collect::<Vec<_>>()
+        })
+    };
+
+    let position = store.recent_position(&acme, &document_id(0)).await.unwrap();
+    assert_eq!(position.as_ref(), Some(&entries[0]));
+    assert_eq!(
+        store.recent_position(&acme, &document_id(9)).await.unwrap(),
+        None
+    );
+    let first = store.recent_page(&acme, &entries[0], 2).await.unwrap();
+    assert_eq!(page_ids(first), Some(vec![document_id(1), document_id(2)]));
+    let second = store.recent_page(&acme, &entries[2], 2).await.unwrap();
+    assert_eq!(page_ids(second), Some(vec![document_id(3), document_id(4)]));
+    let end = store.recent_page(&acme, &entries[4], 2).await.unwrap();
+    assert_eq!(page_ids(end), Some(vec![]));
+
+    // Trimmed to the newest two while a replay stood at entry 2: what followed it may be gone, and
+    // the read says so instead of going on from whatever is left.
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(&key)
+        .arg("MAXLEN")
+        .arg(2)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.recent_page(&acme, &entries[2], 2).await.unwrap(),
+        None
+    );
+    let after_three = store.recent_page(&acme, &entries[3], 2).await.unwrap();
+    assert_eq!(page_ids(after_three), Some(vec![document_id(4)]));
+    let _: i64 = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.recent_page(&acme, &entries[3], 2).await.unwrap(),
+        None
+    );
     pipeline.stop().await;
 }
 
@@ -302,6 +426,16 @@ async fn metric(pipeline: &TestPipeline, series: &str) -> Option<i64> {
         .lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .map(|value| value.parse().unwrap())
+}
+
+/// The idempotency keys of the next `count` events of `client`.
+async fn replayed_keys(client: &mut SseClient, count: usize) -> Vec<String> {
+    let mut keys = Vec::with_capacity(count);
+    for _ in 0..count {
+        let event = client.next_event(WAIT).await.expect("a replayed event");
+        keys.push(event.json()["idempotencyKey"].as_str().unwrap().to_owned());
+    }
+    keys
 }
 
 /// Posts one activity per key for acme and waits until each is stored (so it was published).
