@@ -87,7 +87,7 @@ impl ApiError {
     pub fn store_unavailable(outage: &crate::store::StoreOutage) -> ApiError {
         tracing::warn!(%outage, "read request failed");
         ApiError::StoreUnavailable {
-            store: outage.store,
+            store: outage.store().name(),
             retry_after_secs: 1,
         }
     }

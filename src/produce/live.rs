@@ -167,18 +167,11 @@ impl Fanout {
                 tenant: tenant.clone(),
                 done,
             })
-            .map_err(|_| StoreOutage {
-                store: "Redis",
-                message: "the live subscriber has stopped".to_owned(),
-            })?;
+            .map_err(|_| StoreOutage::redis("the live subscriber has stopped"))?;
         match confirmed.await {
             Ok(Ok(())) => Ok(feed),
             Ok(Err(outage)) => Err(outage.into()),
-            Err(_) => Err(StoreOutage {
-                store: "Redis",
-                message: "the live subscriber has stopped".to_owned(),
-            }
-            .into()),
+            Err(_) => Err(StoreOutage::redis("the live subscriber has stopped").into()),
         }
     }
 }
@@ -223,7 +216,7 @@ impl Subscriber {
                             command = self.commands.recv() => match command {
                                 None => return,
                                 Some(Command::Subscribe { done, .. }) => {
-                                    let _ = done.send(Err(outage.clone_outage()));
+                                    let _ = done.send(Err(outage.clone()));
                                 }
                                 Some(Command::Unsubscribe { .. }) => {}
                             },
@@ -267,7 +260,7 @@ impl Subscriber {
                     None => return None,
                     Some(Command::Subscribe { tenant, done }) => {
                         let result = subscriptions.subscribe(&[self.keys.channel(&tenant)]).await;
-                        let failed = result.as_ref().err().map(StoreOutage::clone_outage);
+                        let failed = result.as_ref().err().cloned();
                         let _ = done.send(result);
                         if let Some(outage) = failed {
                             return Some(outage);
@@ -284,10 +277,7 @@ impl Subscriber {
                     }
                 },
                 message = messages.next() => match message {
-                    None => return Some(StoreOutage {
-                        store: "Redis",
-                        message: "the Pub/Sub connection closed".to_owned(),
-                    }),
+                    None => return Some(StoreOutage::redis("the Pub/Sub connection closed")),
                     Some(message) => self.deliver(message),
                 },
                 _ = ping.tick() => {
@@ -341,19 +331,6 @@ impl Subscriber {
         let mut feeds = inner.feeds.lock().expect("feeds lock");
         for feed in feeds.values_mut() {
             feed.sender = broadcast::channel(inner.buffer_events).0;
-        }
-    }
-}
-
-trait CloneOutage {
-    fn clone_outage(&self) -> StoreOutage;
-}
-
-impl CloneOutage for StoreOutage {
-    fn clone_outage(&self) -> StoreOutage {
-        StoreOutage {
-            store: self.store,
-            message: self.message.clone(),
         }
     }
 }

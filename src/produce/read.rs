@@ -12,7 +12,7 @@ use super::auth::authenticate;
 use super::error::ApiError;
 use super::ApiState;
 use crate::domain::IdempotencyKey;
-use crate::store::{ActivityCursor, ActivityFilter, StoreOutage, StoredActivity};
+use crate::store::{ActivityCursor, ActivityFilter, Store, StoreOutage, StoredActivity};
 
 /// Longest filter value accepted (longer ones cannot match a stored field anyway).
 const FILTER_MAX_CHARS: usize = 256;
@@ -150,7 +150,7 @@ pub async fn list(
     // One more than the page tells whether there is a next page.
     let mut found = bounded(
         &state,
-        "MongoDB",
+        Store::MongoDB,
         state
             .repository
             .newest_first(&tenant, &filter, before, limit + 1),
@@ -198,7 +198,12 @@ pub async fn get_one(
     let key = IdempotencyKey::parse(&path.into_inner()).map_err(|error| {
         ApiError::BadRequest(format!("The idempotency key in the path {error}"))
     })?;
-    let found = bounded(&state, "MongoDB", state.repository.find_one(&tenant, &key)).await?;
+    let found = bounded(
+        &state,
+        Store::MongoDB,
+        state.repository.find_one(&tenant, &key),
+    )
+    .await?;
     let activity = found.ok_or(ApiError::ActivityNotFound)?;
     Ok(HttpResponse::Ok().json(OneActivity {
         success: true,
@@ -225,7 +230,7 @@ pub async fn analytics(
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = authenticate(&request, &state.tenants)?;
-    let counts = bounded(&state, "Redis", state.redis.analytics(&tenant)).await?;
+    let counts = bounded(&state, Store::Redis, state.redis.analytics(&tenant)).await?;
     Ok(HttpResponse::Ok().json(Analytics {
         success: true,
         tenant_id: tenant.to_string(),
@@ -237,15 +242,15 @@ pub async fn analytics(
 /// Runs one store call within `read.timeout_ms`; a failure or a timeout is a 503.
 pub(crate) async fn bounded<T>(
     state: &ApiState,
-    store: &'static str,
+    store: Store,
     call: impl Future<Output = Result<T, StoreOutage>>,
 ) -> Result<T, ApiError> {
     match tokio::time::timeout(state.read.timeout(), call).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(outage)) => Err(ApiError::store_unavailable(&outage)),
-        Err(_) => Err(ApiError::store_unavailable(&StoreOutage {
+        Err(_) => Err(ApiError::store_unavailable(&StoreOutage::timed_out(
             store,
-            message: "no answer within read.timeout_ms".to_owned(),
-        })),
+            "read.timeout_ms",
+        ))),
     }
 }

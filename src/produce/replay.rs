@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::live::LiveEvent;
 use crate::domain::TenantId;
-use crate::store::{ActivityCursor, ActivityRepository, RedisStore, StoreOutage};
+use crate::store::{ActivityCursor, ActivityRepository, RedisStore, Store, StoreOutage};
 
 /// The replay slots of one instance: a share for each tenant inside a pool for all of them.
 pub struct ReplaySlots {
@@ -111,7 +111,7 @@ pub enum ReplayBroken {
     #[error(transparent)]
     Store(#[from] StoreOutage),
     #[error("{store} did not answer within read.timeout_ms")]
-    Timeout { store: &'static str },
+    Timeout { store: Store },
 }
 
 impl ReplayBroken {
@@ -166,7 +166,9 @@ impl ReplaySource for StoreReplay {
                 let page =
                     tokio::time::timeout(*timeout, redis.recent_page(tenant, after_entry, count))
                         .await
-                        .map_err(|_| ReplayBroken::Timeout { store: "Redis" })??
+                        .map_err(|_| ReplayBroken::Timeout {
+                            store: Store::Redis,
+                        })??
                         .ok_or(ReplayBroken::BufferTrimmed)?;
                 if let Some((last, _)) = page.last() {
                     *after_entry = last.clone();
@@ -192,7 +194,9 @@ impl ReplaySource for StoreReplay {
                 let stored =
                     tokio::time::timeout(*timeout, repository.stored_after(tenant, *after, count))
                         .await
-                        .map_err(|_| ReplayBroken::Timeout { store: "MongoDB" })??;
+                        .map_err(|_| ReplayBroken::Timeout {
+                            store: Store::MongoDB,
+                        })??;
                 if let Some(last) = stored.last() {
                     *after = ActivityCursor::of(last);
                 }

@@ -26,7 +26,7 @@ use super::read::bounded;
 use super::replay::{PagedReplay, ReplayBroken, ReplaySlot, ReplayStep, StoreReplay};
 use super::ApiState;
 use crate::domain::TenantId;
-use crate::store::{ActivityCursor, StoreOutage};
+use crate::store::{ActivityCursor, Store, StoreOutage};
 
 /// The header EventSource sends when it reconnects: the id of the last event it received.
 pub const LAST_EVENT_ID_HEADER: &str = "Last-Event-ID";
@@ -149,7 +149,7 @@ async fn start_replay(
     };
     let position = bounded(
         state,
-        "Redis",
+        Store::Redis,
         state.redis.recent_position(tenant, &after.to_string()),
     )
     .await;
@@ -187,10 +187,10 @@ async fn start_replay(
     first_page.map_err(|broken| {
         let outage = match broken {
             ReplayBroken::Store(outage) => outage,
-            other => StoreOutage {
-                store: "MongoDB",
-                message: other.to_string(),
-            },
+            ReplayBroken::Timeout { store } => StoreOutage::timed_out(store, "read.timeout_ms"),
+            // Only the Redis buffer can be trimmed under a replay; no deadline runs before the
+            // first page is sent.
+            other => StoreOutage::redis(other),
         };
         ApiError::store_unavailable(&outage)
     })?;

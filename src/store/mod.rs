@@ -18,26 +18,61 @@ pub use mongo::{
 };
 pub use redis_store::{AcceptedState, EffectRequest, IdempotencyMark, RecentEvent, RedisStore};
 
+/// Which store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    MongoDB,
+    Redis,
+}
+
+impl Store {
+    pub fn name(self) -> &'static str {
+        match self {
+            Store::MongoDB => "MongoDB",
+            Store::Redis => "Redis",
+        }
+    }
+}
+
+impl std::fmt::Display for Store {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.name())
+    }
+}
+
 /// A store that did not answer as a whole: nothing about any single record is known to be wrong.
-#[derive(Debug, thiserror::Error)]
+/// Built only through its constructors, so every outage names its store the same way.
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{store} is unavailable: {message}")]
 pub struct StoreOutage {
-    pub store: &'static str,
-    pub message: String,
+    store: Store,
+    message: String,
 }
 
 impl StoreOutage {
-    fn mongo(error: impl std::fmt::Display) -> StoreOutage {
+    pub fn mongo(error: impl std::fmt::Display) -> StoreOutage {
         StoreOutage {
-            store: "MongoDB",
+            store: Store::MongoDB,
             message: error.to_string(),
         }
     }
 
-    fn redis(error: impl std::fmt::Display) -> StoreOutage {
+    pub fn redis(error: impl std::fmt::Display) -> StoreOutage {
         StoreOutage {
-            store: "Redis",
+            store: Store::Redis,
             message: error.to_string(),
         }
+    }
+
+    /// `store` did not answer within the budget set by the configuration key `budget_key`.
+    pub fn timed_out(store: Store, budget_key: &str) -> StoreOutage {
+        StoreOutage {
+            store,
+            message: format!("no answer within {budget_key}"),
+        }
+    }
+
+    pub fn store(&self) -> Store {
+        self.store
     }
 }
