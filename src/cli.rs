@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Settings, Sources};
@@ -239,12 +241,22 @@ pub fn run(cli: Cli) -> ExitCode {
 async fn execute(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
         Command::Produce { .. } => {
-            let application = crate::produce::Application::build(&settings).await?;
+            // Listening before the server starts: a signal from then on is a graceful shutdown,
+            // never the default action (which would kill the process mid-request).
+            let signals = ShutdownSignals::listen()?;
+            let shutdown = CancellationToken::new();
+            let application =
+                crate::produce::Application::build(&settings, shutdown.clone()).await?;
+            tokio::spawn(signals.cancel_on_signal(
+                shutdown,
+                "ending the SSE streams and finishing in-flight requests",
+            ));
             application.run_until_stopped().await
         }
         Command::Consume { stage, .. } => {
+            let signals = ShutdownSignals::listen()?;
             let shutdown = CancellationToken::new();
-            tokio::spawn(cancel_on_signals(shutdown.clone()));
+            tokio::spawn(signals.cancel_on_signal(shutdown.clone(), "finishing the batch in hand"));
             crate::consume::run(&settings, stage, shutdown).await
         }
         Command::Dlq { command } => run_dlq(command, &settings).await,
@@ -488,24 +500,38 @@ async fn run_dlq(command: DlqCommand, settings: &Settings) -> anyhow::Result<()>
     Ok(())
 }
 
-/// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once (redelivery covers the rest).
-async fn cancel_on_signals(shutdown: CancellationToken) {
-    wait_for_signal().await;
-    tracing::info!(
-        "shutdown requested: finishing the batch in hand (signal again to stop at once)"
-    );
-    shutdown.cancel();
-    wait_for_signal().await;
-    tracing::warn!("second signal: exiting now");
-    std::process::exit(130);
+/// SIGTERM and SIGINT, turned into the roles' shutdown trigger here so the roles themselves never
+/// handle signals (they take a `CancellationToken`, as mini-redis's `run(listener, shutdown)` does).
+struct ShutdownSignals {
+    terminate: Signal,
+    interrupt: Signal,
 }
 
-/// Resolves on the first SIGTERM or SIGINT received after it is called.
-pub(crate) async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+impl ShutdownSignals {
+    /// Starts listening: from now on these signals are delivered here instead of ending the process.
+    fn listen() -> anyhow::Result<ShutdownSignals> {
+        Ok(ShutdownSignals {
+            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+        })
+    }
+
+    /// First signal: cancels `shutdown`, a graceful shutdown (`draining` says what the role finishes
+    /// first). Second: exits at once; nothing acknowledged is lost by that (a request not yet
+    /// answered 202 is retried by its client, an uncommitted record is redelivered).
+    async fn cancel_on_signal(mut self, shutdown: CancellationToken, draining: &'static str) {
+        self.recv().await;
+        tracing::info!("shutdown requested: {draining} (signal again to stop at once)");
+        shutdown.cancel();
+        self.recv().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
     }
 }

@@ -79,16 +79,28 @@ pub(crate) struct ApiState {
 
 /// The HTTP server, bound and ready to run. Binding happens in `build` so a caller (a test) can bind
 /// port 0 and learn the port before running.
+///
+/// The application does not listen for signals: its caller hands it the shutdown trigger (as
+/// mini-redis's `run(listener, shutdown)`), so `cli` turns SIGTERM/SIGINT into it and a test cancels
+/// it directly, and this module never calls back up into `cli`.
 pub struct Application {
     server: Server,
     port: u16,
     publisher: ActivityPublisher,
     shutdown_timeout: Duration,
+    /// A child of the caller's token: the caller's cancel reaches every part of the application,
+    /// while the application cancelling it (when the server stopped by other means) ends its own
+    /// SSE streams and subscriber without cancelling whatever else the caller shares its token with.
     shutdown: CancellationToken,
 }
 
 impl Application {
-    pub async fn build(settings: &Settings) -> anyhow::Result<Application> {
+    /// Binds `http.listen`, connects and starts the server. Cancelling `shutdown` shuts the
+    /// application down gracefully (see [`Application::run_until_stopped`]).
+    pub async fn build(
+        settings: &Settings,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Application> {
         let listener = TcpListener::bind(settings.http.listen).map_err(|error| {
             anyhow::anyhow!("binding http.listen = {}: {error}", settings.http.listen)
         })?;
@@ -106,7 +118,7 @@ impl Application {
             .map(|(tenant, _)| tenant)
             .collect();
         let redis = RedisStore::connect(&settings.redis)?;
-        let shutdown = CancellationToken::new();
+        let shutdown = shutdown.child_token();
         let openapi_json =
             openapi::document(validator.schema_json(), settings.intake.batch_max_items).to_string();
         let state = web::Data::from(Arc::new(ApiState {
@@ -153,7 +165,8 @@ impl Application {
                     Err::<HttpResponse, _>(ApiError::NotFound)
                 }))
         })
-        // Signals are handled in `run_until_stopped`, which first ends the SSE streams.
+        // The caller's shutdown token stops the server, in `run_until_stopped`, which first ends
+        // the SSE streams (actix's own signal handling would not).
         .disable_signals()
         .shutdown_timeout(settings.http.shutdown_timeout_secs);
         if settings.http.workers > 0 {
@@ -174,30 +187,19 @@ impl Application {
         self.port
     }
 
-    /// A handle to stop the server gracefully (tests). Prefer [`Application::shutdown_token`], which
-    /// also ends open SSE streams first.
+    /// A handle to stop the server gracefully (tests). Prefer cancelling the shutdown token given to
+    /// [`Application::build`], which also ends open SSE streams first.
     pub fn handle(&self) -> ServerHandle {
         self.server.handle()
     }
 
-    /// Cancelling this token shuts the application down as SIGTERM does.
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
-
-    /// Serves until SIGTERM/SIGINT (or the shutdown token, or `handle().stop(true)`): then ends the
-    /// SSE streams, stops accepting, lets in-flight requests finish and flushes the producer.
+    /// Serves until the shutdown token is cancelled (or `handle().stop(true)`): then ends the SSE
+    /// streams, stops accepting, lets in-flight requests finish and flushes the producer.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let shutdown = self.shutdown.clone();
         let stopper = tokio::spawn(async move {
-            tokio::select! {
-                _ = crate::cli::wait_for_signal() => {
-                    tracing::info!("shutdown requested: finishing in-flight requests");
-                }
-                _ = shutdown.cancelled() => {}
-            }
-            shutdown.cancel();
+            shutdown.cancelled().await;
             handle.stop(true).await;
         });
         let served = self.server.await;

@@ -15,9 +15,9 @@ use crate::clock::Window;
 use crate::env::{
     Env, COLLECTION, DATABASE, DLQ_TOPIC, GROUP, PARTITIONS, RETRY_TOPICS, TENANTS, TOPIC,
 };
+use crate::ledger::{Outcome, SentActivity, WorkloadReport};
 use crate::live::{LiveClient, Via};
 use crate::poison::{InjectedPoison, POISON_HEADER};
-use crate::workload::{Outcome, SentActivity, WorkloadReport};
 
 /// Violations of one kind: how many, and the first few, described.
 #[derive(Debug, Default, Clone)]

@@ -10,7 +10,9 @@
 //! # Layout
 //! - `options`: the command line (`--profile`, `--seed`, `--duration`, `--faults`, ...).
 //! - `env`, `stack`, `toxiproxy`, `roles`: the private stack, the fault proxy and the role processes.
-//! - `workload`: the clients and their ledger; `poison`: records written straight into the topic.
+//! - `workload`: the clients; `ledger`: what each activity and invalid request got (the workload
+//!   writes it, the checker reads it); `invalid_requests`: the requests the API must refuse;
+//!   `poison`: records written straight into the topic.
 //! - `live`: live clients per tenant (SSE, or a stand-in until the endpoint exists).
 //! - `faults`: the fault kinds, the seeded schedule, applying and undoing a fault.
 //! - `checker`: reads the stores with its own clients and holds them to the ledger.
@@ -20,6 +22,8 @@ mod checker;
 mod clock;
 mod env;
 mod faults;
+mod invalid_requests;
+mod ledger;
 mod live;
 mod options;
 mod poison;

@@ -8,8 +8,9 @@ use serde_json::json;
 
 use crate::checker::Checked;
 use crate::faults::FaultRecord;
+use crate::ledger::{Outcome, WorkloadReport};
 use crate::roles::UnexpectedExit;
-use crate::workload::{Features, Outcome, WorkloadReport};
+use crate::workload::Features;
 
 pub struct Summary<'a> {
     pub command: String,

@@ -11,8 +11,8 @@ use rdkafka::ClientConfig;
 
 use crate::checker::Checked;
 use crate::env::{Env, COLLECTION, DATABASE, DLQ_TOPIC};
+use crate::ledger::{Outcome, WorkloadReport};
 use crate::live::{Event, LiveClient, Via};
-use crate::workload::{Outcome, WorkloadReport};
 
 /// Breaks the stores; returns what was done.
 pub async fn sabotage(
@@ -35,7 +35,7 @@ pub async fn sabotage(
     let altered = acked
         .next()
         .ok_or_else(|| anyhow::anyhow!("too little acknowledged"))?;
-    let key = |activity: &crate::workload::SentActivity| activity.key.clone().unwrap_or_default();
+    let key = |activity: &crate::ledger::SentActivity| activity.key.clone().unwrap_or_default();
 
     collection
         .delete_one(doc! {"tenantId": lost.tenant, "idempotencyKey": key(lost)})

@@ -92,7 +92,9 @@ impl TestPipeline {
             .await
             .expect("topics are created");
 
-        let application = Application::build(&settings).await.expect("the API starts");
+        let application = Application::build(&settings, CancellationToken::new())
+            .await
+            .expect("the API starts");
         let address = format!("http://127.0.0.1:{}", application.port());
         let server = application.handle();
         tokio::spawn(application.run_until_stopped());
@@ -384,9 +386,11 @@ impl TestApi {
                 .await
                 .expect("topics are created");
         }
-        let application = Application::build(&settings).await.expect("the API starts");
+        let shutdown = CancellationToken::new();
+        let application = Application::build(&settings, shutdown.clone())
+            .await
+            .expect("the API starts");
         let address = format!("http://127.0.0.1:{}", application.port());
-        let shutdown = application.shutdown_token();
         let stopped = tokio::spawn(application.run_until_stopped());
         TestApi {
             address,

@@ -229,6 +229,62 @@ async fn wrong_methods_on_read_routes_get_405_with_allow() {
 /// The real binary: SIGTERM ends open streams, lets an in-flight request finish, and exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_and_exits_cleanly() {
+    let (mut child, port) = spawn_produce_binary().await;
+    let address = format!("http://127.0.0.1:{port}");
+    let mut stream = SseClient::open(&address, ACME_KEY, None).await;
+    let (mut connection, tail) = start_in_flight_request(port).await;
+
+    send_sigterm(&child);
+    assert!(
+        stream.ends_within(Duration::from_secs(10)).await,
+        "SIGTERM ends open streams"
+    );
+
+    connection.write_all(tail.as_bytes()).unwrap();
+    let mut answer = String::new();
+    connection
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    connection.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 202"),
+        "the in-flight request finished: {answer}"
+    );
+
+    let (status, log) = wait_for_exit(&mut child).await;
+    assert!(status.success(), "exit status {status}: {log}");
+}
+
+/// The real binary: a second SIGTERM while the first one's drain waits for an in-flight request
+/// exits at once with 130, as `consume` does (the request was never answered 202, so nothing
+/// acknowledged is lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_stops_the_binary_without_waiting_for_the_drain() {
+    let (mut child, port) = spawn_produce_binary().await;
+    let address = format!("http://127.0.0.1:{port}");
+    let mut stream = SseClient::open(&address, ACME_KEY, None).await;
+    // Never completed: the graceful drain would wait for it until `http.shutdown_timeout_secs`.
+    let (_connection, _tail) = start_in_flight_request(port).await;
+
+    send_sigterm(&child);
+    // The streams end once the first signal was handled, so the second is not taken for it.
+    assert!(
+        stream.ends_within(Duration::from_secs(10)).await,
+        "SIGTERM ends open streams"
+    );
+    send_sigterm(&child);
+
+    let (status, log) = wait_for_exit(&mut child).await;
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "the second signal exits at once: {status}: {log}"
+    );
+}
+
+/// Starts `activity-pipeline produce` on a free port with this test's topic, database and prefix,
+/// and waits until it serves.
+async fn spawn_produce_binary() -> (std::process::Child, u16) {
     let settings = load_settings(&test_overrides(&[]));
     activity_pipeline::kafka::create_topics(&settings.kafka, &settings.topic_names())
         .await
@@ -262,15 +318,18 @@ async fn sigterm_finishes_in_flight_requests_and_exits_cleanly() {
     let address = format!("http://127.0.0.1:{port}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while reqwest::get(format!("{address}/healthz")).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the binary never served"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("the binary never served");
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut stream = SseClient::open(&address, ACME_KEY, None).await;
+    (child, port)
+}
 
-    // An in-flight request: headers and half the body sent before the signal.
+/// An in-flight request: headers and half the body sent. Returns the connection and the rest of the
+/// body, once the server has the request.
+async fn start_in_flight_request(port: u16) -> (std::net::TcpStream, String) {
     let body = activity("u", "login").to_string();
     let (head, tail) = body.split_at(body.len() / 2);
     let mut connection = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -284,43 +343,36 @@ async fn sigterm_finishes_in_flight_requests_and_exits_cleanly() {
     connection.flush().unwrap();
     // The server has the request once it answers anything on another connection after it.
     assert_eq!(
-        reqwest::get(format!("{address}/healthz"))
+        reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
             .await
             .unwrap()
             .status(),
         200
     );
+    (connection, tail.to_owned())
+}
 
+fn send_sigterm(child: &std::process::Child) {
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    assert!(
-        stream.ends_within(Duration::from_secs(10)).await,
-        "SIGTERM ends open streams"
-    );
+}
 
-    connection.write_all(tail.as_bytes()).unwrap();
-    let mut answer = String::new();
-    connection
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
-    connection.read_to_string(&mut answer).unwrap();
-    assert!(
-        answer.starts_with("HTTP/1.1 202"),
-        "the in-flight request finished: {answer}"
-    );
-
+/// Waits for the binary to exit (killing it if it does not within 30 s) and returns its status and
+/// its standard error.
+async fn wait_for_exit(child: &mut std::process::Child) -> (std::process::ExitStatus, String) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the binary did not exit"
-        );
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the binary did not exit");
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let mut log = String::new();
@@ -330,5 +382,5 @@ async fn sigterm_finishes_in_flight_requests_and_exits_cleanly() {
         .unwrap()
         .read_to_string(&mut log)
         .unwrap();
-    assert!(status.success(), "exit status {status}: {log}");
+    (status, log)
 }
