@@ -354,8 +354,10 @@ impl Client {
                     }
                     return (Outcome::Acked, server_key, posts);
                 }
+                // 409: another request with this key and body is being produced right now (the
+                // concurrent copy, or our own earlier attempt that timed out on our side): retry.
                 Answer::Status {
-                    status: status @ (429 | 503),
+                    status: status @ (409 | 429 | 503),
                     retry_after,
                     ..
                 } => {
@@ -460,7 +462,7 @@ impl Client {
                 "202".to_owned()
             }
             Ok(Ok(status)) => {
-                if !matches!(status, 429 | 503) {
+                if !matches!(status, 409 | 429 | 503) {
                     self.report.unexpected.push(format!(
                         "t={:.1}s concurrent copy of {key}: a valid activity got {status}",
                         self.shared.clock.secs()
@@ -549,7 +551,7 @@ impl Client {
                                 }
                                 outcomes[at] = Some(Outcome::Acked);
                             }
-                            429 | 503 => {}
+                            409 | 429 | 503 => {}
                             item_status => {
                                 self.report.unexpected.push(format!(
                                     "t={:.1}s batch item {} of {}: a valid activity got {item_status} {result}",
