@@ -6,8 +6,8 @@
 
 mod admin;
 mod consumer;
-mod dlq;
 mod publisher;
+mod topic_reader;
 
 use rdkafka::ClientConfig;
 use secrecy::ExposeSecret;
@@ -20,8 +20,8 @@ pub use admin::{
     ConfigDrift, LayoutDrift, TopicConfigValue, TopicMode, TopicReport, TopicSpec, TopicState,
 };
 pub use consumer::{ActivityConsumer, ConsumedRecord, ConsumerObserver};
-pub use dlq::read_topic;
 pub use publisher::{ActivityPublisher, PublishError};
+pub use topic_reader::read_topic;
 
 /// Header names carried on every activity record; constants so producer and consumer cannot drift.
 pub mod headers {

@@ -8,18 +8,18 @@
 //! # Layout
 //! - `activities`: `POST /activities`, `POST /activities/batch`.
 //! - `read`: `GET /activities`, `GET /activities/{idempotencyKey}`, `GET /analytics`.
-//! - `stream` + `live`: `GET /activities/stream` and the per-instance Redis Pub/Sub fan-out.
-//! - `ops`: `/healthz`, `/readyz`, `/metrics`, `/schemas/activity.v1.json`, `/openapi.json`.
+//! - `stream` + `replay` + `fanout`: `GET /activities/stream` and the per-instance Redis Pub/Sub fan-out.
+//! - `introspection`: `/healthz`, `/readyz`, `/metrics`, `/schemas/activity.v1.json`, `/openapi.json`.
 //! - `auth`, `error`, `rate_limit`, `dedupe` (idempotency layer 2), `metrics`, `openapi`.
 
 mod activities;
 mod auth;
 mod dedupe;
 mod error;
-mod live;
+mod fanout;
+mod introspection;
 mod metrics;
 mod openapi;
-mod ops;
 mod rate_limit;
 mod read;
 mod replay;
@@ -63,7 +63,7 @@ pub(crate) struct ApiState {
     /// Idempotency layer 2.
     pub accepted: dedupe::AcceptedMarkers,
     pub rate_limiter: rate_limit::TenantRateLimiter,
-    pub fanout: live::Fanout,
+    pub fanout: fanout::Fanout,
     pub metrics: metrics::ApiMetrics,
     pub read: ReadSettings,
     pub sse: SseSettings,
@@ -137,7 +137,7 @@ impl Application {
             ),
             redis,
             rate_limiter: rate_limit::TenantRateLimiter::new(&settings.rate_limit, &tenant_ids),
-            fanout: live::Fanout::start(
+            fanout: fanout::Fanout::start(
                 &settings.redis,
                 settings.sse.max_connections_per_tenant,
                 settings.sse.buffer_events,
@@ -241,16 +241,25 @@ fn route_table() -> Vec<(&'static str, Vec<(Method, Route)>)> {
             "/analytics",
             vec![(Method::GET, web::get().to(read::analytics))],
         ),
-        ("/healthz", vec![(Method::GET, web::get().to(ops::healthz))]),
-        ("/readyz", vec![(Method::GET, web::get().to(ops::readyz))]),
-        ("/metrics", vec![(Method::GET, web::get().to(ops::metrics))]),
+        (
+            "/healthz",
+            vec![(Method::GET, web::get().to(introspection::healthz))],
+        ),
+        (
+            "/readyz",
+            vec![(Method::GET, web::get().to(introspection::readyz))],
+        ),
+        (
+            "/metrics",
+            vec![(Method::GET, web::get().to(introspection::metrics))],
+        ),
         (
             "/schemas/activity.v1.json",
-            vec![(Method::GET, web::get().to(ops::activity_schema))],
+            vec![(Method::GET, web::get().to(introspection::activity_schema))],
         ),
         (
             "/openapi.json",
-            vec![(Method::GET, web::get().to(ops::openapi))],
+            vec![(Method::GET, web::get().to(introspection::openapi))],
         ),
     ]
 }

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{activities, ops, read, stream};
+use super::{activities, introspection, read, stream};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,11 +23,11 @@ use super::{activities, ops, read, stream};
         read::get_one,
         read::analytics,
         stream::stream,
-        ops::healthz,
-        ops::readyz,
-        ops::metrics,
-        ops::activity_schema,
-        ops::openapi,
+        introspection::healthz,
+        introspection::readyz,
+        introspection::metrics,
+        introspection::activity_schema,
+        introspection::openapi,
     ),
     components(schemas(
         activities::Accepted,
@@ -41,8 +41,8 @@ use super::{activities, ops, read, stream};
         read::OneActivity,
         read::Analytics,
         read::StoredActivityBody,
-        ops::Health,
-        ops::Readiness,
+        introspection::Health,
+        introspection::Readiness,
     )),
     modifiers(&BearerAuth),
     tags(

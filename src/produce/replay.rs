@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::live::LiveEvent;
+use super::fanout::LiveEvent;
 use crate::domain::TenantId;
 use crate::store::{ActivityCursor, ActivityRepository, RedisStore, Store, StoreOutage};
 

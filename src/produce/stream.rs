@@ -21,7 +21,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::auth::authenticate;
 use super::error::ApiError;
-use super::live::{JoinError, LiveEvent, LiveFeed};
+use super::fanout::{JoinError, LiveEvent, LiveFeed};
 use super::read::bounded;
 use super::replay::{PagedReplay, ReplayBroken, ReplaySlot, ReplayStep, StoreReplay};
 use super::ApiState;

@@ -6,16 +6,16 @@
 //! place) versus a failure of one record (retry topic or DLQ).
 
 mod keys;
-mod live;
 mod mongo;
+mod pubsub;
 mod redis_store;
 
 pub use keys::RedisKeys;
-pub use live::{open_live_connection, LiveMessage, LiveMessages, LiveSubscriptions};
 pub use mongo::{
     ActivityCursor, ActivityFilter, ActivityRepository, CorruptDocument, InsertOutcome, PurgeLog,
     PurgedDeadLetter, ReplayLog, StoredActivity, StoredByKey,
 };
+pub use pubsub::{open_live_connection, LiveMessage, LiveMessages, LiveSubscriptions};
 pub use redis_store::{AcceptedState, EffectRequest, IdempotencyMark, RecentEvent, RedisStore};
 
 /// Which store.
