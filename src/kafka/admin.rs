@@ -506,17 +506,7 @@ pub fn fetch_cluster_metadata(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Settings, Sources};
-
-    fn kafka(overrides: &[&str]) -> KafkaSettings {
-        Settings::load(&Sources {
-            files: vec![],
-            environment: false,
-            overrides: overrides.iter().map(|s| s.to_string()).collect(),
-        })
-        .unwrap()
-        .kafka
-    }
+    use crate::kafka::tests::kafka_settings as kafka;
 
     fn on_topic(value: &str) -> TopicConfigValue {
         TopicConfigValue {

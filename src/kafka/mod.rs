@@ -68,7 +68,8 @@ mod tests {
     use super::*;
     use crate::config::{Settings, Sources};
 
-    fn kafka_settings(overrides: &[&str]) -> KafkaSettings {
+    /// The defaults plus `overrides`, for the tests of `kafka/`.
+    pub(super) fn kafka_settings(overrides: &[&str]) -> KafkaSettings {
         Settings::load(&Sources {
             files: vec![],
             environment: false,

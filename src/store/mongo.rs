@@ -477,19 +477,23 @@ pub struct ReplayLog {
     collection: Collection<Document>,
 }
 
+/// Every document of a small log collection (the replay and purge logs).
+async fn every_document(collection: &Collection<Document>) -> Result<Vec<Document>, StoreOutage> {
+    use futures::TryStreamExt;
+
+    collection
+        .find(doc! {})
+        .await
+        .map_err(StoreOutage::mongo)?
+        .try_collect()
+        .await
+        .map_err(StoreOutage::mongo)
+}
+
 impl ReplayLog {
     /// `topic:partition:offset` of every replayed dead letter.
     pub async fn replayed(&self) -> Result<HashSet<String>, StoreOutage> {
-        use futures::TryStreamExt;
-
-        let documents: Vec<Document> = self
-            .collection
-            .find(doc! {})
-            .await
-            .map_err(StoreOutage::mongo)?
-            .try_collect()
-            .await
-            .map_err(StoreOutage::mongo)?;
+        let documents = every_document(&self.collection).await?;
         Ok(documents
             .into_iter()
             .filter_map(|document| document.get_str("_id").ok().map(str::to_owned))
@@ -544,16 +548,7 @@ pub struct PurgedDeadLetter {
 impl PurgeLog {
     /// Every purged dead letter, by `topic:partition:offset`.
     pub async fn purged(&self) -> Result<BTreeMap<String, PurgedDeadLetter>, StoreOutage> {
-        use futures::TryStreamExt;
-
-        let documents: Vec<Document> = self
-            .collection
-            .find(doc! {})
-            .await
-            .map_err(StoreOutage::mongo)?
-            .try_collect()
-            .await
-            .map_err(StoreOutage::mongo)?;
+        let documents = every_document(&self.collection).await?;
         Ok(documents
             .into_iter()
             .filter_map(|document| {
