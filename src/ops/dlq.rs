@@ -16,13 +16,8 @@ pub struct DeadLetterView {
     /// The record key: the tenant id for records that came through the API.
     pub tenant: Option<String>,
     pub idempotency_key: Option<String>,
-    pub error: String,
-    pub class: String,
-    pub attempts: String,
-    pub first_failure_at: String,
-    pub last_failure_at: String,
-    /// `topic[partition]@offset` where the record was first consumed.
-    pub source: String,
+    /// What its `dlq-*` headers say: error, class, attempts, times, source.
+    pub facts: DeadLetterFacts,
     /// Set when `dlq purge` declared this dead letter done: it is hidden from `dlq list` unless
     /// asked for, and `dlq replay` leaves it alone.
     pub purged: Option<PurgedDeadLetter>,
@@ -30,19 +25,13 @@ pub struct DeadLetterView {
 
 impl DeadLetterView {
     pub fn from_record(record: ConsumedRecord) -> DeadLetterView {
-        let facts = DeadLetterFacts::of(&record);
         DeadLetterView {
             tenant: record
                 .key
                 .as_deref()
                 .map(|key| String::from_utf8_lossy(key).into_owned()),
             idempotency_key: record.header(headers::IDEMPOTENCY_KEY).map(str::to_owned),
-            error: facts.error,
-            class: facts.class,
-            attempts: facts.attempts,
-            first_failure_at: facts.first_failure_at,
-            last_failure_at: facts.last_failure_at,
-            source: facts.source,
+            facts: DeadLetterFacts::of(&record),
             purged: None,
             record,
         }
@@ -68,11 +57,11 @@ impl DeadLetterView {
             self.position(),
             self.tenant.as_deref().unwrap_or("-"),
             self.idempotency_key.as_deref().unwrap_or("-"),
-            self.class,
-            self.attempts,
-            self.last_failure_at,
-            self.source,
-            self.error
+            self.facts.class,
+            self.facts.attempts,
+            self.facts.last_failure_at,
+            self.facts.source,
+            self.facts.error
         )
     }
 
@@ -275,7 +264,7 @@ mod tests {
         let view = DeadLetterView::from_record(record);
         assert_eq!(view.position(), "2:7");
         assert_eq!(view.tenant.as_deref(), Some("acme"));
-        assert_eq!(view.source, "activities[5]@9");
+        assert_eq!(view.facts.source, "activities[5]@9");
         let line = view.summary_line();
         assert!(
             line.contains("key=k-1")

@@ -68,7 +68,7 @@ impl PurgeSelection {
                 .positions
                 .contains(&(view.record.partition, view.record.offset));
         let age_matches = self.older_than.is_none_or(|older_than| {
-            DateTime::parse_from_rfc3339(&view.last_failure_at)
+            DateTime::parse_from_rfc3339(&view.facts.last_failure_at)
                 .ok()
                 .and_then(|at| (now - at.with_timezone(&Utc)).to_std().ok())
                 .is_some_and(|age| age >= older_than)
