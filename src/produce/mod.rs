@@ -23,6 +23,7 @@ mod ops;
 mod rate_limit;
 mod read;
 mod replay;
+mod shares;
 mod stream;
 
 use std::net::TcpListener;

@@ -23,7 +23,9 @@ use super::auth::authenticate;
 use super::error::ApiError;
 use super::live::{JoinError, LiveEvent, LiveFeed};
 use super::read::bounded;
-use super::replay::{PagedReplay, ReplayBroken, ReplaySlot, ReplayStep, StoreReplay};
+use super::replay::{
+    slot_refusal_reason, PagedReplay, ReplayBroken, ReplaySlot, ReplayStep, StoreReplay,
+};
 use super::ApiState;
 use crate::domain::TenantId;
 use crate::store::{ActivityCursor, Store, StoreOutage};
@@ -102,7 +104,7 @@ pub async fn stream(
                     .take(&tenant)
                     .await
                     .map_err(|refusal| ApiError::Busy {
-                        reason: refusal.reason(),
+                        reason: slot_refusal_reason(refusal),
                         retry_after_secs: 1,
                     })?;
             Phase::Replay(
