@@ -153,7 +153,7 @@ pub async fn list(
         Store::MongoDB,
         state
             .repository
-            .newest_first(&tenant, &filter, before, limit + 1),
+            .newest_first(&tenant, &filter, before, limit + 1, state.read.timeout()),
     )
     .await?;
     let next_cursor = if found.len() > limit {
@@ -201,7 +201,9 @@ pub async fn get_one(
     let found = bounded(
         &state,
         Store::MongoDB,
-        state.repository.find_one(&tenant, &key),
+        state
+            .repository
+            .find_one(&tenant, &key, state.read.timeout()),
     )
     .await?;
     let activity = found.ok_or(ApiError::ActivityNotFound)?;

@@ -131,12 +131,14 @@ impl ReplaySource for StoreReplay {
                 after,
                 timeout,
             } => {
-                let stored =
-                    tokio::time::timeout(*timeout, repository.stored_after(tenant, *after, count))
-                        .await
-                        .map_err(|_| ReplayBroken::Timeout {
-                            store: Store::MongoDB,
-                        })??;
+                let stored = tokio::time::timeout(
+                    *timeout,
+                    repository.stored_after(tenant, *after, count, *timeout),
+                )
+                .await
+                .map_err(|_| ReplayBroken::Timeout {
+                    store: Store::MongoDB,
+                })??;
                 if let Some(last) = stored.last() {
                     *after = ActivityCursor::of(last);
                 }
