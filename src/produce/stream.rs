@@ -151,6 +151,7 @@ async fn start_replay(
     };
     let position = bounded(
         state,
+        tenant,
         Store::Redis,
         state.redis.recent_position(tenant, &after.to_string()),
     )
