@@ -268,6 +268,16 @@ pub(crate) async fn bounded<T>(
             reason: read_refusal_reason(refusal),
             retry_after_secs: 1,
         })?;
+    within_read_timeout(state, store, call).await
+}
+
+/// Runs one store call within `read.timeout_ms`, without a place among the reads in flight: for the
+/// SSE replay's reads, which its replay slot already bounds. A failure or a timeout is a 503.
+pub(crate) async fn within_read_timeout<T>(
+    state: &ApiState,
+    store: Store,
+    call: impl Future<Output = Result<T, StoreOutage>>,
+) -> Result<T, ApiError> {
     match tokio::time::timeout(state.read.timeout(), call).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(outage)) => Err(ApiError::store_unavailable(&outage)),

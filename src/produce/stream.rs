@@ -22,7 +22,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::auth::authenticate;
 use super::error::ApiError;
 use super::live::{JoinError, LiveEvent, LiveFeed};
-use super::read::bounded;
+use super::read::within_read_timeout;
 use super::replay::{
     slot_refusal_reason, PagedReplay, ReplayBroken, ReplaySlot, ReplayStep, StoreReplay,
 };
@@ -149,9 +149,9 @@ async fn start_replay(
         after,
         timeout: state.read.timeout(),
     };
-    let position = bounded(
+    // The replay slot bounds this read, as it bounds the replay's pages.
+    let position = within_read_timeout(
         state,
-        tenant,
         Store::Redis,
         state.redis.recent_position(tenant, &after.to_string()),
     )
