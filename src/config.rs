@@ -312,13 +312,26 @@ pub struct ReadSettings {
     /// Page size of `GET /activities` without `limit`, and the largest `limit` accepted.
     pub page_default_limit: usize,
     pub page_max_limit: usize,
-    /// Budget of one MongoDB or Redis call of the read side; past it the answer is 503.
+    /// Budget of one MongoDB or Redis call of the read side; past it the answer is 503. MongoDB is
+    /// sent the same budget (`maxTimeMS`), so a query the API gave up on stops there too.
     pub timeout_ms: u64,
+    /// Store reads in flight at once on one API instance, all tenants together, so a burst of reads
+    /// cannot queue without bound on the store (and its connection pool).
+    pub max_concurrent: usize,
+    /// How many of those one tenant may hold at once, so one tenant's slow reads cannot take them all.
+    pub max_concurrent_per_tenant: usize,
+    /// How long a read queues for its place (its tenant's share, then the instance's) before it is
+    /// refused with 503 and Retry-After. Waited before, not within, `timeout_ms`.
+    pub queue_wait_ms: u64,
 }
 
 impl ReadSettings {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+
+    pub fn queue_wait(&self) -> Duration {
+        Duration::from_millis(self.queue_wait_ms)
     }
 }
 
@@ -775,6 +788,21 @@ impl Settings {
             "must be at least 1",
         )?;
         require(
+            self.read.max_concurrent >= 1,
+            "read.max_concurrent",
+            "must be at least 1",
+        )?;
+        require(
+            (1..=self.read.max_concurrent).contains(&self.read.max_concurrent_per_tenant),
+            "read.max_concurrent_per_tenant",
+            "must be at least 1 and at most read.max_concurrent",
+        )?;
+        require(
+            self.read.queue_wait_ms <= 60_000,
+            "read.queue_wait_ms",
+            "must be at most 60000",
+        )?;
+        require(
             self.sse.heartbeat_secs >= 1,
             "sse.heartbeat_secs",
             "must be at least 1",
@@ -1127,6 +1155,16 @@ mod tests {
                 "read.page_default_limit",
             ),
             (&["read.page_max_limit=5000"][..], "read.page_max_limit"),
+            (&["read.max_concurrent=0"][..], "read.max_concurrent"),
+            (
+                &["read.max_concurrent=4", "read.max_concurrent_per_tenant=5"][..],
+                "read.max_concurrent_per_tenant",
+            ),
+            (
+                &["read.max_concurrent_per_tenant=0"][..],
+                "read.max_concurrent_per_tenant",
+            ),
+            (&["read.queue_wait_ms=600000"][..], "read.queue_wait_ms"),
             (
                 &["sse.max_connections_per_tenant=0"][..],
                 "sse.max_connections_per_tenant",

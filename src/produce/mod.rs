@@ -23,6 +23,7 @@ mod openapi;
 mod rate_limit;
 mod read;
 mod replay;
+mod shares;
 mod stream;
 
 use std::net::TcpListener;
@@ -70,6 +71,9 @@ pub(crate) struct ApiState {
     /// Bounds the SSE replays in memory at once (`sse.max_concurrent_replays`, and
     /// `sse.max_replays_per_tenant` of them for one tenant).
     pub replay_slots: replay::ReplaySlots,
+    /// Bounds the store reads in flight at once (`read.max_concurrent`, and
+    /// `read.max_concurrent_per_tenant` of them for one tenant).
+    pub read_slots: shares::TenantShares,
     pub readiness_timeout: Duration,
     /// The OpenAPI document, rendered once.
     pub openapi_json: String,
@@ -151,6 +155,11 @@ impl Application {
                 settings.sse.max_concurrent_replays,
                 settings.sse.max_replays_per_tenant,
                 settings.sse.replay_wait(),
+            ),
+            read_slots: shares::TenantShares::new(
+                settings.read.max_concurrent,
+                settings.read.max_concurrent_per_tenant,
+                settings.read.queue_wait(),
             ),
             readiness_timeout: settings.readiness.timeout(),
             openapi_json,

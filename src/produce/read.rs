@@ -10,8 +10,9 @@ use serde_json::Value;
 
 use super::auth::authenticate;
 use super::error::ApiError;
+use super::shares::ShareRefusal;
 use super::ApiState;
-use crate::domain::IdempotencyKey;
+use crate::domain::{IdempotencyKey, TenantId};
 use crate::store::{ActivityCursor, ActivityFilter, Store, StoreOutage, StoredActivity};
 
 /// Longest filter value accepted (longer ones cannot match a stored field anyway).
@@ -102,7 +103,7 @@ pub struct StoredActivityBody {
         (status = 400, description = "Bad parameter (unknown name, limit out of range, bad cursor).", body = super::activities::ErrorBody),
         (status = 401, description = "No, malformed or unknown API key.", body = super::activities::ErrorBody),
         (status = 403, description = "X-Tenant-Id is not the key's tenant.", body = super::activities::ErrorBody),
-        (status = 503, description = "MongoDB did not answer in time.", body = super::activities::ErrorBody),
+        (status = 503, description = "MongoDB did not answer within read.timeout_ms, or too many reads of this tenant or instance are in flight (Retry-After).", body = super::activities::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -150,10 +151,11 @@ pub async fn list(
     // One more than the page tells whether there is a next page.
     let mut found = bounded(
         &state,
+        &tenant,
         Store::MongoDB,
         state
             .repository
-            .newest_first(&tenant, &filter, before, limit + 1),
+            .newest_first(&tenant, &filter, before, limit + 1, state.read.timeout()),
     )
     .await?;
     let next_cursor = if found.len() > limit {
@@ -185,7 +187,7 @@ pub async fn list(
         (status = 401, description = "No, malformed or unknown API key.", body = super::activities::ErrorBody),
         (status = 403, description = "X-Tenant-Id is not the key's tenant.", body = super::activities::ErrorBody),
         (status = 404, description = "No such activity for this tenant, or not processed yet.", body = super::activities::ErrorBody),
-        (status = 503, description = "MongoDB did not answer in time.", body = super::activities::ErrorBody),
+        (status = 503, description = "MongoDB did not answer within read.timeout_ms, or too many reads of this tenant or instance are in flight (Retry-After).", body = super::activities::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -200,8 +202,11 @@ pub async fn get_one(
     })?;
     let found = bounded(
         &state,
+        &tenant,
         Store::MongoDB,
-        state.repository.find_one(&tenant, &key),
+        state
+            .repository
+            .find_one(&tenant, &key, state.read.timeout()),
     )
     .await?;
     let activity = found.ok_or(ApiError::ActivityNotFound)?;
@@ -221,7 +226,7 @@ pub async fn get_one(
         (status = 200, description = "The counters.", body = Analytics),
         (status = 401, description = "No, malformed or unknown API key.", body = super::activities::ErrorBody),
         (status = 403, description = "X-Tenant-Id is not the key's tenant.", body = super::activities::ErrorBody),
-        (status = 503, description = "Redis did not answer in time.", body = super::activities::ErrorBody),
+        (status = 503, description = "Redis did not answer within read.timeout_ms, or too many reads of this tenant or instance are in flight (Retry-After).", body = super::activities::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -230,7 +235,13 @@ pub async fn analytics(
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = authenticate(&request, &state.tenants)?;
-    let counts = bounded(&state, Store::Redis, state.redis.analytics(&tenant)).await?;
+    let counts = bounded(
+        &state,
+        &tenant,
+        Store::Redis,
+        state.redis.analytics(&tenant),
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(Analytics {
         success: true,
         tenant_id: tenant.to_string(),
@@ -239,8 +250,30 @@ pub async fn analytics(
     }))
 }
 
-/// Runs one store call within `read.timeout_ms`; a failure or a timeout is a 503.
+/// Runs one store read of `tenant` within `read.timeout_ms`, once it has its place among the reads
+/// in flight (`read.max_concurrent`, `read.max_concurrent_per_tenant`); a read that finds no place
+/// within `read.queue_wait_ms` is a 503 Busy, a failure or a timeout of the store a 503 too. Both
+/// carry Retry-After.
 pub(crate) async fn bounded<T>(
+    state: &ApiState,
+    tenant: &TenantId,
+    store: Store,
+    call: impl Future<Output = Result<T, StoreOutage>>,
+) -> Result<T, ApiError> {
+    let _place = state
+        .read_slots
+        .take(tenant)
+        .await
+        .map_err(|refusal| ApiError::Busy {
+            reason: read_refusal_reason(refusal),
+            retry_after_secs: 1,
+        })?;
+    within_read_timeout(state, store, call).await
+}
+
+/// Runs one store call within `read.timeout_ms`, without a place among the reads in flight: for the
+/// SSE replay's reads, which its replay slot already bounds. A failure or a timeout is a 503.
+pub(crate) async fn within_read_timeout<T>(
     state: &ApiState,
     store: Store,
     call: impl Future<Output = Result<T, StoreOutage>>,
@@ -252,5 +285,15 @@ pub(crate) async fn bounded<T>(
             store,
             "read.timeout_ms",
         ))),
+    }
+}
+
+/// The sentence of the 503 for a read that found no place (`ApiError::Busy` takes a fixed one).
+fn read_refusal_reason(refusal: ShareRefusal) -> &'static str {
+    match refusal {
+        ShareRefusal::TenantShare => {
+            "this tenant has read.max_concurrent_per_tenant reads in flight on this instance"
+        }
+        ShareRefusal::Instance => "too many reads are in flight on this instance",
     }
 }

@@ -10,93 +10,33 @@
 //!   then loses its slot and its page at once, whether or not the response is polled again, and
 //!   its stream ends (it reconnects with the last id it got).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::fanout::LiveEvent;
+use super::shares::{SharePermit, ShareRefusal, TenantShares};
 use crate::domain::TenantId;
 use crate::store::{ActivityCursor, ActivityRepository, RedisStore, Store, StoreOutage};
 
-/// The replay slots of one instance: a share for each tenant inside a pool for all of them.
-pub struct ReplaySlots {
-    instance: Arc<Semaphore>,
-    /// One semaphore per tenant that resumed here, made on first use. Tenants are configured, so
-    /// the map is as small as the tenant list.
-    tenants: Mutex<HashMap<TenantId, Arc<Semaphore>>>,
-    per_tenant: usize,
-    wait: Duration,
-}
-
+/// The replay slots of one instance: `sse.max_concurrent_replays` in all, `sse.max_replays_per_tenant`
+/// of them for one tenant, waited for at most `sse.replay_wait_ms`.
+pub type ReplaySlots = TenantShares;
+/// A replay's place, given back when dropped.
+pub type ReplaySlot = SharePermit;
 /// Why a resume got no replay slot within `sse.replay_wait_ms`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SlotRefusal {
-    #[error("this tenant has sse.max_replays_per_tenant SSE clients resuming on this instance")]
-    TenantShare,
-    #[error("too many SSE clients are resuming on this instance at once")]
-    Instance,
-}
+pub type SlotRefusal = ShareRefusal;
 
-impl SlotRefusal {
-    /// The sentence of the 503 (`ApiError::Busy` takes a fixed one).
-    pub fn reason(self) -> &'static str {
-        match self {
-            SlotRefusal::TenantShare => {
-                "this tenant has sse.max_replays_per_tenant SSE clients resuming on this instance"
-            }
-            SlotRefusal::Instance => "too many SSE clients are resuming on this instance at once",
+/// The sentence of the 503 for a resume that got no slot (`ApiError::Busy` takes a fixed one).
+pub fn slot_refusal_reason(refusal: SlotRefusal) -> &'static str {
+    match refusal {
+        ShareRefusal::TenantShare => {
+            "this tenant has sse.max_replays_per_tenant SSE clients resuming on this instance"
         }
-    }
-}
-
-/// A replay's place: one of its tenant's share and one of the instance's pool, both given back when
-/// this is dropped.
-#[derive(Debug)]
-pub struct ReplaySlot {
-    _tenant: OwnedSemaphorePermit,
-    _instance: OwnedSemaphorePermit,
-}
-
-impl ReplaySlots {
-    pub fn new(slots: usize, per_tenant: usize, wait: Duration) -> ReplaySlots {
-        ReplaySlots {
-            instance: Arc::new(Semaphore::new(slots)),
-            tenants: Mutex::new(HashMap::new()),
-            per_tenant,
-            wait,
-        }
-    }
-
-    /// A slot for `tenant`, waiting at most the configured time. The tenant's share is taken first,
-    /// so a tenant over its share waits without holding one of the instance's slots.
-    pub async fn take(&self, tenant: &TenantId) -> Result<ReplaySlot, SlotRefusal> {
-        let share = self
-            .tenants
-            .lock()
-            .expect("replay slots lock")
-            .entry(tenant.clone())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.per_tenant)))
-            .clone();
-        let deadline = tokio::time::Instant::now() + self.wait;
-        let tenant_permit = tokio::time::timeout_at(deadline, share.acquire_owned())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .ok_or(SlotRefusal::TenantShare)?;
-        let instance_permit =
-            tokio::time::timeout_at(deadline, self.instance.clone().acquire_owned())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .ok_or(SlotRefusal::Instance)?;
-        Ok(ReplaySlot {
-            _tenant: tenant_permit,
-            _instance: instance_permit,
-        })
+        ShareRefusal::Instance => "too many SSE clients are resuming on this instance at once",
     }
 }
 
@@ -191,12 +131,14 @@ impl ReplaySource for StoreReplay {
                 after,
                 timeout,
             } => {
-                let stored =
-                    tokio::time::timeout(*timeout, repository.stored_after(tenant, *after, count))
-                        .await
-                        .map_err(|_| ReplayBroken::Timeout {
-                            store: Store::MongoDB,
-                        })??;
+                let stored = tokio::time::timeout(
+                    *timeout,
+                    repository.stored_after(tenant, *after, count, *timeout),
+                )
+                .await
+                .map_err(|_| ReplayBroken::Timeout {
+                    store: Store::MongoDB,
+                })??;
                 if let Some(last) = stored.last() {
                     *after = ActivityCursor::of(last);
                 }

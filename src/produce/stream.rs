@@ -22,8 +22,10 @@ use tokio::sync::broadcast::error::RecvError;
 use super::auth::authenticate;
 use super::error::ApiError;
 use super::fanout::{JoinError, LiveEvent, LiveFeed};
-use super::read::bounded;
-use super::replay::{PagedReplay, ReplayBroken, ReplaySlot, ReplayStep, StoreReplay};
+use super::read::within_read_timeout;
+use super::replay::{
+    slot_refusal_reason, PagedReplay, ReplayBroken, ReplaySlot, ReplayStep, StoreReplay,
+};
 use super::ApiState;
 use crate::domain::TenantId;
 use crate::store::{ActivityCursor, Store, StoreOutage};
@@ -102,7 +104,7 @@ pub async fn stream(
                     .take(&tenant)
                     .await
                     .map_err(|refusal| ApiError::Busy {
-                        reason: refusal.reason(),
+                        reason: slot_refusal_reason(refusal),
                         retry_after_secs: 1,
                     })?;
             Phase::Replay(
@@ -147,7 +149,8 @@ async fn start_replay(
         after,
         timeout: state.read.timeout(),
     };
-    let position = bounded(
+    // The replay slot bounds this read, as it bounds the replay's pages.
+    let position = within_read_timeout(
         state,
         Store::Redis,
         state.redis.recent_position(tenant, &after.to_string()),

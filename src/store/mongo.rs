@@ -370,28 +370,32 @@ impl ActivityRepository {
         }
     }
 
-    /// One stored activity by tenant and key.
+    /// One stored activity by tenant and key, the server giving up after `max_time`.
     pub async fn find_one(
         &self,
         tenant: &TenantId,
         key: &IdempotencyKey,
+        max_time: Duration,
     ) -> Result<Option<StoredActivity>, StoreOutage> {
         self.collection
             .find_one(doc! { "tenantId": tenant.as_str(), "idempotencyKey": key.as_str() })
+            .max_time(max_time)
             .await
             .map_err(StoreOutage::mongo)
     }
 
-    /// Activity counts per type for `tenant`: the source of truth behind the Redis counters.
+    /// Activity counts per type for `tenant`: the source of truth behind the Redis counters. The
+    /// server gives up after `max_time` when one is given.
     pub async fn count_by_type(
         &self,
         tenant: &TenantId,
+        max_time: Option<Duration>,
     ) -> Result<BTreeMap<String, i64>, StoreOutage> {
         let pipeline = [
             doc! { "$match": { "tenantId": tenant.as_str() } },
             doc! { "$group": { "_id": "$type", "count": { "$sum": 1 } } },
         ];
-        let groups = self.aggregate(pipeline).await?;
+        let groups = self.aggregate(pipeline, max_time).await?;
         Ok(groups
             .into_iter()
             .filter_map(|group| {
@@ -407,10 +411,11 @@ impl ActivityRepository {
             .collect())
     }
 
-    /// Every tenant that has stored activities.
-    pub async fn tenants(&self) -> Result<Vec<String>, StoreOutage> {
+    /// Every tenant that has stored activities. The server gives up after `max_time` when one is
+    /// given.
+    pub async fn tenants(&self, max_time: Option<Duration>) -> Result<Vec<String>, StoreOutage> {
         let groups = self
-            .aggregate([doc! { "$group": { "_id": "$tenantId" } }])
+            .aggregate([doc! { "$group": { "_id": "$tenantId" } }], max_time)
             .await?;
         let mut tenants: Vec<String> = groups
             .into_iter()
@@ -423,11 +428,15 @@ impl ActivityRepository {
     async fn aggregate(
         &self,
         pipeline: impl IntoIterator<Item = Document>,
+        max_time: Option<Duration>,
     ) -> Result<Vec<Document>, StoreOutage> {
         use futures::TryStreamExt;
 
-        self.collection
-            .aggregate(pipeline)
+        let mut aggregate = self.collection.aggregate(pipeline);
+        if let Some(max_time) = max_time {
+            aggregate = aggregate.max_time(max_time);
+        }
+        aggregate
             .await
             .map_err(StoreOutage::mongo)?
             .try_collect()
@@ -620,15 +629,18 @@ pub struct ActivityFilter {
 }
 
 /// The read side: always scoped by tenant, every query served by a `(tenantId, ..., _id)` index.
+/// Each takes the `max_time` its caller waits (`read.timeout_ms`), sent as `maxTimeMS`: a query the
+/// API gave up on stops in the store too, instead of running on for nobody (issue 16).
 impl ActivityRepository {
     /// Up to `limit` of the tenant's activities matching `filter`, newest first, strictly older than
-    /// `before` when given.
+    /// `before` when given; the server gives up after `max_time`.
     pub async fn newest_first(
         &self,
         tenant: &TenantId,
         filter: &ActivityFilter,
         before: Option<ActivityCursor>,
         limit: usize,
+        max_time: Duration,
     ) -> Result<Vec<StoredActivity>, StoreOutage> {
         use futures::TryStreamExt;
 
@@ -649,6 +661,7 @@ impl ActivityRepository {
             .find(query)
             .sort(doc! { "_id": -1 })
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .max_time(max_time)
             .await
             .map_err(StoreOutage::mongo)?
             .try_collect()
@@ -656,12 +669,14 @@ impl ActivityRepository {
             .map_err(StoreOutage::mongo)
     }
 
-    /// Up to `limit` of the tenant's activities stored after `after`, oldest first (SSE replay).
+    /// Up to `limit` of the tenant's activities stored after `after`, oldest first (SSE replay); the
+    /// server gives up after `max_time`.
     pub async fn stored_after(
         &self,
         tenant: &TenantId,
         after: ActivityCursor,
         limit: usize,
+        max_time: Duration,
     ) -> Result<Vec<StoredActivity>, StoreOutage> {
         use futures::TryStreamExt;
 
@@ -669,6 +684,7 @@ impl ActivityRepository {
             .find(doc! { "tenantId": tenant.as_str(), "_id": { "$gt": after.0 } })
             .sort(doc! { "_id": 1 })
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .max_time(max_time)
             .await
             .map_err(StoreOutage::mongo)?
             .try_collect()

@@ -4,7 +4,7 @@ use std::time::Duration;
 use activity_pipeline::config::{Settings, Sources};
 use activity_pipeline::consume::{ConsumerRuntime, Stages};
 use activity_pipeline::produce::Application;
-use mongodb::bson::{doc, Document};
+use mongodb::bson::{doc, oid::ObjectId, DateTime, Document};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -70,6 +70,34 @@ pub fn load_settings(overrides: &[String]) -> Settings {
 }
 
 impl TestPipeline {
+    /// Inserts `count` small activities of `tenant` straight into the test's collection (not through
+    /// the pipeline, which would take minutes): enough of them make a newest-first query on FerretDB
+    /// slower than a small `read.timeout_ms`.
+    pub async fn insert_directly(&self, tenant: &str, count: usize) {
+        let now = DateTime::now();
+        let documents: Vec<Document> = (0..count)
+            .map(|index| {
+                doc! {
+                    "_id": ObjectId::new(),
+                    "tenantId": tenant,
+                    "idempotencyKey": format!("bulk-{index}"),
+                    "actorId": "bulk",
+                    "actorName": "Bulk",
+                    "type": "bulk.loaded",
+                    "metadata": {},
+                    "enqueuedAt": now,
+                    "createdAt": now,
+                }
+            })
+            .collect();
+        for chunk in documents.chunks(5_000) {
+            self.activities()
+                .insert_many(chunk)
+                .await
+                .expect("bulk insert");
+        }
+    }
+
     /// Creates the topics, then starts the API and the consumer.
     pub async fn spawn() -> TestPipeline {
         Self::spawn_with(&[]).await
