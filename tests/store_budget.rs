@@ -27,14 +27,29 @@ fn store_cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
-/// The pid of the FerretDB process of the test stack (`scripts/stack.sh`'s pid file).
+/// The pid of the FerretDB process of the test stack: from `scripts/stack.sh`'s pid file when this
+/// checkout started the stack, else the one process called `ferretdb` (the stack of another checkout
+/// on this machine, which `stack.sh up` found answering and left alone).
 fn ferretdb_pid() -> u32 {
     let stack = std::env::var("AP_STACK_DIR").unwrap_or_else(|_| format!("{MANIFEST_DIR}/.stack"));
-    let pidfile = format!("{stack}/mongo/ferretdb.pid");
-    std::fs::read_to_string(&pidfile)
+    let from_pidfile = std::fs::read_to_string(format!("{stack}/mongo/ferretdb.pid"))
         .ok()
-        .and_then(|pid| pid.trim().parse().ok())
-        .unwrap_or_else(|| panic!("the stack's store is FerretDB with its pid in {pidfile}"))
+        .and_then(|pid| pid.trim().parse().ok());
+    if let Some(pid) = from_pidfile {
+        return pid;
+    }
+    let running: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "ferretdb")
+        })
+        .collect();
+    match running.as_slice() {
+        [pid] => *pid,
+        other => panic!("expected one FerretDB process (scripts/stack.sh up), found {other:?}"),
+    }
 }
 
 /// Ticks the store burns over one second from now.
