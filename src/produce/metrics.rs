@@ -45,6 +45,8 @@ pub struct ApiMetrics {
     sse_replays: IntCounterVec,
     /// SSE replays that ended before they were complete, by reason (their streams ended).
     sse_replays_cut: IntCounterVec,
+    /// Pages of `GET /activities` by source: `redis`, `mongodb` or `both`.
+    activity_pages: IntCounterVec,
 }
 
 impl ApiMetrics {
@@ -113,6 +115,14 @@ impl ApiMetrics {
             &["reason"],
         )
         .expect("valid metric");
+        let activity_pages = IntCounterVec::new(
+            Opts::new(
+                "activity_pages_total",
+                "Pages of GET /activities by source (redis: the recent-pages set; mongodb: a plain query; both: the newest part from redis, the rest from mongodb).",
+            ),
+            &["source"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -123,6 +133,7 @@ impl ApiMetrics {
             Box::new(rejected.clone()),
             Box::new(sse_replays.clone()),
             Box::new(sse_replays_cut.clone()),
+            Box::new(activity_pages.clone()),
         ] {
             registry
                 .register(collector)
@@ -138,6 +149,7 @@ impl ApiMetrics {
             rate_limited,
             rejected,
             sse_replays,
+            activity_pages,
             sse_replays_cut,
         }
     }
@@ -160,6 +172,11 @@ impl ApiMetrics {
     /// One SSE resume replayed from `source` (`redis` or `mongodb`).
     pub fn count_sse_replay(&self, source: &str) {
         self.sse_replays.with_label_values(&[source]).inc();
+    }
+
+    /// One page of `GET /activities` served from `source` (`PageSource::label`).
+    pub fn page_served(&self, source: &str) {
+        self.activity_pages.with_label_values(&[source]).inc();
     }
 
     /// The counter of replays cut short; streams hold a clone, as they outlive any one handler call.

@@ -20,6 +20,7 @@ mod fanout;
 mod introspection;
 mod metrics;
 mod openapi;
+mod pages;
 mod rate_limit;
 mod read;
 mod replay;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
@@ -10,10 +11,10 @@ use serde_json::Value;
 
 use super::auth::authenticate;
 use super::error::ApiError;
-use super::shares::ShareRefusal;
-use super::ApiState;
+use super::shares::{self, ShareRefusal};
+use super::{pages, ApiState};
 use crate::domain::{IdempotencyKey, TenantId};
-use crate::store::{ActivityCursor, ActivityFilter, Store, StoreOutage, StoredActivity};
+use crate::store::{ActivityCursor, ActivityFilter, Store, StoreOutage};
 
 /// Longest filter value accepted (longer ones cannot match a stored field anyway).
 const FILTER_MAX_CHARS: usize = 256;
@@ -149,26 +150,22 @@ pub async fn list(
         entity_id: query.entity_id,
     };
     // One more than the page tells whether there is a next page.
-    let mut found = bounded(
-        &state,
-        &tenant,
-        Store::MongoDB,
-        state
-            .repository
-            .newest_first(&tenant, &filter, before, limit + 1, state.read.timeout()),
-    )
-    .await?;
+    let _place = take_place(&state, &tenant).await?;
+    let deadline = Instant::now() + state.read.timeout();
+    let (mut found, source) =
+        pages::newest_first(&state, &tenant, &filter, before, limit + 1, deadline).await?;
+    state.metrics.page_served(source.label());
     let next_cursor = if found.len() > limit {
         found.truncate(limit);
         found
             .last()
-            .map(|last| ActivityCursor::of(last).to_string())
+            .map(|last| ActivityCursor::from_id(last.id).to_string())
     } else {
         None
     };
     Ok(HttpResponse::Ok().json(ActivityPage {
         success: true,
-        activities: found.iter().map(StoredActivity::to_json).collect(),
+        activities: found.into_iter().map(|entry| entry.activity).collect(),
         next_cursor,
     }))
 }
@@ -260,15 +257,21 @@ pub(crate) async fn bounded<T>(
     store: Store,
     call: impl Future<Output = Result<T, StoreOutage>>,
 ) -> Result<T, ApiError> {
-    let _place = state
+    let _place = take_place(state, tenant).await?;
+    within_read_timeout(state, store, call).await
+}
+
+/// A read's place among the reads in flight (`read.max_concurrent`, `read.max_concurrent_per_tenant`),
+/// held until dropped; a read that finds none within `read.queue_wait_ms` is a 503 Busy.
+async fn take_place(state: &ApiState, tenant: &TenantId) -> Result<shares::SharePermit, ApiError> {
+    state
         .read_slots
         .take(tenant)
         .await
         .map_err(|refusal| ApiError::Busy {
             reason: read_refusal_reason(refusal),
             retry_after_secs: 1,
-        })?;
-    within_read_timeout(state, store, call).await
+        })
 }
 
 /// Runs one store call within `read.timeout_ms`, without a place among the reads in flight: for the
@@ -278,7 +281,17 @@ pub(crate) async fn within_read_timeout<T>(
     store: Store,
     call: impl Future<Output = Result<T, StoreOutage>>,
 ) -> Result<T, ApiError> {
-    match tokio::time::timeout(state.read.timeout(), call).await {
+    within(state.read.timeout(), store, call).await
+}
+
+/// Runs one store call within `budget` (what is left of `read.timeout_ms`); a failure or a timeout
+/// is a 503.
+pub(crate) async fn within<T>(
+    budget: Duration,
+    store: Store,
+    call: impl Future<Output = Result<T, StoreOutage>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(budget, call).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(outage)) => Err(ApiError::store_unavailable(&outage)),
         Err(_) => Err(ApiError::store_unavailable(&StoreOutage::timed_out(

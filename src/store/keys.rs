@@ -35,6 +35,20 @@ impl RedisKeys {
         format!("{}recent:{{{tenant}}}", self.prefix)
     }
 
+    /// Sorted set of the tenant's newest stored activities ordered by document id (members
+    /// `<document id> <event JSON>`, all score 0, so a lexicographic range is an id range): the
+    /// newest-first pages of `GET /activities`, served without asking MongoDB to sort. Capped like
+    /// the recent-events stream; see `recent_pages_floor`.
+    pub fn recent_pages(&self, tenant: &TenantId) -> String {
+        format!("{}pages:{{{tenant}}}", self.prefix)
+    }
+
+    /// The document id at and below which `recent_pages` is not complete: the largest id it ever
+    /// trimmed, or, when the set was (re)created, an id a margin after Redis's clock at that moment.
+    pub fn recent_pages_floor(&self, tenant: &TenantId) -> String {
+        format!("{}pagesfloor:{{{tenant}}}", self.prefix)
+    }
+
     /// Pub/Sub channel carrying the tenant's newly stored activities to the SSE endpoints.
     pub fn channel(&self, tenant: &TenantId) -> String {
         format!("{}activities:{{{tenant}}}", self.prefix)
@@ -73,6 +87,8 @@ mod tests {
         assert_eq!(keys.analytics(&tenant), "analytics:{acme}");
         assert_eq!(keys.channel(&tenant), "activities:{acme}");
         assert_eq!(keys.recent_events(&tenant), "recent:{acme}");
+        assert_eq!(keys.recent_pages(&tenant), "pages:{acme}");
+        assert_eq!(keys.recent_pages_floor(&tenant), "pagesfloor:{acme}");
         assert_eq!(keys.accepted(&tenant, &key), "accepted:{acme}:order-42");
         let prefixed = RedisKeys::new("test-1:");
         assert_eq!(prefixed.analytics(&tenant), "test-1:analytics:{acme}");

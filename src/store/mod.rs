@@ -16,7 +16,9 @@ pub use mongo::{
     PurgedDeadLetter, ReplayLog, StoredActivity, StoredByKey,
 };
 pub use pubsub::{open_live_connection, LiveMessage, LiveMessages, LiveSubscriptions};
-pub use redis_store::{AcceptedState, EffectRequest, IdempotencyMark, RecentEvent, RedisStore};
+pub use redis_store::{
+    AcceptedState, EffectRequest, IdempotencyMark, RecentEvent, RecentPagesSlice, RedisStore,
+};
 
 /// Which store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -612,6 +612,14 @@ impl ActivityCursor {
     pub fn of(activity: &StoredActivity) -> ActivityCursor {
         ActivityCursor(activity.id)
     }
+
+    pub fn from_id(id: ObjectId) -> ActivityCursor {
+        ActivityCursor(id)
+    }
+
+    pub fn id(&self) -> ObjectId {
+        self.0
+    }
 }
 
 impl std::fmt::Display for ActivityCursor {
@@ -633,12 +641,13 @@ pub struct ActivityFilter {
 /// API gave up on stops in the store too, instead of running on for nobody (issue 16).
 impl ActivityRepository {
     /// Up to `limit` of the tenant's activities matching `filter`, newest first, strictly older than
-    /// `before` when given; the server gives up after `max_time`.
+    /// `before` and no newer than `through` when given; the server gives up after `max_time`.
     pub async fn newest_first(
         &self,
         tenant: &TenantId,
         filter: &ActivityFilter,
         before: Option<ActivityCursor>,
+        through: Option<ActivityCursor>,
         limit: usize,
         max_time: Duration,
     ) -> Result<Vec<StoredActivity>, StoreOutage> {
@@ -654,8 +663,15 @@ impl ActivityRepository {
                 query.insert(field, value.as_str());
             }
         }
+        let mut id_range = Document::new();
         if let Some(ActivityCursor(before)) = before {
-            query.insert("_id", doc! { "$lt": before });
+            id_range.insert("$lt", before);
+        }
+        if let Some(ActivityCursor(through)) = through {
+            id_range.insert("$lte", through);
+        }
+        if !id_range.is_empty() {
+            query.insert("_id", id_range);
         }
         self.collection
             .find(query)

@@ -8,26 +8,39 @@ use crate::domain::{IdempotencyKey, PayloadFingerprint, TenantId};
 
 /// The consumer's Redis step for several activities of one tenant, atomic and idempotent per
 /// activity: mark its key (NX, with TTL) and, only if this call set the mark, count the activity,
-/// publish it and append it to the tenant's recent-events stream (the SSE replay buffer). A
-/// redelivered record finds the mark and changes nothing, so a crash anywhere leaves one count and one
-/// live event per key.
+/// publish it and keep it in the tenant's recent-events buffer: the stream in publish order (the SSE
+/// replay buffer) and the sorted set by document id (the newest-first pages). A redelivered record
+/// finds the mark and changes nothing, so a crash anywhere leaves one count and one live event per
+/// key.
 ///
-/// KEYS[1] is the tenant's counter hash, KEYS[2] its recent-events stream and KEYS[3..] the
-/// activities' marks (all in the tenant's hash slot); ARGV[1] is the marks' TTL, ARGV[2] the tenant's
-/// channel, ARGV[3] the stream's length (0: no stream), ARGV[4] its TTL, then per activity its
-/// mark's value (`IdempotencyMark`), document id, type and event. One call per tenant and batch rather than per activity: profiles of
-/// the drain put Redis at ~17 us of CPU per activity with one script call each.
+/// The sorted set is trimmed exactly to its length from its lowest ids, and its floor key keeps the
+/// largest id ever trimmed, so every document with an id above the floor whose event was published
+/// is in the set. A set (re)created (a new tenant, expired, lost with Redis) starts with a floor a
+/// margin after Redis's clock: documents published before that were created before it.
+///
+/// KEYS[1] is the tenant's counter hash, KEYS[2] its recent-events stream, KEYS[3] its recent-pages
+/// set, KEYS[4] that set's floor and KEYS[5..] the activities' marks (all in the tenant's hash
+/// slot); ARGV[1] is the marks' TTL, ARGV[2] the tenant's channel, ARGV[3] the buffer's length (0:
+/// none), ARGV[4] its TTL, ARGV[5] the floor's margin in seconds, then per activity its mark's value
+/// (`IdempotencyMark`), document id, type and event. One call per tenant and batch rather than per
+/// activity: profiles of the drain put Redis at ~17 us of CPU per activity with one script call each.
 const MARK_COUNT_PUBLISH_LUA: &str = r"
 local marked = {}
 local recent_length = tonumber(ARGV[3])
 local appended = false
-for i = 3, #KEYS do
-  local at = 5 + (i - 3) * 4
+for i = 5, #KEYS do
+  local at = 6 + (i - 5) * 4
   if redis.call('SET', KEYS[i], ARGV[at], 'NX', 'EX', ARGV[1]) then
     redis.call('HINCRBY', KEYS[1], ARGV[at + 2], 1)
     redis.call('PUBLISH', ARGV[2], ARGV[at + 3])
     if recent_length > 0 then
       redis.call('XADD', KEYS[2], 'MAXLEN', '~', recent_length, '*', 'id', ARGV[at + 1], 'event', ARGV[at + 3])
+      if not appended and redis.call('EXISTS', KEYS[4]) == 0 then
+        local now = redis.call('TIME')
+        redis.call('DEL', KEYS[3])
+        redis.call('SET', KEYS[4], string.format('%08x', tonumber(now[1]) + tonumber(ARGV[5])) .. '0000000000000000')
+      end
+      redis.call('ZADD', KEYS[3], 0, ARGV[at + 1] .. ' ' .. ARGV[at + 3])
       appended = true
     end
     marked[#marked + 1] = 1
@@ -36,10 +49,26 @@ for i = 3, #KEYS do
   end
 end
 if appended then
+  local excess = redis.call('ZCARD', KEYS[3]) - recent_length
+  if excess > 0 then
+    local highest_trimmed = string.sub(redis.call('ZRANGE', KEYS[3], excess - 1, excess - 1)[1], 1, 24)
+    if highest_trimmed > redis.call('GET', KEYS[4]) then
+      redis.call('SET', KEYS[4], highest_trimmed)
+    end
+    redis.call('ZREMRANGEBYRANK', KEYS[3], 0, excess - 1)
+  end
   redis.call('EXPIRE', KEYS[2], ARGV[4])
+  redis.call('EXPIRE', KEYS[3], ARGV[4])
+  redis.call('EXPIRE', KEYS[4], ARGV[4])
 end
 return marked
 ";
+
+/// How far after Redis's clock a new recent-pages set starts its floor. Documents published into the
+/// set's predecessor (expired, or lost with Redis) were created before this moment by the consumers'
+/// clocks; the margin covers any skew between those clocks and Redis's, with room to spare. Its cost:
+/// for this long after a set is (re)created, pages come from MongoDB.
+const RECENT_PAGES_FLOOR_MARGIN_SECS: u64 = 60;
 
 /// Entries read per XREVRANGE while looking for a resume point in the recent-events stream.
 const RECENT_SEARCH_PAGE: usize = 500;
@@ -53,6 +82,15 @@ type RecentEntry = (String, Vec<(String, String)>);
 pub struct RecentEvent {
     pub document_id: String,
     pub event: String,
+}
+
+/// A slice of a tenant's recent-pages set (`RedisStore::recent_pages_below`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecentPagesSlice {
+    /// The set's floor (a document id in hex), `None` when the tenant has no set.
+    pub floor: Option<String>,
+    /// Highest document id first.
+    pub events: Vec<RecentEvent>,
 }
 
 /// Activities per script call at most: a script holds Redis for its whole run.
@@ -238,6 +276,12 @@ impl RedisStore {
         &self.keys
     }
 
+    /// Whether the consumer keeps each tenant's recent events (`redis.recent_events_per_tenant` > 0):
+    /// the SSE replay buffer and the recent-pages set.
+    pub fn keeps_recent_events(&self) -> bool {
+        self.recent_events_per_tenant > 0
+    }
+
     /// The idempotency marks of `pairs`, in order, `None` where there is none (the pre-check that
     /// skips known duplicates and spots reused keys before MongoDB is asked).
     pub async fn already_marked(
@@ -300,10 +344,13 @@ impl RedisStore {
             invocation
                 .key(self.keys.analytics(tenant))
                 .key(self.keys.recent_events(tenant))
+                .key(self.keys.recent_pages(tenant))
+                .key(self.keys.recent_pages_floor(tenant))
                 .arg(self.idempotency_ttl_secs)
                 .arg(self.keys.channel(tenant))
                 .arg(self.recent_events_per_tenant)
-                .arg(self.recent_events_ttl_secs);
+                .arg(self.recent_events_ttl_secs)
+                .arg(RECENT_PAGES_FLOOR_MARGIN_SECS);
             for &index in call {
                 let request = &requests[index];
                 invocation
@@ -415,6 +462,46 @@ impl RedisStore {
                 .map(|(entry_id, fields)| (entry_id, RecentEvent::from_fields(fields)))
                 .collect(),
         ))
+    }
+
+    /// Up to `count` activities of the tenant's recent-pages set with ids below `below` (all when
+    /// `None`), highest id first, with the set's floor read in the same transaction: every activity
+    /// published with an id above the floor is in the set. `floor` is `None` when the tenant has no
+    /// set (none kept, expired, or lost with Redis): the caller reads MongoDB.
+    pub async fn recent_pages_below(
+        &self,
+        tenant: &TenantId,
+        below: Option<&str>,
+        count: usize,
+    ) -> Result<RecentPagesSlice, StoreOutage> {
+        let upper = below.map_or_else(|| "+".to_owned(), |id| format!("({id}"));
+        let (floor, members): (Option<String>, Vec<String>) = redis::pipe()
+            .atomic()
+            .get(self.keys.recent_pages_floor(tenant))
+            .cmd("ZREVRANGEBYLEX")
+            .arg(self.keys.recent_pages(tenant))
+            .arg(upper)
+            .arg("-")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(count)
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(StoreOutage::redis)?;
+        let events = members
+            .into_iter()
+            .map(|member| match member.split_once(' ') {
+                Some((document_id, event)) => RecentEvent {
+                    document_id: document_id.to_owned(),
+                    event: event.to_owned(),
+                },
+                None => RecentEvent {
+                    document_id: member,
+                    event: String::new(),
+                },
+            })
+            .collect();
+        Ok(RecentPagesSlice { floor, events })
     }
 
     /// The tenant's counters: activity type -> count.

@@ -18,6 +18,7 @@ mod intake;
 mod kafka_pause;
 mod operations;
 mod ops;
+mod pages;
 mod read_budgets;
 mod read_side;
 mod sse;
