@@ -227,6 +227,10 @@ pub struct RedisSettings {
     pub idempotency_ttl_secs: u64,
     /// Length of each tenant's recent-events stream (the SSE replay buffer); 0 keeps none.
     pub recent_events_per_tenant: usize,
+    /// Length of each tenant's recent-pages set (the first pages of `GET /activities`); 0 keeps
+    /// none (and the consumer deletes what an earlier setting kept, so no stale set serves a page).
+    pub recent_pages_per_tenant: usize,
+    /// How long a tenant's stream and set live after its last event.
     pub recent_events_ttl_secs: u64,
     /// The budget of every Redis call (the consumer's outage path; the API bounds its own calls
     /// tighter where it waits for them).
@@ -652,6 +656,11 @@ impl Settings {
             self.redis.recent_events_per_tenant <= 1_000_000,
             "redis.recent_events_per_tenant",
             "must be at most 1000000 (0 turns the replay buffer off)",
+        )?;
+        require(
+            self.redis.recent_pages_per_tenant <= 1_000_000,
+            "redis.recent_pages_per_tenant",
+            "must be at most 1000000 (0 turns the recent-pages set off)",
         )?;
         require(
             self.redis.recent_events_ttl_secs >= 1,

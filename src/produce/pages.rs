@@ -183,7 +183,7 @@ pub async fn newest_first(
     want: usize,
     deadline: Instant,
 ) -> Result<(Vec<PageEntry>, PageSource), ApiError> {
-    let buffered = if state.redis.keeps_recent_events() {
+    let buffered = if state.redis.keeps_recent_pages() {
         match tokio::time::timeout_at(
             deadline.into(),
             from_recent_pages(state, tenant, filter, before, want),

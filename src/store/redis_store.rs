@@ -18,38 +18,52 @@ use crate::domain::{IdempotencyKey, PayloadFingerprint, TenantId};
 /// is in the set. A set (re)created (a new tenant, expired, lost with Redis) starts with a floor a
 /// margin after Redis's clock: documents published before that were created before it.
 ///
+/// With the set turned off (length 0) the step deletes the set and its floor: a set an earlier
+/// setting kept would otherwise serve pages without the activities published since.
+///
 /// KEYS[1] is the tenant's counter hash, KEYS[2] its recent-events stream, KEYS[3] its recent-pages
 /// set, KEYS[4] that set's floor and KEYS[5..] the activities' marks (all in the tenant's hash
-/// slot); ARGV[1] is the marks' TTL, ARGV[2] the tenant's channel, ARGV[3] the buffer's length (0:
-/// none), ARGV[4] its TTL, ARGV[5] the floor's margin in seconds, then per activity its mark's value
-/// (`IdempotencyMark`), document id, type and event. One call per tenant and batch rather than per
+/// slot); ARGV[1] is the marks' TTL, ARGV[2] the tenant's channel, ARGV[3] the stream's length (0:
+/// none), ARGV[4] the TTL of the stream and the set, ARGV[5] the floor's margin in seconds, ARGV[6]
+/// the set's length (0: none), then per activity its mark's value (`IdempotencyMark`), document id,
+/// type and event. One call per tenant and batch rather than per
 /// activity: profiles of the drain put Redis at ~17 us of CPU per activity with one script call each.
 const MARK_COUNT_PUBLISH_LUA: &str = r"
 local marked = {}
 local recent_length = tonumber(ARGV[3])
+local pages_length = tonumber(ARGV[6])
 local appended = false
+local paged = false
+local any = false
 for i = 5, #KEYS do
-  local at = 6 + (i - 5) * 4
+  local at = 7 + (i - 5) * 4
   if redis.call('SET', KEYS[i], ARGV[at], 'NX', 'EX', ARGV[1]) then
     redis.call('HINCRBY', KEYS[1], ARGV[at + 2], 1)
     redis.call('PUBLISH', ARGV[2], ARGV[at + 3])
     if recent_length > 0 then
       redis.call('XADD', KEYS[2], 'MAXLEN', '~', recent_length, '*', 'id', ARGV[at + 1], 'event', ARGV[at + 3])
-      if not appended and redis.call('EXISTS', KEYS[4]) == 0 then
+      appended = true
+    end
+    if pages_length > 0 then
+      if not paged and redis.call('EXISTS', KEYS[4]) == 0 then
         local now = redis.call('TIME')
         redis.call('DEL', KEYS[3])
         redis.call('SET', KEYS[4], string.format('%08x', tonumber(now[1]) + tonumber(ARGV[5])) .. '0000000000000000')
       end
       redis.call('ZADD', KEYS[3], 0, ARGV[at + 1] .. ' ' .. ARGV[at + 3])
-      appended = true
+      paged = true
     end
+    any = true
     marked[#marked + 1] = 1
   else
     marked[#marked + 1] = 0
   end
 end
 if appended then
-  local excess = redis.call('ZCARD', KEYS[3]) - recent_length
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
+if paged then
+  local excess = redis.call('ZCARD', KEYS[3]) - pages_length
   if excess > 0 then
     local highest_trimmed = string.sub(redis.call('ZRANGE', KEYS[3], excess - 1, excess - 1)[1], 1, 24)
     if highest_trimmed > redis.call('GET', KEYS[4]) then
@@ -57,9 +71,10 @@ if appended then
     end
     redis.call('ZREMRANGEBYRANK', KEYS[3], 0, excess - 1)
   end
-  redis.call('EXPIRE', KEYS[2], ARGV[4])
   redis.call('EXPIRE', KEYS[3], ARGV[4])
   redis.call('EXPIRE', KEYS[4], ARGV[4])
+elseif any then
+  redis.call('DEL', KEYS[3], KEYS[4])
 end
 return marked
 ";
@@ -240,6 +255,7 @@ pub struct RedisStore {
     keys: RedisKeys,
     idempotency_ttl_secs: u64,
     recent_events_per_tenant: usize,
+    recent_pages_per_tenant: usize,
     recent_events_ttl_secs: u64,
     /// The budget of every call (`redis.op_timeout_ms`).
     op_timeout: std::time::Duration,
@@ -265,6 +281,7 @@ impl RedisStore {
             keys: RedisKeys::new(settings.key_prefix.clone()),
             idempotency_ttl_secs: settings.idempotency_ttl_secs,
             recent_events_per_tenant: settings.recent_events_per_tenant,
+            recent_pages_per_tenant: settings.recent_pages_per_tenant,
             recent_events_ttl_secs: settings.recent_events_ttl_secs,
             op_timeout,
             mark_count_publish: Script::new(MARK_COUNT_PUBLISH_LUA),
@@ -276,10 +293,10 @@ impl RedisStore {
         &self.keys
     }
 
-    /// Whether the consumer keeps each tenant's recent events (`redis.recent_events_per_tenant` > 0):
-    /// the SSE replay buffer and the recent-pages set.
-    pub fn keeps_recent_events(&self) -> bool {
-        self.recent_events_per_tenant > 0
+    /// Whether the consumer keeps each tenant's recent-pages set (`redis.recent_pages_per_tenant`
+    /// > 0), so pages look there first.
+    pub fn keeps_recent_pages(&self) -> bool {
+        self.recent_pages_per_tenant > 0
     }
 
     /// The idempotency marks of `pairs`, in order, `None` where there is none (the pre-check that
@@ -350,7 +367,8 @@ impl RedisStore {
                 .arg(self.keys.channel(tenant))
                 .arg(self.recent_events_per_tenant)
                 .arg(self.recent_events_ttl_secs)
-                .arg(RECENT_PAGES_FLOOR_MARGIN_SECS);
+                .arg(RECENT_PAGES_FLOOR_MARGIN_SECS)
+                .arg(self.recent_pages_per_tenant);
             for &index in call {
                 let request = &requests[index];
                 invocation

@@ -158,7 +158,7 @@ async fn publish_late(pipeline: &TestPipeline, seconds_ago: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_from_the_recent_set_are_the_plain_querys_pages() {
     let pipeline =
-        TestPipeline::spawn_with(&[format!("redis.recent_events_per_tenant={SET_LENGTH}")]).await;
+        TestPipeline::spawn_with(&[format!("redis.recent_pages_per_tenant={SET_LENGTH}")]).await;
     // The set as a long-running deployment has it: its floor below every activity of this test. (A
     // set created now starts with its floor a minute ahead of Redis's clock, so for the first minute
     // a new tenant's pages come from MongoDB.)
@@ -234,5 +234,48 @@ async fn pages_from_the_recent_set_are_the_plain_querys_pages() {
     let metrics = metrics_text(&pipeline.http, &pipeline.address).await;
     assert!(page_count(&metrics, "mongodb") > from_mongodb_before);
 
+    pipeline.stop().await;
+}
+
+/// With the set turned off, the consumer deletes a set an earlier setting kept: that set would
+/// otherwise serve first pages without the activities published since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_turned_off_is_deleted_so_no_stale_set_serves_a_page() {
+    let pipeline = TestPipeline::spawn_with(&["redis.recent_pages_per_tenant=0".to_owned()]).await;
+    pipeline
+        .post_stored("before-the-switch", &varied_activity(1))
+        .await;
+    let stale_id = plain_query(&pipeline, doc! {}).await[0].clone();
+    let set_key = pipeline.redis_key("pages:{acme}");
+    let floor_key = pipeline.redis_key("pagesfloor:{acme}");
+    // What a consumer with the set on left behind: the one activity then stored, a floor below it.
+    redis::pipe()
+        .cmd("ZADD")
+        .arg(&set_key)
+        .arg(0)
+        .arg(format!("{} {}", stale_id["id"].as_str().unwrap(), stale_id))
+        .ignore()
+        .cmd("SET")
+        .arg(&floor_key)
+        .arg("000000000000000000000000")
+        .ignore()
+        .query_async::<()>(&mut pipeline.redis.clone())
+        .await
+        .unwrap();
+
+    pipeline
+        .post_stored("after-the-switch", &varied_activity(2))
+        .await;
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&set_key)
+        .arg(&floor_key)
+        .query_async(&mut pipeline.redis.clone())
+        .await
+        .unwrap();
+    assert_eq!(exists, 0, "the stale set and its floor are gone");
+    assert_eq!(
+        every_page(&pipeline, "", 1).await,
+        plain_query(&pipeline, doc! {}).await
+    );
     pipeline.stop().await;
 }
