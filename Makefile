@@ -6,7 +6,7 @@ CARGO ?= cargo
 DEV_CONFIG := config/dev.toml
 BIN := target/debug/activity-pipeline
 
-.PHONY: run test lint fmt build build-deps stack-up stack-down stack-status stack-reset topics unit integration faults bench bench-micro
+.PHONY: run test lint fmt build build-deps stack-up stack-down stack-status stack-reset cluster-up cluster-down cluster-status cluster-reset topics unit integration faults bench bench-micro
 
 ## run: start the local stack, build, create the topics, run `produce` and `consume` with the dev config.
 run: build stack-up
@@ -67,6 +67,21 @@ stack-status:
 
 stack-reset:
 	@scripts/stack.sh reset
+
+## cluster-up / cluster-down / cluster-status / cluster-reset: the cluster profile (three Kafka brokers
+## on 9192-9194 with RF 3 and min.insync.replicas 2, a Redis Cluster on 7001-7006, FerretDB on 27017);
+## see scripts/cluster.sh. Not used by `make run` or `make test`.
+cluster-up:
+	@scripts/stack.sh up --profile cluster
+
+cluster-down:
+	@scripts/stack.sh down --profile cluster
+
+cluster-status:
+	@scripts/stack.sh status --profile cluster
+
+cluster-reset:
+	@scripts/stack.sh reset --profile cluster
 
 topics: build stack-up
 	$(BIN) --config $(DEV_CONFIG) topics create
