@@ -396,6 +396,29 @@ impl ReadinessSettings {
 #[serde(deny_unknown_fields)]
 pub struct TenantSettings {
     pub api_key_sha256: String,
+    /// Hot tenants: how many partitions this tenant's records spread over (1: keyed by tenant
+    /// alone, one partition, per-tenant order). Above 1, records go by a bucket of `spread_by`, so
+    /// one tenant can be drained by that many consumers; order then holds per entity (or actor),
+    /// not per tenant.
+    #[serde(default = "one_partition")]
+    pub partition_spread: u32,
+    /// What picks a spread tenant's bucket: `entity` (its `entityId`, the `actorId` when it has
+    /// none) or `actor`.
+    #[serde(default)]
+    pub spread_by: SpreadBy,
+}
+
+fn one_partition() -> u32 {
+    1
+}
+
+/// The field that picks a spread tenant's partition: activities that share it keep their order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpreadBy {
+    #[default]
+    Entity,
+    Actor,
 }
 
 /// A configuration that could not be loaded; the message always names the key at fault.
@@ -689,6 +712,17 @@ impl Settings {
         tracing_subscriber::EnvFilter::try_new(&self.log.filter)
             .map_err(|error| invalid("log.filter", error))?;
         self.tenant_credentials()?;
+        for (id, tenant) in &self.tenants {
+            require(
+                tenant.partition_spread >= 1
+                    && i64::from(tenant.partition_spread) <= i64::from(self.kafka.partitions),
+                &format!("tenants.{id}.partition_spread"),
+                &format!(
+                    "must be between 1 and kafka.partitions ({}): a tenant cannot spread over more partitions than the topic has",
+                    self.kafka.partitions
+                ),
+            )?;
+        }
         Ok(())
     }
 }
@@ -1046,6 +1080,33 @@ mod tests {
             "a".repeat(64)
         )]);
         assert!(error.is_err());
+    }
+
+    #[test]
+    fn a_partition_spread_outside_the_topic_or_an_unknown_spread_field_is_refused() {
+        let digest = format!("tenants.acme.api_key_sha256={}", "a".repeat(64));
+        for spread in ["0", "13"] {
+            let error = load_with(&[&digest, &format!("tenants.acme.partition_spread={spread}")])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("tenants.acme.partition_spread")
+                    && error.contains("between 1 and kafka.partitions (12)"),
+                "{error}"
+            );
+        }
+        let error = load_with(&[&digest, "tenants.acme.spread_by=tenant"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("spread_by"), "{error}");
+        let settings = load_with(&[
+            &digest,
+            "tenants.acme.partition_spread=4",
+            "tenants.acme.spread_by=actor",
+        ])
+        .unwrap();
+        assert_eq!(settings.tenants["acme"].partition_spread, 4);
+        assert_eq!(settings.tenants["acme"].spread_by, SpreadBy::Actor);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 mod admin;
 mod consumer;
 mod publisher;
+mod spread;
 mod topic_reader;
 
 use rdkafka::ClientConfig;
@@ -21,6 +22,7 @@ pub use admin::{
 };
 pub use consumer::{ActivityConsumer, ConsumedRecord, ConsumerObserver};
 pub use publisher::{ActivityPublisher, PublishError};
+pub use spread::PartitionSpread;
 pub use topic_reader::read_topic;
 
 /// Header names carried on every activity record; constants so producer and consumer cannot drift.

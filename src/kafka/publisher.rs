@@ -1,3 +1,4 @@
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -6,7 +7,10 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
+use tokio::sync::OnceCell;
+
 use super::consumer::ConsumedRecord;
+use super::spread::PartitionSpread;
 use super::{base_client_config, headers};
 use crate::config::KafkaSettings;
 use crate::domain::{ActivityEnvelope, PayloadFingerprint, ACTIVITY_SCHEMA_ID};
@@ -30,6 +34,11 @@ pub struct ActivityPublisher {
     producer: FutureProducer,
     topic: String,
     dlq_topic: String,
+    /// Hot tenants whose records this publisher places on partitions itself (`publish`).
+    spread: Arc<PartitionSpread>,
+    /// The main topic's partition count, fetched the first time a spread tenant publishes.
+    partitions: Arc<OnceCell<u32>>,
+    metadata_timeout: Duration,
 }
 
 impl ActivityPublisher {
@@ -53,15 +62,52 @@ impl ActivityPublisher {
             producer,
             topic: settings.topic.clone(),
             dlq_topic: settings.dlq_topic.clone(),
+            spread: Arc::new(PartitionSpread::default()),
+            partitions: Arc::new(OnceCell::new()),
+            metadata_timeout: Duration::from_millis(settings.delivery_timeout_ms),
         })
+    }
+
+    /// Places the records of `spread`'s tenants on their partitions (`tenants.<id>.partition_spread`).
+    pub fn with_partition_spread(mut self, spread: PartitionSpread) -> ActivityPublisher {
+        self.spread = Arc::new(spread);
+        self
+    }
+
+    /// The main topic's partition count, fetched once (a topic only ever grows; one that grew since
+    /// keeps its spread tenants on the partitions they had until the API restarts).
+    async fn partition_count(&self) -> Result<u32, PublishError> {
+        self.partitions
+            .get_or_try_init(|| async {
+                let publisher = self.clone();
+                let timeout = self.metadata_timeout;
+                let summary =
+                    tokio::task::spawn_blocking(move || publisher.fetch_metadata(timeout))
+                        .await
+                        .map_err(|error| PublishError::NotAcknowledged(error.to_string()))?
+                        .map_err(|error| PublishError::NotAcknowledged(error.to_string()))?;
+                summary
+                    .topic_partitions
+                    .and_then(|count| u32::try_from(count).ok())
+                    .filter(|count| *count > 0)
+                    .ok_or_else(|| {
+                        PublishError::NotAcknowledged(format!(
+                            "topic {} has no partitions in the cluster's metadata",
+                            self.topic
+                        ))
+                    })
+            })
+            .await
+            .copied()
     }
 
     pub fn topic(&self) -> &str {
         &self.topic
     }
 
-    /// Publishes one activity keyed by tenant (per-tenant order on the main path) and waits for the
-    /// broker's acknowledgement.
+    /// Publishes one activity keyed by tenant (per-tenant order on the main path; a spread tenant's
+    /// record goes to its bucket's partition, see `PartitionSpread`) and waits for the broker's
+    /// acknowledgement.
     // A debug span: at the default `info` filter an info span per record cost ~5% of the API's CPU
     // (formatting its fields for a log line that is never written; BENCHMARKS.md).
     #[tracing::instrument(level = "debug", skip_all, fields(tenant = %envelope.tenant_id, key = %envelope.idempotency_key))]
@@ -84,10 +130,19 @@ impl ActivityPublisher {
                 key: headers::PAYLOAD_FINGERPRINT,
                 value: Some(fingerprint.as_str()),
             });
-        let record = FutureRecord::to(&self.topic)
+        let partition = if self.spread.spreads(&envelope.tenant_id) {
+            let partitions = self.partition_count().await?;
+            self.spread.partition(envelope, partitions)
+        } else {
+            None
+        };
+        let mut record = FutureRecord::to(&self.topic)
             .key(envelope.tenant_id.as_str())
             .payload(&payload)
             .headers(record_headers);
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
         self.deliver(record).await
     }
 

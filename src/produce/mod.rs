@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ReadSettings, Settings, SseSettings};
 use crate::domain::{ActivityValidator, TenantDirectory};
-use crate::kafka::ActivityPublisher;
+use crate::kafka::{ActivityPublisher, PartitionSpread};
 use crate::store::{ActivityRepository, RedisStore};
 
 pub use activities::IDEMPOTENCY_KEY_HEADER;
@@ -110,7 +110,8 @@ impl Application {
             anyhow::anyhow!("binding http.listen = {}: {error}", settings.http.listen)
         })?;
         let port = listener.local_addr()?.port();
-        let publisher = ActivityPublisher::new(&settings.kafka)?;
+        let publisher = ActivityPublisher::new(&settings.kafka)?
+            .with_partition_spread(PartitionSpread::from_settings(settings));
         let validator = ActivityValidator::with_limits(&settings.limits.activity_limits())
             .map_err(|error| anyhow::anyhow!("configuration key `limits.{error}`"))?;
         let tenants = TenantDirectory::new(settings.tenant_credentials()?);

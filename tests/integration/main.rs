@@ -21,5 +21,6 @@ mod ops;
 mod pages;
 mod read_budgets;
 mod read_side;
+mod spread;
 mod sse;
 mod topics;
