@@ -308,6 +308,8 @@ pub struct RateLimitSettings {
     pub per_tenant_per_sec: u32,
     /// Activities a tenant may send at once above the sustained rate (the bucket's size).
     pub burst: u32,
+    /// One bucket per tenant in Redis for all API instances (true), or one per instance (false).
+    pub shared: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -83,7 +83,7 @@ pub async fn create(
     tracing::Span::current()
         .record("tenant", tenant.as_str())
         .record("key", key.as_str());
-    rate_limit(&state, &tenant, 1)?;
+    rate_limit(&state, &tenant, 1).await?;
     let body = read_body(&request, payload, state.max_body_bytes).await?;
     let activity = state.validator.parse_body(&body)?;
     let fingerprint = PayloadFingerprint::of(&activity);
@@ -239,7 +239,7 @@ pub async fn create_batch(
     )?;
     limit_batch_details(&mut items, state.batch_max_reported_errors);
     tracing::Span::current().record("items", items.len());
-    rate_limit(&state, &tenant, items.len())?;
+    rate_limit(&state, &tenant, items.len()).await?;
 
     let mut results: Vec<ItemResult> = Vec::with_capacity(items.len());
     let mut valid: Vec<ValidItem> = Vec::new();
@@ -430,10 +430,15 @@ async fn publish(
     result.map_err(ApiError::from)
 }
 
-fn rate_limit(state: &ApiState, tenant: &TenantId, activities: usize) -> Result<(), ApiError> {
+async fn rate_limit(
+    state: &ApiState,
+    tenant: &TenantId,
+    activities: usize,
+) -> Result<(), ApiError> {
     state
         .rate_limiter
         .check(tenant, activities)
+        .await
         .map_err(|limited| {
             state.metrics.count_rate_limited(tenant.as_str());
             ApiError::TooManyRequests {

@@ -12,14 +12,11 @@
 //! sends a reused key to the DLQ as a `conflict` (layer 3), so correctness never depends on this
 //! layer: it saves work and tells the client about a reused key at once.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::skip::SkipAfterFailure;
 use crate::domain::{IdempotencyKey, PayloadFingerprint, TenantId};
 use crate::store::{AcceptedState, RedisStore};
-
-/// How long the markers are skipped after Redis failed or was too slow.
-const SKIP_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// How much longer than the delivery timeout a reservation lives.
 const RESERVATION_SLACK: Duration = Duration::from_secs(1);
 
@@ -55,10 +52,8 @@ pub struct AcceptedMarkers {
     /// How long a reservation lives if it is neither marked nor released (this process died, or
     /// Redis failed after the reservation).
     pending_ttl: Duration,
-    /// Start of the clock `skip_until_ms` counts from.
-    epoch: Instant,
-    /// Milliseconds since `epoch` before which Redis is not asked (a tiny circuit breaker).
-    skip_until_ms: AtomicU64,
+    /// Redis is not asked for a moment after it failed or was too slow.
+    skip: SkipAfterFailure,
 }
 
 impl AcceptedMarkers {
@@ -73,8 +68,9 @@ impl AcceptedMarkers {
             redis,
             timeout,
             pending_ttl: delivery_timeout + RESERVATION_SLACK,
-            epoch: Instant::now(),
-            skip_until_ms: AtomicU64::new(0),
+            skip: SkipAfterFailure::new(
+                "accepted markers unavailable; producing without them for a moment",
+            ),
         }
     }
 
@@ -127,21 +123,12 @@ impl AcceptedMarkers {
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
     fn skipping(&self) -> bool {
-        self.now_ms() < self.skip_until_ms.load(Ordering::Relaxed)
+        self.skip.skipping()
     }
 
     fn fail(&self, why: &str) {
-        let until = self.now_ms() + SKIP_AFTER_FAILURE.as_millis() as u64;
-        self.skip_until_ms.store(until, Ordering::Relaxed);
-        tracing::debug!(
-            why,
-            "accepted markers unavailable; producing without them for a moment"
-        );
+        self.skip.failed(why);
     }
 }
 

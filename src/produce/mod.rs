@@ -25,6 +25,7 @@ mod rate_limit;
 mod read;
 mod replay;
 mod shares;
+mod skip;
 mod stream;
 
 use std::net::TcpListener;
@@ -124,6 +125,12 @@ impl Application {
             .map(|(tenant, _)| tenant)
             .collect();
         let redis = RedisStore::connect(&settings.redis)?;
+        let rate_limiter = rate_limit::TenantRateLimiter::new(&settings.rate_limit, &tenant_ids)
+            .shared_through(
+                &settings.rate_limit,
+                redis.clone(),
+                settings.intake.dedupe_timeout(),
+            );
         let shutdown = shutdown.child_token();
         let openapi_json =
             openapi::document(validator.schema_json(), settings.intake.batch_max_items).to_string();
@@ -142,7 +149,7 @@ impl Application {
                 settings.kafka.delivery_timeout(),
             ),
             redis,
-            rate_limiter: rate_limit::TenantRateLimiter::new(&settings.rate_limit, &tenant_ids),
+            rate_limiter,
             fanout: fanout::Fanout::start(
                 &settings.redis,
                 settings.sse.max_connections_per_tenant,

@@ -1,6 +1,12 @@
-//! The per-tenant rate limit of intake: a token bucket per tenant (GCRA, from `governor`), counted in
-//! activities, so a batch of 500 costs 500. Tenants are known from the configuration, so every bucket
-//! is made up front and the map never grows.
+//! The per-tenant rate limit of intake: a token bucket per tenant (GCRA), counted in activities, so
+//! a batch of 500 costs 500.
+//!
+//! With `rate_limit.shared` (the default) the bucket lives in Redis and every API instance takes
+//! from it, so a tenant's limit holds however its clients spread over the instances (one script
+//! call per request, within `intake.dedupe_timeout_ms`). When Redis fails or is slower than that,
+//! each instance falls back to a bucket of its own (`governor`) for a moment: Redis never fails
+//! intake, and during a Redis outage a tenant may get up to its limit from each instance. Tenants
+//! are known from the configuration, so every local bucket is made up front and the map never grows.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -9,13 +15,28 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
+use super::skip::SkipAfterFailure;
 use crate::config::RateLimitSettings;
 use crate::domain::TenantId;
+use crate::store::RedisStore;
 
 /// Per-tenant token buckets; `None` when the limit is off (`rate_limit.per_tenant_per_sec = 0`).
 pub struct TenantRateLimiter {
     buckets: Option<HashMap<TenantId, DefaultDirectRateLimiter>>,
     clock: DefaultClock,
+    /// The buckets in Redis that all instances share, when `rate_limit.shared`.
+    shared: Option<SharedBuckets>,
+}
+
+/// The Redis side of the limit: the same GCRA, one bucket per tenant for all instances.
+struct SharedBuckets {
+    redis: RedisStore,
+    /// Time per activity at the sustained rate.
+    interval: Duration,
+    /// How far ahead of now the bucket may run: `interval` x burst.
+    tolerance: Duration,
+    timeout: Duration,
+    skip: SkipAfterFailure,
 }
 
 /// Over the limit: retry after this long.
@@ -47,11 +68,64 @@ impl TenantRateLimiter {
         TenantRateLimiter {
             buckets,
             clock: DefaultClock::default(),
+            shared: None,
         }
     }
 
-    /// Takes `activities` tokens from the tenant's bucket, or says how long until it could.
-    pub fn check(&self, tenant: &TenantId, activities: usize) -> Result<(), RateLimited> {
+    /// Takes from the tenant's bucket in Redis, shared by every instance, when the limit is on and
+    /// `rate_limit.shared`; `timeout` bounds each call (past it, or on a failure, this instance's own
+    /// bucket decides for a moment).
+    pub fn shared_through(
+        mut self,
+        settings: &RateLimitSettings,
+        redis: RedisStore,
+        timeout: Duration,
+    ) -> TenantRateLimiter {
+        if settings.shared && settings.per_tenant_per_sec > 0 {
+            let interval = Duration::from_secs_f64(1.0 / f64::from(settings.per_tenant_per_sec));
+            let burst = settings.burst.max(1);
+            self.shared = Some(SharedBuckets {
+                redis,
+                interval,
+                tolerance: interval * burst,
+                timeout,
+                skip: SkipAfterFailure::new(
+                    "the shared rate limit is unavailable; this instance's own bucket decides for a moment",
+                ),
+            });
+        }
+        self
+    }
+
+    /// Takes `activities` tokens from the tenant's bucket (the shared one when it answers in time),
+    /// or says how long until it could.
+    pub async fn check(&self, tenant: &TenantId, activities: usize) -> Result<(), RateLimited> {
+        if self.buckets.is_none() || activities == 0 {
+            return Ok(());
+        }
+        if let Some(shared) = self
+            .shared
+            .as_ref()
+            .filter(|shared| !shared.skip.skipping())
+        {
+            let call = shared.redis.take_tokens(
+                tenant,
+                activities as u64,
+                shared.interval,
+                shared.tolerance,
+            );
+            match tokio::time::timeout(shared.timeout, call).await {
+                Ok(Ok(None)) => return Ok(()),
+                Ok(Ok(Some(retry_after))) => return Err(RateLimited { retry_after }),
+                Ok(Err(outage)) => shared.skip.failed(&outage.to_string()),
+                Err(_) => shared.skip.failed("timed out"),
+            }
+        }
+        self.check_locally(tenant, activities)
+    }
+
+    /// Takes from this instance's own bucket.
+    fn check_locally(&self, tenant: &TenantId, activities: usize) -> Result<(), RateLimited> {
         let Some(bucket) = self
             .buckets
             .as_ref()
@@ -87,6 +161,7 @@ mod tests {
             &RateLimitSettings {
                 per_tenant_per_sec: per_sec,
                 burst,
+                shared: false,
             },
             [&acme, &globex],
         );
@@ -96,25 +171,28 @@ mod tests {
     #[test]
     fn a_tenant_over_its_burst_waits_and_others_do_not() {
         let (limiter, acme, globex) = limiter(1, 3);
-        assert!(limiter.check(&acme, 2).is_ok());
-        assert!(limiter.check(&acme, 1).is_ok());
-        let limited = limiter.check(&acme, 1).unwrap_err();
+        assert!(limiter.check_locally(&acme, 2).is_ok());
+        assert!(limiter.check_locally(&acme, 1).is_ok());
+        let limited = limiter.check_locally(&acme, 1).unwrap_err();
         assert!(limited.retry_after > Duration::ZERO);
         assert_eq!(limited.retry_after_secs(), 1);
-        assert!(limiter.check(&globex, 3).is_ok(), "buckets are per tenant");
+        assert!(
+            limiter.check_locally(&globex, 3).is_ok(),
+            "buckets are per tenant"
+        );
     }
 
     #[test]
     fn zero_turns_the_limit_off() {
         let (limiter, acme, _) = limiter(0, 0);
         for _ in 0..1000 {
-            assert!(limiter.check(&acme, 1000).is_ok());
+            assert!(limiter.check_locally(&acme, 1000).is_ok());
         }
     }
 
     #[test]
     fn a_cost_above_the_burst_is_refused() {
         let (limiter, acme, _) = limiter(10, 10);
-        assert!(limiter.check(&acme, 11).is_err());
+        assert!(limiter.check_locally(&acme, 11).is_err());
     }
 }

@@ -49,6 +49,12 @@ impl RedisKeys {
         format!("{}pagesfloor:{{{tenant}}}", self.prefix)
     }
 
+    /// The tenant's shared rate-limit bucket: its theoretical arrival time in microseconds (GCRA),
+    /// so every API instance takes from one bucket.
+    pub fn rate_limit(&self, tenant: &TenantId) -> String {
+        format!("{}ratelimit:{{{tenant}}}", self.prefix)
+    }
+
     /// Pub/Sub channel carrying the tenant's newly stored activities to the SSE endpoints.
     pub fn channel(&self, tenant: &TenantId) -> String {
         format!("{}activities:{{{tenant}}}", self.prefix)
@@ -89,6 +95,7 @@ mod tests {
         assert_eq!(keys.recent_events(&tenant), "recent:{acme}");
         assert_eq!(keys.recent_pages(&tenant), "pages:{acme}");
         assert_eq!(keys.recent_pages_floor(&tenant), "pagesfloor:{acme}");
+        assert_eq!(keys.rate_limit(&tenant), "ratelimit:{acme}");
         assert_eq!(keys.accepted(&tenant, &key), "accepted:{acme}:order-42");
         let prefixed = RedisKeys::new("test-1:");
         assert_eq!(prefixed.analytics(&tenant), "test-1:analytics:{acme}");

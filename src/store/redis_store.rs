@@ -85,6 +85,26 @@ return marked
 /// for this long after a set is (re)created, pages come from MongoDB.
 const RECENT_PAGES_FLOOR_MARGIN_SECS: u64 = 60;
 
+/// A tenant's shared token bucket as GCRA (the algorithm `governor` uses in each instance): KEYS[1]
+/// holds the theoretical arrival time in microseconds of Redis's clock; ARGV[1] is the emission
+/// interval (microseconds per activity), ARGV[2] the burst tolerance (interval x burst), ARGV[3] the
+/// cost. Answers 0 when the cost was taken, else the microseconds until it could be.
+const TAKE_TOKENS_LUA: &str = r"
+local now = redis.call('TIME')
+local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now_us)
+if tat < now_us then
+  tat = now_us
+end
+local new_tat = tat + tonumber(ARGV[3]) * tonumber(ARGV[1])
+local allowed_at = new_tat - tonumber(ARGV[2])
+if allowed_at > now_us then
+  return math.ceil(allowed_at - now_us)
+end
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now_us) / 1000) + 1)
+return 0
+";
+
 /// Entries read per XREVRANGE while looking for a resume point in the recent-events stream.
 const RECENT_SEARCH_PAGE: usize = 500;
 
@@ -259,8 +279,15 @@ pub struct RedisStore {
     recent_events_ttl_secs: u64,
     /// The budget of every call (`redis.op_timeout_ms`).
     op_timeout: std::time::Duration,
+    /// Shared by every clone (a `Script` holds its source and hash).
+    scripts: std::sync::Arc<Scripts>,
+}
+
+/// The Lua scripts `RedisStore` runs.
+struct Scripts {
     mark_count_publish: Script,
     release_reservation: Script,
+    take_tokens: Script,
 }
 
 impl RedisStore {
@@ -284,8 +311,11 @@ impl RedisStore {
             recent_pages_per_tenant: settings.recent_pages_per_tenant,
             recent_events_ttl_secs: settings.recent_events_ttl_secs,
             op_timeout,
-            mark_count_publish: Script::new(MARK_COUNT_PUBLISH_LUA),
-            release_reservation: Script::new(RELEASE_RESERVATION_LUA),
+            scripts: std::sync::Arc::new(Scripts {
+                mark_count_publish: Script::new(MARK_COUNT_PUBLISH_LUA),
+                release_reservation: Script::new(RELEASE_RESERVATION_LUA),
+                take_tokens: Script::new(TAKE_TOKENS_LUA),
+            }),
         })
     }
 
@@ -354,10 +384,12 @@ impl RedisStore {
         }
         let calls = effect_calls(requests);
         let mut pipeline = redis::pipe();
-        pipeline.load_script(&self.mark_count_publish).ignore();
+        pipeline
+            .load_script(&self.scripts.mark_count_publish)
+            .ignore();
         for call in &calls {
             let tenant = requests[call[0]].tenant;
-            let mut invocation = self.mark_count_publish.prepare_invoke();
+            let mut invocation = self.scripts.mark_count_publish.prepare_invoke();
             invocation
                 .key(self.keys.analytics(tenant))
                 .key(self.keys.recent_events(tenant))
@@ -522,6 +554,28 @@ impl RedisStore {
         Ok(RecentPagesSlice { floor, events })
     }
 
+    /// Takes `cost` activities from the tenant's shared bucket (`interval` per activity, room for
+    /// `tolerance` ahead of now): `None` when taken, else how long until they could be.
+    pub async fn take_tokens(
+        &self,
+        tenant: &TenantId,
+        cost: u64,
+        interval: std::time::Duration,
+        tolerance: std::time::Duration,
+    ) -> Result<Option<std::time::Duration>, StoreOutage> {
+        let wait_us: u64 = self
+            .scripts
+            .take_tokens
+            .key(self.keys.rate_limit(tenant))
+            .arg(interval.as_secs_f64() * 1e6)
+            .arg(tolerance.as_secs_f64() * 1e6)
+            .arg(cost)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(StoreOutage::redis)?;
+        Ok((wait_us > 0).then(|| std::time::Duration::from_micros(wait_us)))
+    }
+
     /// The tenant's counters: activity type -> count.
     pub async fn analytics(
         &self,
@@ -640,9 +694,11 @@ impl RedisStore {
             return Ok(());
         }
         let mut pipeline = redis::pipe();
-        pipeline.load_script(&self.release_reservation).ignore();
+        pipeline
+            .load_script(&self.scripts.release_reservation)
+            .ignore();
         for (tenant, key, fingerprint) in pairs {
-            let mut invocation = self.release_reservation.prepare_invoke();
+            let mut invocation = self.scripts.release_reservation.prepare_invoke();
             invocation
                 .key(self.keys.accepted(tenant, key))
                 .arg(AcceptedState::pending(fingerprint));

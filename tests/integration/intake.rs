@@ -380,3 +380,54 @@ async fn a_batch_built_to_fail_gets_an_answer_bounded_per_item_and_in_all() {
     }
     pipeline.stop().await;
 }
+
+/// `rate_limit.shared`: a tenant's bucket lives in Redis, so its limit holds however its requests
+/// spread over the API instances; an instance that cannot reach Redis falls back to a bucket of its
+/// own (still a limit, never a 503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_holds_across_api_instances_and_falls_back_without_redis() {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let shared = [
+        "rate_limit.per_tenant_per_sec=1".to_owned(),
+        "rate_limit.burst=4".to_owned(),
+        "intake.batch_max_items=4".to_owned(),
+        format!("kafka.topic=it-shared-{id}.activities"),
+        format!("kafka.retry_topic=it-shared-{id}.activities.retry"),
+        format!("kafka.dlq_topic=it-shared-{id}.activities.dlq"),
+        format!("redis.key_prefix=it:shared-{id}:"),
+    ];
+    let first = TestApi::spawn(&shared, true).await;
+    let second = TestApi::spawn(&shared, false).await;
+    let mut statuses = Vec::new();
+    for index in 0..6 {
+        let api = if index % 2 == 0 { &first } else { &second };
+        let response = api
+            .post_activity(ACME_KEY, None, &activity(&format!("u{index}"), "login"))
+            .await;
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [202, 202, 202, 202, 429, 429],
+        "one bucket of 4 for both instances, taken alternately"
+    );
+
+    let mut without_redis = shared.to_vec();
+    without_redis.push("redis.url=redis://127.0.0.1:1".to_owned());
+    let alone = TestApi::spawn(&without_redis, false).await;
+    let mut statuses = Vec::new();
+    for index in 0..5 {
+        let response = alone
+            .post_activity(ACME_KEY, None, &activity(&format!("a{index}"), "login"))
+            .await;
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [202, 202, 202, 202, 429],
+        "without Redis the instance's own bucket limits"
+    );
+    for api in [first, second, alone] {
+        api.stop().await;
+    }
+}
