@@ -605,6 +605,14 @@ pub fn markdown(report: &Report) -> String {
         setup.kafka_records,
     );
     for summary in &report.summary {
+        // A run of phases without figures in the table (`--phases reads`) has its own tables below.
+        let measured = summary
+            .figures
+            .iter()
+            .any(|figure| figure.values.iter().any(Option::is_some));
+        if !measured {
+            continue;
+        }
         out.push_str(&format!("### Subject `{}`\n\n", summary.subject));
         out.push_str(&markdown_table(summary));
         out.push('\n');
@@ -829,6 +837,17 @@ pub mod checks {
         let back: Report = serde_json::from_str(&json).unwrap();
         assert_eq!(back.rounds.len(), 3);
         assert!(markdown(&back).contains("### Subject `current`"));
+        // Without a figure of the table (a reads-only run), no table of dashes.
+        let mut reads_only = back.clone();
+        for round in &mut reads_only.rounds {
+            round.kafka = None;
+            round.subjects = vec![SubjectRound {
+                subject: "current".to_owned(),
+                ..SubjectRound::default()
+            }];
+        }
+        reads_only.summary = vec![summarize(&reads_only.rounds, "current")];
+        assert!(!markdown(&reads_only).contains("### Subject"));
     }
 
     pub fn values_are_formatted_for_humans() {
