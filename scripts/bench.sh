@@ -8,6 +8,10 @@
 #   scripts/bench.sh --subject before@/tmp/ap-old --subject current    before/after in one run
 #   scripts/bench.sh --phases single --rounds 1 --perf produce         a perf recording of produce
 #                                                     (then: scripts/flamegraph.sh <its .perf.data>)
+#   scripts/bench.sh --phases reads --rounds 1        reads: one tenant seeded to 10^4, 10^5, 10^6
+#                                                     documents, pages/by key/SSE resume p50 and p99
+#                                                     at each size, the store's explain (about 15 min;
+#                                                     --read-sizes 10000,100000 for a shorter run)
 #   scripts/bench.sh --help                           every option
 # The report goes to target/bench/<time>/report.{md,json} (and is printed).
 #

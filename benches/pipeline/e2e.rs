@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::http::{parse_head, sse_events, ChunkedDecoder};
+use crate::http::{open_event_stream, sse_events, ChunkedDecoder};
 use crate::latency::{self, Percentiles};
 use crate::processes::HistogramSample;
 
@@ -176,23 +176,14 @@ async fn open_sse(
     address: SocketAddr,
     api_key: &str,
 ) -> anyhow::Result<Option<(TcpStream, Vec<u8>, bool)>> {
-    let mut stream = TcpStream::connect(address).await?;
-    stream.set_nodelay(true)?;
-    let request = format!(
-        "GET /activities/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {api_key}\r\n\
-         Accept: text/event-stream\r\n\r\n"
+    let request = crate::workload::tenant_get_request(
+        "/activities/stream",
+        api_key,
+        &[("Accept", "text/event-stream")],
     );
-    stream.write_all(request.as_bytes()).await?;
-    let mut buffer = Vec::with_capacity(4096);
-    let head = loop {
-        if let Some(head) = parse_head(&buffer)? {
-            break head;
-        }
-        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_buf(&mut buffer))
-            .await
-            .map_err(|_| anyhow::anyhow!("no answer to GET /activities/stream within 5 s"))??;
-        anyhow::ensure!(read > 0, "the API closed the SSE connection");
-    };
+    let (head, stream, rest) = open_event_stream(address, &request, Duration::from_secs(5))
+        .await
+        .map_err(|error| anyhow::anyhow!("GET /activities/stream: {error}"))?;
     if head.status == 404 || head.status == 405 {
         return Ok(None);
     }
@@ -201,7 +192,6 @@ async fn open_sse(
         "GET /activities/stream answered {}",
         head.status
     );
-    let rest = buffer[head.header_len..].to_vec();
     Ok(Some((stream, rest, head.chunked)))
 }
 

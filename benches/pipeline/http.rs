@@ -396,6 +396,41 @@ pub fn accepted_count(body: &[u8]) -> u64 {
         .fold(0u64, |n, digit| n * 10 + u64::from(digit - b'0'))
 }
 
+/// Sends `request` (a `GET /activities/stream`) on a connection of its own and reads the response
+/// head, within `timeout`: the head, the stream, and whatever of the body came with the head. The
+/// caller reads the events (`ChunkedDecoder`, `sse_events`) or, on another status, the error body.
+pub async fn open_event_stream(
+    address: SocketAddr,
+    request: &[u8],
+    timeout: Duration,
+) -> std::io::Result<(Head, TcpStream, Vec<u8>)> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut stream = TcpStream::connect(address).await?;
+    stream.set_nodelay(true)?;
+    stream.write_all(request).await?;
+    let mut buffer = Vec::with_capacity(4096);
+    loop {
+        if let Some(head) = parse_head(&buffer)? {
+            let rest = buffer[head.header_len..].to_vec();
+            return Ok((head, stream, rest));
+        }
+        let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buffer))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no response head within {timeout:?}"),
+                )
+            })??;
+        if read == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            ));
+        }
+    }
+}
+
 /// Decodes a chunked body incrementally (the SSE stream): feed bytes, take out decoded data.
 #[derive(Debug, Default)]
 pub struct ChunkedDecoder {

@@ -9,7 +9,10 @@
 //! 5. drain: a consumer process on a pre-filled topic, to MongoDB + Redis;
 //! 6. end to end: 202 -> live event (SSE when the API has it, else the Redis channel feeding it) at
 //!    50% of the sustainable rate;
-//! 7. peak RSS (VmHWM) of the produce and consume processes.
+//! 7. peak RSS (VmHWM) of the produce and consume processes;
+//! 8. reads (only when `--phases` names `reads`): one tenant seeded to 10^4, 10^5, 10^6 documents as
+//!    the consumer leaves them, and at each size the latency of the read API's pages, lookups by key
+//!    and SSE resumes, with the store's `explain` of its page queries.
 //!
 //! The roles run as separate processes of the release binary. Every topic, consumer group, database
 //! and Redis key prefix is unique to the run and removed afterwards, so the bench can share a stack;
@@ -20,7 +23,8 @@
 //! # Layout
 //! - `main.rs`: the driver: sets the run up and sequences the phases, round by round;
 //! - `options`: the command line and the subjects it names;
-//! - `phases`: one file per phase (`ceilings`, `ingest`, `drain`, `end_to_end`) and what they share;
+//! - `phases`: one file per phase (`ceilings`, `ingest`, `drain`, `end_to_end`, `reads`) and what
+//!   they share;
 //! - `workload`: tenants, bodies, requests, envelopes;
 //! - `http`: the load generator (keep-alive client, closed/open loop) and SSE decoding;
 //! - `latency`: HdrHistogram recording, coordinated-omission correction, medians;
@@ -105,6 +109,10 @@ fn self_checks() -> ExitCode {
             workload::checks::requests_are_well_formed,
         ),
         (
+            "workload: seeded activities",
+            workload::checks::seeded_activities_are_varied,
+        ),
+        (
             "ceilings: ProducerPerformance output",
             ceilings::checks::producer_performance_summary_is_parsed,
         ),
@@ -129,6 +137,7 @@ fn self_checks() -> ExitCode {
             "report: formatting",
             report::checks::values_are_formatted_for_humans,
         ),
+        ("report: reads", report::checks::reads_are_tabulated),
         ("options: subjects", options::checks::subjects_are_parsed),
     ];
     for (name, check) in checks {
@@ -284,6 +293,9 @@ impl Bench {
                 }
                 if self.phase("e2e") {
                     self.end_to_end(index, subject, &mut result).await?;
+                }
+                if self.phase("reads") {
+                    self.reads(index, subject, &mut result).await?;
                 }
                 round.subjects.push(result);
             }

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 
 /// The figures `--phases` can name.
-pub const PHASES: [&str; 7] = ["kafka", "store", "single", "http", "batch", "drain", "e2e"];
+pub const PHASES: [&str; 8] = [
+    "kafka", "store", "single", "http", "batch", "drain", "e2e", "reads",
+];
 
 /// The pipeline bench. Usually run by `make bench` (scripts/bench.sh), which starts a private stack
 /// and passes its addresses.
@@ -70,6 +72,18 @@ pub struct Options {
     /// Configuration overrides for every subject and the ceilings (KEY=VALUE, repeatable).
     #[arg(long = "set")]
     pub sets: Vec<String>,
+    /// Reads: the big tenant's document counts, measured in turn (each step seeds up to the next).
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+    pub read_sizes: Vec<usize>,
+    /// Reads: documents of the second, small tenant (seeded before the first step).
+    #[arg(long, default_value_t = 1000)]
+    pub read_small_documents: usize,
+    /// Reads: most requests of each kind at each size (sequential, one client).
+    #[arg(long, default_value_t = 100)]
+    pub read_requests: u64,
+    /// Reads: most seconds spent on each kind at each size (the request under way finishes).
+    #[arg(long, default_value_t = 20.0)]
+    pub read_seconds: f64,
     /// End-to-end rate when single ingest or drain was not measured, activities/s.
     #[arg(long, default_value_t = 1000.0)]
     pub e2e_rate: f64,

@@ -146,6 +146,12 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     status_field_kib(&status, "VmHWM:")
 }
 
+/// Resident set size now (VmRSS), in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_field_kib(&status, "VmRSS:")
+}
+
 /// A `kB` field of /proc/<pid>/status.
 pub fn status_field_kib(status: &str, field: &str) -> Option<u64> {
     status

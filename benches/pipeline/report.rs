@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::ceilings::{KafkaCeiling, StoreCeiling};
 use crate::e2e::{ConsumerBreakdown, E2eResult};
 use crate::http::LoadResult;
-use crate::latency::median;
+use crate::latency::{median, Percentiles};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
@@ -74,6 +74,64 @@ pub struct SubjectRound {
     pub e2e: Option<E2eResult>,
     pub produce_peak_rss_mib: Option<f64>,
     pub consume_peak_rss_mib: Option<f64>,
+    /// Phase 8: reads at growing sizes of one tenant.
+    #[serde(default)]
+    pub reads: Option<ReadsResult>,
+}
+
+/// Phase 8: one tenant seeded in steps as the consumer leaves it, and at each step the read API's
+/// latency, one sequential client, a bounded number of requests per kind.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadsResult {
+    /// `limit` of the page requests.
+    pub page_limit: usize,
+    /// `redis.recent_events_per_tenant`: SSE resumes start within this many newest documents.
+    pub recent_events_per_tenant: usize,
+    /// `redis.recent_pages_per_tenant`: the deep page's cursor is older than this many documents.
+    pub recent_pages_per_tenant: usize,
+    /// `read.timeout_ms`: past it the API answers 503.
+    pub read_timeout_ms: u64,
+    /// Documents of the second, small tenant.
+    pub small_documents: usize,
+    pub steps: Vec<ReadStep>,
+    /// The store's `explain` (queryPlanner) of the newest-page and the filtered query at the largest
+    /// size, as relaxed extended JSON: (query, plan).
+    pub explain: Vec<(String, String)>,
+    pub produce_peak_rss_mib: Option<f64>,
+}
+
+/// One size of the big tenant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadStep {
+    /// The big tenant's documents.
+    pub documents: usize,
+    /// Seeded in this step (store and Redis), and how fast.
+    pub seeded: usize,
+    pub seed_documents_per_s: f64,
+    pub load_before: f64,
+    pub load_after: f64,
+    /// Resident memory of the API and the stack's processes after the step's reads.
+    pub rss_mib: Vec<(String, f64)>,
+    pub queries: Vec<ReadFigure>,
+}
+
+/// One kind of read at one size.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadFigure {
+    pub query: String,
+    /// Requests measured (answered or not) and those answered 200.
+    pub requests: u64,
+    pub ok: u64,
+    /// Everything but 200, by status (or `io: <kind>`), with counts.
+    pub statuses: Vec<(String, u64)>,
+    pub seconds: f64,
+    /// Time to the answer, whatever it was (a 503 counts with its time): what a client waits.
+    pub latency: Percentiles,
+    /// The 200 answers only.
+    pub latency_ok: Percentiles,
+    pub cpu_busy_percent: Option<f64>,
+    /// CPU of the API, the bench and the stack's processes over the kind's requests, in cores.
+    pub cpu_cores: Vec<(String, f64)>,
 }
 
 /// The drain's pre-fill, timed: our `ActivityPublisher` in-process (no HTTP), all records in flight.
@@ -549,9 +607,24 @@ pub fn markdown(report: &Report) -> String {
         setup.kafka_records,
     );
     for summary in &report.summary {
+        // A run of phases without figures in the table (`--phases reads`) has its own tables below.
+        let measured = summary
+            .figures
+            .iter()
+            .any(|figure| figure.values.iter().any(Option::is_some));
+        if !measured {
+            continue;
+        }
         out.push_str(&format!("### Subject `{}`\n\n", summary.subject));
         out.push_str(&markdown_table(summary));
         out.push('\n');
+    }
+    for round in &report.rounds {
+        for subject in &round.subjects {
+            if let Some(reads) = &subject.reads {
+                out.push_str(&reads_markdown(&subject.subject, round.index, reads));
+            }
+        }
     }
     out.push_str("Load average (1 min) before/after each run: ");
     let loads: Vec<String> = report
@@ -569,9 +642,90 @@ pub fn markdown(report: &Report) -> String {
     out
 }
 
+/// The reads of one subject in one run: a row per size and kind, the seeding, the store's plans.
+pub fn reads_markdown(subject: &str, round: usize, reads: &ReadsResult) -> String {
+    let mut out = format!(
+        "### Reads, subject `{subject}`, run {round}\n\n\
+         One sequential client; `limit={}`; recent-events stream {} and recent-pages set {} per tenant; read.timeout_ms {}; \
+         a second tenant of {} documents. Latency in ms to the answer, whatever it was (503s \
+         included); \"200 only\" leaves the others out.\n\n\
+         | documents | query | requests | 200 | other answers | p50 | p99 | max | p50, 200 only | p99, 200 only | cores |\n\
+         |---:|---|---:|---:|---|---:|---:|---:|---:|---:|---|\n",
+        reads.page_limit,
+        reads.recent_events_per_tenant,
+        reads.recent_pages_per_tenant,
+        reads.read_timeout_ms,
+        reads.small_documents
+    );
+    let ms = |count: u64, value: f64| {
+        if count == 0 {
+            "–".to_owned()
+        } else {
+            format_value(value, "ms")
+        }
+    };
+    for step in &reads.steps {
+        for query in &step.queries {
+            let others = if query.statuses.is_empty() {
+                "–".to_owned()
+            } else {
+                query
+                    .statuses
+                    .iter()
+                    .map(|(status, count)| format!("{status} x{count}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let cores = query
+                .cpu_cores
+                .iter()
+                .filter(|(_, cores)| *cores >= 0.01)
+                .map(|(name, cores)| format!("{name} {cores:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {others} | {} | {} | {} | {} | {} | {cores} |\n",
+                group_thousands(step.documents as i64),
+                query.query,
+                query.requests,
+                query.ok,
+                ms(query.latency.count, query.latency.p50_ms),
+                ms(query.latency.count, query.latency.p99_ms),
+                ms(query.latency.count, query.latency.max_ms),
+                ms(query.latency_ok.count, query.latency_ok.p50_ms),
+                ms(query.latency_ok.count, query.latency_ok.p99_ms),
+            ));
+        }
+    }
+    out.push('\n');
+    for step in &reads.steps {
+        let rss = step
+            .rss_mib
+            .iter()
+            .map(|(name, mib)| format!("{name} {mib:.0} MiB"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push_str(&format!(
+            "- {} documents: {} seeded at {} docs/s (store and Redis, as the consumer leaves them); \
+             load {:.2}/{:.2} before/after; RSS after: {rss}\n",
+            group_thousands(step.documents as i64),
+            group_thousands(step.seeded as i64),
+            group_thousands(step.seed_documents_per_s.round() as i64),
+            step.load_before,
+            step.load_after,
+        ));
+    }
+    for (query, plan) in &reads.explain {
+        out.push_str(&format!(
+            "\nThe store's `explain` of {query}:\n\n```json\n{plan}\n```\n"
+        ));
+    }
+    out.push('\n');
+    out
+}
+
 pub mod checks {
     use super::*;
-    use crate::latency::Percentiles;
 
     fn load(rps: f64, p99: f64) -> LoadResult {
         LoadResult {
@@ -689,6 +843,17 @@ pub mod checks {
         let back: Report = serde_json::from_str(&json).unwrap();
         assert_eq!(back.rounds.len(), 3);
         assert!(markdown(&back).contains("### Subject `current`"));
+        // Without a figure of the table (a reads-only run), no table of dashes.
+        let mut reads_only = back.clone();
+        for round in &mut reads_only.rounds {
+            round.kafka = None;
+            round.subjects = vec![SubjectRound {
+                subject: "current".to_owned(),
+                ..SubjectRound::default()
+            }];
+        }
+        reads_only.summary = vec![summarize(&reads_only.rounds, "current")];
+        assert!(!markdown(&reads_only).contains("### Subject"));
     }
 
     pub fn values_are_formatted_for_humans() {
@@ -700,5 +865,58 @@ pub mod checks {
         assert_eq!(Target::AtLeast(0.5).text("ratio"), ">= 0.50");
         assert!(Target::AtMost(10.0).met(10.0));
         assert!(!Target::AtLeast(10.0).met(9.9));
+    }
+
+    pub fn reads_are_tabulated() {
+        let figure = |query: &str, ok: u64, statuses: Vec<(String, u64)>| ReadFigure {
+            query: query.to_owned(),
+            requests: ok + statuses.iter().map(|(_, count)| count).sum::<u64>(),
+            ok,
+            statuses,
+            seconds: 1.0,
+            latency: Percentiles {
+                count: 5,
+                p50_ms: 3001.5,
+                p99_ms: 3010.0,
+                max_ms: 3010.0,
+                ..Percentiles::default()
+            },
+            latency_ok: Percentiles::default(),
+            cpu_busy_percent: Some(50.0),
+            cpu_cores: vec![("produce".to_owned(), 0.02), ("redis".to_owned(), 0.001)],
+        };
+        let reads = ReadsResult {
+            page_limit: 50,
+            recent_events_per_tenant: 5000,
+            recent_pages_per_tenant: 5000,
+            read_timeout_ms: 3000,
+            small_documents: 1000,
+            steps: vec![ReadStep {
+                documents: 1_000_000,
+                seeded: 900_000,
+                seed_documents_per_s: 2890.4,
+                load_before: 1.0,
+                load_after: 2.0,
+                rss_mib: vec![("ferretdb".to_owned(), 812.3)],
+                queries: vec![figure(
+                    "newest page",
+                    0,
+                    vec![("503".to_owned(), 5), ("io: TimedOut".to_owned(), 1)],
+                )],
+            }],
+            explain: vec![("the newest page".to_owned(), "{\"x\": 1}".to_owned())],
+            produce_peak_rss_mib: None,
+        };
+        let text = reads_markdown("current", 1, &reads);
+        assert!(
+            text.contains("| 1,000,000 | newest page | 6 | 0 | 503 x5, io: TimedOut x1 | 3001.50 | 3010.00 | 3010.00 | – | – | produce 0.02 |"),
+            "{text}"
+        );
+        assert!(text.contains("900,000 seeded at 2,890 docs/s"), "{text}");
+        assert!(text.contains("ferretdb 812 MiB"), "{text}");
+        assert!(text.contains("```json\n{\"x\": 1}\n```"), "{text}");
+        // Reports written before the phase existed still read.
+        let old: SubjectRound = serde_json::from_str(r#"{"subject":"s","single_max":null,"single_half":null,"batch_max":null,"batch_half":null,"batch_missing":null,"publisher":null,"drain":null,"e2e":null,"produce_peak_rss_mib":null,"consume_peak_rss_mib":null}"#).unwrap();
+        assert!(old.reads.is_none());
     }
 }

@@ -88,6 +88,67 @@ pub fn activity_body(n: usize) -> String {
     .to_string()
 }
 
+/// Distinct actors and entities of the read bench's seeded activities: many, as in a real tenant,
+/// so filters by actor or entity are selective.
+pub const SEEDED_ACTORS: usize = 5_000;
+pub const SEEDED_ENTITIES: usize = 50_000;
+
+/// Seeded activity number `n` (the read bench): one of the six types, one of `SEEDED_ACTORS` actors
+/// and `SEEDED_ENTITIES` entities, spread by a hash of `n` rather than in lockstep, and the metadata
+/// shape and size of `activity_body`.
+pub fn seeded_activity_body(n: usize) -> String {
+    let mixed = spread(n as u64);
+    let actor = (mixed % SEEDED_ACTORS as u64) as usize;
+    serde_json::json!({
+        "actorId": format!("user-{actor:06}"),
+        "actorName": NAMES[actor % NAMES.len()],
+        "type": TYPES[((mixed >> 20) % TYPES.len() as u64) as usize],
+        "entityId": format!("doc-{:06}", (mixed >> 28) % SEEDED_ENTITIES as u64),
+        "metadata": {
+            "text": TEXTS[((mixed >> 44) % TEXTS.len() as u64) as usize],
+            "source": if mixed >> 50 & 1 == 0 { "mobile" } else { "web" },
+            "revision": n % 1000 + 1,
+        }
+    })
+    .to_string()
+}
+
+/// The activity types the bench uses (the read bench filters by them).
+pub fn activity_types() -> &'static [&'static str] {
+    &TYPES
+}
+
+/// Envelopes of seeded activities `range` of `tenant`, keyed `<prefix>-<n>`, as the API makes them.
+pub fn seeded_envelopes(
+    tenant: &TenantId,
+    prefix: &str,
+    range: std::ops::Range<usize>,
+) -> Vec<ActivityEnvelope> {
+    let validator = ActivityValidator::new(16 * 1024, 8);
+    range
+        .map(|n| {
+            let activity = validator
+                .parse_body(seeded_activity_body(n).as_bytes())
+                .expect("seeded bodies are valid");
+            let key = IdempotencyKey::parse(&seeded_key(prefix, n)).expect("valid key");
+            ActivityEnvelope::new(tenant.clone(), key, activity)
+        })
+        .collect()
+}
+
+/// The idempotency key of seeded activity `n`.
+pub fn seeded_key(prefix: &str, n: usize) -> String {
+    format!("{prefix}-{n}")
+}
+
+/// splitmix64's finaliser: consecutive numbers to well-spread bits.
+fn spread(n: u64) -> u64 {
+    let mut z = n.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// Body of `POST /activities/batch` with `size` activities (no per-item keys: the server derives
 /// `<X-Idempotency-Key>:<index>`).
 pub fn batch_body(first: usize, size: usize) -> String {
@@ -112,6 +173,17 @@ pub fn post_request(path: &str, api_key: &str, idempotency_key: &str, body: &[u8
 /// An HTTP/1.1 keep-alive GET (the diagnostic `/healthz` load).
 pub fn get_request(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").into_bytes()
+}
+
+/// An HTTP/1.1 keep-alive GET as a tenant (the read bench), with extra headers.
+pub fn tenant_get_request(path: &str, api_key: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {api_key}\r\n");
+    for (name, value) in headers {
+        let _ = write!(request, "{name}: {value}\r\n");
+    }
+    request.push_str("\r\n");
+    request.into_bytes()
 }
 
 /// `n` envelopes as the API would make them, spread over the tenants, with keys `<prefix>-<i>`.
@@ -179,9 +251,46 @@ pub mod checks {
         assert!(text.starts_with("POST /activities HTTP/1.1\r\n"));
         assert!(text.contains("\r\nContent-Length: 2\r\n\r\n{}"));
         assert!(text.contains("X-Idempotency-Key: key-1\r\n"));
+        let text = String::from_utf8(tenant_get_request(
+            "/activities/stream",
+            "k",
+            &[("Last-Event-ID", "abc")],
+        ))
+        .unwrap();
+        assert_eq!(
+            text,
+            "GET /activities/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer k\r\n\
+             Last-Event-ID: abc\r\n\r\n"
+        );
         let toml = Tenants::new(2).config_toml();
         assert!(toml.contains("[tenants.bench01]"));
         // sha256("bench-key-00")
         assert!(toml.contains(&hex::encode(Sha256::digest(b"bench-key-00"))));
+    }
+
+    /// The read bench's documents: valid, of the other phases' size, and varied (every type, many
+    /// actors and entities), with keys that name their number.
+    pub fn seeded_activities_are_varied() {
+        let tenant = TenantId::parse("bench00").unwrap();
+        let envelopes = seeded_envelopes(&tenant, "r1-rd-big", 0..3000);
+        assert_eq!(envelopes[17].idempotency_key.as_str(), "r1-rd-big-17");
+        let mean = mean_envelope_bytes(&envelopes);
+        assert!((240.0..380.0).contains(&mean), "mean envelope {mean}");
+        let distinct = |field: fn(&ActivityEnvelope) -> String| {
+            envelopes
+                .iter()
+                .map(field)
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+        };
+        assert_eq!(distinct(|e| e.activity.activity_type.clone()), TYPES.len());
+        assert!(distinct(|e| e.activity.actor_id.clone()) > 1500);
+        assert!(distinct(|e| e.activity.entity_id.clone().unwrap_or_default()) > 2500);
+        // Each type holds roughly its share, so a type filter selects about a sixth.
+        let logins = envelopes
+            .iter()
+            .filter(|e| e.activity.activity_type == "user.login")
+            .count();
+        assert!((350..650).contains(&logins), "{logins} of 3000");
     }
 }

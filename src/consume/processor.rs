@@ -336,17 +336,8 @@ impl BatchProcessor {
     }
 
     async fn announce(&self, stored: &[StoredActivity]) -> Result<usize, StoreOutage> {
-        let requests: Vec<EffectRequest<'_>> = stored
-            .iter()
-            .map(|document| EffectRequest {
-                tenant: &document.tenant_id,
-                key: &document.idempotency_key,
-                document_id: document.id.to_hex(),
-                fingerprint: document.payload_fingerprint.as_ref(),
-                activity_type: &document.activity_type,
-                event: document.to_json().to_string(),
-            })
-            .collect();
+        let requests: Vec<EffectRequest<'_>> =
+            stored.iter().map(EffectRequest::announcing).collect();
         let newly_marked = self.redis.apply_effects(&requests).await?;
         Ok(newly_marked.iter().filter(|newly| **newly).count())
     }

@@ -2,7 +2,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use secrecy::ExposeSecret;
 
-use super::{RedisKeys, StoreOutage};
+use super::{RedisKeys, StoreOutage, StoredActivity};
 use crate::config::RedisSettings;
 use crate::domain::{IdempotencyKey, PayloadFingerprint, TenantId};
 
@@ -143,6 +143,21 @@ pub struct EffectRequest<'a> {
     pub activity_type: &'a str,
     /// The event published to the tenant's channel (JSON of the stored activity).
     pub event: String,
+}
+
+impl<'a> EffectRequest<'a> {
+    /// The effects of a stored activity: what the consumer announces for each document it stored
+    /// (and what the read bench seeds with, so its Redis state is the consumer's).
+    pub fn announcing(document: &'a StoredActivity) -> EffectRequest<'a> {
+        EffectRequest {
+            tenant: &document.tenant_id,
+            key: &document.idempotency_key,
+            document_id: document.id.to_hex(),
+            fingerprint: document.payload_fingerprint.as_ref(),
+            activity_type: &document.activity_type,
+            event: document.to_json().to_string(),
+        }
+    }
 }
 
 impl RecentEvent {

@@ -4,12 +4,14 @@
 //! - `ceilings`: 1. Kafka (ProducerPerformance) and 2. store (raw `insert_many`);
 //! - `ingest`: 3. single and 4. batch ingest against one produce process;
 //! - `drain`: 5. a consumer process draining a pre-filled topic;
-//! - `end_to_end`: 6. 202 -> live event through both roles.
+//! - `end_to_end`: 6. 202 -> live event through both roles;
+//! - `reads`: 8. the read API at growing sizes of one tenant (`--phases reads`, not a default).
 
 mod ceilings;
 mod drain;
 mod end_to_end;
 mod ingest;
+mod reads;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
