@@ -20,8 +20,9 @@
 #                        reset afterwards; shared: the stack on the default ports (make stack-up),
 #                        used with names unique to the run, cleaned up afterwards.
 #   AP_BENCH_STACK_DIR   the private stack's data (default <repo>/.stack-bench, git-ignored)
-#   AP_BENCH_KAFKA_PORT, AP_BENCH_MONGO_PORT, AP_BENCH_REDIS_PORT
-#                        the private stack's ports (default 19092 (+19093), 27117, 16479)
+#   AP_BENCH_KAFKA_PORT, AP_BENCH_MONGO_PORT, AP_BENCH_REDIS_PORT, AP_BENCH_POSTGRES_PORT
+#                        the private stack's ports (default 19092 (+19093), 27117, 16479, 15433)
+#   AP_STORE_BACKEND     the private stack's FerretDB backend, as for scripts/stack.sh
 #   AP_BENCH_KEEP_STACK  1: leave the private stack running (and its data) for the next run
 set -euo pipefail
 
@@ -44,6 +45,7 @@ case ${mode} in
         export AP_STACK_KAFKA_PORT=${AP_BENCH_KAFKA_PORT:-19092}
         export AP_STACK_MONGO_PORT=${AP_BENCH_MONGO_PORT:-27117}
         export AP_STACK_REDIS_PORT=${AP_BENCH_REDIS_PORT:-16479}
+        export AP_STACK_POSTGRES_PORT=${AP_BENCH_POSTGRES_PORT:-15433}
         stop_stack() {
             if [[ "${AP_BENCH_KEEP_STACK:-0}" == 1 ]]; then
                 ap_log "bench: leaving the private stack running (${AP_STACK_DIR}); 'AP_STACK_DIR=${AP_STACK_DIR} scripts/stack.sh reset' removes it"

@@ -42,17 +42,24 @@ ap_unlock() {
 }
 
 # ap_apt_install CMD PACKAGE: install a Debian package when the command CMD is missing.
+ap_apt_install() {
+    local cmd=$1 pkg=$2
+    command -v "${cmd}" >/dev/null 2>&1 && return 0
+    ap_apt_get_install "'${cmd}' is missing" "${pkg}"
+    command -v "${cmd}" >/dev/null 2>&1 || ap_die "installed ${pkg} but '${cmd}' is still missing"
+}
+
+# ap_apt_get_install WHY PACKAGE: install a Debian package (WHY says what is missing, for the log).
 # `apt-get update` runs once per process, and only when something must be installed.
 AP_APT_UPDATED=0
-ap_apt_install() {
-    local cmd=$1 pkg=$2 sudo=()
-    command -v "${cmd}" >/dev/null 2>&1 && return 0
+ap_apt_get_install() {
+    local why=$1 pkg=$2 sudo=()
     if [[ $(id -u) -ne 0 ]]; then
-        command -v sudo >/dev/null 2>&1 || ap_die "'${cmd}' is missing; install the Debian package '${pkg}' (needs root)"
+        command -v sudo >/dev/null 2>&1 || ap_die "${why}; install the Debian package '${pkg}' (needs root)"
         sudo=(sudo -n)
     fi
-    command -v apt-get >/dev/null 2>&1 || ap_die "'${cmd}' is missing and there is no apt-get; install '${pkg}' by hand"
-    ap_log "'${cmd}' is missing: installing Debian package ${pkg}"
+    command -v apt-get >/dev/null 2>&1 || ap_die "${why} and there is no apt-get; install '${pkg}' by hand"
+    ap_log "${why}: installing Debian package ${pkg}"
     if [[ ${AP_APT_UPDATED} -eq 0 ]]; then
         "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 \
             || ap_die "apt-get update failed"
@@ -60,7 +67,29 @@ ap_apt_install() {
     fi
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkg}" >&2 \
         || ap_die "apt-get install ${pkg} failed"
-    command -v "${cmd}" >/dev/null 2>&1 || ap_die "installed ${pkg} but '${cmd}' is still missing"
+}
+
+# ap_postgres_bindir: the server binaries of the newest PostgreSQL that Debian's packages installed
+# (/usr/lib/postgresql/<major>/bin: Debian keeps them off PATH, behind its pg_wrapper).
+ap_postgres_bindir() {
+    local dir
+    while read -r dir; do
+        if [[ -x "${dir}/postgres" && -x "${dir}/initdb" && -x "${dir}/pg_isready" && -x "${dir}/psql" ]]; then
+            printf '%s' "${dir}"
+            return 0
+        fi
+    done < <(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin -type d 2>/dev/null | sort -rV)
+    return 1
+}
+
+# ap_ensure_postgres: sets AP_POSTGRES_BIN, installing Debian's `postgresql` (15 on bookworm) when no
+# server is installed. Debian's package also creates its own cluster (`main`, port 5432) and starts
+# it where a service manager runs; the stack's cluster is another one, under the stack dir.
+ap_ensure_postgres() {
+    AP_POSTGRES_BIN=$(ap_postgres_bindir) && return 0
+    ap_apt_get_install "the PostgreSQL server is missing" postgresql
+    AP_POSTGRES_BIN=$(ap_postgres_bindir) \
+        || ap_die "installed postgresql but there is no server in /usr/lib/postgresql/*/bin"
 }
 
 ap_require_java() {

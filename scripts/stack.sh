@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# Local service stack without Docker: Redis, FerretDB (MongoDB wire protocol, SQLite backend)
-# and a single-node KRaft Kafka, all on 127.0.0.1.
+# Local service stack without Docker: Redis, FerretDB (MongoDB wire protocol) on SQLite or on a
+# PostgreSQL cluster of the stack's own, and a single-node KRaft Kafka, all on 127.0.0.1.
 #
-# Usage: scripts/stack.sh up|down|status|reset [redis|mongo|kafka ...]   (no names = all three)
+# Usage: scripts/stack.sh up|down|status|reset [redis|postgres|mongo|kafka ...]
+#        (no names = all of them; `postgres` only with AP_STORE_BACKEND=postgresql)
 #        scripts/stack.sh up|down|status|reset --profile cluster   (three Kafka brokers, a Redis
 #        Cluster; scripts/cluster.sh says more)
 #
 #   up      start what is not running and wait until each service really answers
-#           (Redis PING, a MongoDB OP_MSG hello+ping, a Kafka metadata request). Idempotent: a
-#           service that answers is left alone; one whose pid file points to a dead process is
-#           restarted. Fetches/builds what is missing first (apt: redis-server, kcat; Maven
+#           (Redis PING, pg_isready and the `ferretdb` database, a MongoDB OP_MSG hello+ping, a
+#           Kafka metadata request). Idempotent: a service that answers is left alone; one whose
+#           pid file points to a dead process is restarted. `mongo` on PostgreSQL starts `postgres`
+#           first. Fetches/builds what is missing first (apt: redis-server, kcat, postgresql; Maven
 #           Central: the Kafka jars; Go module proxy: FerretDB).
-#   down    stop the services (SIGTERM, then SIGKILL after a timeout); their data is kept.
+#   down    stop the services (SIGTERM, PostgreSQL SIGINT, then SIGKILL after a timeout); their
+#           data is kept.
 #   status  one line per service: name, port, running/stopped, pid, log; always exits 0.
 #   reset   down, then delete the services' data, logs and config under the stack dir.
 #
 # Environment:
+#   AP_STORE_BACKEND     FerretDB's backend: sqlite (default) or postgresql. Each keeps its own data;
+#                        switching needs `scripts/stack.sh down mongo` first (up refuses otherwise).
 #   AP_STACK_DIR         runtime data, logs, pid files   (default: <repo>/.stack, git-ignored)
 #   AP_CACHE_DIR         downloads and builds            (default: ~/.cache/activity-pipeline)
 #   AP_STACK_KAFKA_PORT  Kafka broker port (default 9092; the KRaft controller uses port+1)
@@ -23,6 +28,7 @@
 #                        port); a fault proxy in front of the broker listens there (make faults)
 #   AP_STACK_MONGO_PORT  FerretDB port (default 27017)
 #   AP_STACK_REDIS_PORT  Redis port (default 6379)
+#   AP_STACK_POSTGRES_PORT  the stack's PostgreSQL port (default 5433; Debian's own cluster has 5432)
 #   AP_STACK_KAFKA_TIMEOUT, AP_STACK_TIMEOUT  readiness timeouts in seconds (default 90 and 30)
 set -euo pipefail
 
@@ -30,16 +36,24 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 HOST=127.0.0.1
-ALL_SERVICES=(redis mongo kafka)
+STORE_BACKEND=${AP_STORE_BACKEND:-sqlite}
+case ${STORE_BACKEND} in
+    sqlite) ALL_SERVICES=(redis mongo kafka) ;;
+    postgresql) ALL_SERVICES=(redis postgres mongo kafka) ;;
+    *) ap_die "AP_STORE_BACKEND must be sqlite or postgresql, got '${STORE_BACKEND}'" ;;
+esac
+# The PostgreSQL database FerretDB keeps its collections in (one schema per MongoDB database).
+POSTGRES_DATABASE=ferretdb
 STACK_DIR=${AP_STACK_DIR:-${AP_REPO_ROOT}/.stack}
 [[ "${STACK_DIR}" == /* ]] || STACK_DIR="${PWD}/${STACK_DIR}"
 KAFKA_PORT=${AP_STACK_KAFKA_PORT:-9092}
 KAFKA_ADVERTISED_PORT=${AP_STACK_KAFKA_ADVERTISED_PORT:-${KAFKA_PORT}}
 MONGO_PORT=${AP_STACK_MONGO_PORT:-27017}
 REDIS_PORT=${AP_STACK_REDIS_PORT:-6379}
+POSTGRES_PORT=${AP_STACK_POSTGRES_PORT:-5433}
 KAFKA_TIMEOUT=${AP_STACK_KAFKA_TIMEOUT:-90}
 OTHER_TIMEOUT=${AP_STACK_TIMEOUT:-30}
-for v in KAFKA_PORT KAFKA_ADVERTISED_PORT MONGO_PORT REDIS_PORT KAFKA_TIMEOUT OTHER_TIMEOUT; do
+for v in KAFKA_PORT KAFKA_ADVERTISED_PORT MONGO_PORT REDIS_PORT POSTGRES_PORT KAFKA_TIMEOUT OTHER_TIMEOUT; do
     [[ "${!v}" =~ ^[0-9]+$ ]] || ap_die "${v} must be a number, got '${!v}'"
 done
 KAFKA_CONTROLLER_PORT=$((KAFKA_PORT + 1))
@@ -55,6 +69,7 @@ svc_dir() { printf '%s/%s' "${STACK_DIR}" "$1"; }
 svc_pidfile() {
     case $1 in
         redis) printf '%s/redis.pid' "$(svc_dir redis)" ;;
+        postgres) printf '%s/postgres.pid' "$(svc_dir postgres)" ;;
         mongo) printf '%s/ferretdb.pid' "$(svc_dir mongo)" ;;
         kafka) printf '%s/kafka.pid' "$(svc_dir kafka)" ;;
     esac
@@ -63,6 +78,7 @@ svc_pidfile() {
 svc_log() {
     case $1 in
         redis) printf '%s/redis.log' "$(svc_dir redis)" ;;
+        postgres) printf '%s/postgres.log' "$(svc_dir postgres)" ;;
         mongo) printf '%s/ferretdb.log' "$(svc_dir mongo)" ;;
         kafka) printf '%s/server.log' "$(svc_dir kafka)" ;;
     esac
@@ -70,6 +86,7 @@ svc_log() {
 svc_port() {
     case $1 in
         redis) printf '%s' "${REDIS_PORT}" ;;
+        postgres) printf '%s' "${POSTGRES_PORT}" ;;
         mongo) printf '%s' "${MONGO_PORT}" ;;
         kafka) printf '%s' "${KAFKA_PORT}" ;;
     esac
@@ -84,6 +101,7 @@ svc_timeout() {
 svc_cmd_token() {
     case $1 in
         redis) printf 'redis-server' ;;
+        postgres) printf 'postgres' ;;
         mongo) printf 'ferretdb' ;;
         kafka) printf 'kafka.Kafka' ;;
     esac
@@ -124,6 +142,13 @@ port_owner() {
 check_redis() {
     [[ "$(timeout 5 redis-cli -h "${HOST}" -p "${REDIS_PORT}" ping 2>/dev/null)" == PONG ]]
 }
+check_postgres() {
+    local bin
+    bin=${AP_POSTGRES_BIN:-$(ap_postgres_bindir)} || return 1
+    timeout 5 "${bin}/pg_isready" -q -h "${HOST}" -p "${POSTGRES_PORT}" -U postgres -d postgres -t 3 || return 1
+    [[ "$(timeout 5 "${bin}/psql" -h "${HOST}" -p "${POSTGRES_PORT}" -U postgres -d postgres -XtAc \
+        "SELECT 1 FROM pg_database WHERE datname = '${POSTGRES_DATABASE}'" 2>/dev/null)" == 1 ]]
+}
 check_mongo() {
     timeout 10 python3 "${AP_SCRIPTS_DIR}/mongo-ping.py" "${HOST}" "${MONGO_PORT}" 3 >/dev/null 2>&1
 }
@@ -140,6 +165,17 @@ svc_check() { "check_$1"; }
 prepare_redis() {
     ap_apt_install redis-server redis-server
     ap_apt_install redis-cli redis-tools
+}
+prepare_postgres() {
+    ap_ensure_postgres
+    if [[ $(id -u) -eq 0 ]]; then
+        # PostgreSQL refuses to run as root: the cluster belongs to the `postgres` user that Debian's
+        # package creates, who must be able to enter the stack dir.
+        id -u postgres >/dev/null 2>&1 || ap_die "postgres: there is no 'postgres' user (Debian's postgresql package creates it)"
+        mkdir -p "${STACK_DIR}"
+        as_postgres test -x "${STACK_DIR}" \
+            || ap_die "postgres: the 'postgres' user cannot enter ${STACK_DIR} (PostgreSQL refuses to run as root); give its parent directories o+x or set AP_STACK_DIR to a place it can reach"
+    fi
 }
 prepare_mongo() {
     ap_apt_install python3 python3
@@ -160,14 +196,74 @@ start_redis() {
         --dir "${dir}" --daemonize no --pidfile "$(svc_pidfile redis)" --logfile "$(svc_log redis)"
 }
 
+# as_postgres CMD...: CMD as the `postgres` user when we are root (PostgreSQL refuses root), else as
+# ourselves. setpriv execs, so a spawned server keeps the pid the pid file names (runuser would stay
+# in between as its parent).
+AS_POSTGRES=()
+[[ $(id -u) -eq 0 ]] && AS_POSTGRES=(setpriv --reuid=postgres --regid=postgres --init-groups --)
+as_postgres() { "${AS_POSTGRES[@]}" "$@"; }
+
+# init_postgres DIR: a cluster in DIR/data with the `ferretdb` database, made once. It is made in
+# DIR/data.init and renamed, so a DIR/data that exists is complete.
+init_postgres() {
+    local dir=$1 tmp="${1}/data.init" initlog="${1}/init.log"
+    [[ -f "${dir}/data/PG_VERSION" ]] && return 0
+    ap_log "postgres: initialising a cluster in ${dir}/data (once; log: ${initlog})"
+    rm -rf "${tmp}" "${dir}/data"
+    : >"${initlog}"
+    [[ $(id -u) -eq 0 ]] && chown postgres: "${dir}" "${initlog}"
+    # Trust authentication: the server listens on 127.0.0.1 only and holds test data.
+    as_postgres "${AP_POSTGRES_BIN}/initdb" -D "${tmp}" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 \
+        >>"${initlog}" 2>&1 </dev/null \
+        || { tail -n 20 "${initlog}" >&2; ap_die "postgres: initdb failed (log: ${initlog})"; }
+    # Single-user mode: the database exists before the server first listens, so readiness is one check.
+    as_postgres "${AP_POSTGRES_BIN}/postgres" --single -D "${tmp}" postgres \
+        <<<"CREATE DATABASE ${POSTGRES_DATABASE};" >>"${initlog}" 2>&1 \
+        || { tail -n 20 "${initlog}" >&2; ap_die "postgres: creating the ${POSTGRES_DATABASE} database failed (log: ${initlog})"; }
+    if grep -qE '^(ERROR|FATAL|PANIC):' "${initlog}"; then
+        tail -n 20 "${initlog}" >&2
+        ap_die "postgres: creating the ${POSTGRES_DATABASE} database failed (log: ${initlog})"
+    fi
+    mv "${tmp}" "${dir}/data"
+}
+
+start_postgres() {
+    local dir
+    dir=$(svc_dir postgres)
+    mkdir -p "${dir}"
+    [[ $(id -u) -eq 0 ]] && chown postgres: "${dir}"
+    init_postgres "${dir}"
+    # TCP on 127.0.0.1 only, no Unix socket (its default directory belongs to Debian's cluster, and
+    # a socket path under a deep stack dir can pass the 107-byte limit); logs to stderr, the log file.
+    spawn "$(svc_pidfile postgres)" "$(svc_log postgres)" \
+        "${AS_POSTGRES[@]}" "${AP_POSTGRES_BIN}/postgres" -D "${dir}/data" -p "${POSTGRES_PORT}" \
+        -c listen_addresses="${HOST}" -c unix_socket_directories= -c logging_collector=off
+}
+
 start_mongo() {
     local dir
+    local -a backend
     dir=$(svc_dir mongo)
-    mkdir -p "${dir}/data" "${dir}/state"
+    mkdir -p "${dir}/state"
+    case ${STORE_BACKEND} in
+        sqlite)
+            mkdir -p "${dir}/data"
+            backend=(--handler=sqlite --sqlite-url="file:${dir}/data/")
+            ;;
+        postgresql)
+            backend=(--handler=postgresql
+                --postgresql-url="postgres://postgres@${HOST}:${POSTGRES_PORT}/${POSTGRES_DATABASE}")
+            ;;
+    esac
     spawn "$(svc_pidfile mongo)" "$(svc_log mongo)" \
-        "${AP_FERRETDB_BIN}" --handler=sqlite --sqlite-url="file:${dir}/data/" \
+        "${AP_FERRETDB_BIN}" "${backend[@]}" \
         --listen-addr="${HOST}:${MONGO_PORT}" --state-dir="${dir}/state" \
         --debug-addr=- --telemetry=disable --log-level=warn
+}
+
+# mongo_backend PID: the --handler a running FerretDB was started with.
+mongo_backend() {
+    tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null | sed -n 's/^--handler=//p' | head -n 1
 }
 
 write_kafka_config() {
@@ -292,11 +388,21 @@ wait_ready() {
 # ---- commands ----------------------------------------------------------------------------------
 
 cmd_up() {
-    local svc pid pidfile
+    local svc pid pidfile backend
     local -a waiting=()
     for svc in "$@"; do
         pidfile=$(svc_pidfile "${svc}")
+        if [[ "${svc}" == mongo && "${STORE_BACKEND}" == postgresql && " ${waiting[*]} " == *" postgres "* ]]; then
+            # FerretDB needs its database answering before it can serve a query.
+            wait_ready postgres
+            waiting=("${waiting[@]/postgres/}")
+        fi
         if pid=$(svc_pid "${svc}"); then
+            backend=""
+            [[ "${svc}" == mongo ]] && backend=$(mongo_backend "${pid}")
+            if [[ -n "${backend}" && "${backend}" != "${STORE_BACKEND}" ]]; then
+                ap_die "mongo: FerretDB (pid ${pid}) runs on the ${backend} backend, not on ${STORE_BACKEND} (AP_STORE_BACKEND); 'scripts/stack.sh down mongo' and up again switch it (each backend keeps its own data)"
+            fi
             if svc_check "${svc}"; then
                 ap_log "${svc}: already running on ${HOST}:$(svc_port "${svc}") (pid ${pid})"
             else
@@ -319,12 +425,13 @@ cmd_up() {
         waiting+=("${svc}")
     done
     for svc in "${waiting[@]}"; do
-        wait_ready "${svc}"
+        [[ -n "${svc}" ]] && wait_ready "${svc}"
     done
+    return 0
 }
 
 svc_stop() {
-    local svc=$1 pid pidfile grace
+    local svc=$1 pid pidfile grace signal
     pidfile=$(svc_pidfile "${svc}")
     if ! pid=$(svc_pid "${svc}"); then
         if [[ -f "${pidfile}" ]]; then
@@ -337,8 +444,12 @@ svc_stop() {
     fi
     grace=15
     [[ "${svc}" == kafka ]] && grace=60
+    # PostgreSQL's SIGTERM is a "smart" shutdown that waits for every client to leave (FerretDB's
+    # pool never does); SIGINT is its "fast" shutdown: clients cut off, a clean checkpoint.
+    signal=TERM
+    [[ "${svc}" == postgres ]] && signal=INT
     ap_log "${svc}: stopping pid ${pid}"
-    kill -TERM "${pid}" 2>/dev/null || true
+    kill "-${signal}" "${pid}" 2>/dev/null || true
     local deadline=$((SECONDS + grace))
     while pid_alive "${pid}" && ((SECONDS < deadline)); do
         sleep 0.2
@@ -369,7 +480,7 @@ cmd_status() {
             state=stopped
             svc_check "${svc}" && state="stopped (port answered by a process not started here)"
         fi
-        printf '%-6s port=%-6s %-9s pid=%-8s log=%s\n' "${svc}" "$(svc_port "${svc}")" "${state}" "${pid}" "$(svc_log "${svc}")"
+        printf '%-8s port=%-6s %-9s pid=%-8s log=%s\n' "${svc}" "$(svc_port "${svc}")" "${state}" "${pid}" "$(svc_log "${svc}")"
     done
 }
 
@@ -400,13 +511,39 @@ main() {
         esac
     fi
     local -a services=("$@")
-    [[ ${#services[@]} -gt 0 ]] || services=("${ALL_SERVICES[@]}")
     for svc in "${services[@]}"; do
         case ${svc} in
-            redis | mongo | kafka) ;;
-            *) ap_die "unknown service '${svc}' (known: ${ALL_SERVICES[*]})" ;;
+            redis | postgres | mongo | kafka) ;;
+            *) ap_die "unknown service '${svc}' (known: redis postgres mongo kafka)" ;;
         esac
     done
+    if [[ ${#services[@]} -eq 0 ]]; then
+        services=("${ALL_SERVICES[@]}")
+        # down and reset also take a PostgreSQL left by an earlier AP_STORE_BACKEND=postgresql run,
+        # after the FerretDB that uses it; status shows it when it is there.
+        if [[ "${STORE_BACKEND}" == sqlite && -d "$(svc_dir postgres)" ]]; then
+            case ${cmd} in
+                down | reset) services+=(postgres) ;;
+                status) services=(redis postgres mongo kafka) ;;
+            esac
+        fi
+    elif [[ "${cmd}" == up && "${STORE_BACKEND}" == postgresql && " ${services[*]} " == *" mongo "* && " ${services[*]} " != *" postgres "* ]]; then
+        # FerretDB on PostgreSQL: its database comes up first.
+        local -a with_postgres=()
+        for svc in "${services[@]}"; do
+            [[ "${svc}" == mongo ]] && with_postgres+=(postgres)
+            with_postgres+=("${svc}")
+        done
+        services=("${with_postgres[@]}")
+    fi
+    if [[ "${cmd}" == down || "${cmd}" == reset ]]; then
+        # FerretDB stops before the PostgreSQL under it.
+        local -a ordered=()
+        for svc in redis mongo kafka postgres; do
+            [[ " ${services[*]} " == *" ${svc} "* ]] && ordered+=("${svc}")
+        done
+        services=("${ordered[@]}")
+    fi
     case ${cmd} in
         up | down | reset)
             # One up/down/reset at a time per stack dir.

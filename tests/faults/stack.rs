@@ -19,6 +19,9 @@ pub struct Ports {
     pub mongo_proxy: u16,
     pub redis: u16,
     pub redis_proxy: u16,
+    /// FerretDB's PostgreSQL when the stack runs on that backend (`AP_STORE_BACKEND`); no fault
+    /// proxy in front of it: the faults are between the roles and the services they talk to.
+    pub postgres: u16,
     pub api: u16,
     pub toxiproxy: u16,
 }
@@ -49,6 +52,7 @@ impl Ports {
             mongo_proxy: free()?,
             redis: free()?,
             redis_proxy: free()?,
+            postgres: free()?,
             api: free()?,
             toxiproxy: free()?,
         })
@@ -110,6 +114,7 @@ impl PrivateStack {
             )
             .env("AP_STACK_MONGO_PORT", self.ports.mongo.to_string())
             .env("AP_STACK_REDIS_PORT", self.ports.redis.to_string())
+            .env("AP_STACK_POSTGRES_PORT", self.ports.postgres.to_string())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
