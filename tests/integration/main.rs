@@ -9,6 +9,7 @@ mod sse_client;
 
 mod backpressure;
 mod conflicts;
+mod console;
 mod consumer;
 mod deadlines;
 mod docker_compose;
