@@ -106,14 +106,11 @@ async fn admit(
     action: &str,
     body: &ActionRequest,
 ) -> Result<DeadLetterFilter, ConsoleError> {
-    let refused = match state
+    let refused = state
         .gate
         .check_csrf(request, operator, body.csrf_token.as_deref())
         .and_then(|()| require_admin(operator))
-    {
-        Ok(()) => None,
-        Err(error) => Some(error),
-    };
+        .err();
     if let Some(error) = refused {
         audit(
             state,
