@@ -382,6 +382,86 @@ mod tests {
     }
 
     #[test]
+    fn a_filter_holds_every_criterion_given() {
+        use crate::failures::headers as failure_headers;
+
+        let view = |tenant: &str, class: &str, at: &str, payload: &str| {
+            let mut record = ConsumedRecord::from_parts(
+                "activities.dlq",
+                0,
+                1,
+                Some(tenant.as_bytes().to_vec()),
+                Some(payload.as_bytes().to_vec()),
+            );
+            for (name, value) in [
+                (failure_headers::ERROR_CLASS, class),
+                (failure_headers::LAST_FAILURE_AT, at),
+                (failure_headers::ERROR, "MongoDB timed out"),
+            ] {
+                record
+                    .headers
+                    .push((name.to_owned(), Some(value.as_bytes().to_vec())));
+            }
+            DeadLetterView::from_record(record)
+        };
+        let at = |raw: &str| {
+            DateTime::parse_from_rfc3339(raw)
+                .unwrap()
+                .with_timezone(&Utc)
+        };
+        let acme = view(
+            "acme",
+            "transient",
+            "2026-12-02T10:30:00Z",
+            r#"{"a":"Needle"}"#,
+        );
+        let filter = DeadLetterFilter {
+            tenant: Some(TenantId::parse("acme").unwrap()),
+            class: Some("transient".to_owned()),
+            failed_from: Some(at("2026-12-02T10:00:00Z")),
+            failed_until: Some(at("2026-12-02T11:00:00Z")),
+            text: Some("needle".to_owned()),
+            positions: BTreeSet::from([(0, 1)]),
+        };
+        assert!(filter.matches(&acme));
+        assert!(DeadLetterFilter::default().matches(&acme));
+        for (other, why) in [
+            (
+                view("globex", "transient", "2026-12-02T10:30:00Z", "needle"),
+                "tenant",
+            ),
+            (
+                view("acme", "poison", "2026-12-02T10:30:00Z", "needle"),
+                "class",
+            ),
+            (
+                view("acme", "transient", "2026-12-02T11:00:00Z", "needle"),
+                "until is exclusive",
+            ),
+            (
+                view("acme", "transient", "not a time", "needle"),
+                "no time, never in a range",
+            ),
+            (
+                view("acme", "transient", "2026-12-02T10:30:00Z", "hay"),
+                "text",
+            ),
+        ] {
+            assert!(!filter.matches(&other), "{why}");
+        }
+        let in_error = DeadLetterFilter {
+            text: Some("TIMED OUT".to_owned()),
+            ..DeadLetterFilter::default()
+        };
+        assert!(in_error.matches(&acme), "text is searched in the error too");
+        assert_eq!(
+            filter.describe(),
+            "tenant=acme class=transient from=2026-12-02T10:00:00+00:00 \
+             until=2026-12-02T11:00:00+00:00 text=\"needle\" position=0:1"
+        );
+    }
+
+    #[test]
     fn views_read_the_dead_letter_headers() {
         use crate::failures::headers as failure_headers;
 
