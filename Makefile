@@ -8,7 +8,8 @@ BIN := target/debug/activity-pipeline
 
 .PHONY: run test lint fmt build build-deps stack-up stack-down stack-status stack-reset topics unit integration faults bench bench-micro
 
-## run: start the local stack, build, create the topics, run `produce` and `consume` with the dev config.
+## run: start the local stack, build, create the topics, run `produce`, `consume` and `console` with the
+## dev config (prints the console's address and the dev operator's token).
 run: build stack-up
 	@scripts/run-dev.sh
 
