@@ -11,18 +11,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{activity, eventually, filter, load_settings, TestPipeline, ACME_KEY};
 
-const ADMIN_TOKEN: &str = "dev-operator-admin";
-const VIEWER_TOKEN: &str = "dev-operator-viewer";
+pub const ADMIN_TOKEN: &str = "dev-operator-admin";
+pub const VIEWER_TOKEN: &str = "dev-operator-viewer";
 
 /// A console on port 0 over a test pipeline's topics, group and database.
-struct TestConsole {
-    address: String,
+pub struct TestConsole {
+    pub address: String,
     http: reqwest::Client,
     shutdown: CancellationToken,
 }
 
 impl TestConsole {
-    async fn spawn(pipeline: &TestPipeline) -> TestConsole {
+    pub async fn spawn(pipeline: &TestPipeline) -> TestConsole {
         let mut overrides = pipeline.overrides.clone();
         overrides.extend([
             "console.listen=127.0.0.1:0".to_owned(),
@@ -46,12 +46,12 @@ impl TestConsole {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }
 
     /// GET with a bearer token (or none): status and JSON body.
-    async fn get(&self, token: Option<&str>, path: &str) -> (u16, Value) {
+    pub async fn get(&self, token: Option<&str>, path: &str) -> (u16, Value) {
         let mut request = self.http.get(self.url(path));
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -126,13 +126,13 @@ impl TestConsole {
         body["entries"].as_array().unwrap().clone()
     }
 
-    fn stop(self) {
+    pub fn stop(self) {
         self.shutdown.cancel();
     }
 }
 
 /// Writes a dead letter into the pipeline's DLQ, as the consumer would have.
-async fn dead_letter(
+pub async fn dead_letter(
     pipeline: &TestPipeline,
     tenant: &str,
     key: &str,
@@ -158,7 +158,7 @@ async fn dead_letter(
         .await;
 }
 
-fn positions(page: &Value) -> Vec<String> {
+pub fn positions(page: &Value) -> Vec<String> {
     page["deadLetters"]
         .as_array()
         .unwrap()
