@@ -485,7 +485,15 @@ async fn run_dlq(command: DlqCommand, settings: &Settings) -> anyhow::Result<()>
                 older_than,
                 all,
             };
-            let report = dlq_purge::purge(settings, &selection, reason.as_deref(), dry_run).await?;
+            let repository = crate::store::ActivityRepository::connect(&settings.mongo).await?;
+            let report = dlq_purge::purge(
+                settings,
+                &repository,
+                &selection,
+                reason.as_deref(),
+                dry_run,
+            )
+            .await?;
             let (mut newly, mut before) = (0, 0);
             for (view, outcome) in &report.outcomes {
                 let verb = match outcome {

@@ -188,9 +188,15 @@ pub async fn replay(
         action,
         &description,
         async {
-            let outcomes = dlq::replay_matching(&state.settings, &filter, body.dry_run, body.again)
-                .await
-                .map_err(ConsoleError::Unavailable)?;
+            let outcomes = dlq::replay_matching(
+                &state.settings,
+                &state.repository,
+                &filter,
+                body.dry_run,
+                body.again,
+            )
+            .await
+            .map_err(ConsoleError::Unavailable)?;
             Ok(ReplayReport::of(&outcomes, body.dry_run))
         },
         ReplayReport::outcome_line,
@@ -234,13 +240,18 @@ pub async fn purge(
         action,
         &description,
         async {
-            let report =
-                dlq_purge::purge(&state.settings, &selection, reason.as_deref(), body.dry_run)
-                    .await
-                    .map_err(|error| match error.downcast::<UnknownPositions>() {
-                        Ok(unknown) => ConsoleError::BadRequest(unknown.to_string()),
-                        Err(error) => ConsoleError::Unavailable(error),
-                    })?;
+            let report = dlq_purge::purge(
+                &state.settings,
+                &state.repository,
+                &selection,
+                reason.as_deref(),
+                body.dry_run,
+            )
+            .await
+            .map_err(|error| match error.downcast::<UnknownPositions>() {
+                Ok(unknown) => ConsoleError::BadRequest(unknown.to_string()),
+                Err(error) => ConsoleError::Unavailable(error),
+            })?;
             Ok(PurgeSummary::of(&report))
         },
         PurgeSummary::outcome_line,

@@ -206,7 +206,7 @@ pub(super) async fn selected_dead_letters(
     let timeout = state.read_timeout();
     let mut views = tokio::time::timeout(
         timeout,
-        dlq::list_matching(&state.settings, filter, timeout),
+        dlq::list_matching(&state.settings, &state.repository, filter, timeout),
     )
     .await
     .map_err(|_| {

@@ -56,6 +56,9 @@ pub(crate) struct ConsoleState {
     pub settings: Settings,
     pub gate: auth::Gate,
     pub monitor: Arc<overview::LagMonitor>,
+    /// One MongoDB client for the console's life: the `dlq` code reads the purge and replay logs
+    /// through it, rather than connecting for every page.
+    pub repository: ActivityRepository,
     pub audit: AuditLog,
     /// The OpenAPI document, rendered once.
     pub openapi_json: String,
@@ -108,6 +111,7 @@ impl Console {
             ),
             monitor,
             audit: repository.audit_log(),
+            repository,
             openapi_json: openapi::document().to_string(),
         });
         let server =

@@ -238,8 +238,10 @@ pub async fn list(
     tenant: Option<&str>,
 ) -> anyhow::Result<Vec<DeadLetterView>> {
     let tenant = tenant.map(TenantId::parse).transpose()?;
+    let repository = ActivityRepository::connect(&settings.mongo).await?;
     list_matching(
         settings,
+        &repository,
         &DeadLetterFilter::for_tenant(tenant),
         READ_TIMEOUT,
     )
@@ -248,9 +250,10 @@ pub async fn list(
 
 /// The dead letters now in the DLQ that `filter` selects, oldest first per partition, each marked
 /// with its purge if it was purged. Reading the DLQ (and the purge log) must finish within
-/// `timeout`.
+/// `timeout`. `repository` holds the purge log (a long-running caller, the console, keeps one).
 pub async fn list_matching(
     settings: &Settings,
+    repository: &ActivityRepository,
     filter: &DeadLetterFilter,
     timeout: Duration,
 ) -> anyhow::Result<Vec<DeadLetterView>> {
@@ -258,9 +261,7 @@ pub async fn list_matching(
     let topic = settings.kafka.dlq_topic.clone();
     let records =
         tokio::task::spawn_blocking(move || read_topic(&kafka, &topic, timeout)).await??;
-    let purge_log = ActivityRepository::connect(&settings.mongo)
-        .await?
-        .purge_log();
+    let purge_log = repository.purge_log();
     let mut purged = tokio::time::timeout(timeout, purge_log.purged())
         .await
         .map_err(|_| anyhow::anyhow!("reading the purge log took longer than {timeout:?}"))??;
@@ -314,8 +315,10 @@ pub async fn replay(
     again: bool,
 ) -> anyhow::Result<Vec<(DeadLetterView, ReplayOutcome)>> {
     let tenant = tenant.map(TenantId::parse).transpose()?;
+    let repository = ActivityRepository::connect(&settings.mongo).await?;
     replay_matching(
         settings,
+        &repository,
         &DeadLetterFilter::for_tenant(tenant),
         dry_run,
         again,
@@ -326,14 +329,13 @@ pub async fn replay(
 /// [`replay`] of the dead letters `filter` selects: the one path of `dlq replay` and the console.
 pub async fn replay_matching(
     settings: &Settings,
+    repository: &ActivityRepository,
     filter: &DeadLetterFilter,
     dry_run: bool,
     again: bool,
 ) -> anyhow::Result<Vec<(DeadLetterView, ReplayOutcome)>> {
-    let dead_letters = list_matching(settings, filter, READ_TIMEOUT).await?;
-    let replay_log = ActivityRepository::connect(&settings.mongo)
-        .await?
-        .replay_log();
+    let dead_letters = list_matching(settings, repository, filter, READ_TIMEOUT).await?;
+    let replay_log = repository.replay_log();
     let replayed = replay_log.replayed().await?;
     let publisher = if dry_run {
         None

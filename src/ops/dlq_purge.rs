@@ -143,12 +143,19 @@ pub struct PurgeReport {
 /// error, before anything is purged.
 pub async fn purge(
     settings: &Settings,
+    repository: &ActivityRepository,
     selection: &PurgeSelection,
     reason: Option<&str>,
     dry_run: bool,
 ) -> anyhow::Result<PurgeReport> {
     selection.validate().map_err(anyhow::Error::msg)?;
-    let dead_letters = list_matching(settings, &DeadLetterFilter::default(), LIST_TIMEOUT).await?;
+    let dead_letters = list_matching(
+        settings,
+        repository,
+        &DeadLetterFilter::default(),
+        LIST_TIMEOUT,
+    )
+    .await?;
     let present: HashSet<(i32, i64)> = dead_letters
         .iter()
         .map(|view| (view.record.partition, view.record.offset))
@@ -168,9 +175,7 @@ pub async fn purge(
         .into());
     }
 
-    let purge_log = ActivityRepository::connect(&settings.mongo)
-        .await?
-        .purge_log();
+    let purge_log = repository.purge_log();
     let now = Utc::now();
     let description = selection.describe();
     let mut purged_positions: HashSet<(i32, i64)> = HashSet::new();
