@@ -6,15 +6,16 @@ CARGO ?= cargo
 DEV_CONFIG := config/dev.toml
 BIN := target/debug/activity-pipeline
 
-.PHONY: run test lint fmt build build-deps stack-up stack-down stack-status stack-reset cluster-up cluster-down cluster-status cluster-reset topics unit integration faults bench bench-micro
+.PHONY: run test lint fmt build build-deps browser-deps stack-up stack-down stack-status stack-reset cluster-up cluster-down cluster-status cluster-reset topics unit integration faults bench bench-micro
 
-## run: start the local stack, build, create the topics, run `produce` and `consume` with the dev config.
+## run: start the local stack, build, create the topics, run `produce`, `consume` and `console` with the
+## dev config (prints the console's address and the dev operator's token).
 run: build stack-up
 	@scripts/run-dev.sh
 
 ## test: start the local stack, then lint and run the whole test suite (unit + integration, and the
 ## fault-injection suite's short profile on a private stack of its own).
-test: build-deps stack-up lint
+test: build-deps browser-deps stack-up lint
 	$(CARGO) test --all-targets --locked
 
 ## lint: formatting and clippy, warnings denied.
@@ -30,7 +31,7 @@ unit: build-deps
 	$(CARGO) test --lib --locked
 
 ## integration: the integration tests only (the stack must be up).
-integration: build-deps stack-up
+integration: build-deps browser-deps stack-up
 	$(CARGO) test --test integration --locked
 
 ## faults: the fault-injection suite on a private stack (tests/faults). Knobs: PROFILE=short|long,
@@ -51,6 +52,10 @@ bench-micro: build-deps
 
 build: build-deps
 	$(CARGO) build --locked
+
+## browser-deps: Debian's chromium and chromium-driver, for the console's browser tests.
+browser-deps:
+	@scripts/install-chromium.sh
 
 ## build-deps: the system packages the build needs (cmake and curl headers for librdkafka).
 build-deps:

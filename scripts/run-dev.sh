@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make run`: create the topics, then run `produce` and `consume` with the dev config until Ctrl-C.
+# `make run`: create the topics, then run `produce`, `consume` and `console` with the dev config until
+# Ctrl-C.
 # Expects the stack to be up and the debug binary built (the Makefile does both first).
 set -euo pipefail
 
@@ -14,15 +15,21 @@ config=config/dev.toml
 consume_pid=$!
 "$bin" --config "$config" produce &
 produce_pid=$!
+"$bin" --config "$config" console &
+console_pid=$!
 
 stop() {
-    kill -TERM "$produce_pid" "$consume_pid" 2>/dev/null || true
-    wait "$produce_pid" "$consume_pid" 2>/dev/null || true
+    kill -TERM "$produce_pid" "$consume_pid" "$console_pid" 2>/dev/null || true
+    wait "$produce_pid" "$consume_pid" "$console_pid" 2>/dev/null || true
 }
 trap 'stop; exit 0' INT TERM
 trap stop EXIT
 
 url=http://127.0.0.1:8080
+console_url=http://127.0.0.1:8088/console
+# The dev operators' tokens (config/dev.toml stores only their digests).
+console_admin_token=dev-operator-admin
+console_viewer_token=dev-operator-viewer
 for _ in $(seq 1 100); do
     if curl -fsS "$url/healthz" >/dev/null 2>&1; then
         break
@@ -48,10 +55,15 @@ cat <<MSG
 
   Every endpoint: $url/openapi.json (and the README's API section).
 
+  The operators' console: $console_url
+    log in with the dev admin token:  $console_admin_token
+    (or the read-only viewer token:   $console_viewer_token)
+    its JSON API: curl -s $console_url/api/overview -H 'Authorization: Bearer $console_admin_token'
+
   See it in MongoDB (database activity_pipeline, collection activities), e.g. with mongosh:
     mongosh mongodb://127.0.0.1:27017/activity_pipeline --eval 'db.activities.find().sort({_id:-1}).limit(1)'
 
-  Ctrl-C stops both roles; 'make stack-down' stops Kafka, FerretDB and Redis.
+  Ctrl-C stops the three roles; 'make stack-down' stops Kafka, FerretDB and Redis.
 
 MSG
-wait -n "$produce_pid" "$consume_pid"
+wait -n "$produce_pid" "$consume_pid" "$console_pid"

@@ -65,6 +65,14 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "all")]
         stage: crate::consume::Stages,
     },
+    /// Run the operators' console: web pages and a JSON API (/console/api/) showing each stage's
+    /// backlog with an hour of lag history, and the dead letters, with replay, purge and export.
+    /// Operators log in with tokens configured under [operators.<name>].
+    Console {
+        /// Address to listen on (overrides console.listen).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
     /// Inspect and replay the dead-letter topic (kafka.dlq_topic).
     Dlq {
         #[command(subcommand)]
@@ -200,6 +208,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Consume {
             group: Some(group), ..
         } => overrides.push(format!("kafka.consumer_group={group}")),
+        Command::Console {
+            listen: Some(listen),
+        } => overrides.push(format!("console.listen={listen}")),
         _ => {}
     }
     let settings = match Settings::load(&Sources {
@@ -259,6 +270,13 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<()> {
             tokio::spawn(signals.cancel_on_signal(shutdown.clone(), "finishing the batch in hand"));
             crate::consume::run(&settings, stage, shutdown).await
         }
+        Command::Console { .. } => {
+            let signals = ShutdownSignals::listen()?;
+            let shutdown = CancellationToken::new();
+            let console = crate::console::Console::build(&settings, shutdown.clone()).await?;
+            tokio::spawn(signals.cancel_on_signal(shutdown, "finishing in-flight requests"));
+            console.run_until_stopped().await
+        }
         Command::Dlq { command } => run_dlq(command, &settings).await,
         Command::Analytics {
             command: AnalyticsCommand::Rebuild { tenant },
@@ -314,6 +332,16 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<()> {
             println!(
                 "kafka.security     = {}",
                 settings.kafka.security_protocol.as_librdkafka()
+            );
+            println!("console.listen     = {}", settings.console.listen);
+            println!(
+                "operators          = {}",
+                settings
+                    .operators
+                    .iter()
+                    .map(|(name, operator)| format!("{name} ({})", operator.role))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             println!(
                 "mongo              = {}.{}",
@@ -449,12 +477,23 @@ async fn run_dlq(command: DlqCommand, settings: &Settings) -> anyhow::Result<()>
             use crate::ops::dlq_purge::{self, PurgeOutcome, PurgeSelection};
 
             let selection = PurgeSelection {
-                tenant,
+                filter: crate::ops::dlq::DeadLetterFilter {
+                    tenant,
+                    positions: position.into_iter().collect(),
+                    ..Default::default()
+                },
                 older_than,
-                positions: position.into_iter().collect(),
                 all,
             };
-            let report = dlq_purge::purge(settings, &selection, reason.as_deref(), dry_run).await?;
+            let repository = crate::store::ActivityRepository::connect(&settings.mongo).await?;
+            let report = dlq_purge::purge(
+                settings,
+                &repository,
+                &selection,
+                reason.as_deref(),
+                dry_run,
+            )
+            .await?;
             let (mut newly, mut before) = (0, 0);
             for (view, outcome) in &report.outcomes {
                 let verb = match outcome {

@@ -15,7 +15,7 @@ use figment::Figment;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::domain::{ApiKeyDigest, TenantId};
+use crate::domain::{ApiKeyDigest, OperatorName, OperatorRole, TenantId};
 
 /// The defaults, compiled in so that the binary runs from any working directory.
 const DEFAULTS_TOML: &str = include_str!("../config/default.toml");
@@ -48,9 +48,15 @@ pub struct Settings {
     pub sse: SseSettings,
     /// `GET /readyz`.
     pub readiness: ReadinessSettings,
+    /// The `console` role: the operators' web console and its JSON API.
+    pub console: ConsoleSettings,
     /// Tenant id -> its API key digest. Empty by default: a deployment must say who may send.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantSettings>,
+    /// Operator name -> its console token digest and role. Empty by default: nobody opens the
+    /// console until a deployment names its operators.
+    #[serde(default)]
+    pub operators: BTreeMap<String, OperatorSettings>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -423,6 +429,53 @@ pub enum SpreadBy {
     Actor,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// Where the console listens: its own address, so operators' surface is not the tenants' API.
+    pub listen: SocketAddr,
+    /// How long a login session lasts.
+    pub session_ttl_secs: u64,
+    /// Sessions kept at once; the oldest is dropped past it, so logins cannot grow memory unbounded.
+    pub max_sessions: usize,
+    /// Sets the session cookie's `Secure` attribute (the console is served over https, e.g. behind
+    /// a TLS proxy).
+    pub secure_cookie: bool,
+    /// How often the console samples the stages' backlog for its lag chart.
+    pub lag_sample_interval_secs: u64,
+    /// How much lag history the console keeps in memory (the chart's span).
+    pub lag_history_secs: u64,
+    /// Dead letters per page without `limit`, and the largest `limit` accepted.
+    pub page_default_limit: usize,
+    pub page_max_limit: usize,
+    /// Budget of each Kafka read (watermarks, committed offsets, the DLQ) and MongoDB call the
+    /// console makes; past it the answer is 503.
+    pub read_timeout_ms: u64,
+}
+
+impl ConsoleSettings {
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_millis(self.read_timeout_ms)
+    }
+
+    pub fn lag_sample_interval(&self) -> Duration {
+        Duration::from_secs(self.lag_sample_interval_secs)
+    }
+
+    /// How many lag samples the console keeps: the history divided by the interval.
+    pub fn lag_history_samples(&self) -> usize {
+        (self.lag_history_secs / self.lag_sample_interval_secs.max(1)) as usize
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorSettings {
+    /// The SHA-256 (hex) of the operator's console token.
+    pub token_sha256: String,
+    pub role: OperatorRole,
+}
+
 /// A configuration that could not be loaded; the message always names the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -518,6 +571,93 @@ impl Settings {
             credentials.push((tenant_id, digest));
         }
         Ok(credentials)
+    }
+
+    /// The console's operators with their parsed names, token digests and roles. A digest shared by
+    /// two operators, or by an operator and a tenant, is refused: a tenant's API key must never open
+    /// the console, and an operator's token must say who acted (the audit log names them).
+    pub fn operator_credentials(
+        &self,
+    ) -> Result<Vec<(OperatorName, ApiKeyDigest, OperatorRole)>, ConfigError> {
+        let tenants = self.tenant_credentials()?;
+        let mut credentials: Vec<(OperatorName, ApiKeyDigest, OperatorRole)> = Vec::new();
+        for (name, operator) in &self.operators {
+            let key = format!("operators.{name}");
+            let operator_name = OperatorName::parse(name).map_err(|error| invalid(&key, error))?;
+            let digest_key = format!("{key}.token_sha256");
+            let digest = ApiKeyDigest::from_hex(&operator.token_sha256)
+                .map_err(|error| invalid(&digest_key, error.replace("API key", "token")))?;
+            if let Some((tenant, _)) = tenants.iter().find(|(_, other)| *other == digest) {
+                return Err(invalid(
+                    &digest_key,
+                    format!(
+                        "is also the API-key digest of tenant `{tenant}`; a tenant's key must \
+                         never open the console, so give operator `{operator_name}` a token of \
+                         its own"
+                    ),
+                ));
+            }
+            if let Some((owner, _, _)) = credentials.iter().find(|(_, other, _)| *other == digest) {
+                return Err(invalid(
+                    &digest_key,
+                    format!(
+                        "is also the token digest of operator `{owner}`; each operator needs a \
+                         token of its own, so the audit log can say who acted"
+                    ),
+                ));
+            }
+            credentials.push((operator_name, digest, operator.role));
+        }
+        Ok(credentials)
+    }
+
+    fn validate_console(&self) -> Result<(), ConfigError> {
+        let console = &self.console;
+        require(
+            console.listen.port() == 0 || console.listen != self.http.listen,
+            "console.listen",
+            "must differ from http.listen (the console is not served on the tenants' API)",
+        )?;
+        require(
+            (60..=7 * 86_400).contains(&console.session_ttl_secs),
+            "console.session_ttl_secs",
+            "must be 60 to 604800 (a week)",
+        )?;
+        require(
+            (1..=1_000_000).contains(&console.max_sessions),
+            "console.max_sessions",
+            "must be 1 to 1000000",
+        )?;
+        require(
+            (1..=300).contains(&console.lag_sample_interval_secs),
+            "console.lag_sample_interval_secs",
+            "must be 1 to 300",
+        )?;
+        require(
+            console.lag_history_secs >= console.lag_sample_interval_secs
+                && console.lag_history_secs <= 86_400
+                && console.lag_history_samples() <= 10_000,
+            "console.lag_history_secs",
+            "must be at least console.lag_sample_interval_secs, at most 86400, and keep at most \
+             10000 samples (lag_history_secs / lag_sample_interval_secs)",
+        )?;
+        require(
+            (1..=console.page_max_limit).contains(&console.page_default_limit),
+            "console.page_default_limit",
+            "must be at least 1 and at most console.page_max_limit",
+        )?;
+        require(
+            console.page_max_limit <= 1000,
+            "console.page_max_limit",
+            "must be at most 1000",
+        )?;
+        require(
+            (100..=120_000).contains(&console.read_timeout_ms),
+            "console.read_timeout_ms",
+            "must be 100 to 120000",
+        )?;
+        self.operator_credentials()?;
+        Ok(())
     }
 
     /// Rejects values that parse but cannot work, naming the key.
@@ -725,6 +865,7 @@ impl Settings {
                 ),
             )?;
         }
+        self.validate_console()?;
         Ok(())
     }
 }
@@ -1128,6 +1269,96 @@ mod tests {
         );
         assert!(error.contains("acme") && !error.contains(digest), "{error}");
         assert!(!error.contains("globex"), "{error}");
+    }
+
+    #[test]
+    fn console_settings_that_cannot_work_name_their_key() {
+        let settings = load_with(&[]).unwrap();
+        assert_eq!(settings.console.listen.port(), 8088);
+        assert!(settings.operators.is_empty());
+        let admin = ApiKeyDigest::of_key("op-admin");
+        let admin_hex = hex_of("op-admin");
+        for (overrides, key) in [
+            (
+                vec!["console.listen=127.0.0.1:8080".to_owned()],
+                "console.listen",
+            ),
+            (
+                vec!["console.lag_history_secs=1".to_owned()],
+                "console.lag_history_secs",
+            ),
+            (
+                vec!["console.page_default_limit=0".to_owned()],
+                "console.page_default_limit",
+            ),
+            (
+                vec!["console.read_timeout_ms=0".to_owned()],
+                "console.read_timeout_ms",
+            ),
+            (
+                vec![
+                    "operators.alice.token_sha256=abc".to_owned(),
+                    "operators.alice.role=admin".to_owned(),
+                ],
+                "operators.alice.token_sha256",
+            ),
+            (
+                vec![
+                    format!("operators.Alice.token_sha256={admin_hex}"),
+                    "operators.Alice.role=admin".to_owned(),
+                ],
+                "operators.Alice",
+            ),
+            (
+                vec![
+                    format!("operators.alice.token_sha256={admin_hex}"),
+                    "operators.alice.role=admin".to_owned(),
+                    format!("operators.bob.token_sha256={admin_hex}"),
+                    "operators.bob.role=viewer".to_owned(),
+                ],
+                "operators.bob.token_sha256",
+            ),
+            (
+                vec![
+                    format!("tenants.acme.api_key_sha256={admin_hex}"),
+                    format!("operators.alice.token_sha256={admin_hex}"),
+                    "operators.alice.role=admin".to_owned(),
+                ],
+                "operators.alice.token_sha256",
+            ),
+        ] {
+            let overrides: Vec<&str> = overrides.iter().map(String::as_str).collect();
+            let error = load_with(&overrides).unwrap_err().to_string();
+            assert!(
+                error.starts_with(&format!("configuration key `{key}`")),
+                "{overrides:?}: {error}"
+            );
+            assert!(
+                !error.contains(&admin_hex),
+                "digests are not echoed: {error}"
+            );
+        }
+        let error = load_with(&[
+            &format!("operators.alice.token_sha256={admin_hex}"),
+            "operators.alice.role=root",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("role"), "{error}");
+        let settings = load_with(&[
+            &format!("operators.alice.token_sha256={admin_hex}"),
+            "operators.alice.role=admin",
+        ])
+        .unwrap();
+        let operators = settings.operator_credentials().unwrap();
+        assert_eq!(operators[0].0.as_str(), "alice");
+        assert_eq!(operators[0].1, admin);
+        assert_eq!(operators[0].2, OperatorRole::Admin);
+    }
+
+    fn hex_of(token: &str) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(token.as_bytes()))
     }
 
     #[test]

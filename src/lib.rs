@@ -14,12 +14,14 @@
 //! - [`store`]: the only module that speaks MongoDB and Redis.
 //! - [`produce`]: the HTTP API role.
 //! - [`consume`]: the consumer runtime role.
+//! - [`console`]: the operators' web console role (pages and JSON API).
 //! - [`ops`]: operator verbs (DLQ list/show/replay/purge, analytics rebuild).
 //! - [`cli`]: the command line, used by `main.rs`.
 //! - [`telemetry`]: logging set-up.
 
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod consume;
 pub mod domain;
 pub mod failures;

@@ -1,4 +1,5 @@
-//! Pure types of the product: tenants, idempotency keys, activities and the Kafka envelope.
+//! Pure types of the product: tenants, the console's operators, idempotency keys, activities and the
+//! Kafka envelope.
 //!
 //! Architecture invariant: nothing here does I/O or knows about Kafka, MongoDB, Redis or HTTP; the
 //! roles translate these types to and from their wire formats.
@@ -8,6 +9,7 @@ mod batch;
 mod envelope;
 mod fingerprint;
 mod idempotency;
+mod operator;
 mod tenant;
 
 pub use activity::{
@@ -18,4 +20,5 @@ pub use batch::{limit_batch_details, parse_batch, BatchItem};
 pub use envelope::{ActivityEnvelope, EnvelopeError};
 pub use fingerprint::{InvalidFingerprint, PayloadFingerprint};
 pub use idempotency::{IdempotencyKey, InvalidIdempotencyKey};
+pub use operator::{InvalidOperatorName, OperatorDirectory, OperatorName, OperatorRole};
 pub use tenant::{ApiKeyDigest, InvalidTenant, TenantDirectory, TenantId};

@@ -77,6 +77,16 @@ impl ApiKeyDigest {
     pub fn of_key(api_key: &str) -> ApiKeyDigest {
         ApiKeyDigest(Sha256::digest(api_key.as_bytes()).into())
     }
+
+    /// Compares in constant time, so the timing says nothing about how many bytes matched.
+    pub fn matches(&self, other: &ApiKeyDigest) -> bool {
+        bool::from(self.0.ct_eq(&other.0))
+    }
+
+    /// The digest as hex: what configuration holds, and never a secret.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
 }
 
 /// Maps presented API keys to tenants.
@@ -96,7 +106,7 @@ impl TenantDirectory {
         let presented = ApiKeyDigest::of_key(api_key);
         let mut found = None;
         for (tenant, digest) in &self.tenants {
-            if bool::from(digest.0.ct_eq(&presented.0)) {
+            if digest.matches(&presented) {
                 found = Some(tenant);
             }
         }

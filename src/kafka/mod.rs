@@ -6,6 +6,7 @@
 
 mod admin;
 mod consumer;
+mod lag;
 mod publisher;
 mod spread;
 mod topic_reader;
@@ -21,6 +22,7 @@ pub use admin::{
     ConfigDrift, LayoutDrift, TopicConfigValue, TopicMode, TopicReport, TopicSpec, TopicState,
 };
 pub use consumer::{ActivityConsumer, ConsumedRecord, ConsumerObserver};
+pub use lag::{BacklogReader, PartitionBacklog};
 pub use publisher::{ActivityPublisher, PublishError};
 pub use spread::PartitionSpread;
 pub use topic_reader::read_topic;

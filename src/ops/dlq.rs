@@ -1,8 +1,12 @@
 //! `dlq list | show | replay`: the dead-letter topic as an operator sees it.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use crate::config::Settings;
+use crate::domain::TenantId;
 use crate::failures::DeadLetterFacts;
 use crate::kafka::{headers, read_topic, ActivityPublisher, ConsumedRecord};
 use crate::store::{ActivityRepository, PurgedDeadLetter};
@@ -122,25 +126,149 @@ pub fn parse_position(raw: &str) -> Result<(i32, i64), String> {
     Ok((partition, offset))
 }
 
+/// Which dead letters a verb (or the console) works on. Every criterion given must hold; the
+/// default selects every dead letter. The `dlq` verbs and the console's actions both select with
+/// this, so a preview in the console and the command line agree on what a filter means.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadLetterFilter {
+    /// The record key (the tenant, for records that came through the API).
+    pub tenant: Option<TenantId>,
+    /// The `dlq-error-class` header, as written (`poison`, `transient`, ...).
+    pub class: Option<String>,
+    /// Last failed at or after this time (the `dlq-last-failure-at` header). A dead letter without
+    /// a readable failure time is never selected by time.
+    pub failed_from: Option<DateTime<Utc>>,
+    /// Last failed before this time.
+    pub failed_until: Option<DateTime<Utc>>,
+    /// Case-insensitive text searched in the error, the key, the idempotency key and the payload.
+    pub text: Option<String>,
+    /// `partition:offset` positions in the DLQ; empty means any.
+    pub positions: BTreeSet<(i32, i64)>,
+}
+
+impl DeadLetterFilter {
+    /// Every dead letter of `tenant`, or every dead letter.
+    pub fn for_tenant(tenant: Option<TenantId>) -> DeadLetterFilter {
+        DeadLetterFilter {
+            tenant,
+            ..DeadLetterFilter::default()
+        }
+    }
+
+    /// Whether no criterion is given (the filter selects everything).
+    pub fn is_empty(&self) -> bool {
+        *self == DeadLetterFilter::default()
+    }
+
+    pub fn matches(&self, view: &DeadLetterView) -> bool {
+        let tenant_matches = self
+            .tenant
+            .as_ref()
+            .is_none_or(|tenant| view.tenant.as_deref() == Some(tenant.as_str()));
+        let class_matches = self
+            .class
+            .as_deref()
+            .is_none_or(|class| view.facts.class == class);
+        let failed_at = DateTime::parse_from_rfc3339(&view.facts.last_failure_at)
+            .ok()
+            .map(|at| at.with_timezone(&Utc));
+        let time_matches = (self.failed_from.is_none() && self.failed_until.is_none())
+            || failed_at.is_some_and(|at| {
+                self.failed_from.is_none_or(|from| at >= from)
+                    && self.failed_until.is_none_or(|until| at < until)
+            });
+        let position_matches = self.positions.is_empty()
+            || self
+                .positions
+                .contains(&(view.record.partition, view.record.offset));
+        let text_matches = self.text.as_deref().is_none_or(|text| {
+            let needle = text.to_lowercase();
+            let payload = view
+                .record
+                .payload
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            [
+                view.facts.error.as_str(),
+                view.tenant.as_deref().unwrap_or(""),
+                view.idempotency_key.as_deref().unwrap_or(""),
+                &payload,
+            ]
+            .iter()
+            .any(|haystack| haystack.to_lowercase().contains(&needle))
+        });
+        tenant_matches && class_matches && time_matches && position_matches && text_matches
+    }
+
+    /// The filter as the logs record it: `tenant=acme class=poison text="timeout"`; empty for none.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(tenant) = &self.tenant {
+            parts.push(format!("tenant={tenant}"));
+        }
+        if let Some(class) = &self.class {
+            parts.push(format!("class={class}"));
+        }
+        if let Some(from) = self.failed_from {
+            parts.push(format!("from={}", from.to_rfc3339()));
+        }
+        if let Some(until) = self.failed_until {
+            parts.push(format!("until={}", until.to_rfc3339()));
+        }
+        if let Some(text) = &self.text {
+            parts.push(format!("text={text:?}"));
+        }
+        if !self.positions.is_empty() {
+            let positions: Vec<String> = self
+                .positions
+                .iter()
+                .map(|(partition, offset)| format!("{partition}:{offset}"))
+                .collect();
+            parts.push(format!("position={}", positions.join(",")));
+        }
+        parts.join(" ")
+    }
+}
+
 /// The dead letters now in the DLQ, oldest first per partition, optionally of one tenant, each
 /// marked with its purge (see [`DeadLetterView::purged`]) if it was purged.
 pub async fn list(
     settings: &Settings,
     tenant: Option<&str>,
 ) -> anyhow::Result<Vec<DeadLetterView>> {
+    let tenant = tenant.map(TenantId::parse).transpose()?;
+    let repository = ActivityRepository::connect(&settings.mongo).await?;
+    list_matching(
+        settings,
+        &repository,
+        &DeadLetterFilter::for_tenant(tenant),
+        READ_TIMEOUT,
+    )
+    .await
+}
+
+/// The dead letters now in the DLQ that `filter` selects, oldest first per partition, each marked
+/// with its purge if it was purged. Reading the DLQ (and the purge log) must finish within
+/// `timeout`. `repository` holds the purge log (a long-running caller, the console, keeps one).
+pub async fn list_matching(
+    settings: &Settings,
+    repository: &ActivityRepository,
+    filter: &DeadLetterFilter,
+    timeout: Duration,
+) -> anyhow::Result<Vec<DeadLetterView>> {
     let kafka = settings.kafka.clone();
     let topic = settings.kafka.dlq_topic.clone();
     let records =
-        tokio::task::spawn_blocking(move || read_topic(&kafka, &topic, READ_TIMEOUT)).await??;
-    let mut purged = ActivityRepository::connect(&settings.mongo)
-        .await?
-        .purge_log()
-        .purged()
-        .await?;
+        tokio::task::spawn_blocking(move || read_topic(&kafka, &topic, timeout)).await??;
+    let purge_log = repository.purge_log();
+    let mut purged = tokio::time::timeout(timeout, purge_log.purged())
+        .await
+        .map_err(|_| anyhow::anyhow!("reading the purge log took longer than {timeout:?}"))??;
     Ok(records
         .into_iter()
         .map(DeadLetterView::from_record)
-        .filter(|view| tenant.is_none() || view.tenant.as_deref() == tenant)
+        .filter(|view| filter.matches(view))
         .map(|mut view| {
             view.purged = purged.remove(&view.log_id());
             view
@@ -186,10 +314,28 @@ pub async fn replay(
     dry_run: bool,
     again: bool,
 ) -> anyhow::Result<Vec<(DeadLetterView, ReplayOutcome)>> {
-    let dead_letters = list(settings, tenant).await?;
-    let replay_log = ActivityRepository::connect(&settings.mongo)
-        .await?
-        .replay_log();
+    let tenant = tenant.map(TenantId::parse).transpose()?;
+    let repository = ActivityRepository::connect(&settings.mongo).await?;
+    replay_matching(
+        settings,
+        &repository,
+        &DeadLetterFilter::for_tenant(tenant),
+        dry_run,
+        again,
+    )
+    .await
+}
+
+/// [`replay`] of the dead letters `filter` selects: the one path of `dlq replay` and the console.
+pub async fn replay_matching(
+    settings: &Settings,
+    repository: &ActivityRepository,
+    filter: &DeadLetterFilter,
+    dry_run: bool,
+    again: bool,
+) -> anyhow::Result<Vec<(DeadLetterView, ReplayOutcome)>> {
+    let dead_letters = list_matching(settings, repository, filter, READ_TIMEOUT).await?;
+    let replay_log = repository.replay_log();
     let replayed = replay_log.replayed().await?;
     let publisher = if dry_run {
         None
@@ -235,6 +381,86 @@ mod tests {
         for bad in ["", "3", "3:", ":4", "a:1", "1:b", "-1:0", "0:-5", "1:2:3"] {
             assert!(parse_position(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_filter_holds_every_criterion_given() {
+        use crate::failures::headers as failure_headers;
+
+        let view = |tenant: &str, class: &str, at: &str, payload: &str| {
+            let mut record = ConsumedRecord::from_parts(
+                "activities.dlq",
+                0,
+                1,
+                Some(tenant.as_bytes().to_vec()),
+                Some(payload.as_bytes().to_vec()),
+            );
+            for (name, value) in [
+                (failure_headers::ERROR_CLASS, class),
+                (failure_headers::LAST_FAILURE_AT, at),
+                (failure_headers::ERROR, "MongoDB timed out"),
+            ] {
+                record
+                    .headers
+                    .push((name.to_owned(), Some(value.as_bytes().to_vec())));
+            }
+            DeadLetterView::from_record(record)
+        };
+        let at = |raw: &str| {
+            DateTime::parse_from_rfc3339(raw)
+                .unwrap()
+                .with_timezone(&Utc)
+        };
+        let acme = view(
+            "acme",
+            "transient",
+            "2026-12-02T10:30:00Z",
+            r#"{"a":"Needle"}"#,
+        );
+        let filter = DeadLetterFilter {
+            tenant: Some(TenantId::parse("acme").unwrap()),
+            class: Some("transient".to_owned()),
+            failed_from: Some(at("2026-12-02T10:00:00Z")),
+            failed_until: Some(at("2026-12-02T11:00:00Z")),
+            text: Some("needle".to_owned()),
+            positions: BTreeSet::from([(0, 1)]),
+        };
+        assert!(filter.matches(&acme));
+        assert!(DeadLetterFilter::default().matches(&acme));
+        for (other, why) in [
+            (
+                view("globex", "transient", "2026-12-02T10:30:00Z", "needle"),
+                "tenant",
+            ),
+            (
+                view("acme", "poison", "2026-12-02T10:30:00Z", "needle"),
+                "class",
+            ),
+            (
+                view("acme", "transient", "2026-12-02T11:00:00Z", "needle"),
+                "until is exclusive",
+            ),
+            (
+                view("acme", "transient", "not a time", "needle"),
+                "no time, never in a range",
+            ),
+            (
+                view("acme", "transient", "2026-12-02T10:30:00Z", "hay"),
+                "text",
+            ),
+        ] {
+            assert!(!filter.matches(&other), "{why}");
+        }
+        let in_error = DeadLetterFilter {
+            text: Some("TIMED OUT".to_owned()),
+            ..DeadLetterFilter::default()
+        };
+        assert!(in_error.matches(&acme), "text is searched in the error too");
+        assert_eq!(
+            filter.describe(),
+            "tenant=acme class=transient from=2026-12-02T10:00:00+00:00 \
+             until=2026-12-02T11:00:00+00:00 text=\"needle\" position=0:1"
+        );
     }
 
     #[test]

@@ -14,27 +14,29 @@
 //! and the operator may still want the original (for instance when the replay dead-letters again).
 //! `dlq purge` on the replayed positions says "done" explicitly.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::dlq::{list, DeadLetterView};
+use super::dlq::{list_matching, DeadLetterFilter, DeadLetterView};
 use crate::config::Settings;
-use crate::domain::TenantId;
 use crate::kafka::delete_records_before;
 use crate::store::{ActivityRepository, PurgedDeadLetter};
+
+/// How long reading the DLQ and the purge log may take.
+const LIST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Which dead letters to purge. Every criterion given must hold; with none, `all` must be set
 /// (purging everything is never the result of forgetting a flag).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PurgeSelection {
-    pub tenant: Option<TenantId>,
+    /// Tenant, error class, time range, text and positions: the same filter `dlq replay` and the
+    /// console select with.
+    pub filter: DeadLetterFilter,
     /// Dead-lettered (the `dlq-last-failure-at` header) at least this long ago. A dead letter
     /// without a readable failure time is never selected by age.
     pub older_than: Option<Duration>,
-    /// `partition:offset` positions in the DLQ, as `dlq list` prints them; empty means any.
-    pub positions: BTreeSet<(i32, i64)>,
     pub all: bool,
 }
 
@@ -42,8 +44,7 @@ impl PurgeSelection {
     /// Refuses a selection that names nothing, and `all` mixed with criteria (one of them is a
     /// mistake, and guessing which could purge too much).
     pub fn validate(&self) -> Result<(), String> {
-        let has_criteria =
-            self.tenant.is_some() || self.older_than.is_some() || !self.positions.is_empty();
+        let has_criteria = !self.filter.is_empty() || self.older_than.is_some();
         match (self.all, has_criteria) {
             (false, false) => Err(
                 "choose what to purge: --tenant, --older-than, --position, or --all for everything"
@@ -59,21 +60,13 @@ impl PurgeSelection {
         if self.all {
             return true;
         }
-        let tenant_matches = self
-            .tenant
-            .as_ref()
-            .is_none_or(|tenant| view.tenant.as_deref() == Some(tenant.as_str()));
-        let position_matches = self.positions.is_empty()
-            || self
-                .positions
-                .contains(&(view.record.partition, view.record.offset));
         let age_matches = self.older_than.is_none_or(|older_than| {
             DateTime::parse_from_rfc3339(&view.facts.last_failure_at)
                 .ok()
                 .and_then(|at| (now - at.with_timezone(&Utc)).to_std().ok())
                 .is_some_and(|age| age >= older_than)
         });
-        tenant_matches && position_matches && age_matches
+        self.filter.matches(view) && age_matches
     }
 
     /// The selection as the purge log records it: `tenant=acme older-than=7d position=0:3,1:4`.
@@ -82,22 +75,15 @@ impl PurgeSelection {
             return "all".to_owned();
         }
         let mut parts = Vec::new();
-        if let Some(tenant) = &self.tenant {
-            parts.push(format!("tenant={tenant}"));
+        let filter = self.filter.describe();
+        if !filter.is_empty() {
+            parts.push(filter);
         }
         if let Some(older_than) = self.older_than {
             parts.push(format!(
                 "older-than={}",
                 humantime::format_duration(older_than)
             ));
-        }
-        if !self.positions.is_empty() {
-            let positions: Vec<String> = self
-                .positions
-                .iter()
-                .map(|(partition, offset)| format!("{partition}:{offset}"))
-                .collect();
-            parts.push(format!("position={}", positions.join(",")));
         }
         parts.join(" ")
     }
@@ -111,6 +97,19 @@ pub fn parse_age(raw: &str) -> Result<Duration, String> {
         return Err(format!("{raw:?}: the age must be longer than 0"));
     }
     Ok(age)
+}
+
+/// A purge named positions that hold no dead letter; nothing was purged. Callers tell it from a
+/// failure (the console answers 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "no dead letter at {} in {topic} (already dropped, or never there; `dlq list` prints the \
+     positions); nothing purged",
+    positions.join(", ")
+)]
+pub struct UnknownPositions {
+    pub positions: Vec<String>,
+    pub topic: String,
 }
 
 /// What `dlq purge` did, or would do, with one selected dead letter.
@@ -144,34 +143,39 @@ pub struct PurgeReport {
 /// error, before anything is purged.
 pub async fn purge(
     settings: &Settings,
+    repository: &ActivityRepository,
     selection: &PurgeSelection,
     reason: Option<&str>,
     dry_run: bool,
 ) -> anyhow::Result<PurgeReport> {
     selection.validate().map_err(anyhow::Error::msg)?;
-    let dead_letters = list(settings, None).await?;
+    let dead_letters = list_matching(
+        settings,
+        repository,
+        &DeadLetterFilter::default(),
+        LIST_TIMEOUT,
+    )
+    .await?;
     let present: HashSet<(i32, i64)> = dead_letters
         .iter()
         .map(|view| (view.record.partition, view.record.offset))
         .collect();
     let missing: Vec<String> = selection
+        .filter
         .positions
         .iter()
         .filter(|position| !present.contains(position))
         .map(|(partition, offset)| format!("{partition}:{offset}"))
         .collect();
     if !missing.is_empty() {
-        anyhow::bail!(
-            "no dead letter at {} in {} (already dropped, or never there; `dlq list` prints the \
-             positions); nothing purged",
-            missing.join(", "),
-            settings.kafka.dlq_topic
-        );
+        return Err(UnknownPositions {
+            positions: missing,
+            topic: settings.kafka.dlq_topic.clone(),
+        }
+        .into());
     }
 
-    let purge_log = ActivityRepository::connect(&settings.mongo)
-        .await?
-        .purge_log();
+    let purge_log = repository.purge_log();
     let now = Utc::now();
     let description = selection.describe();
     let mut purged_positions: HashSet<(i32, i64)> = HashSet::new();
@@ -269,7 +273,10 @@ pub fn droppable_prefixes(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
+    use crate::domain::TenantId;
     use crate::kafka::ConsumedRecord;
 
     fn view(partition: i32, offset: i64, tenant: &str, last_failure_at: &str) -> DeadLetterView {
@@ -311,7 +318,7 @@ mod tests {
         };
         assert!(all.validate().is_ok());
         let mixed = PurgeSelection {
-            tenant: Some(TenantId::parse("acme").unwrap()),
+            filter: DeadLetterFilter::for_tenant(Some(TenantId::parse("acme").unwrap())),
             ..all
         };
         assert!(mixed.validate().is_err());
@@ -325,7 +332,7 @@ mod tests {
         let old_globex = view(1, 3, "globex", "2026-11-20T12:00:00Z");
         let no_time = view(1, 4, "acme", "not a time");
         let selection = PurgeSelection {
-            tenant: Some(TenantId::parse("acme").unwrap()),
+            filter: DeadLetterFilter::for_tenant(Some(TenantId::parse("acme").unwrap())),
             older_than: Some(parse_age("7d").unwrap()),
             ..PurgeSelection::default()
         };
@@ -336,7 +343,10 @@ mod tests {
         assert_eq!(selection.describe(), "tenant=acme older-than=7days");
 
         let by_position = PurgeSelection {
-            positions: BTreeSet::from([(0, 4), (1, 3)]),
+            filter: DeadLetterFilter {
+                positions: BTreeSet::from([(0, 4), (1, 3)]),
+                ..DeadLetterFilter::default()
+            },
             ..PurgeSelection::default()
         };
         assert!(!by_position.matches(&old_acme, now));

@@ -12,8 +12,8 @@ mod redis_store;
 
 pub use keys::RedisKeys;
 pub use mongo::{
-    ActivityCursor, ActivityFilter, ActivityRepository, CorruptDocument, InsertOutcome, PurgeLog,
-    PurgedDeadLetter, ReplayLog, StoredActivity, StoredByKey,
+    ActivityCursor, ActivityFilter, ActivityRepository, AuditEntry, AuditLog, CorruptDocument,
+    InsertOutcome, PurgeLog, PurgedDeadLetter, ReplayLog, StoredActivity, StoredByKey,
 };
 pub use pubsub::{open_live_connection, LiveMessage, LiveMessages, LiveSubscriptions};
 pub use redis_store::{

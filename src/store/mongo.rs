@@ -468,6 +468,18 @@ impl ActivityRepository {
         }
     }
 
+    /// The console's audit log, beside the activities collection.
+    pub fn audit_log(&self) -> AuditLog {
+        let name = format!("{}_console_audit", self.collection.name());
+        AuditLog {
+            collection: self
+                .collection
+                .client()
+                .database(self.collection.namespace().db.as_str())
+                .collection(&name),
+        }
+    }
+
     /// Answers when MongoDB answers a `ping`.
     pub async fn ping(&self) -> Result<(), StoreOutage> {
         self.collection
@@ -595,6 +607,120 @@ impl PurgeLog {
             .await
             .map(|_| ())
             .map_err(StoreOutage::mongo)
+    }
+}
+
+/// What operators did in the console: one entry per action (replay, purge, export, login, and
+/// every refused attempt), newest first. Entries are only ever inserted.
+#[derive(Clone)]
+pub struct AuditLog {
+    collection: Collection<Document>,
+}
+
+/// One audited console action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    /// The operator's name, or `-` for an attempt without valid credentials.
+    pub operator: String,
+    /// `replay`, `replay-preview`, `purge`, `purge-preview`, `export`, `login`, ...
+    pub action: String,
+    pub at: DateTime<Utc>,
+    /// The dead-letter filter the action applied to, as [`crate::ops::dlq::DeadLetterFilter::describe`]
+    /// writes it (empty: everything, or not a DLQ action).
+    pub filter: String,
+    /// What happened: `ok: 3 replayed, 1 skipped`, `refused: viewer`, `failed: ...`.
+    pub outcome: String,
+}
+
+impl AuditLog {
+    /// Appends one entry, the server giving up after `max_time`; returns its id, for
+    /// [`AuditLog::set_outcome`] once the action is done.
+    pub async fn record(
+        &self,
+        entry: &AuditEntry,
+        max_time: Duration,
+    ) -> Result<String, StoreOutage> {
+        let id = ObjectId::new();
+        let document = doc! {
+            "_id": id,
+            "operator": &entry.operator,
+            "action": &entry.action,
+            "at": bson::DateTime::from_millis(entry.at.timestamp_millis()),
+            "filter": &entry.filter,
+            "outcome": &entry.outcome,
+        };
+        match tokio::time::timeout(max_time, self.collection.insert_one(document).into_future())
+            .await
+        {
+            Ok(result) => result.map(|_| id.to_hex()).map_err(StoreOutage::mongo),
+            Err(_) => Err(StoreOutage::mongo(format!(
+                "no answer to the audit insert within {max_time:?}"
+            ))),
+        }
+    }
+
+    /// Sets the outcome of the entry `id` (an action recorded as started, now done).
+    pub async fn set_outcome(
+        &self,
+        id: &str,
+        outcome: &str,
+        max_time: Duration,
+    ) -> Result<(), StoreOutage> {
+        let id = ObjectId::parse_str(id).map_err(StoreOutage::mongo)?;
+        let update = self
+            .collection
+            .update_one(doc! { "_id": id }, doc! { "$set": { "outcome": outcome } })
+            .into_future();
+        match tokio::time::timeout(max_time, update).await {
+            Ok(result) => result.map(|_| ()).map_err(StoreOutage::mongo),
+            Err(_) => Err(StoreOutage::mongo(format!(
+                "no answer to the audit update within {max_time:?}"
+            ))),
+        }
+    }
+
+    /// The newest `limit` entries, newest first.
+    pub async fn newest(
+        &self,
+        limit: i64,
+        max_time: Duration,
+    ) -> Result<Vec<AuditEntry>, StoreOutage> {
+        use futures::TryStreamExt;
+
+        let read = async {
+            self.collection
+                .find(doc! {})
+                .sort(doc! { "_id": -1 })
+                .limit(limit)
+                .max_time(max_time)
+                .await?
+                .try_collect::<Vec<Document>>()
+                .await
+        };
+        let documents = tokio::time::timeout(max_time, read)
+            .await
+            .map_err(|_| {
+                StoreOutage::mongo(format!("no answer to the audit read within {max_time:?}"))
+            })?
+            .map_err(StoreOutage::mongo)?;
+        Ok(documents
+            .into_iter()
+            .map(|document| {
+                let text = |name: &str| document.get_str(name).unwrap_or_default().to_owned();
+                AuditEntry {
+                    operator: text("operator"),
+                    action: text("action"),
+                    at: document
+                        .get_datetime("at")
+                        .ok()
+                        .and_then(|at| DateTime::from_timestamp_millis(at.timestamp_millis()))
+                        .unwrap_or_default(),
+                    filter: text("filter"),
+                    outcome: text("outcome"),
+                }
+            })
+            .collect())
     }
 }
 

@@ -9,6 +9,8 @@ mod sse_client;
 
 mod backpressure;
 mod conflicts;
+mod console;
+mod console_browser;
 mod consumer;
 mod deadlines;
 mod docker_compose;

@@ -1,0 +1,470 @@
+//! The JSON API under `/console/api/`: what the pages show, for scripts. Authenticate with
+//! `Authorization: Bearer <operator token>` (or the session cookie); POSTs carry `X-CSRF-Token`.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+
+use super::actions::{self, ActionRequest};
+use super::dead_letters::{
+    self, DeadLetterDetails, DeadLetterPage, PurgeSummary, RawFilter, ReplayReport,
+};
+use super::error::{ConsoleError, ConsoleErrorBody};
+use super::overview::Overview;
+use super::ConsoleState;
+use crate::ops::dlq::{self, parse_position, DeadLetterFilter, DeadLetterView};
+use crate::store::AuditEntry;
+
+/// Who is logged in, and the CSRF token their POSTs must carry.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionInfo {
+    pub operator: String,
+    /// `viewer` or `admin`.
+    pub role: String,
+    /// Send as `X-CSRF-Token` on every POST.
+    pub csrf_token: String,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// The operator's console token.
+    pub token: String,
+}
+
+/// `GET /console/api/dead-letters`' parameters: the filter, and the page.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// The tenant (the record key).
+    pub tenant: Option<String>,
+    /// The error class: poison, rejected, conflict or transient.
+    pub class: Option<String>,
+    /// Last failed at or after this RFC 3339 time.
+    pub from: Option<String>,
+    /// Last failed before this RFC 3339 time.
+    pub until: Option<String>,
+    /// Case-insensitive text in the error, the key, the idempotency key or the payload.
+    pub text: Option<String>,
+    /// `partition:offset` positions, comma-separated.
+    pub position: Option<String>,
+    /// Page size, 1 to console.page_max_limit (default console.page_default_limit).
+    pub limit: Option<String>,
+    /// The previous page's `nextCursor`.
+    pub cursor: Option<String>,
+    /// Also list purged dead letters (`true`).
+    pub include_purged: Option<bool>,
+}
+
+impl ListQuery {
+    pub fn raw_filter(&self) -> RawFilter {
+        RawFilter {
+            tenant: self.tenant.clone(),
+            class: self.class.clone(),
+            from: self.from.clone(),
+            until: self.until.clone(),
+            text: self.text.clone(),
+            position: self.position.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    /// Newest first.
+    pub entries: Vec<AuditEntrySchema>,
+}
+
+/// One audit entry (the schema of [`AuditEntry`]).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditEntrySchema {
+    pub operator: String,
+    pub action: String,
+    pub at: String,
+    pub filter: String,
+    pub outcome: String,
+}
+
+/// The audit entries shown at once.
+pub const AUDIT_PAGE: i64 = 200;
+
+fn session_info(state: &ConsoleState, operator: &super::auth::Operator) -> SessionInfo {
+    SessionInfo {
+        operator: operator.name.to_string(),
+        role: operator.role.to_string(),
+        csrf_token: state.gate.csrf_token(operator),
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/console/api/session",
+    tag = "session",
+    operation_id = "getSession",
+    description = "Who the credentials belong to, and the CSRF token their POSTs carry.",
+    responses(
+        (status = 200, description = "The operator.", body = SessionInfo),
+        (status = 401, description = "No, malformed or unknown credentials (a tenant's API key among them).", body = ConsoleErrorBody),
+    ),
+    security(("operator" = []), ("session" = []))
+)]
+pub async fn session(
+    request: HttpRequest,
+    state: web::Data<ConsoleState>,
+) -> Result<HttpResponse, ConsoleError> {
+    let operator = state.gate.authenticate(&request)?;
+    Ok(HttpResponse::Ok().json(session_info(&state, &operator)))
+}
+
+#[utoipa::path(
+    post,
+    path = "/console/api/session",
+    tag = "session",
+    operation_id = "logIn",
+    description = "Logs in with an operator token: sets the session cookie (HttpOnly, SameSite=Strict, \
+        path /console) and answers the CSRF token of the session. Audited.",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Logged in.", body = SessionInfo),
+        (status = 400, description = "Not a JSON login request.", body = ConsoleErrorBody),
+        (status = 401, description = "Unknown token.", body = ConsoleErrorBody),
+    )
+)]
+pub async fn log_in(
+    state: web::Data<ConsoleState>,
+    body: web::Json<LoginRequest>,
+) -> Result<HttpResponse, ConsoleError> {
+    match state.gate.log_in(&body.token) {
+        Ok((operator, cookie, csrf_token)) => {
+            actions::audit(&state, operator.name.as_str(), "login", "", "ok").await?;
+            Ok(HttpResponse::Ok().cookie(cookie).json(SessionInfo {
+                operator: operator.name.to_string(),
+                role: operator.role.to_string(),
+                csrf_token,
+            }))
+        }
+        Err(error) => {
+            actions::audit(&state, "-", "login", "", "refused: unknown token").await?;
+            Err(error)
+        }
+    }
+}
+
+#[utoipa::path(
+    delete,
+    path = "/console/api/session",
+    tag = "session",
+    operation_id = "logOut",
+    description = "Ends the session (needs X-CSRF-Token) and clears its cookie.",
+    responses(
+        (status = 204, description = "Logged out."),
+        (status = 401, description = "Not logged in.", body = ConsoleErrorBody),
+        (status = 403, description = "Missing or wrong CSRF token.", body = ConsoleErrorBody),
+    ),
+    security(("operator" = []), ("session" = []))
+)]
+pub async fn log_out(
+    request: HttpRequest,
+    state: web::Data<ConsoleState>,
+) -> Result<HttpResponse, ConsoleError> {
+    let operator = state.gate.authenticate(&request)?;
+    state.gate.check_csrf(&request, &operator, None)?;
+    let cookie = state.gate.log_out(&operator);
+    Ok(HttpResponse::NoContent().cookie(cookie).finish())
+}
+
+#[utoipa::path(
+    get,
+    path = "/console/api/overview",
+    tag = "overview",
+    operation_id = "getOverview",
+    description = "Per stage (main topic, each retry topic, the DLQ) the backlog: end offsets minus the \
+        stage's consumer group's committed offsets, per partition (for the DLQ, the records it holds). \
+        Sampled by the console every console.lag_sample_interval_secs, with console.lag_history_secs \
+        of history.",
+    responses(
+        (status = 200, description = "The latest sample and the history.", body = Overview),
+        (status = 401, description = "Not an operator.", body = ConsoleErrorBody),
+    ),
+    security(("operator" = []), ("session" = []))
+)]
+pub async fn overview(
+    request: HttpRequest,
+    state: web::Data<ConsoleState>,
+) -> Result<HttpResponse, ConsoleError> {
+    state.gate.authenticate(&request)?;
+    Ok(HttpResponse::Ok().json(state.monitor.overview()))
+}
+
+/// The dead letters `filter` selects, newest first, within the console's read budget.
+pub(super) async fn selected_dead_letters(
+    state: &ConsoleState,
+    filter: &DeadLetterFilter,
+    include_purged: bool,
+) -> Result<Vec<DeadLetterView>, ConsoleError> {
+    let timeout = state.read_timeout();
+    let mut views = tokio::time::timeout(
+        timeout,
+        dlq::list_matching(&state.settings, &state.repository, filter, timeout),
+    )
+    .await
+    .map_err(|_| {
+        ConsoleError::Unavailable(anyhow::anyhow!(
+            "reading the DLQ took longer than console.read_timeout_ms ({} ms)",
+            timeout.as_millis()
+        ))
+    })?
+    .map_err(ConsoleError::Unavailable)?;
+    if !include_purged {
+        views.retain(|view| view.purged.is_none());
+    }
+    dead_letters::sort_newest_first(&mut views);
+    Ok(views)
+}
+
+/// The page a query asks for (shared with the HTML page).
+pub(super) async fn dead_letter_page(
+    state: &ConsoleState,
+    query: &ListQuery,
+) -> Result<DeadLetterPage, ConsoleError> {
+    let filter = query.raw_filter().parse()?;
+    let console = &state.settings.console;
+    let limit = dead_letters::parse_limit(
+        query.limit.as_deref(),
+        console.page_default_limit,
+        console.page_max_limit,
+    )?;
+    let views =
+        selected_dead_letters(state, &filter, query.include_purged.unwrap_or(false)).await?;
+    dead_letters::page(&views, query.cursor.as_deref(), limit)
+}
+
+#[utoipa::path(
+    get,
+    path = "/console/api/dead-letters",
+    tag = "dead-letters",
+    operation_id = "listDeadLetters",
+    description = "Dead letters, newest first (by last failure), filtered, one page at a time. Purged \
+        ones only with includePurged=true.",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page.", body = DeadLetterPage),
+        (status = 400, description = "A bad filter field, limit or cursor (the message names it), or an unknown parameter.", body = ConsoleErrorBody),
+        (status = 401, description = "Not an operator.", body = ConsoleErrorBody),
+        (status = 503, description = "Kafka or MongoDB did not answer within console.read_timeout_ms.", body = ConsoleErrorBody),
+    ),
+    security(("operator" = []), ("session" = []))
+)]
+pub async fn list_dead_letters(
+    request: HttpRequest,
+    state: web::Data<ConsoleState>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ConsoleError> {
+    state.gate.authenticate(&request)?;
+    Ok(HttpResponse::Ok().json(dead_letter_page(&state, &query).await?))
+}
+
+/// One dead letter by position (shared with the HTML page).
+pub(super) async fn find_dead_letter(
+    state: &ConsoleState,
+    raw_position: &str,
+) -> Result<DeadLetterView, ConsoleError> {
+    let position = parse_position(raw_position)
+        .map_err(|error| ConsoleError::BadRequest(format!("`position`: {error}")))?;
+    let filter = DeadLetterFilter {
+        positions: [position].into(),
+        ..DeadLetterFilter::default()
+    };
+    selected_dead_letters(state, &filter, true)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            ConsoleError::NotFound(format!(
+                "no dead letter at {raw_position} in {}",
+                state.settings.kafka.dlq_topic
+            ))
+        })
+}
+
+#[utoipa::path(
+    get,
+    path = "/console/api/dead-letters/{position}",
+    tag = "dead-letters",
+    operation_id = "getDeadLetter",
+    description = "One dead letter: its facts, headers and payload (pretty-printed when JSON).",
+    params(("position" = String, Path, description = "`partition:offset` in the DLQ.")),
+    responses(
+        (status = 200, description = "The dead letter.", body = DeadLetterDetails),
+        (status = 400, description = "Not a `partition:offset`.", body = ConsoleErrorBody),
+        (status = 401, description = "Not an operator.", body = ConsoleErrorBody),
+        (status = 404, description = "No dead letter there.", body = ConsoleErrorBody),
+        (status = 503, description = "Kafka or MongoDB did not answer within console.read_timeout_ms.", body = ConsoleErrorBody),
+    ),
+    security(("operator" = []), ("session" = []))
+)]
+pub async fn dead_letter(
+    request: HttpRequest,
+    state: web::Data<ConsoleState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ConsoleError> {
+    state.gate.authenticate(&request)?;
+    let view = find_dead_letter(&state, &path).await?;
+    Ok(HttpResponse::Ok().json(DeadLetterDetails::of(&view)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/console/api/dead-letters/export",
+    tag = "dead-letters",
+    operation_id = "exportDeadLetters",
+    description = "Every dead letter the filter selects (not paged), newest first, as JSON lines \
+        (application/x-ndjson), one DeadLetterDetails per line. Audited.",
+    params(RawFilter),
+    responses(
+        (status = 200, description = "JSON lines.", content_type = "application/x-ndjson", body = String),
+        (status = 400, description = "A bad filter field, or an unknown parameter.", body = ConsoleErrorBody),
+        (status = 401, description = "Not an operator.", body = ConsoleErrorBody),
+        (status = 503, description = "Kafka or MongoDB did not answer within console.read_timeout_ms.", body = ConsoleErrorBody),
+    ),
+    security(("operator" = []), ("session" = []))
+)]
+pub async fn export_dead_letters(
+    request: HttpRequest,
+    state: web::Data<ConsoleState>,
+    query: web::Query<RawFilter>,
+) -> Result<HttpResponse, ConsoleError> {
+    let operator = state.gate.authenticate(&request)?;
+    let filter = query.parse()?;
+    let views = selected_dead_letters(&state, &filter, false).await?;
+    let mut body = String::new();
+    for view in &views {
+        body.push_str(
+            &serde_json::to_string(&DeadLetterDetails::of(view))
+                .map_err(|error| ConsoleError::Unexpected(error.into()))?,
+        );
+        body.push('\n');
+    }
+    actions::audit(
+        &state,
+        operator.name.as_str(),
+        "export",
+        &filter.describe(),
+        &format!("ok: {} dead letter(s)", views.len()),
+    )
+    .await?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .insert_header((
+            "Content-Disposition",
+            "attachment; filename=\"dead-letters.jsonl\"",
+        ))
+        .body(body))
+}
+
+#[utoipa::path(
+    post,
+    path = "/console/api/dead-letters/replay",
+    tag = "dead-letters",
+    operation_id = "replayDeadLetters",
+    description = "Replays the dead letters the filter selects (the code of `dlq replay`): each is \
+        republished to the main topic under its idempotency key, so one already stored changes nothing. \
+        With dryRun=true, says what would happen (how many, which skipped as already replayed or \
+        purged). Admins only; needs X-CSRF-Token; audited before it runs.",
+    request_body = ActionRequest,
+    responses(
+        (status = 200, description = "What was (or would be) replayed.", body = ReplayReport),
+        (status = 400, description = "Bad JSON, a bad filter field, no selection without `all`.", body = ConsoleErrorBody),
+        (status = 401, description = "Not an operator.", body = ConsoleErrorBody),
+        (status = 403, description = "A viewer, or a missing or wrong CSRF token.", body = ConsoleErrorBody),
+        (status = 503, description = "Kafka or MongoDB (or the audit log) failed.", body = ConsoleErrorBody),
+    ),
+    security(("operator" = []), ("session" = []))
+)]
+pub async fn replay(
+    request: HttpRequest,
+    state: web::Data<ConsoleState>,
+    body: web::Json<ActionRequest>,
+) -> Result<HttpResponse, ConsoleError> {
+    let operator = state.gate.authenticate(&request)?;
+    let report = actions::replay(&state, &request, &operator, &body).await?;
+    Ok(HttpResponse::Ok().json(report))
+}
+
+#[utoipa::path(
+    post,
+    path = "/console/api/dead-letters/purge",
+    tag = "dead-letters",
+    operation_id = "purgeDeadLetters",
+    description = "Purges the dead letters the filter selects (the code of `dlq purge`): records them \
+        in the purge log (hidden, never replayed) and drops each partition's all-purged prefix from \
+        Kafka. With dryRun=true, says what would happen. Admins only; needs X-CSRF-Token; audited \
+        before it runs.",
+    request_body = ActionRequest,
+    responses(
+        (status = 200, description = "What was (or would be) purged and dropped.", body = PurgeSummary),
+        (status = 400, description = "Bad JSON, a bad filter field, no selection without `all`, a position without a dead letter.", body = ConsoleErrorBody),
+        (status = 401, description = "Not an operator.", body = ConsoleErrorBody),
+        (status = 403, description = "A viewer, or a missing or wrong CSRF token.", body = ConsoleErrorBody),
+        (status = 503, description = "Kafka or MongoDB (or the audit log) failed.", body = ConsoleErrorBody),
+    ),
+    security(("operator" = []), ("session" = []))
+)]
+pub async fn purge(
+    request: HttpRequest,
+    state: web::Data<ConsoleState>,
+    body: web::Json<ActionRequest>,
+) -> Result<HttpResponse, ConsoleError> {
+    let operator = state.gate.authenticate(&request)?;
+    let summary = actions::purge(&state, &request, &operator, &body).await?;
+    Ok(HttpResponse::Ok().json(summary))
+}
+
+/// The newest audit entries (shared with the HTML page).
+pub(super) async fn newest_audit_entries(
+    state: &ConsoleState,
+) -> Result<Vec<AuditEntry>, ConsoleError> {
+    state
+        .audit
+        .newest(AUDIT_PAGE, state.read_timeout())
+        .await
+        .map_err(|error| ConsoleError::Unavailable(anyhow::anyhow!("the audit log: {error}")))
+}
+
+#[utoipa::path(
+    get,
+    path = "/console/api/audit",
+    tag = "audit",
+    operation_id = "getAudit",
+    description = "The newest 200 audit entries, newest first: who did what, when, to which filter, \
+        with what outcome (refusals included).",
+    responses(
+        (status = 200, description = "The entries.", body = AuditPage),
+        (status = 401, description = "Not an operator.", body = ConsoleErrorBody),
+        (status = 503, description = "MongoDB did not answer within console.read_timeout_ms.", body = ConsoleErrorBody),
+    ),
+    security(("operator" = []), ("session" = []))
+)]
+pub async fn audit(
+    request: HttpRequest,
+    state: web::Data<ConsoleState>,
+) -> Result<HttpResponse, ConsoleError> {
+    state.gate.authenticate(&request)?;
+    let entries = newest_audit_entries(&state).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "entries": entries })))
+}
+
+#[utoipa::path(
+    get,
+    path = "/console/api/openapi.json",
+    tag = "documents",
+    operation_id = "consoleOpenapi",
+    description = "This document. No credentials needed.",
+    responses((status = 200, description = "The OpenAPI 3.1 description of the console API.", content_type = "application/json", body = Object))
+)]
+pub async fn openapi(state: web::Data<ConsoleState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(state.openapi_json.clone())
+}

@@ -1,0 +1,327 @@
+//! The `console` role: the operators' web console and its JSON API, on an address of its own
+//! (`console.listen`), never on the tenants' API.
+//!
+//! It shows what each stage has waiting (sampled by the console, with an hour of history drawn as a
+//! chart) and the dead letters, and acts on them (replay, purge, export) with the `dlq` verbs' own
+//! code. Pages are rendered on the server (maud) with no script at all; the JSON API under
+//! `/console/api/` serves scripts and is described by `/console/api/openapi.json`.
+//!
+//! Architecture invariants:
+//! - Only operators open it: configured token digests with a role; the operator directory does not
+//!   hold tenants, so a tenant's API key is refused like any unknown token.
+//! - Every POST carries the CSRF token of its session (or bearer token), and only `admin`s replay
+//!   or purge.
+//! - Every action is in the audit log before it runs (and its outcome after): if the audit log
+//!   cannot be written, the action does not run.
+//! - Everything shown is escaped: payloads are tenants' data, and markup in them renders as text.
+//! - The console reads Kafka without joining any consumer group and bounds every read by
+//!   `console.read_timeout_ms`: it cannot slow the pipeline down or hang on it.
+//!
+//! # Layout
+//! - `auth`: operators, sessions, CSRF. `error`: the error type and its answers.
+//! - `overview`: the lag sampler and its bounded history. `chart`: its SVG drawing.
+//! - `dead_letters`: filters, pages, action reports. `actions`: the audited actions.
+//! - `api`: the JSON API. `pages`: the HTML. `openapi`: the API's document.
+
+mod actions;
+mod api;
+mod auth;
+mod chart;
+mod dead_letters;
+mod error;
+mod openapi;
+mod overview;
+mod pages;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::http::Method;
+use actix_web::middleware::DefaultHeaders;
+use actix_web::{web, App, HttpResponse, HttpServer, Route};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::domain::OperatorDirectory;
+use crate::store::{ActivityRepository, AuditLog};
+
+pub use auth::{CSRF_HEADER, SESSION_COOKIE};
+pub use error::ConsoleError;
+
+/// What every handler shares.
+pub(crate) struct ConsoleState {
+    /// The whole tree: the `dlq` verbs take it as they do on the command line.
+    pub settings: Settings,
+    pub gate: auth::Gate,
+    pub monitor: Arc<overview::LagMonitor>,
+    /// One MongoDB client for the console's life: the `dlq` code reads the purge and replay logs
+    /// through it, rather than connecting for every page.
+    pub repository: ActivityRepository,
+    pub audit: AuditLog,
+    /// The OpenAPI document, rendered once.
+    pub openapi_json: String,
+}
+
+impl ConsoleState {
+    pub fn read_timeout(&self) -> Duration {
+        self.settings.console.read_timeout()
+    }
+}
+
+/// The console's server, bound and ready to run (port 0 in tests, like the API's `Application`).
+pub struct Console {
+    server: Server,
+    port: u16,
+    shutdown: CancellationToken,
+}
+
+impl Console {
+    /// Binds `console.listen`, starts the lag sampler and the server. Cancelling `shutdown` stops
+    /// both.
+    pub async fn build(
+        settings: &Settings,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Console> {
+        let listener = TcpListener::bind(settings.console.listen).map_err(|error| {
+            anyhow::anyhow!(
+                "binding console.listen = {}: {error}",
+                settings.console.listen
+            )
+        })?;
+        let port = listener.local_addr()?.port();
+        let operators = OperatorDirectory::new(settings.operator_credentials()?);
+        if operators.is_empty() {
+            tracing::warn!(
+                "no operators are configured ([operators.<name>]): nobody can open the console"
+            );
+        }
+        let shutdown = shutdown.child_token();
+        let monitor = Arc::new(overview::LagMonitor::new(settings)?);
+        tokio::spawn(Arc::clone(&monitor).run(shutdown.clone()));
+        let repository = ActivityRepository::connect(&settings.mongo).await?;
+        let state = web::Data::new(ConsoleState {
+            settings: settings.clone(),
+            gate: auth::Gate::new(
+                operators,
+                Duration::from_secs(settings.console.session_ttl_secs),
+                settings.console.max_sessions,
+                settings.console.secure_cookie,
+            ),
+            monitor,
+            audit: repository.audit_log(),
+            repository,
+            openapi_json: openapi::document().to_string(),
+        });
+        let server =
+            HttpServer::new(move || {
+                App::new()
+                    .app_data(state.clone())
+                    .app_data(web::JsonConfig::default().limit(64 * 1024).error_handler(
+                        |error, _| {
+                            ConsoleError::BadRequest(format!("invalid JSON body: {error}")).into()
+                        },
+                    ))
+                    .app_data(web::FormConfig::default().limit(64 * 1024).error_handler(
+                        |error, _| {
+                            ConsoleError::BadRequest(format!("invalid form: {error}")).into()
+                        },
+                    ))
+                    .app_data(web::QueryConfig::default().error_handler(|error, _| {
+                        ConsoleError::BadRequest(format!("invalid query: {error}")).into()
+                    }))
+                    .wrap(security_headers())
+                    .configure(routes)
+                    .default_service(web::to(|| async {
+                        Err::<HttpResponse, _>(ConsoleError::NotFound(
+                            "no such console page; the console is under /console".to_owned(),
+                        ))
+                    }))
+            })
+            .disable_signals()
+            .workers(2)
+            .shutdown_timeout(settings.http.shutdown_timeout_secs)
+            .listen(listener)?
+            .run();
+        tracing::info!(port, "console listening");
+        Ok(Console {
+            server,
+            port,
+            shutdown,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until the shutdown token is cancelled (or `handle().stop(..)`).
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let shutdown = self.shutdown.clone();
+        let stopper = tokio::spawn(async move {
+            shutdown.cancelled().await;
+            handle.stop(true).await;
+        });
+        let served = self.server.await;
+        self.shutdown.cancel();
+        stopper.abort();
+        served?;
+        Ok(())
+    }
+}
+
+/// Headers on every answer: no script may run (the pages have none, so injected markup could not
+/// either), no framing (clickjacking of the action buttons), no caching of tenants' data, no
+/// sniffing a payload into HTML.
+fn security_headers() -> DefaultHeaders {
+    DefaultHeaders::new()
+        .add((
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+        ))
+        .add(("X-Content-Type-Options", "nosniff"))
+        .add(("X-Frame-Options", "DENY"))
+        .add(("Referrer-Policy", "no-referrer"))
+        .add(("Cache-Control", "no-store"))
+}
+
+/// The JSON API's routes; the OpenAPI test holds the document to this list.
+fn api_route_table() -> Vec<(&'static str, Vec<(Method, Route)>)> {
+    vec![
+        (
+            "/console/api/session",
+            vec![
+                (Method::GET, web::get().to(api::session)),
+                (Method::POST, web::post().to(api::log_in)),
+                (Method::DELETE, web::delete().to(api::log_out)),
+            ],
+        ),
+        (
+            "/console/api/overview",
+            vec![(Method::GET, web::get().to(api::overview))],
+        ),
+        (
+            "/console/api/dead-letters",
+            vec![(Method::GET, web::get().to(api::list_dead_letters))],
+        ),
+        (
+            "/console/api/dead-letters/export",
+            vec![(Method::GET, web::get().to(api::export_dead_letters))],
+        ),
+        (
+            "/console/api/dead-letters/replay",
+            vec![(Method::POST, web::post().to(api::replay))],
+        ),
+        (
+            "/console/api/dead-letters/purge",
+            vec![(Method::POST, web::post().to(api::purge))],
+        ),
+        (
+            "/console/api/dead-letters/{position}",
+            vec![(Method::GET, web::get().to(api::dead_letter))],
+        ),
+        (
+            "/console/api/audit",
+            vec![(Method::GET, web::get().to(api::audit))],
+        ),
+        (
+            "/console/api/openapi.json",
+            vec![(Method::GET, web::get().to(api::openapi))],
+        ),
+    ]
+}
+
+/// The HTML pages' routes.
+fn page_route_table() -> Vec<(&'static str, Vec<(Method, Route)>)> {
+    vec![
+        (
+            "/console",
+            vec![(Method::GET, web::get().to(pages::overview))],
+        ),
+        (
+            "/console/login",
+            vec![
+                (Method::GET, web::get().to(pages::login_form)),
+                (Method::POST, web::post().to(pages::log_in)),
+            ],
+        ),
+        (
+            "/console/logout",
+            vec![(Method::POST, web::post().to(pages::log_out))],
+        ),
+        (
+            "/console/dead-letters",
+            vec![(Method::GET, web::get().to(pages::dead_letters))],
+        ),
+        (
+            "/console/dead-letters/replay",
+            vec![(Method::POST, web::post().to(pages::replay))],
+        ),
+        (
+            "/console/dead-letters/purge",
+            vec![(Method::POST, web::post().to(pages::purge))],
+        ),
+        (
+            "/console/dead-letters/{position}",
+            vec![(Method::GET, web::get().to(pages::dead_letter))],
+        ),
+        (
+            "/console/audit",
+            vec![(Method::GET, web::get().to(pages::audit))],
+        ),
+        (
+            "/console/assets/console.css",
+            vec![(Method::GET, web::get().to(pages::stylesheet))],
+        ),
+    ]
+}
+
+/// The JSON API's routes as (path, methods), for the OpenAPI test.
+pub fn registered_api_routes() -> Vec<(String, Vec<String>)> {
+    api_route_table()
+        .into_iter()
+        .map(|(path, routes)| {
+            let methods = routes
+                .iter()
+                .map(|(method, _)| method.to_string())
+                .collect();
+            (path.to_owned(), methods)
+        })
+        .collect()
+}
+
+/// The console API's OpenAPI document.
+pub fn openapi_document() -> serde_json::Value {
+    openapi::document()
+}
+
+fn routes(config: &mut web::ServiceConfig) {
+    for (path, routes) in api_route_table().into_iter().chain(page_route_table()) {
+        let allow = routes
+            .iter()
+            .map(|(method, _)| method.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut resource = web::resource(path);
+        for (_, route) in routes {
+            resource = resource.route(route);
+        }
+        config.service(resource.default_service(web::to(move || {
+            let allow = allow.clone();
+            async move {
+                HttpResponse::MethodNotAllowed()
+                    .insert_header(("Allow", allow.clone()))
+                    .json(error::ConsoleErrorBody {
+                        error: format!("method not allowed; allowed: {allow}"),
+                    })
+            }
+        })));
+    }
+}

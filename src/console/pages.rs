@@ -1,0 +1,501 @@
+//! The console's HTML pages, rendered on the server with maud: every value is escaped (a payload
+//! holding markup shows as text), the stylesheet is compiled into the binary, and there is no
+//! script. Actions are forms that POST with the session's CSRF token.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use maud::{html, Markup, DOCTYPE};
+use serde::Deserialize;
+
+use super::actions::{self, ActionRequest};
+use super::api::{self, ListQuery};
+use super::auth::Operator;
+use super::chart::lag_chart;
+use super::dead_letters::{ActionItem, DeadLetterDetails, DeadLetterSummary, RawFilter};
+use super::error::ConsoleError;
+use super::ConsoleState;
+
+const STYLESHEET: &str = include_str!("assets/console.css");
+
+/// A page's failure: to the login page when not logged in, else an HTML page with the message.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct PageError(#[from] ConsoleError);
+
+impl ResponseError for PageError {
+    fn status_code(&self) -> StatusCode {
+        self.0.status_code()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if matches!(self.0, ConsoleError::Unauthorized(_)) {
+            return HttpResponse::SeeOther()
+                .insert_header((header::LOCATION, "/console/login"))
+                .finish();
+        }
+        // Logs and picks the status as the API does.
+        let status = self.0.error_response().status();
+        HttpResponse::build(status)
+            .content_type("text/html; charset=utf-8")
+            .body(
+                layout(
+                    "Error",
+                    None,
+                    html! {
+                        h1 { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) }
+                        p.error { (self.0) }
+                        p { a href="/console" { "Back to the overview" } }
+                    },
+                )
+                .into_string(),
+            )
+    }
+}
+
+fn page(markup: Markup) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(markup.into_string())
+}
+
+fn layout(title: &str, session: Option<(&Operator, &str)>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · activity-pipeline console" }
+                link rel="stylesheet" href="/console/assets/console.css";
+            }
+            body {
+                header {
+                    strong { "activity-pipeline console" }
+                    @if let Some((operator, csrf)) = session {
+                        nav {
+                            a href="/console" { "Overview" }
+                            a href="/console/dead-letters" { "Dead letters" }
+                            a href="/console/audit" { "Audit log" }
+                        }
+                        form.logout method="post" action="/console/logout" {
+                            span.muted { (operator.name) " (" (operator.role) ")" }
+                            input type="hidden" name="csrfToken" value=(csrf);
+                            button type="submit" { "Log out" }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+pub async fn stylesheet() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/css; charset=utf-8")
+        .body(STYLESHEET)
+}
+
+pub async fn login_form() -> HttpResponse {
+    page(login_page(None))
+}
+
+fn login_page(error: Option<&str>) -> Markup {
+    layout(
+        "Log in",
+        None,
+        html! {
+            h1 { "Log in" }
+            @if let Some(error) = error { p.error { (error) } }
+            form method="post" action="/console/login" {
+                label { "Operator token " input type="password" name="token" autocomplete="current-password" required; }
+                button type="submit" { "Log in" }
+            }
+            p.muted { "Operators' tokens are configured as [operators.<name>]; tenants' API keys do not open the console." }
+        },
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginForm {
+    token: String,
+}
+
+pub async fn log_in(
+    state: web::Data<ConsoleState>,
+    form: web::Form<LoginForm>,
+) -> Result<HttpResponse, PageError> {
+    match state.gate.log_in(&form.token) {
+        Ok((operator, cookie, _)) => {
+            actions::audit(&state, operator.name.as_str(), "login", "", "ok").await?;
+            Ok(HttpResponse::SeeOther()
+                .cookie(cookie)
+                .insert_header((header::LOCATION, "/console"))
+                .finish())
+        }
+        Err(error) => {
+            actions::audit(&state, "-", "login", "", "refused: unknown token").await?;
+            Ok(HttpResponse::Unauthorized()
+                .content_type("text/html; charset=utf-8")
+                .body(login_page(Some(&error.to_string())).into_string()))
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CsrfForm {
+    csrf_token: Option<String>,
+}
+
+pub async fn log_out(
+    request: HttpRequest,
+    state: web::Data<ConsoleState>,
+    form: web::Form<CsrfForm>,
+) -> Result<HttpResponse, PageError> {
+    let operator = state.gate.authenticate(&request)?;
+    state
+        .gate
+        .check_csrf(&request, &operator, form.csrf_token.as_deref())?;
+    Ok(HttpResponse::SeeOther()
+        .cookie(state.gate.log_out(&operator))
+        .insert_header((header::LOCATION, "/console/login"))
+        .finish())
+}
+
+pub async fn overview(
+    request: HttpRequest,
+    state: web::Data<ConsoleState>,
+) -> Result<HttpResponse, PageError> {
+    let operator = state.gate.authenticate(&request)?;
+    let csrf = state.gate.csrf_token(&operator);
+    let overview = state.monitor.overview();
+    Ok(page(layout(
+        "Overview",
+        Some((&operator, &csrf)),
+        html! {
+            h1 { "Overview" }
+            p.muted {
+                @match overview.sampled_at {
+                    Some(at) => { "Sampled " (at.format("%Y-%m-%d %H:%M:%S UTC")) ", every " (overview.sample_interval_secs) " s." }
+                    None => { "Not sampled yet." }
+                }
+            }
+            table #stages {
+                thead { tr { th { "Stage" } th { "Topic" } th { "Consumer group" } th.num { "Backlog" } th { "Per partition (lag)" } } }
+                tbody {
+                    @for stage in &overview.stages {
+                        tr data-stage=(stage.stage) {
+                            td { (stage.stage) }
+                            td { code { (stage.topic) } }
+                            td { code { (stage.group.as_deref().unwrap_or("—")) } }
+                            td.num.backlog { (stage.backlog) }
+                            td {
+                                @if let Some(error) = &stage.error { span.error { (error) } }
+                                @for partition in &stage.partitions {
+                                    span.partition title=(format!("offsets {}..{}, committed {}", partition.low, partition.high, partition.committed.map_or("none".to_owned(), |c| c.to_string()))) {
+                                        (partition.partition) ": " (partition.lag)
+                                    }
+                                    " "
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Backlog over time" }
+            (lag_chart(&overview))
+        },
+    )))
+}
+
+fn filter_fields(filter: &RawFilter) -> Markup {
+    html! {
+        label { "Tenant " input name="tenant" value=(filter.tenant.as_deref().unwrap_or("")); }
+        label { "Error class "
+            select name="class" {
+                option value="" { "any" }
+                @for class in crate::failures::FailureClass::ALL {
+                    option value=(class.as_str()) selected[filter.class.as_deref() == Some(class.as_str())] { (class.as_str()) }
+                }
+            }
+        }
+        label { "From " input name="from" placeholder="2026-12-02T10:00:00Z" value=(filter.from.as_deref().unwrap_or("")); }
+        label { "Until " input name="until" placeholder="2026-12-02T11:00:00Z" value=(filter.until.as_deref().unwrap_or("")); }
+        label { "Text " input name="text" value=(filter.text.as_deref().unwrap_or("")); }
+    }
+}
+
+fn hidden_filter(filter: &RawFilter) -> Markup {
+    html! {
+        @for (name, value) in [("tenant", &filter.tenant), ("class", &filter.class), ("from", &filter.from), ("until", &filter.until), ("text", &filter.text), ("position", &filter.position)] {
+            @if let Some(value) = value.as_deref().filter(|value| !value.trim().is_empty()) {
+                input type="hidden" name=(name) value=(value);
+            }
+        }
+    }
+}
+
+/// The replay and purge forms for `filter` (every dead letter it selects).
+fn action_forms(filter: &RawFilter, csrf: &str, operator: &Operator) -> Markup {
+    let everything = filter
+        .parse()
+        .map(|parsed| parsed.is_empty())
+        .unwrap_or(false);
+    html! {
+        @if operator.role.may_act() {
+            div.actions {
+                form method="post" action="/console/dead-letters/replay" {
+                    (hidden_filter(filter))
+                    input type="hidden" name="csrfToken" value=(csrf);
+                    @if everything { input type="hidden" name="all" value="true"; }
+                    button type="submit" name="dryRun" value="true" { "Preview replay" }
+                    button type="submit" name="dryRun" value="false" { "Replay" }
+                }
+                form method="post" action="/console/dead-letters/purge" {
+                    (hidden_filter(filter))
+                    input type="hidden" name="csrfToken" value=(csrf);
+                    @if everything { input type="hidden" name="all" value="true"; }
+                    input name="reason" placeholder="reason (kept in the purge log)";
+                    button type="submit" name="dryRun" value="true" { "Preview purge" }
+                    button.danger type="submit" name="dryRun" value="false" { "Purge" }
+                }
+            }
+        } @else {
+            p.muted { "Viewers look; replay and purge need the admin role." }
+        }
+    }
+}
+
+fn summary_row(dead: &DeadLetterSummary) -> Markup {
+    html! {
+        tr {
+            td { a href=(format!("/console/dead-letters/{}", dead.position)) { (dead.position) } }
+            td { (dead.tenant.as_deref().unwrap_or("—")) }
+            td { code { (dead.idempotency_key.as_deref().unwrap_or("—")) } }
+            td { (dead.error_class) }
+            td.num { (dead.attempts) }
+            td { (dead.last_failure_at) }
+            td.error-text { (dead.error) }
+        }
+    }
+}
+
+pub async fn dead_letters(
+    request: HttpRequest,
+    state: web::Data<ConsoleState>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, PageError> {
+    let operator = state.gate.authenticate(&request)?;
+    let csrf = state.gate.csrf_token(&operator);
+    let page_data = api::dead_letter_page(&state, &query).await?;
+    let filter = query.raw_filter();
+    let next = page_data.next_cursor.as_ref().map(|cursor| {
+        let mut query = filter.to_query();
+        if !query.is_empty() {
+            query.push('&');
+        }
+        format!(
+            "/console/dead-letters?{query}cursor={}",
+            serde_urlencoded::to_string([("", cursor)])
+                .unwrap_or_default()
+                .trim_start_matches('=')
+        )
+    });
+    Ok(page(layout(
+        "Dead letters",
+        Some((&operator, &csrf)),
+        html! {
+            h1 { "Dead letters" }
+            form.filter method="get" action="/console/dead-letters" {
+                (filter_fields(&filter))
+                button type="submit" { "Filter" }
+                a href="/console/dead-letters" { "Clear" }
+            }
+            p { (page_data.total) " dead letter(s) match, newest first. "
+                a href=(format!("/console/api/dead-letters/export?{}", filter.to_query())) { "Export as JSON lines" } }
+            (action_forms(&filter, &csrf, &operator))
+            table #dead-letters {
+                thead { tr { th { "Position" } th { "Tenant" } th { "Idempotency key" } th { "Class" } th.num { "Attempts" } th { "Last failure" } th { "Error" } } }
+                tbody {
+                    @for dead in &page_data.dead_letters { (summary_row(dead)) }
+                }
+            }
+            @if let Some(next) = next { p { a rel="next" href=(next) { "Next page →" } } }
+        },
+    )))
+}
+
+pub async fn dead_letter(
+    request: HttpRequest,
+    state: web::Data<ConsoleState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, PageError> {
+    let operator = state.gate.authenticate(&request)?;
+    let csrf = state.gate.csrf_token(&operator);
+    let view = api::find_dead_letter(&state, &path).await?;
+    let details = DeadLetterDetails::of(&view);
+    let summary = &details.summary;
+    let one = RawFilter {
+        position: Some(summary.position.clone()),
+        ..RawFilter::default()
+    };
+    Ok(page(layout(
+        &format!("Dead letter {}", summary.position),
+        Some((&operator, &csrf)),
+        html! {
+            h1 { "Dead letter " (summary.position) }
+            dl.facts {
+                dt { "Tenant" } dd { (summary.tenant.as_deref().unwrap_or("—")) }
+                dt { "Idempotency key" } dd { code { (summary.idempotency_key.as_deref().unwrap_or("—")) } }
+                dt { "Error class" } dd { (summary.error_class) }
+                dt { "Error" } dd.error-text { (summary.error) }
+                dt { "Attempts" } dd { (summary.attempts) }
+                dt { "First failure" } dd { (summary.first_failure_at) }
+                dt { "Last failure" } dd { (summary.last_failure_at) }
+                dt { "Source" } dd { code { (summary.source) } }
+                dt { "In" } dd { code { (details.topic) } }
+                @if let Some(purged_at) = summary.purged_at {
+                    dt { "Purged" } dd { (purged_at.to_rfc3339()) " (" (details.purge_selection.as_deref().unwrap_or("")) ")" @if let Some(reason) = &details.purge_reason { ": " (reason) } }
+                }
+            }
+            (action_forms(&one, &csrf, &operator))
+            h2 { "Headers" }
+            table #headers {
+                tbody {
+                    @for header in &details.headers {
+                        tr { th { code { (header.name) } } td { code { (header.value.as_deref().unwrap_or("(null)")) } } }
+                    }
+                }
+            }
+            h2 { "Payload" @if !details.payload_is_json { " (not JSON)" } }
+            pre #payload { (details.payload.as_deref().unwrap_or("(none)")) }
+        },
+    )))
+}
+
+fn action_result(title: &str, counts: Markup, items: &[ActionItem]) -> Markup {
+    html! {
+        h1 { (title) }
+        (counts)
+        table #outcomes {
+            thead { tr { th { "Position" } th { "Tenant" } th { "Idempotency key" } th { "Outcome" } } }
+            tbody {
+                @for item in items {
+                    tr {
+                        td { a href=(format!("/console/dead-letters/{}", item.position)) { (item.position) } }
+                        td { (item.tenant.as_deref().unwrap_or("—")) }
+                        td { code { (item.idempotency_key.as_deref().unwrap_or("—")) } }
+                        td { (item.outcome) }
+                    }
+                }
+            }
+        }
+        p { a href="/console/dead-letters" { "Back to the dead letters" } }
+    }
+}
+
+pub async fn replay(
+    request: HttpRequest,
+    state: web::Data<ConsoleState>,
+    form: web::Form<ActionRequest>,
+) -> Result<HttpResponse, PageError> {
+    let operator = state.gate.authenticate(&request)?;
+    let csrf = state.gate.csrf_token(&operator);
+    let report = actions::replay(&state, &request, &operator, &form).await?;
+    let title = if report.dry_run {
+        "Replay preview"
+    } else {
+        "Replayed"
+    };
+    let counts = html! {
+        p.counts {
+            (report.matched) " selected: "
+            @if report.dry_run { (report.would_replay) " would be replayed" } @else { (report.replayed) " replayed" }
+            ", " (report.skipped_already_replayed) " skipped as already replayed, "
+            (report.skipped_purged) " skipped as purged."
+        }
+        @if report.dry_run && report.would_replay > 0 {
+            form method="post" action="/console/dead-letters/replay" {
+                (hidden_filter(&form.raw_filter()))
+                input type="hidden" name="csrfToken" value=(csrf);
+                @if form.all { input type="hidden" name="all" value="true"; }
+                button type="submit" name="dryRun" value="false" { "Replay these " (report.would_replay) }
+            }
+        }
+    };
+    Ok(page(layout(
+        title,
+        Some((&operator, &csrf)),
+        action_result(title, counts, &report.items),
+    )))
+}
+
+pub async fn purge(
+    request: HttpRequest,
+    state: web::Data<ConsoleState>,
+    form: web::Form<ActionRequest>,
+) -> Result<HttpResponse, PageError> {
+    let operator = state.gate.authenticate(&request)?;
+    let csrf = state.gate.csrf_token(&operator);
+    let summary = actions::purge(&state, &request, &operator, &form).await?;
+    let title = if summary.dry_run {
+        "Purge preview"
+    } else {
+        "Purged"
+    };
+    let counts = html! {
+        p.counts {
+            (summary.matched) " selected: "
+            @if summary.dry_run { (summary.would_purge) " would be purged" } @else { (summary.purged) " purged" }
+            ", " (summary.skipped_already_purged) " already purged; "
+            (summary.dropped.len()) " partition prefix(es) dropped from Kafka."
+        }
+        @if summary.dry_run && summary.would_purge > 0 {
+            form method="post" action="/console/dead-letters/purge" {
+                (hidden_filter(&form.raw_filter()))
+                input type="hidden" name="csrfToken" value=(csrf);
+                @if form.all { input type="hidden" name="all" value="true"; }
+                @if let Some(reason) = &form.reason { input type="hidden" name="reason" value=(reason); }
+                button.danger type="submit" name="dryRun" value="false" { "Purge these " (summary.would_purge) }
+            }
+        }
+    };
+    Ok(page(layout(
+        title,
+        Some((&operator, &csrf)),
+        action_result(title, counts, &summary.items),
+    )))
+}
+
+pub async fn audit(
+    request: HttpRequest,
+    state: web::Data<ConsoleState>,
+) -> Result<HttpResponse, PageError> {
+    let operator = state.gate.authenticate(&request)?;
+    let csrf = state.gate.csrf_token(&operator);
+    let entries = api::newest_audit_entries(&state).await?;
+    Ok(page(layout(
+        "Audit log",
+        Some((&operator, &csrf)),
+        html! {
+            h1 { "Audit log" }
+            p.muted { "The newest " (api::AUDIT_PAGE) " entries, newest first." }
+            table #audit {
+                thead { tr { th { "When" } th { "Operator" } th { "Action" } th { "Filter" } th { "Outcome" } } }
+                tbody {
+                    @for entry in &entries {
+                        tr {
+                            td { (entry.at.format("%Y-%m-%d %H:%M:%S UTC")) }
+                            td { (entry.operator) }
+                            td { (entry.action) }
+                            td { code { (entry.filter) } }
+                            td { (entry.outcome) }
+                        }
+                    }
+                }
+            }
+        },
+    )))
+}

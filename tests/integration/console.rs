@@ -1,0 +1,770 @@
+//! The operators' console (`activity-pipeline console`) against the real stack: who gets in, what
+//! the overview shows while no consumer runs, the dead letters' filter, preview, replay and purge
+//! (through the `dlq` verbs' code), escaping of tenants' payloads, and precise 400s for garbage.
+
+use std::time::Duration;
+
+use activity_pipeline::console::Console;
+use mongodb::bson::doc;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{activity, eventually, filter, load_settings, TestPipeline, ACME_KEY};
+
+pub const ADMIN_TOKEN: &str = "dev-operator-admin";
+pub const VIEWER_TOKEN: &str = "dev-operator-viewer";
+
+/// A console on port 0 over a test pipeline's topics, group and database.
+pub struct TestConsole {
+    pub address: String,
+    http: reqwest::Client,
+    shutdown: CancellationToken,
+}
+
+impl TestConsole {
+    pub async fn spawn(pipeline: &TestPipeline) -> TestConsole {
+        let mut overrides = pipeline.overrides.clone();
+        overrides.extend([
+            "console.listen=127.0.0.1:0".to_owned(),
+            "console.lag_sample_interval_secs=1".to_owned(),
+            "console.lag_history_secs=120".to_owned(),
+        ]);
+        let settings = load_settings(&overrides);
+        let shutdown = CancellationToken::new();
+        let console = Console::build(&settings, shutdown.clone())
+            .await
+            .expect("the console starts");
+        let address = format!("http://127.0.0.1:{}", console.port());
+        tokio::spawn(console.run_until_stopped());
+        TestConsole {
+            address,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            shutdown,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// GET with a bearer token (or none): status and JSON body.
+    pub async fn get(&self, token: Option<&str>, path: &str) -> (u16, Value) {
+        let mut request = self.http.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("the console answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The CSRF token of a bearer token.
+    async fn csrf(&self, token: &str) -> String {
+        let (status, session) = self.get(Some(token), "/console/api/session").await;
+        assert_eq!(status, 200, "{session}");
+        session["csrfToken"].as_str().unwrap().to_owned()
+    }
+
+    /// POSTs a JSON action as the operator of `token`, with its CSRF token.
+    async fn act(&self, token: &str, action: &str, body: &Value) -> (u16, Value) {
+        let csrf = self.csrf(token).await;
+        let response = self
+            .http
+            .post(self.url(&format!("/console/api/dead-letters/{action}")))
+            .bearer_auth(token)
+            .header("X-CSRF-Token", csrf)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Logs in like a browser: the session cookie (`name=value`).
+    async fn log_in(&self, token: &str) -> String {
+        let response = self
+            .http
+            .post(self.url("/console/login"))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 303);
+        let set_cookie = response
+            .headers()
+            .get("set-cookie")
+            .expect("a session cookie")
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+            "{set_cookie}"
+        );
+        set_cookie.split(';').next().unwrap().to_owned()
+    }
+
+    async fn page(&self, cookie: &str, path: &str) -> (u16, String) {
+        let response = self
+            .http
+            .get(self.url(path))
+            .header("Cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    }
+
+    async fn audit(&self) -> Vec<Value> {
+        let (status, body) = self.get(Some(ADMIN_TOKEN), "/console/api/audit").await;
+        assert_eq!(status, 200, "{body}");
+        body["entries"].as_array().unwrap().clone()
+    }
+
+    pub fn stop(self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Writes a dead letter into the pipeline's DLQ, as the consumer would have.
+pub async fn dead_letter(
+    pipeline: &TestPipeline,
+    tenant: &str,
+    key: &str,
+    class: &str,
+    error: &str,
+    payload: &[u8],
+) {
+    let dlq_topic = pipeline.settings.kafka.dlq_topic.clone();
+    let now = chrono::Utc::now().to_rfc3339();
+    let headers = [
+        ("idempotency-key", key),
+        ("dlq-error", error),
+        ("dlq-error-class", class),
+        ("dlq-attempts", "1"),
+        ("dlq-first-failure-at", now.as_str()),
+        ("dlq-last-failure-at", now.as_str()),
+        ("dlq-source-topic", "activities"),
+        ("dlq-source-partition", "0"),
+        ("dlq-source-offset", "7"),
+    ];
+    pipeline
+        .produce_raw(&dlq_topic, Some(tenant), Some(payload), &headers)
+        .await;
+}
+
+pub fn positions(page: &Value) -> Vec<String> {
+    page["deadLetters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|dead| dead["position"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_operators_get_in_and_only_admins_with_a_csrf_token_act() {
+    let pipeline = TestPipeline::spawn_api_only(&[]).await;
+    let console = TestConsole::spawn(&pipeline).await;
+
+    let (status, body) = console.get(None, "/console/api/overview").await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = console.get(Some(ACME_KEY), "/console/api/overview").await;
+    assert_eq!(
+        status, 401,
+        "a tenant's API key never opens the console: {body}"
+    );
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("tenants' API keys"));
+    let (status, _) = console
+        .get(Some(VIEWER_TOKEN), "/console/api/overview")
+        .await;
+    assert_eq!(status, 200);
+
+    // Pages send the unauthenticated to the login form; a tenant's key does not log in.
+    let response = console
+        .http
+        .get(console.url("/console"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 303);
+    assert_eq!(response.headers()["location"], "/console/login");
+    let response = console
+        .http
+        .post(console.url("/console/login"))
+        .form(&[("token", ACME_KEY)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    assert!(response.headers().get("set-cookie").is_none());
+
+    // A viewer is refused an action, and the refusal is audited.
+    let everything = json!({"all": true, "dryRun": true});
+    let (status, body) = console.act(VIEWER_TOKEN, "replay", &everything).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("viewer"), "{body}");
+
+    // An admin without, or with someone else's, CSRF token is refused too.
+    let response = console
+        .http
+        .post(console.url("/console/api/dead-letters/replay"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&everything)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("CSRF"), "{body}");
+    let viewer_csrf = console.csrf(VIEWER_TOKEN).await;
+    let response = console
+        .http
+        .post(console.url("/console/api/dead-letters/purge"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("X-CSRF-Token", viewer_csrf)
+        .json(&everything)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+
+    // With a session: the cookie opens the pages, and a form POST needs the page's CSRF token.
+    let cookie = console.log_in(ADMIN_TOKEN).await;
+    let (status, overview) = console.page(&cookie, "/console").await;
+    assert_eq!(status, 200);
+    assert!(overview.contains("dev-admin"), "{overview}");
+    let response = console
+        .http
+        .post(console.url("/console/dead-letters/replay"))
+        .header("Cookie", &cookie)
+        .form(&[("all", "true"), ("dryRun", "true")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+    let (status, _) = console.act(ADMIN_TOKEN, "replay", &everything).await;
+    assert_eq!(status, 200);
+
+    let audit = console.audit().await;
+    let actions: Vec<(&str, &str, &str)> = audit
+        .iter()
+        .map(|entry| {
+            (
+                entry["operator"].as_str().unwrap(),
+                entry["action"].as_str().unwrap(),
+                entry["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        actions
+            .iter()
+            .any(|(who, action, outcome)| *who == "dev-viewer"
+                && *action == "replay-preview"
+                && outcome.starts_with("refused")),
+        "{actions:?}"
+    );
+    assert!(
+        actions.iter().any(|(who, action, outcome)| *who == "-"
+            && *action == "login"
+            && outcome.starts_with("refused")),
+        "{actions:?}"
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|(who, action, outcome)| *who == "dev-admin"
+                && *action == "replay-preview"
+                && outcome.starts_with("ok")),
+        "{actions:?}"
+    );
+    console.stop();
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_shows_the_lag_grow_while_no_consumer_runs() {
+    let pipeline = TestPipeline::spawn_api_only(&[]).await;
+    let console = TestConsole::spawn(&pipeline).await;
+    let main_backlog = |overview: &Value| {
+        overview["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|stage| stage["stage"] == "main")
+            .and_then(|stage| stage["backlog"].as_i64())
+            .unwrap_or(-1)
+    };
+
+    for (batch, expected) in [(3, 3), (4, 7)] {
+        for _ in 0..batch {
+            assert_eq!(
+                pipeline
+                    .post_activity(ACME_KEY, None, &activity("u1", "login"))
+                    .await
+                    .status(),
+                202
+            );
+        }
+        eventually(&format!("the main backlog reaches {expected}"), || async {
+            main_backlog(
+                &console
+                    .get(Some(VIEWER_TOKEN), "/console/api/overview")
+                    .await
+                    .1,
+            ) == expected
+        })
+        .await;
+    }
+    let (_, overview) = console
+        .get(Some(VIEWER_TOKEN), "/console/api/overview")
+        .await;
+    let stages: Vec<&str> = overview["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|stage| stage["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["main", "retry.1", "retry.2", "retry.3", "dlq"]);
+    let main = &overview["stages"][0];
+    assert_eq!(main["group"], pipeline.settings.kafka.consumer_group);
+    let per_partition: i64 = main["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|partition| partition["lag"].as_i64().unwrap())
+        .sum();
+    assert_eq!(per_partition, 7);
+    // The history saw it grow: earlier samples are lower, and none is higher than now.
+    let history: Vec<i64> = overview["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|point| point["backlogs"][0].as_i64())
+        .collect();
+    assert!(history.len() >= 2, "{history:?}");
+    assert!(history.first() < history.last(), "{history:?}");
+    assert!(
+        history.windows(2).all(|pair| pair[0] <= pair[1]),
+        "{history:?}"
+    );
+
+    let cookie = console.log_in(VIEWER_TOKEN).await;
+    let (status, page) = console.page(&cookie, "/console").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<svg") && page.contains("<polyline"),
+        "{page}"
+    );
+    console.stop();
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_filtered_previewed_replayed_once_and_purged() {
+    let pipeline = TestPipeline::spawn().await;
+    let console = TestConsole::spawn(&pipeline).await;
+    let lost = pipeline.envelope("acme", "lost-in-incident", &activity("u1", "login"));
+    dead_letter(
+        &pipeline,
+        "acme",
+        "lost-in-incident",
+        "transient",
+        "MongoDB was on fire",
+        &lost,
+    )
+    .await;
+    dead_letter(
+        &pipeline, "acme", "bad-json", "poison", "not JSON", b"{nope",
+    )
+    .await;
+    dead_letter(
+        &pipeline,
+        "globex",
+        "globex-poison",
+        "poison",
+        "schema violation",
+        b"{}",
+    )
+    .await;
+
+    eventually("three dead letters listed", || async {
+        console
+            .get(Some(VIEWER_TOKEN), "/console/api/dead-letters")
+            .await
+            .1["total"]
+            == 3
+    })
+    .await;
+    let (status, acme_poison) = console
+        .get(
+            Some(VIEWER_TOKEN),
+            "/console/api/dead-letters?tenant=acme&class=poison",
+        )
+        .await;
+    assert_eq!(status, 200, "{acme_poison}");
+    assert_eq!(acme_poison["total"], 1);
+    assert_eq!(acme_poison["deadLetters"][0]["idempotencyKey"], "bad-json");
+    let (_, by_text) = console
+        .get(
+            Some(VIEWER_TOKEN),
+            "/console/api/dead-letters?text=ON%20FIRE",
+        )
+        .await;
+    assert_eq!(by_text["total"], 1);
+    let lost_position = positions(&by_text)[0].clone();
+    let (_, future) = console
+        .get(
+            Some(VIEWER_TOKEN),
+            "/console/api/dead-letters?from=2099-01-01T00:00:00Z",
+        )
+        .await;
+    assert_eq!(future["total"], 0);
+    // Paged: one at a time, newest first, the cursor leading through all three.
+    let (_, first) = console
+        .get(Some(VIEWER_TOKEN), "/console/api/dead-letters?limit=2")
+        .await;
+    let cursor = first["nextCursor"].as_str().unwrap().to_owned();
+    let (_, second) = console
+        .get(
+            Some(VIEWER_TOKEN),
+            &format!("/console/api/dead-letters?limit=2&cursor={cursor}"),
+        )
+        .await;
+    assert_eq!(positions(&first).len() + positions(&second).len(), 3);
+    assert!(second["nextCursor"].is_null());
+
+    // The record's page: headers and the payload pretty-printed.
+    let (status, record) = console
+        .get(
+            Some(VIEWER_TOKEN),
+            &format!("/console/api/dead-letters/{lost_position}"),
+        )
+        .await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(record["errorClass"], "transient");
+    assert!(record["payload"]
+        .as_str()
+        .unwrap()
+        .contains("\n  \"idempotencyKey\""));
+
+    // Dry run, then replay: stored once; a second preview says it was replayed already.
+    let one = json!({"position": lost_position, "dryRun": true});
+    let (status, preview) = console.act(ADMIN_TOKEN, "replay", &one).await;
+    assert_eq!(status, 200, "{preview}");
+    assert_eq!(
+        (preview["matched"].as_u64(), preview["wouldReplay"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(
+        pipeline.count(doc! {}).await,
+        0,
+        "a dry run changes nothing"
+    );
+    let (status, replayed) = console
+        .act(
+            ADMIN_TOKEN,
+            "replay",
+            &json!({"position": lost_position, "dryRun": false}),
+        )
+        .await;
+    assert_eq!(status, 200, "{replayed}");
+    assert_eq!(replayed["replayed"], 1);
+    assert_eq!(
+        pipeline
+            .wait_for_count(filter("acme", "lost-in-incident"), 1)
+            .await,
+        1
+    );
+    let (_, again) = console
+        .act(
+            ADMIN_TOKEN,
+            "replay",
+            &json!({"tenant": "acme", "dryRun": true}),
+        )
+        .await;
+    assert_eq!(again["skippedAlreadyReplayed"], 1, "{again}");
+    assert_eq!(
+        again["wouldReplay"], 1,
+        "the poison one was never replayed: {again}"
+    );
+    let (_, replayed_again) = console
+        .act(
+            ADMIN_TOKEN,
+            "replay",
+            &json!({"position": lost_position, "dryRun": false}),
+        )
+        .await;
+    assert_eq!(replayed_again["replayed"], 0, "{replayed_again}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pipeline.count(filter("acme", "lost-in-incident")).await, 1);
+
+    // Purge globex's: preview, purge, gone from the listing (and its prefix dropped).
+    let globex = json!({"tenant": "globex", "dryRun": true, "reason": "bad deploy"});
+    let (status, preview) = console.act(ADMIN_TOKEN, "purge", &globex).await;
+    assert_eq!(status, 200, "{preview}");
+    assert_eq!(preview["wouldPurge"], 1);
+    let (status, purged) = console
+        .act(
+            ADMIN_TOKEN,
+            "purge",
+            &json!({"tenant": "globex", "dryRun": false}),
+        )
+        .await;
+    assert_eq!(status, 200, "{purged}");
+    assert_eq!(purged["purged"], 1);
+    let (_, globex_left) = console
+        .get(
+            Some(VIEWER_TOKEN),
+            "/console/api/dead-letters?tenant=globex",
+        )
+        .await;
+    assert_eq!(globex_left["total"], 0);
+    let (_, with_purged) = console
+        .get(
+            Some(VIEWER_TOKEN),
+            "/console/api/dead-letters?tenant=globex&includePurged=true",
+        )
+        .await;
+    // Kafka drops a purged record only with its partition's whole prefix: either it is gone, or it
+    // is still listed on request, marked purged.
+    if purged["dropped"].as_array().unwrap().is_empty() {
+        assert!(
+            !with_purged["deadLetters"][0]["purgedAt"].is_null(),
+            "{with_purged}"
+        );
+    } else {
+        assert_eq!(with_purged["total"], 0, "{with_purged}");
+    }
+
+    // Export: JSON lines of what is left.
+    let export = console
+        .http
+        .get(console.url("/console/api/dead-letters/export?tenant=acme"))
+        .bearer_auth(VIEWER_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(export.status().as_u16(), 200);
+    let lines: Vec<Value> = export
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+
+    let audit = console.audit().await;
+    let done: Vec<(String, String)> = audit
+        .iter()
+        .map(|entry| {
+            (
+                entry["action"].as_str().unwrap().to_owned(),
+                entry["filter"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for (action, filter) in [
+        ("replay", format!("position={lost_position}")),
+        ("purge", "tenant=globex".to_owned()),
+        ("purge-preview", "tenant=globex".to_owned()),
+        ("export", "tenant=acme".to_owned()),
+    ] {
+        assert!(
+            done.contains(&(action.to_owned(), filter.clone())),
+            "{action} {filter}: {done:?}"
+        );
+    }
+    assert!(
+        audit.iter().all(|entry| entry["outcome"] != "started"),
+        "{audit:?}"
+    );
+    console.stop();
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_markup_payload_renders_as_text() {
+    let pipeline = TestPipeline::spawn_api_only(&[]).await;
+    let console = TestConsole::spawn(&pipeline).await;
+    dead_letter(
+        &pipeline,
+        "acme",
+        "<b>key</b>",
+        "poison",
+        "<img src=x onerror=alert(1)>",
+        b"<script>alert('pwned')</script>",
+    )
+    .await;
+    let cookie = console.log_in(VIEWER_TOKEN).await;
+    eventually("the dead letter listed", || async {
+        console
+            .page(&cookie, "/console/dead-letters")
+            .await
+            .1
+            .contains("&lt;b&gt;key&lt;/b&gt;")
+    })
+    .await;
+    let listing = console.page(&cookie, "/console/dead-letters").await.1;
+    assert!(
+        !listing.contains("<b>key</b>") && !listing.contains("<img src=x"),
+        "{listing}"
+    );
+    let response = console
+        .http
+        .get(console.url("/console/dead-letters/0:0"))
+        .header("Cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    let response = if response.status().as_u16() == 404 {
+        // The record landed in another partition: find its position from the API.
+        let (_, page) = console
+            .get(Some(VIEWER_TOKEN), "/console/api/dead-letters")
+            .await;
+        console
+            .http
+            .get(console.url(&format!("/console/dead-letters/{}", positions(&page)[0])))
+            .header("Cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+    } else {
+        response
+    };
+    assert_eq!(response.status().as_u16(), 200);
+    let policy = response.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(policy.contains("default-src 'none'"), "{policy}");
+    let record = response.text().await.unwrap();
+    assert!(
+        record.contains("&lt;script&gt;alert('pwned')&lt;/script&gt;"),
+        "{record}"
+    );
+    assert!(!record.contains("<script"), "{record}");
+    assert!(!record.contains("<img src=x"), "{record}");
+    console.stop();
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_gets_a_precise_400() {
+    let pipeline = TestPipeline::spawn_api_only(&[]).await;
+    let console = TestConsole::spawn(&pipeline).await;
+    dead_letter(&pipeline, "acme", "k-1", "poison", "bad", b"{}").await;
+    eventually("the dead letter listed", || async {
+        console
+            .get(Some(VIEWER_TOKEN), "/console/api/dead-letters")
+            .await
+            .1["total"]
+            == 1
+    })
+    .await;
+    for (query, expected) in [
+        (
+            "class=exploded",
+            "`class`: unknown error class \"exploded\"",
+        ),
+        ("tenant=Not%20A%20Tenant", "`tenant`"),
+        (
+            "from=yesterday",
+            "`from`: \"yesterday\" is not an RFC 3339 time",
+        ),
+        (
+            "from=2026-12-02T10:00:00Z&until=2026-12-01T10:00:00Z",
+            "`from` must be before `until`",
+        ),
+        ("limit=0", "`limit`: \"0\" is not a number from 1 to 500"),
+        ("limit=lots", "`limit`"),
+        ("cursor=garbage", "`cursor`: expected <partition>:<offset>"),
+        (
+            "cursor=2:999999",
+            "`cursor`: 2:999999 is not a dead letter of this listing",
+        ),
+        ("position=1:x", "`position`"),
+        ("colour=red", "unknown field `colour`"),
+        ("includePurged=maybe", "invalid query"),
+    ] {
+        let (status, body) = console
+            .get(
+                Some(VIEWER_TOKEN),
+                &format!("/console/api/dead-letters?{query}"),
+            )
+            .await;
+        assert_eq!(status, 400, "{query}: {body}");
+        let message = body["error"].as_str().unwrap();
+        assert!(message.contains(expected), "{query}: {message}");
+    }
+    let (status, body) = console
+        .get(Some(VIEWER_TOKEN), "/console/api/dead-letters/nope")
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = console
+        .get(Some(VIEWER_TOKEN), "/console/api/dead-letters/0:999999")
+        .await;
+    assert_eq!(status, 404);
+
+    let csrf = console.csrf(ADMIN_TOKEN).await;
+    for (body, expected) in [
+        ("{not json", "invalid JSON body"),
+        (
+            "{\"dryRun\": true, \"tenant\": \"acme\", \"colour\": 1}",
+            "unknown field `colour`",
+        ),
+        ("{\"tenant\": \"acme\"}", "missing field `dryRun`"),
+        ("{\"dryRun\": \"yes\", \"all\": true}", "invalid JSON body"),
+        ("{\"dryRun\": true}", "choose dead letters"),
+        (
+            "{\"dryRun\": true, \"all\": true, \"tenant\": \"acme\"}",
+            "`all` cannot be combined",
+        ),
+        ("{\"dryRun\": true, \"class\": \"exploded\"}", "`class`"),
+        ("[1, 2]", "invalid JSON body"),
+    ] {
+        for action in ["replay", "purge"] {
+            let response = console
+                .http
+                .post(console.url(&format!("/console/api/dead-letters/{action}")))
+                .bearer_auth(ADMIN_TOKEN)
+                .header("X-CSRF-Token", &csrf)
+                .header("Content-Type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 400, "{action} {body}");
+            let answer: Value = response.json().await.unwrap();
+            let message = answer["error"].as_str().unwrap();
+            assert!(message.contains(expected), "{action} {body}: {message}");
+        }
+    }
+    let (status, body) = console
+        .act(
+            ADMIN_TOKEN,
+            "purge",
+            &json!({"position": "0:999999", "dryRun": true}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("no dead letter at 0:999999"),
+        "{body}"
+    );
+    console.stop();
+    pipeline.stop().await;
+}
