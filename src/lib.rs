@@ -28,6 +28,7 @@ pub mod failures;
 pub mod kafka;
 pub mod ops;
 pub mod produce;
+mod routes;
 pub mod store;
 pub mod telemetry;
 

@@ -40,11 +40,12 @@ use std::time::Duration;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::http::Method;
 use actix_web::middleware::DefaultHeaders;
-use actix_web::{web, App, HttpResponse, HttpServer, Route};
+use actix_web::{web, App, HttpResponse, HttpServer};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::domain::OperatorDirectory;
+use crate::routes::{self, RouteTable};
 use crate::store::{ActivityRepository, AuditLog};
 
 pub use auth::{CSRF_HEADER, SESSION_COOKIE};
@@ -193,7 +194,7 @@ fn security_headers() -> DefaultHeaders {
 }
 
 /// The JSON API's routes; the OpenAPI test holds the document to this list.
-fn api_route_table() -> Vec<(&'static str, Vec<(Method, Route)>)> {
+fn api_route_table() -> RouteTable {
     vec![
         (
             "/console/api/session",
@@ -239,7 +240,7 @@ fn api_route_table() -> Vec<(&'static str, Vec<(Method, Route)>)> {
 }
 
 /// The HTML pages' routes.
-fn page_route_table() -> Vec<(&'static str, Vec<(Method, Route)>)> {
+fn page_route_table() -> RouteTable {
     vec![
         (
             "/console",
@@ -285,16 +286,7 @@ fn page_route_table() -> Vec<(&'static str, Vec<(Method, Route)>)> {
 
 /// The JSON API's routes as (path, methods), for the OpenAPI test.
 pub fn registered_api_routes() -> Vec<(String, Vec<String>)> {
-    api_route_table()
-        .into_iter()
-        .map(|(path, routes)| {
-            let methods = routes
-                .iter()
-                .map(|(method, _)| method.to_string())
-                .collect();
-            (path.to_owned(), methods)
-        })
-        .collect()
+    routes::listed(api_route_table())
 }
 
 /// The console API's OpenAPI document.
@@ -303,25 +295,13 @@ pub fn openapi_document() -> serde_json::Value {
 }
 
 fn routes(config: &mut web::ServiceConfig) {
-    for (path, routes) in api_route_table().into_iter().chain(page_route_table()) {
-        let allow = routes
-            .iter()
-            .map(|(method, _)| method.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut resource = web::resource(path);
-        for (_, route) in routes {
-            resource = resource.route(route);
-        }
-        config.service(resource.default_service(web::to(move || {
-            let allow = allow.clone();
-            async move {
-                HttpResponse::MethodNotAllowed()
-                    .insert_header(("Allow", allow.clone()))
-                    .json(error::ConsoleErrorBody {
-                        error: format!("method not allowed; allowed: {allow}"),
-                    })
-            }
-        })));
-    }
+    let mut table = api_route_table();
+    table.extend(page_route_table());
+    routes::register(config, table, |allow| {
+        HttpResponse::MethodNotAllowed()
+            .insert_header(("Allow", allow.clone()))
+            .json(error::ConsoleErrorBody {
+                error: format!("method not allowed; allowed: {allow}"),
+            })
+    });
 }

@@ -35,12 +35,13 @@ use std::time::Duration;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::http::Method;
 use actix_web::middleware::from_fn;
-use actix_web::{web, App, HttpResponse, HttpServer, Route};
+use actix_web::{web, App, HttpResponse, HttpServer};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ReadSettings, Settings, SseSettings};
 use crate::domain::{ActivityValidator, TenantDirectory};
 use crate::kafka::{ActivityPublisher, PartitionSpread};
+use crate::routes::{self, RouteTable};
 use crate::store::{ActivityRepository, RedisStore};
 
 pub use activities::IDEMPOTENCY_KEY_HEADER;
@@ -234,7 +235,7 @@ impl Application {
 
 /// Every route of the API: its path and, per method, its handler. `routes` registers exactly this,
 /// and the OpenAPI test compares it with the document.
-fn route_table() -> Vec<(&'static str, Vec<(Method, Route)>)> {
+fn route_table() -> RouteTable {
     vec![
         (
             "/activities",
@@ -284,16 +285,7 @@ fn route_table() -> Vec<(&'static str, Vec<(Method, Route)>)> {
 
 /// The registered routes as (path, methods), for tests and tools.
 pub fn registered_routes() -> Vec<(String, Vec<String>)> {
-    route_table()
-        .into_iter()
-        .map(|(path, routes)| {
-            let methods = routes
-                .iter()
-                .map(|(method, _)| method.to_string())
-                .collect();
-            (path.to_owned(), methods)
-        })
-        .collect()
+    routes::listed(route_table())
 }
 
 /// The OpenAPI document this build serves with the default configuration (bundled schema, default
@@ -307,19 +299,7 @@ pub fn openapi_document() -> serde_json::Value {
 }
 
 fn routes(config: &mut web::ServiceConfig) {
-    for (path, routes) in route_table() {
-        let allow = routes
-            .iter()
-            .map(|(method, _)| method.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut resource = web::resource(path);
-        for (_, route) in routes {
-            resource = resource.route(route);
-        }
-        config.service(resource.default_service(web::to(move || {
-            let allow = allow.clone();
-            async move { Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow }) }
-        })));
-    }
+    routes::register(config, route_table(), |allow| {
+        actix_web::ResponseError::error_response(&ApiError::MethodNotAllowed { allow })
+    });
 }
