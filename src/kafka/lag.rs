@@ -84,19 +84,7 @@ impl BacklogReader {
     /// Blocking: call it from a blocking thread.
     pub fn read(&self, timeout: Duration) -> anyhow::Result<Vec<PartitionBacklog>> {
         let topic = &self.topic;
-        let metadata = self
-            .consumer
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(|error| anyhow::anyhow!("fetching metadata of {topic}: {error}"))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .find(|found| found.name() == topic && found.error().is_none())
-            .ok_or_else(|| anyhow::anyhow!("topic {topic} does not exist (run `topics create`)"))?
-            .partitions()
-            .iter()
-            .map(|partition| partition.id())
-            .collect();
+        let partitions = super::topic_reader::partitions_of(&self.consumer, topic, timeout)?;
         let mut committed = std::collections::HashMap::new();
         if self.group.is_some() && !partitions.is_empty() {
             let mut list = TopicPartitionList::new();

@@ -24,18 +24,7 @@ pub fn read_topic(
         .set("enable.partition.eof", "false")
         .create()
         .map_err(|error| anyhow::anyhow!("creating a Kafka reader: {error}"))?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|error| anyhow::anyhow!("fetching metadata of {topic}: {error}"))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .find(|found| found.name() == topic && found.error().is_none())
-        .ok_or_else(|| anyhow::anyhow!("topic {topic} does not exist (run `topics create`)"))?
-        .partitions()
-        .iter()
-        .map(|partition| partition.id())
-        .collect();
+    let partitions = partitions_of(&consumer, topic, timeout)?;
 
     let mut remaining: HashMap<i32, i64> = HashMap::new();
     let mut assignment = TopicPartitionList::new();
@@ -77,4 +66,25 @@ pub fn read_topic(
     }
     records.sort_by_key(|record| (record.partition, record.offset));
     Ok(records)
+}
+
+/// The partition ids of `topic`, from the cluster's metadata; an error that says to create it when
+/// it does not exist. Blocking.
+pub(super) fn partitions_of<C: rdkafka::consumer::Consumer>(
+    consumer: &C,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<i32>> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|error| anyhow::anyhow!("fetching metadata of {topic}: {error}"))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|found| found.name() == topic && found.error().is_none())
+        .ok_or_else(|| anyhow::anyhow!("topic {topic} does not exist (run `topics create`)"))?
+        .partitions()
+        .iter()
+        .map(|partition| partition.id())
+        .collect())
 }
