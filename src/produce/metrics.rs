@@ -47,6 +47,8 @@ pub struct ApiMetrics {
     sse_replays_cut: IntCounterVec,
     /// Pages of `GET /activities` by source: `redis`, `mongodb` or `both`.
     activity_pages: IntCounterVec,
+    /// Lookups of `GET /activities/{key}` by how they found the document: `mark` or `query`.
+    activity_lookups: IntCounterVec,
 }
 
 impl ApiMetrics {
@@ -123,6 +125,14 @@ impl ApiMetrics {
             &["source"],
         )
         .expect("valid metric");
+        let activity_lookups = IntCounterVec::new(
+            Opts::new(
+                "activity_lookups_total",
+                "Lookups of GET /activities/{key} by path (mark: the idempotency mark's document id, then a lookup by id; query: the (tenantId, idempotencyKey) query).",
+            ),
+            &["path"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -134,6 +144,7 @@ impl ApiMetrics {
             Box::new(sse_replays.clone()),
             Box::new(sse_replays_cut.clone()),
             Box::new(activity_pages.clone()),
+            Box::new(activity_lookups.clone()),
         ] {
             registry
                 .register(collector)
@@ -150,6 +161,7 @@ impl ApiMetrics {
             rejected,
             sse_replays,
             activity_pages,
+            activity_lookups,
             sse_replays_cut,
         }
     }
@@ -177,6 +189,11 @@ impl ApiMetrics {
     /// One page of `GET /activities` served from `source` (`PageSource::label`).
     pub fn page_served(&self, source: &str) {
         self.activity_pages.with_label_values(&[source]).inc();
+    }
+
+    /// One lookup by key answered by `path` (`mark` or `query`).
+    pub fn lookup_served(&self, path: &str) {
+        self.activity_lookups.with_label_values(&[path]).inc();
     }
 
     /// The counter of replays cut short; streams hold a clone, as they outlive any one handler call.

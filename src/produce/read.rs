@@ -6,6 +6,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use mongodb::bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -14,7 +15,7 @@ use super::error::ApiError;
 use super::shares::{self, ShareRefusal};
 use super::{pages, ApiState};
 use crate::domain::{IdempotencyKey, TenantId};
-use crate::store::{ActivityCursor, ActivityFilter, Store, StoreOutage};
+use crate::store::{ActivityCursor, ActivityFilter, Store, StoreOutage, StoredActivity};
 
 /// Longest filter value accepted (longer ones cannot match a stored field anyway).
 const FILTER_MAX_CHARS: usize = 256;
@@ -201,9 +202,7 @@ pub async fn get_one(
         &state,
         &tenant,
         Store::MongoDB,
-        state
-            .repository
-            .find_one(&tenant, &key, state.read.timeout()),
+        find_by_key(&state, &tenant, &key),
     )
     .await?;
     let activity = found.ok_or(ApiError::ActivityNotFound)?;
@@ -211,6 +210,34 @@ pub async fn get_one(
         success: true,
         activity: activity.to_json(),
     }))
+}
+
+/// The tenant's activity stored under `key`. The consumer's idempotency mark (24 h) names the
+/// document's id, and a lookup by id alone is what every store answers from its primary key
+/// (FerretDB too, which serves the `(tenantId, idempotencyKey)` query by scanning the collection).
+/// The document found must be the tenant's and the key's. Without a usable mark (expired, Redis
+/// away, a document stored and not yet marked) the plain query answers.
+async fn find_by_key(
+    state: &ApiState,
+    tenant: &TenantId,
+    key: &IdempotencyKey,
+) -> Result<Option<StoredActivity>, StoreOutage> {
+    let budget = state.read.timeout();
+    let marked =
+        match tokio::time::timeout(budget, state.redis.already_marked(&[(tenant, key)])).await {
+            Ok(Ok(mut marks)) => marks.pop().flatten(),
+            _ => None,
+        };
+    if let Some(id) = marked.and_then(|mark| ObjectId::parse_str(&mark.document_id).ok()) {
+        if let Some(stored) = state.repository.find_by_id(id, budget).await? {
+            if stored.tenant_id == *tenant && stored.idempotency_key == *key {
+                state.metrics.lookup_served("mark");
+                return Ok(Some(stored));
+            }
+        }
+    }
+    state.metrics.lookup_served("query");
+    state.repository.find_one(tenant, key, budget).await
 }
 
 #[utoipa::path(

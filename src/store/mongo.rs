@@ -384,6 +384,21 @@ impl ActivityRepository {
             .map_err(StoreOutage::mongo)
     }
 
+    /// The document with id `id`, whoever's it is: the caller checks the tenant. A filter that is
+    /// exactly `{_id: value}` is the one FerretDB's SQLite backend pushes down to its primary key,
+    /// so this stays one probe however many documents the collection holds.
+    pub async fn find_by_id(
+        &self,
+        id: ObjectId,
+        max_time: Duration,
+    ) -> Result<Option<StoredActivity>, StoreOutage> {
+        self.collection
+            .find_one(doc! { "_id": id })
+            .max_time(max_time)
+            .await
+            .map_err(StoreOutage::mongo)
+    }
+
     /// Activity counts per type for `tenant`: the source of truth behind the Redis counters. The
     /// server gives up after `max_time` when one is given.
     pub async fn count_by_type(

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{activity, TestPipeline, ACME_KEY, GLOBEX_KEY};
+use crate::helpers::{activity, filter, metrics_text, TestPipeline, ACME_KEY, GLOBEX_KEY};
 
 fn keys(page: &Value) -> Vec<String> {
     page["activities"]
@@ -231,4 +231,73 @@ async fn indexes_are_ensured_again_on_an_existing_collection() {
         ]
     );
     database.drop().await.unwrap();
+}
+
+/// `GET /activities/{key}` goes by the consumer's idempotency mark (the document's id, then a lookup
+/// by id, which FerretDB answers from its primary key); a mark that names another tenant's document
+/// never shows it, and without a mark the plain query still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_by_key_goes_by_the_mark_and_never_across_tenants() {
+    let pipeline = TestPipeline::spawn().await;
+    pipeline
+        .post_stored("by-mark", &activity("u1", "login"))
+        .await;
+    assert_eq!(
+        pipeline
+            .post_activity(GLOBEX_KEY, Some("theirs"), &activity("g1", "login"))
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(
+        pipeline.wait_for_count(filter("globex", "theirs"), 1).await,
+        1
+    );
+    let lookups = |path: &'static str| {
+        let pipeline = &pipeline;
+        async move {
+            let metrics = metrics_text(&pipeline.http, &pipeline.address).await;
+            let prefix = format!("activity_pipeline_activity_lookups_total{{path=\"{path}\"}} ");
+            metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(&prefix))
+                .map_or(0, |value| value.trim().parse::<u64>().unwrap())
+        }
+    };
+
+    let by_mark = lookups("mark").await;
+    let (status, body) = pipeline.get_json(ACME_KEY, "/activities/by-mark").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["activity"]["idempotencyKey"], "by-mark");
+    assert_eq!(lookups("mark").await, by_mark + 1, "found through the mark");
+
+    // A mark of acme's that names globex's document (a bug, or a forged write): not shown to acme.
+    let theirs = pipeline
+        .activities()
+        .find_one(filter("globex", "theirs"))
+        .await
+        .unwrap()
+        .unwrap();
+    let theirs_id = theirs.get_object_id("_id").unwrap().to_hex();
+    redis::cmd("SET")
+        .arg(pipeline.redis_key("idempotency:{acme}:theirs"))
+        .arg(&theirs_id)
+        .query_async::<()>(&mut pipeline.redis.clone())
+        .await
+        .unwrap();
+    let (status, _) = pipeline.get_json(ACME_KEY, "/activities/theirs").await;
+    assert_eq!(status, 404, "another tenant's document is never acme's");
+
+    // The mark gone (expired, Redis restarted): the plain query finds the document.
+    redis::cmd("DEL")
+        .arg(pipeline.redis_key("idempotency:{acme}:by-mark"))
+        .query_async::<()>(&mut pipeline.redis.clone())
+        .await
+        .unwrap();
+    let by_query = lookups("query").await;
+    let (status, body) = pipeline.get_json(ACME_KEY, "/activities/by-mark").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["activity"]["idempotencyKey"], "by-mark");
+    assert_eq!(lookups("query").await, by_query + 1);
+    pipeline.stop().await;
 }
