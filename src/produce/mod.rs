@@ -77,6 +77,9 @@ pub(crate) struct ApiState {
     /// Bounds the store reads in flight at once (`read.max_concurrent`, and
     /// `read.max_concurrent_per_tenant` of them for one tenant).
     pub read_slots: shares::TenantShares,
+    /// The read side's shortcuts through Redis (the recent-pages set, the idempotency marks) are
+    /// skipped for a moment after Redis failed or was slow: MongoDB answers meanwhile.
+    pub read_shortcuts: skip::SkipAfterFailure,
     pub readiness_timeout: Duration,
     /// The OpenAPI document, rendered once.
     pub openapi_json: String,
@@ -170,6 +173,9 @@ impl Application {
                 settings.read.max_concurrent,
                 settings.read.max_concurrent_per_tenant,
                 settings.read.queue_wait(),
+            ),
+            read_shortcuts: skip::SkipAfterFailure::new(
+                "the read side's Redis shortcuts are unavailable; reads go to MongoDB for a moment",
             ),
             readiness_timeout: settings.readiness.timeout(),
             openapi_json,

@@ -184,19 +184,22 @@ pub async fn newest_first(
     deadline: Instant,
 ) -> Result<(Vec<PageEntry>, PageSource), ApiError> {
     let buffered = if state.redis.keeps_recent_pages() {
-        match tokio::time::timeout_at(
-            deadline.into(),
-            from_recent_pages(state, tenant, filter, before, want),
-        )
-        .await
-        {
-            Ok(Ok(part)) => Some(part),
-            Ok(Err(Unusable::NoSet)) => None,
-            Ok(Err(unusable)) => {
+        // Redis failing or slow is a shortcut lost (`read::shortcut`: MongoDB answers, and reads
+        // skip Redis for a moment); a set that is missing or not readable is this page's alone.
+        let part = super::read::shortcut(state, async {
+            match from_recent_pages(state, tenant, filter, before, want).await {
+                Err(Unusable::Store(outage)) => Err(outage),
+                other => Ok(other),
+            }
+        })
+        .await;
+        match part {
+            Some(Ok(part)) => Some(part),
+            Some(Err(Unusable::NoSet)) | None => None,
+            Some(Err(unusable)) => {
                 tracing::warn!(%tenant, error = %unusable, "a page could not use the recent-pages set; reading MongoDB");
                 None
             }
-            Err(_) => None,
         }
     } else {
         None

@@ -223,11 +223,9 @@ async fn find_by_key(
     key: &IdempotencyKey,
 ) -> Result<Option<StoredActivity>, StoreOutage> {
     let budget = state.read.timeout();
-    let marked =
-        match tokio::time::timeout(budget, state.redis.already_marked(&[(tenant, key)])).await {
-            Ok(Ok(mut marks)) => marks.pop().flatten(),
-            _ => None,
-        };
+    let marked = shortcut(state, state.redis.already_marked(&[(tenant, key)]))
+        .await
+        .and_then(|mut marks| marks.pop().flatten());
     if let Some(id) = marked.and_then(|mark| ObjectId::parse_str(&mark.document_id).ok()) {
         if let Some(stored) = state.repository.find_by_id(id, budget).await? {
             if stored.tenant_id == *tenant && stored.idempotency_key == *key {
@@ -325,6 +323,35 @@ pub(crate) async fn within<T>(
             store,
             "read.timeout_ms",
         ))),
+    }
+}
+
+/// The part of `read.timeout_ms` a read's Redis shortcut may take (the recent-pages set, the
+/// idempotency mark) before MongoDB answers instead: a Redis that does not answer costs a read this
+/// much once, then nothing while `ApiState::read_shortcuts` skips it.
+pub(crate) fn shortcut_budget(state: &ApiState) -> Duration {
+    state.read.timeout() / 4
+}
+
+/// Runs a read's Redis shortcut within `shortcut_budget`; `None` (MongoDB answers) when Redis is
+/// being skipped, fails or is slower, which also skips it for a moment.
+pub(crate) async fn shortcut<T>(
+    state: &ApiState,
+    call: impl Future<Output = Result<T, StoreOutage>>,
+) -> Option<T> {
+    if state.read_shortcuts.skipping() {
+        return None;
+    }
+    match tokio::time::timeout(shortcut_budget(state), call).await {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err(outage)) => {
+            state.read_shortcuts.failed(&outage.to_string());
+            None
+        }
+        Err(_) => {
+            state.read_shortcuts.failed("timed out");
+            None
+        }
     }
 }
 

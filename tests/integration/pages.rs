@@ -279,3 +279,42 @@ async fn a_set_turned_off_is_deleted_so_no_stale_set_serves_a_page() {
     );
     pipeline.stop().await;
 }
+
+/// Reads take a shortcut through Redis (the recent-pages set, the idempotency mark) only within a
+/// quarter of their budget: a Redis that accepts connections and never answers costs a read that
+/// much, then MongoDB answers, and the next reads skip Redis for a moment. Without the bound, the
+/// shortcut takes the whole budget and the read answers 503 while MongoDB is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_do_not_wait_for_a_redis_that_does_not_answer() {
+    let pipeline = TestPipeline::spawn().await;
+    pipeline
+        .post_stored("before-redis-hangs", &varied_activity(1))
+        .await;
+    let blackhole = crate::blackhole::ReplyBlackhole::start(6379).await;
+    blackhole.swallow(true);
+    let mut overrides = pipeline.overrides.clone();
+    overrides.push(format!("redis.url=redis://127.0.0.1:{}", blackhole.port()));
+    let api = crate::helpers::TestApi::spawn(&overrides, false).await;
+    for path in [
+        "/activities",
+        "/activities/before-redis-hangs",
+        "/activities?limit=1",
+    ] {
+        let response = api
+            .http
+            .get(format!("{}{path}", api.address))
+            .bearer_auth(ACME_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path} answered from MongoDB");
+        let body: Value = response.json().await.unwrap();
+        let found = body["activities"]
+            .get(0)
+            .unwrap_or(&body["activity"])
+            .clone();
+        assert_eq!(found["idempotencyKey"], "before-redis-hangs", "{path}");
+    }
+    api.stop().await;
+    pipeline.stop().await;
+}
