@@ -68,8 +68,8 @@ impl PartitionSpread {
             SpreadBy::Entity => activity.entity_id.as_deref().unwrap_or(&activity.actor_id),
             SpreadBy::Actor => activity.actor_id.as_str(),
         };
-        // A topic with fewer partitions than the spread (shrunk since validation cannot happen,
-        // but one made by hand can be smaller) still gets valid partitions.
+        // Validation keeps the spread within kafka.partitions, but the topic itself may have been
+        // made by hand with fewer: its records still go to partitions that exist.
         let bucket = crc32fast::hash(field.as_bytes()) % spread.buckets.min(partitions);
         let partition =
             (key_partition(envelope.tenant_id.as_str(), partitions) + bucket) % partitions;
