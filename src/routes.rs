@@ -1,9 +1,11 @@
-//! The route tables both HTTP roles (`produce`, `console`) are built from: one list of (path,
-//! methods) per role, registered with a 405 that names the allowed methods, and listed for the
-//! tests that hold each OpenAPI document to the routes really served.
+//! What both HTTP roles (`produce`, `console`) are built from: one route table per role, registered
+//! with a 405 that names the allowed methods and listed for the tests that hold each OpenAPI
+//! document to the routes really served; and serving until the role's shutdown token is cancelled.
 
+use actix_web::dev::Server;
 use actix_web::http::Method;
 use actix_web::{web, HttpResponse, Route};
+use tokio_util::sync::CancellationToken;
 
 /// A role's routes: each path with its (method, handler) pairs.
 pub type RouteTable = Vec<(&'static str, Vec<(Method, Route)>)>;
@@ -44,4 +46,23 @@ pub fn listed(table: RouteTable) -> Vec<(String, Vec<String>)> {
             (path.to_owned(), methods)
         })
         .collect()
+}
+
+/// Serves until `shutdown` is cancelled (or the server is stopped through its handle): then stops
+/// accepting and lets in-flight requests finish (`shutdown_timeout`). Cancels `shutdown` on the way
+/// out, so whatever else of the role waits on it ends too.
+pub async fn serve_until_cancelled(
+    server: Server,
+    shutdown: &CancellationToken,
+) -> std::io::Result<()> {
+    let handle = server.handle();
+    let cancelled = shutdown.clone();
+    let stopper = tokio::spawn(async move {
+        cancelled.cancelled().await;
+        handle.stop(true).await;
+    });
+    let served = server.await;
+    shutdown.cancel();
+    stopper.abort();
+    served
 }

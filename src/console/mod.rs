@@ -163,16 +163,7 @@ impl Console {
 
     /// Serves until the shutdown token is cancelled (or `handle().stop(..)`).
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let handle = self.server.handle();
-        let shutdown = self.shutdown.clone();
-        let stopper = tokio::spawn(async move {
-            shutdown.cancelled().await;
-            handle.stop(true).await;
-        });
-        let served = self.server.await;
-        self.shutdown.cancel();
-        stopper.abort();
-        served?;
+        routes::serve_until_cancelled(self.server, &self.shutdown).await?;
         Ok(())
     }
 }

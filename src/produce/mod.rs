@@ -221,16 +221,7 @@ impl Application {
     /// Serves until the shutdown token is cancelled (or `handle().stop(true)`): then ends the SSE
     /// streams, stops accepting, lets in-flight requests finish and flushes the producer.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let handle = self.server.handle();
-        let shutdown = self.shutdown.clone();
-        let stopper = tokio::spawn(async move {
-            shutdown.cancelled().await;
-            handle.stop(true).await;
-        });
-        let served = self.server.await;
-        self.shutdown.cancel();
-        stopper.abort();
-        served?;
+        routes::serve_until_cancelled(self.server, &self.shutdown).await?;
         tracing::info!("HTTP server stopped; flushing the producer");
         let publisher = self.publisher;
         let timeout = self.shutdown_timeout;
