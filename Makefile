@@ -6,7 +6,7 @@ CARGO ?= cargo
 DEV_CONFIG := config/dev.toml
 BIN := target/debug/activity-pipeline
 
-.PHONY: run test lint fmt build build-deps browser-deps stack-up stack-down stack-status stack-reset cluster-up cluster-down cluster-status cluster-reset topics unit integration faults bench bench-micro
+.PHONY: run test lint fmt build build-deps browser-deps stack-up stack-down stack-status stack-reset cluster-up cluster-down cluster-status cluster-reset redis-cluster-up topics unit integration faults bench bench-micro
 
 ## run: start the local stack, build, create the topics, run `produce`, `consume` and `console` with the
 ## dev config (prints the console's address and the dev operator's token).
@@ -15,7 +15,7 @@ run: build stack-up
 
 ## test: start the local stack, then lint and run the whole test suite (unit + integration, and the
 ## fault-injection suite's short profile on a private stack of its own).
-test: build-deps browser-deps stack-up lint
+test: build-deps browser-deps stack-up redis-cluster-up lint
 	$(CARGO) test --all-targets --locked
 
 ## lint: formatting and clippy, warnings denied.
@@ -31,7 +31,7 @@ unit: build-deps
 	$(CARGO) test --lib --locked
 
 ## integration: the integration tests only (the stack must be up).
-integration: build-deps browser-deps stack-up
+integration: build-deps browser-deps stack-up redis-cluster-up
 	$(CARGO) test --test integration --locked
 
 ## faults: the fault-injection suite on a private stack (tests/faults). Knobs: PROFILE=short|long,
@@ -87,6 +87,11 @@ cluster-status:
 
 cluster-reset:
 	@scripts/stack.sh reset --profile cluster
+
+## redis-cluster-up: only the cluster profile's Redis Cluster (7001-7006), for the Redis Cluster
+## integration tests that `make test` runs.
+redis-cluster-up:
+	@scripts/stack.sh up --profile cluster redis
 
 topics: build stack-up
 	$(BIN) --config $(DEV_CONFIG) topics create

@@ -8,8 +8,9 @@
 #     `redis-cli --cluster create`.
 #   - MongoDB wire: the single-node profile's FerretDB (scripts/stack.sh up mongo, port 27017).
 #
-# Usage: scripts/cluster.sh up|down|status|reset
-#   up      start what is not running, then wait until the cluster is really ready: all three
+# Usage: scripts/cluster.sh up|down|status|reset [kafka|redis]
+#   up      start what is not running (only Kafka or only the Redis Cluster when named: `make test`
+#           starts only the Redis Cluster, for its Redis Cluster integration tests), then wait until the cluster is really ready: all three
 #           brokers registered, a probe topic (RF 3) with every partition's ISR complete, and
 #           `cluster_state:ok` with three masters on every Redis node. Idempotent. A node that does
 #           not come up is named with its log.
@@ -21,6 +22,8 @@
 #   AP_CLUSTER_DIR       data, logs, pid files (default: <repo>/.stack-cluster, git-ignored)
 #   AP_CLUSTER_TIMEOUT   readiness timeout in seconds (default 180)
 #   AP_CLUSTER_KAFKA_HEAP  heap of each broker (default 512m)
+#   AP_CLUSTER_PORT_OFFSET added to every port above (default 0), so a drill or a bench can run a
+#                        private cluster (its own AP_CLUSTER_DIR) next to the shared one
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -32,12 +35,16 @@ CLUSTER_DIR=${AP_CLUSTER_DIR:-${AP_REPO_ROOT}/.stack-cluster}
 TIMEOUT=${AP_CLUSTER_TIMEOUT:-180}
 [[ "${TIMEOUT}" =~ ^[0-9]+$ ]] || ap_die "AP_CLUSTER_TIMEOUT must be a number, got '${TIMEOUT}'"
 KAFKA_HEAP=${AP_CLUSTER_KAFKA_HEAP:-512m}
+PORT_OFFSET=${AP_CLUSTER_PORT_OFFSET:-0}
+[[ "${PORT_OFFSET}" =~ ^[0-9]+$ ]] && ((PORT_OFFSET <= 40000)) \
+    || ap_die "AP_CLUSTER_PORT_OFFSET must be a number from 0 to 40000, got '${PORT_OFFSET}'"
 KAFKA_NODES=(1 2 3)
-REDIS_PORTS=(7001 7002 7003 7004 7005 7006)
+REDIS_PORTS=()
+for redis_port in 7001 7002 7003 7004 7005 7006; do REDIS_PORTS+=("$((redis_port + PORT_OFFSET))"); done
 PROBE_TOPIC=__cluster_probe
 
-kafka_port() { printf '%s' "$((9191 + $1))"; }
-controller_port() { printf '%s' "$((9291 + $1))"; }
+kafka_port() { printf '%s' "$((9191 + PORT_OFFSET + $1))"; }
+controller_port() { printf '%s' "$((9291 + PORT_OFFSET + $1))"; }
 kafka_dir() { printf '%s/kafka-%s' "${CLUSTER_DIR}" "$1"; }
 redis_dir() { printf '%s/redis-%s' "${CLUSTER_DIR}" "$1"; }
 bootstrap() {
@@ -197,15 +204,11 @@ wait_until() {
     ap_log "${what}: ready ($((SECONDS - start)) s)"
 }
 
-cmd_up() {
-    local node port dir
+up_kafka() {
+    local node dir
     ap_apt_install kcat kcat
-    ap_apt_install redis-server redis-server
-    ap_apt_install redis-cli redis-tools
     ap_require_java
     ap_ensure_kafka_libs
-    "${AP_SCRIPTS_DIR}/stack.sh" up mongo
-    mkdir -p "${CLUSTER_DIR}"
     if [[ ! -s "${CLUSTER_DIR}/cluster.id" ]]; then
         java -Dlog4j2.configurationFile="${AP_SCRIPTS_DIR}/kafka/log4j2-tools.xml" -cp "${AP_KAFKA_LIBS}/*" \
             kafka.tools.StorageTool random-uuid >"${CLUSTER_DIR}/cluster.id"
@@ -218,6 +221,21 @@ cmd_up() {
             start_kafka_node "${node}"
         fi
     done
+}
+
+wait_kafka() {
+    local node
+    for node in "${KAFKA_NODES[@]}"; do
+        node_pid "$(kafka_dir "${node}")/kafka.pid" kafka.Kafka >/dev/null \
+            || node_fail "kafka-${node}: exited during startup" "$(kafka_dir "${node}")/server.log"
+    done
+    wait_until "kafka cluster ($(bootstrap))" kafka_ready "$(kafka_dir 1)/server.log"
+}
+
+up_redis() {
+    local port dir start
+    ap_apt_install redis-server redis-server
+    ap_apt_install redis-cli redis-tools
     for port in "${REDIS_PORTS[@]}"; do
         dir=$(redis_dir "${port}")
         if node_pid "${dir}/redis.pid" redis-server >/dev/null; then
@@ -227,7 +245,7 @@ cmd_up() {
         fi
     done
     for port in "${REDIS_PORTS[@]}"; do
-        local start=${SECONDS}
+        start=${SECONDS}
         until redis_answers "${port}"; do
             node_pid "$(redis_dir "${port}")/redis.pid" redis-server >/dev/null \
                 || node_fail "redis-${port}: exited during startup" "$(redis_dir "${port}")/redis.log"
@@ -237,12 +255,23 @@ cmd_up() {
     done
     create_redis_cluster
     wait_until "redis cluster (${REDIS_PORTS[*]})" redis_cluster_ok "$(redis_dir "${REDIS_PORTS[0]}")/redis.log"
-    for node in "${KAFKA_NODES[@]}"; do
-        node_pid "$(kafka_dir "${node}")/kafka.pid" kafka.Kafka >/dev/null \
-            || node_fail "kafka-${node}: exited during startup" "$(kafka_dir "${node}")/server.log"
-    done
-    wait_until "kafka cluster ($(bootstrap))" kafka_ready "$(kafka_dir 1)/server.log"
-    ap_log "cluster profile up: kafka.brokers=$(bootstrap)  redis: ${HOST}:7001-7006 (cluster)  mongo: ${HOST}:27017"
+}
+
+# cmd_up [kafka|redis]: the whole profile (FerretDB included), or only the named part.
+cmd_up() {
+    case ${1:-} in
+        redis) up_redis ;;
+        kafka) up_kafka; wait_kafka ;;
+        '')
+            "${AP_SCRIPTS_DIR}/stack.sh" up mongo
+            # The brokers start first and elect while the Redis nodes come up.
+            up_kafka
+            up_redis
+            wait_kafka
+            ap_log "cluster profile up: kafka.brokers=$(bootstrap)  redis: ${HOST}:${REDIS_PORTS[0]}-${REDIS_PORTS[5]} (cluster)  mongo: ${HOST}:27017"
+            ;;
+        *) ap_die "unknown part '$1' of the cluster profile (known: kafka, redis)" ;;
+    esac
 }
 
 stop_node() {
@@ -294,7 +323,7 @@ case ${1:-} in
         mkdir -p "${CLUSTER_DIR}"
         exec {STACK_LOCK_FD}>"${CLUSTER_DIR}/.lock"
         flock "${STACK_LOCK_FD}"
-        "cmd_$1"
+        "cmd_$1" "${2:-}"
         ;;
     status) cmd_status ;;
     *) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2; exit 2 ;;

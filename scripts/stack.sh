@@ -505,7 +505,7 @@ main() {
     shift
     if [[ "${1:-}" == --profile ]]; then
         case ${2:-} in
-            cluster) exec "${AP_SCRIPTS_DIR}/cluster.sh" "${cmd}" ;;
+            cluster) exec "${AP_SCRIPTS_DIR}/cluster.sh" "${cmd}" "${@:3}" ;;
             single) shift 2 ;;
             *) ap_die "unknown profile '${2:-}' (known: single, the default; cluster)" ;;
         esac
