@@ -3,15 +3,21 @@
 //! plans and request makers, spawning roles, scraping, cleanup.
 //! - `ceilings`: 1. Kafka (ProducerPerformance) and 2. store (raw `insert_many`);
 //! - `ingest`: 3. single and 4. batch ingest against one produce process;
-//! - `drain`: 5. a consumer process draining a pre-filled topic;
+//! - `drain`: 5. a consumer process draining a pre-filled topic (and `drain_records`, the drain by
+//!   one or several consumer processes that `hot_tenant` and `scaling` use);
 //! - `end_to_end`: 6. 202 -> live event through both roles;
-//! - `reads`: 8. the read API at growing sizes of one tenant (`--phases reads`, not a default).
+//! - `reads`: 8. the read API at growing sizes of one tenant (`--phases reads`, not a default);
+//! - `hot_tenant`: one tenant's drain by 1 and 2 consumers (`--phases hot`, not a default);
+//! - `scaling`: ingest by 1 and 2 API instances, drain by 1 and 2 consumers, on the cluster profile,
+//!   with the CPU of every process (`--phases scaling`, not a default).
 
 mod ceilings;
 mod drain;
 mod end_to_end;
+mod hot_tenant;
 mod ingest;
 mod reads;
+mod scaling;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -144,7 +150,7 @@ impl Bench {
         on_accepted: Option<Arc<http::AcceptObserver>>,
     ) -> LoadPlan {
         LoadPlan {
-            address,
+            addresses: vec![address],
             connections,
             warmup: Duration::from_secs_f64(self.options.warmup),
             duration: Duration::from_secs_f64(self.options.duration),
