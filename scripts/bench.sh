@@ -30,10 +30,12 @@
 #   AP_STORE_BACKEND     the private stack's FerretDB backend, as for scripts/stack.sh
 #   AP_BENCH_KEEP_STACK  1: leave the private stack running (and its data) for the next run
 #   AP_BENCH_CLUSTER_DIR, AP_BENCH_CLUSTER_PORT_OFFSET
-#                        with `--phases scaling`: the private Kafka cluster's data (default
+#                        with `--phases scaling`: the private cluster's data (default
 #                        <repo>/.stack-bench-cluster) and the offset added to the cluster profile's
-#                        ports (default 30000: brokers on 39192-39194); started here and reset
-#                        afterwards like the private stack (kept with AP_BENCH_KEEP_STACK=1)
+#                        ports (default 30000: brokers on 39192-39194, Redis Cluster on 37001-37006);
+#                        its Kafka and Redis Cluster are started here and reset afterwards like the
+#                        private stack (kept with AP_BENCH_KEEP_STACK=1); FerretDB is the private
+#                        stack's
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -106,8 +108,9 @@ if ((wants_cluster)); then
         stop_cluster
         if [[ "${mode}" == private ]]; then stop_stack; fi
     }
-    scripts/cluster.sh up kafka
     trap stop_all EXIT
+    scripts/cluster.sh up kafka
+    scripts/cluster.sh up redis
     brokers=()
     for node in 1 2 3; do
         brokers+=("127.0.0.1:$((9191 + AP_CLUSTER_PORT_OFFSET + node))")
@@ -115,6 +118,14 @@ if ((wants_cluster)); then
         [[ -n "${pid}" ]] && args+=(--cluster-watch "kafka-${node}=${pid}")
     done
     args+=(--cluster-brokers "$(IFS=,; printf '%s' "${brokers[*]}")")
+    seeds=()
+    for port in 7001 7002 7003 7004 7005 7006; do
+        port=$((port + AP_CLUSTER_PORT_OFFSET))
+        ((port - AP_CLUSTER_PORT_OFFSET <= 7003)) && seeds+=("redis://127.0.0.1:${port}")
+        pid=$(head -n 1 "${AP_CLUSTER_DIR}/redis-${port}/redis.pid" 2>/dev/null | tr -dc '0-9' || true)
+        [[ -n "${pid}" ]] && args+=(--cluster-watch "redis-${port}=${pid}")
+    done
+    args+=(--cluster-redis-url "$(IFS=,; printf '%s' "${seeds[*]}")")
 fi
 
 ap_log "bench: load average now: $(cut -d' ' -f1-3 /proc/loadavg) (figures are noisy while other work runs)"

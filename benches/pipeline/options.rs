@@ -94,6 +94,10 @@ pub struct Options {
     /// phases keep `--brokers`. scripts/bench.sh starts a private one and passes it.
     #[arg(long)]
     pub cluster_brokers: Option<String>,
+    /// Scaling: the Redis Cluster it runs on, as seed URLs (comma-separated); without it, the
+    /// phase uses `--redis-url`, a single node.
+    #[arg(long)]
+    pub cluster_redis_url: Option<String>,
     /// Scaling: the cluster's processes whose CPU is reported, as NAME=PID (repeatable).
     #[arg(long = "cluster-watch")]
     pub cluster_watch: Vec<String>,

@@ -619,13 +619,17 @@ fn rows() -> Vec<(&'static str, &'static str, Extract, Option<Target>)> {
         (
             "S. Drain, 1 consumer: CPU per activity, all processes",
             "us",
-            |_, s| scaled_drain(&scaling(s)?.drain, 1).and_then(|d| drain_cpu_per_activity(&d.drain)),
+            |_, s| {
+                scaled_drain(&scaling(s)?.drain, 1).and_then(|d| drain_cpu_per_activity(&d.drain))
+            },
             None,
         ),
         (
             "S. Drain, 2 consumers: CPU per activity, all processes",
             "us",
-            |_, s| scaled_drain(&scaling(s)?.drain, 2).and_then(|d| drain_cpu_per_activity(&d.drain)),
+            |_, s| {
+                scaled_drain(&scaling(s)?.drain, 2).and_then(|d| drain_cpu_per_activity(&d.drain))
+            },
             None,
         ),
         (
@@ -879,7 +883,13 @@ pub fn scaling_markdown(report: &Report, subject: &str) -> String {
     for (kind, title) in [("single", "single"), ("batch", "batch of 100")] {
         let mut counts: Vec<usize> = results
             .iter()
-            .flat_map(|r| if kind == "single" { &r.single } else { &r.batch })
+            .flat_map(|r| {
+                if kind == "single" {
+                    &r.single
+                } else {
+                    &r.batch
+                }
+            })
             .map(|l| l.instances)
             .collect();
         counts.sort_unstable();
@@ -888,7 +898,11 @@ pub fn scaling_markdown(report: &Report, subject: &str) -> String {
             columns.push(ScalingColumn {
                 title: format!("{title}, {instances} API"),
                 extract: Box::new(move |r: &ScalingResult| {
-                    let loads = if kind == "single" { &r.single } else { &r.batch };
+                    let loads = if kind == "single" {
+                        &r.single
+                    } else {
+                        &r.batch
+                    };
                     scaled_load(loads, instances).map(|l| (l.items_per_s, l.cpu_cores.clone()))
                 }),
             });
@@ -935,10 +949,7 @@ pub fn scaling_markdown(report: &Report, subject: &str) -> String {
             let all: f64 = summed.values().sum();
             summed.insert("all processes".to_owned(), all);
             for (group, cores) in summed {
-                per_group
-                    .entry(group)
-                    .or_default()
-                    .push(cores / rate * 1e6);
+                per_group.entry(group).or_default().push(cores / rate * 1e6);
             }
         }
         cells.push((rates, per_group));

@@ -111,7 +111,10 @@ impl Bench {
         match plan.start {
             DrainStart::AfterPrefill => {
                 publisher_figure = prefill(settings, &plan.envelopes).await?;
-                consumers.push(self.start_consumer(round, subject, overrides, &plan, 0).await?);
+                consumers.push(
+                    self.start_consumer(round, subject, overrides, &plan, 0)
+                        .await?,
+                );
             }
             DrainStart::BeforePrefill => {
                 for index in 0..plan.consumers {
@@ -175,7 +178,8 @@ impl Bench {
                     HistogramSample::read(&text, "activity_pipeline_consumer_batch_partitions");
                 partitions_per_batch.count += partitions.count;
                 partitions_per_batch.sum += partitions.sum;
-                let batch = HistogramSample::read(&text, "activity_pipeline_consumer_batch_records");
+                let batch =
+                    HistogramSample::read(&text, "activity_pipeline_consumer_batch_records");
                 records_per_batch.count += batch.count;
                 records_per_batch.sum += batch.sum;
             }
@@ -227,7 +231,7 @@ impl Bench {
             stored as usize == records,
             "drain: {stored} documents stored, {records} expected"
         );
-        let counted = self.counted(&names.prefix).await?;
+        let counted = self.counted(settings).await?;
         anyhow::ensure!(
             counted as usize == records,
             "drain: the Redis counters hold {counted} activities, {records} expected"
@@ -316,7 +320,10 @@ async fn prefill(
 fn looker(settings: &Settings) -> anyhow::Result<BaseConsumer> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", &settings.kafka.brokers)
-        .set("group.id", format!("{}.bench-look", settings.kafka.consumer_group))
+        .set(
+            "group.id",
+            format!("{}.bench-look", settings.kafka.consumer_group),
+        )
         .set("enable.auto.commit", "false")
         .create()?)
 }
@@ -353,7 +360,9 @@ async fn wait_for_stable_group(settings: &Settings, members: usize) -> anyhow::R
             }
             std::thread::sleep(Duration::from_millis(500));
         }
-        anyhow::bail!("group {group}: not stable with {members} assigned member(s) within 60 s ({seen})")
+        anyhow::bail!(
+            "group {group}: not stable with {members} assigned member(s) within 60 s ({seen})"
+        )
     })
     .await?
 }

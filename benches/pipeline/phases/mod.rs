@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use activity_pipeline::config::{Settings, Sources};
+use activity_pipeline::store::RedisConnection;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::ClientConfig;
@@ -195,10 +196,11 @@ impl Bench {
         }
     }
 
-    /// Activities counted in the tenants' Redis counters under `prefix`.
-    async fn counted(&self, prefix: &str) -> anyhow::Result<i64> {
-        let client = redis::Client::open(self.options.redis_url.as_str())?;
-        let mut connection = client.get_multiplexed_async_connection().await?;
+    /// Activities counted in the tenants' Redis counters of `settings` (its Redis, single node or
+    /// cluster, and its key prefix).
+    async fn counted(&self, settings: &Settings) -> anyhow::Result<i64> {
+        let mut connection = RedisConnection::prepare(&settings.redis, Duration::from_secs(5))?;
+        let prefix = &settings.redis.key_prefix;
         let mut total = 0;
         for tenant in &self.tenants.ids {
             let counts: std::collections::HashMap<String, i64> = redis::cmd("HGETALL")
@@ -217,6 +219,11 @@ impl Bench {
             .await;
         if let Err(error) = self.mongo.database(&names.database).drop().await {
             eprintln!("cleanup: dropping {}: {error}", names.database);
+        }
+        // A Redis Cluster is only ever the private one of the scaling phase, deleted after the run;
+        // SCAN and multi-key UNLINK would have to go node by node and slot by slot there.
+        if settings.redis.cluster {
+            return;
         }
         if let Err(error) = delete_keys(&self.options.redis_url, &names.prefix).await {
             eprintln!("cleanup: Redis keys {}*: {error}", names.prefix);

@@ -29,16 +29,23 @@ impl Bench {
         let brokers = self.options.cluster_brokers.as_deref().context(
             "--phases scaling runs on a Kafka cluster: pass --cluster-brokers (scripts/bench.sh starts a private one)",
         )?;
-        let cluster = [
+        let mut cluster = vec![
             format!("kafka.brokers={brokers}"),
             "kafka.replication_factor=3".to_owned(),
             "kafka.min_insync_replicas=2".to_owned(),
         ];
+        let redis = match &self.options.cluster_redis_url {
+            Some(seeds) => {
+                cluster.push(format!("redis.url={seeds}"));
+                cluster.push("redis.cluster=true".to_owned());
+                format!("a Redis Cluster (seeds {seeds})")
+            }
+            None => format!("Redis single node ({})", self.options.redis_url),
+        };
         let mut scaling = ScalingResult {
             stack: format!(
-                "{} Kafka brokers (topics RF 3, min.insync.replicas 2), Redis single node ({}), FerretDB",
+                "{} Kafka brokers (topics RF 3, min.insync.replicas 2), {redis}, FerretDB",
                 brokers.split(',').count(),
-                self.options.redis_url
             ),
             ..ScalingResult::default()
         };
@@ -89,14 +96,15 @@ impl Bench {
         Ok(())
     }
 
-    /// The stack's processes for the scaling phase: the cluster's brokers instead of the single
-    /// node's, and the rest of the stack (Redis, FerretDB).
+    /// The stack's processes for the scaling phase: the cluster's (brokers, and the Redis
+    /// Cluster's nodes when it runs on one) instead of the single node's, and FerretDB.
     fn cluster_watched(&self) -> Vec<(String, u32)> {
+        let on_redis_cluster = self.options.cluster_redis_url.is_some();
         let mut watched = self.cluster_watched.clone();
         watched.extend(
             self.watched
                 .iter()
-                .filter(|(name, _)| name != "kafka")
+                .filter(|(name, _)| name != "kafka" && !(on_redis_cluster && name == "redis"))
                 .cloned(),
         );
         watched
