@@ -16,7 +16,7 @@
 //! 9. hot tenant (only with `--phases hot`): one tenant's records alone, drained by 1 and by 2
 //!    consumer processes; subjects compare `tenants.<id>.partition_spread`;
 //! 10. scaling (only with `--phases scaling`, on a Kafka cluster): ingest with the clients spread
-//!    over 1 and 2 API processes, drain by 1 and 2 consumers, CPU per activity of every process.
+//!     over 1 and 2 API processes, drain by 1 and 2 consumers, CPU per activity of every process.
 //!
 //! The roles run as separate processes of the release binary. Every topic, consumer group, database
 //! and Redis key prefix is unique to the run and removed afterwards, so the bench can share a stack;

@@ -847,11 +847,18 @@ pub fn markdown(report: &Report) -> String {
     out
 }
 
+/// The CPU of each observed process over a figure's window, in cores.
+type CoresByProcess = Vec<(String, f64)>;
+/// Per process group, one value per round.
+type GroupFigures = std::collections::BTreeMap<String, Vec<f64>>;
+
+/// Activities/s of a figure and the CPU of each observed process, if measured in that round.
+type ScalingExtract = dyn Fn(&ScalingResult) -> Option<(f64, CoresByProcess)>;
+
 /// One column of the scaling table: a figure with an instance count, read from a round.
 struct ScalingColumn {
     title: String,
-    /// Activities/s and the CPU of each observed process (cores), if measured in that round.
-    extract: Box<dyn Fn(&ScalingResult) -> Option<(f64, Vec<(String, f64)>)>>,
+    extract: Box<ScalingExtract>,
 }
 
 /// The process group a CPU figure counts under: every instance of a role together, others by name.
@@ -926,10 +933,10 @@ pub fn scaling_markdown(report: &Report, subject: &str) -> String {
     }
     // Per column: the rounds' rates, and per group the rounds' µs per activity.
     let mut groups: Vec<String> = Vec::new();
-    let mut cells: Vec<(Vec<f64>, std::collections::BTreeMap<String, Vec<f64>>)> = Vec::new();
+    let mut cells: Vec<(Vec<f64>, GroupFigures)> = Vec::new();
     for column in &columns {
         let mut rates = Vec::new();
-        let mut per_group: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+        let mut per_group = GroupFigures::new();
         for result in &results {
             let Some((rate, cores)) = (column.extract)(result) else {
                 continue;
