@@ -861,6 +861,14 @@ struct ScalingColumn {
     extract: Box<ScalingExtract>,
 }
 
+fn plural(count: usize) -> &'static str {
+    if count == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
 /// The process group a CPU figure counts under: every instance of a role together, others by name.
 fn process_group(name: &str) -> String {
     if name.starts_with("produce") {
@@ -903,7 +911,7 @@ pub fn scaling_markdown(report: &Report, subject: &str) -> String {
         counts.dedup();
         for instances in counts {
             columns.push(ScalingColumn {
-                title: format!("{title}, {instances} API"),
+                title: format!("{title}, {instances} API{}", plural(instances)),
                 extract: Box::new(move |r: &ScalingResult| {
                     let loads = if kind == "single" {
                         &r.single
@@ -924,7 +932,7 @@ pub fn scaling_markdown(report: &Report, subject: &str) -> String {
     counts.dedup();
     for instances in counts {
         columns.push(ScalingColumn {
-            title: format!("drain, {instances} consumer"),
+            title: format!("drain, {instances} consumer{}", plural(instances)),
             extract: Box::new(move |r: &ScalingResult| {
                 scaled_drain(&r.drain, instances)
                     .map(|d| (d.drain.records_per_s, d.drain.cpu_cores.clone()))
@@ -970,7 +978,9 @@ pub fn scaling_markdown(report: &Report, subject: &str) -> String {
     });
     groups.push("all processes".to_owned());
     let mut out = format!(
-        "### Scaling, subject `{subject}`: CPU per activity by process (medians of {} run(s))\n\n         On {}. Microseconds of CPU (user+sys, /proc) per activity over each figure's window;          clients spread evenly over the API instances.\n\n| | ",
+        "### Scaling, subject `{subject}`: CPU per activity by process (medians of {} run(s))\n\n\
+         On {}. Microseconds of CPU (user+sys, /proc) per activity over each figure's window; \
+         clients spread evenly over the API instances.\n\n| | ",
         results.len(),
         first.stack
     );
