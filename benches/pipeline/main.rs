@@ -142,6 +142,10 @@ fn self_checks() -> ExitCode {
             report::checks::values_are_formatted_for_humans,
         ),
         ("report: reads", report::checks::reads_are_tabulated),
+        (
+            "report: scaling",
+            report::checks::scaling_is_tabulated_per_process_group,
+        ),
         ("options: subjects", options::checks::subjects_are_parsed),
     ];
     for (name, check) in checks {

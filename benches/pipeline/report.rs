@@ -822,7 +822,7 @@ pub fn markdown(report: &Report) -> String {
         out.push('\n');
     }
     for summary in &report.summary {
-        out.push_str(&scaling_markdown(report, &summary.subject));
+        out.push_str(&scaling_markdown(&report.rounds, &summary.subject));
     }
     for round in &report.rounds {
         for subject in &round.subjects {
@@ -884,9 +884,8 @@ fn process_group(name: &str) -> String {
 
 /// The scaling phase of one subject: per figure and instance count, the median rate and the median
 /// CPU per activity of each process group (µs of user+sys time from /proc per activity).
-pub fn scaling_markdown(report: &Report, subject: &str) -> String {
-    let results: Vec<&ScalingResult> = report
-        .rounds
+pub fn scaling_markdown(rounds: &[Round], subject: &str) -> String {
+    let results: Vec<&ScalingResult> = rounds
         .iter()
         .filter_map(|round| round.subjects.iter().find(|s| s.subject == subject))
         .filter_map(|s| s.scaling.as_ref())
@@ -1144,6 +1143,62 @@ pub mod checks {
                 ..SubjectRound::default()
             }],
         }
+    }
+
+    /// The scaling table: one column per figure and instance count, every instance of a role in
+    /// one row, µs per activity = cores / activities per second, medians over the rounds.
+    pub fn scaling_is_tabulated_per_process_group() {
+        let scaled = |instances: usize, rate: f64, cores: &[(&str, f64)]| ScaledLoad {
+            instances,
+            load: LoadResult {
+                cpu_cores: cores.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect(),
+                ..load(rate, 1.0)
+            },
+        };
+        let rounds: Vec<Round> = [1_000.0, 2_000.0, 4_000.0]
+            .iter()
+            .enumerate()
+            .map(|(index, &rate)| {
+                let mut round = round(index + 1, 1.0, 1.0, 1.0);
+                round.subjects[0].scaling = Some(ScalingResult {
+                    stack: "3 brokers".to_owned(),
+                    single: vec![
+                        scaled(1, rate, &[("produce", 0.3), ("kafka-1", 0.1)]),
+                        scaled(
+                            2,
+                            rate,
+                            &[("produce-1", 0.2), ("produce-2", 0.2), ("kafka-1", 0.1)],
+                        ),
+                    ],
+                    ..ScalingResult::default()
+                });
+                round
+            })
+            .collect();
+        let table = scaling_markdown(&rounds, "current");
+        assert!(
+            table.contains("| | single, 1 API | single, 2 APIs |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| activities/s | 2,000 | 2,000 |"),
+            "{table}"
+        );
+        // 0.3 cores at 1,000/s, 2,000/s, 4,000/s: 300, 150, 75 µs -> median 150; two instances of
+        // 0.2 cores each: 400, 200, 100 -> 200.
+        assert!(
+            table.contains("| produce (all instances), µs/activity | 150.0 | 200.0 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| kafka-1, µs/activity | 50.0 | 50.0 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| all processes, µs/activity | 200.0 | 250.0 |"),
+            "{table}"
+        );
+        assert!(scaling_markdown(&rounds, "other").is_empty());
     }
 
     pub fn summary_takes_medians_of_values_and_ratios() {
