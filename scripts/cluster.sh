@@ -168,6 +168,9 @@ start_redis_node() {
 
 redis_answers() { [[ "$(timeout 5 redis-cli -h "${HOST}" -p "$1" ping 2>/dev/null)" == PONG ]]; }
 
+# redis_cluster_ok: every node sees the cluster ok with three masters and six nodes, and every
+# replica has finished its sync with its master (a replica that never synced cannot take over: a
+# master killed before that would leave its slots without an owner).
 redis_cluster_ok() {
     local port info
     for port in "${REDIS_PORTS[@]}"; do
@@ -175,6 +178,11 @@ redis_cluster_ok() {
         grep -q '^cluster_state:ok' <<<"${info}" || return 1
         grep -q '^cluster_size:3' <<<"${info}" || return 1
         grep -q '^cluster_known_nodes:6' <<<"${info}" || return 1
+        info=$(timeout 5 redis-cli -h "${HOST}" -p "${port}" info replication 2>/dev/null) || return 1
+        if grep -q '^role:slave' <<<"${info}"; then
+            grep -q '^master_link_status:up' <<<"${info}" || return 1
+            grep -q '^master_sync_in_progress:0' <<<"${info}" || return 1
+        fi
     done
 }
 
