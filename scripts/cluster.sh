@@ -225,6 +225,8 @@ up_kafka() {
         dir=$(kafka_dir "${node}")
         if node_pid "${dir}/kafka.pid" kafka.Kafka >/dev/null; then
             ap_log "kafka-${node}: already running"
+        elif timeout 5 kcat -b "${HOST}:$(kafka_port "${node}")" -L -m 2 >/dev/null 2>&1; then
+            ap_log "WARNING: kafka-${node}: something not started from ${CLUSTER_DIR} already answers; leaving it alone"
         else
             start_kafka_node "${node}"
         fi
@@ -234,6 +236,8 @@ up_kafka() {
 wait_kafka() {
     local node
     for node in "${KAFKA_NODES[@]}"; do
+        # Only the nodes started from here have a pid file (another checkout's are left alone).
+        [[ -e "$(kafka_dir "${node}")/kafka.pid" ]] || continue
         node_pid "$(kafka_dir "${node}")/kafka.pid" kafka.Kafka >/dev/null \
             || node_fail "kafka-${node}: exited during startup" "$(kafka_dir "${node}")/server.log"
     done
@@ -248,6 +252,9 @@ up_redis() {
         dir=$(redis_dir "${port}")
         if node_pid "${dir}/redis.pid" redis-server >/dev/null; then
             ap_log "redis-${port}: already running"
+        elif redis_answers "${port}"; then
+            # Another checkout's cluster (a CI clone next to a working tree): use it, as stack.sh does.
+            ap_log "WARNING: redis-${port}: something not started from ${CLUSTER_DIR} already answers; leaving it alone"
         else
             start_redis_node "${port}"
         fi
