@@ -12,6 +12,11 @@
 #                                                     documents, pages/by key/SSE resume p50 and p99
 #                                                     at each size, the store's explain (about 15 min;
 #                                                     --read-sizes 10000,100000 for a shorter run)
+#   scripts/bench.sh --phases hot --subject spread1 --subject spread4+tenants.bench00.partition_spread=4
+#                                                     one tenant's drain by 1 and 2 consumers, per spread
+#   scripts/bench.sh --phases scaling                 ingest by 1 and 2 APIs, drain by 1 and 2 consumers,
+#                                                     on a private three-broker cluster (RF 3), with the
+#                                                     CPU per activity of every process
 #   scripts/bench.sh --help                           every option
 # The report goes to target/bench/<time>/report.{md,json} (and is printed).
 #
@@ -24,6 +29,13 @@
 #                        the private stack's ports (default 19092 (+19093), 27117, 16479, 15433)
 #   AP_STORE_BACKEND     the private stack's FerretDB backend, as for scripts/stack.sh
 #   AP_BENCH_KEEP_STACK  1: leave the private stack running (and its data) for the next run
+#   AP_BENCH_CLUSTER_DIR, AP_BENCH_CLUSTER_PORT_OFFSET
+#                        with `--phases scaling`: the private cluster's data (default
+#                        <repo>/.stack-bench-cluster) and the offset added to the cluster profile's
+#                        ports (default 30000: brokers on 39192-39194, Redis Cluster on 37001-37006);
+#                        its Kafka and Redis Cluster are started here and reset afterwards like the
+#                        private stack (kept with AP_BENCH_KEEP_STACK=1); FerretDB is the private
+#                        stack's
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -71,6 +83,50 @@ case ${mode} in
         ;;
     *) ap_die "AP_BENCH_STACK must be private or shared, not '${mode}'" ;;
 esac
+
+# The scaling phase runs on a Kafka cluster of its own (scripts/cluster.sh), never the shared one.
+wants_cluster=0
+previous=
+for arg in "$@"; do
+    case ${arg} in
+        --phases=*scaling*) wants_cluster=1 ;;
+        *scaling*) [[ "${previous}" == --phases ]] && wants_cluster=1 ;;
+    esac
+    previous=${arg}
+done
+if ((wants_cluster)); then
+    export AP_CLUSTER_DIR=${AP_BENCH_CLUSTER_DIR:-${AP_REPO_ROOT}/.stack-bench-cluster}
+    export AP_CLUSTER_PORT_OFFSET=${AP_BENCH_CLUSTER_PORT_OFFSET:-30000}
+    stop_cluster() {
+        if [[ "${AP_BENCH_KEEP_STACK:-0}" == 1 ]]; then
+            ap_log "bench: leaving the private cluster running (${AP_CLUSTER_DIR})"
+        else
+            scripts/cluster.sh reset
+        fi
+    }
+    stop_all() {
+        stop_cluster
+        if [[ "${mode}" == private ]]; then stop_stack; fi
+    }
+    trap stop_all EXIT
+    scripts/cluster.sh up kafka
+    scripts/cluster.sh up redis
+    brokers=()
+    for node in 1 2 3; do
+        brokers+=("127.0.0.1:$((9191 + AP_CLUSTER_PORT_OFFSET + node))")
+        pid=$(head -n 1 "${AP_CLUSTER_DIR}/kafka-${node}/kafka.pid" 2>/dev/null | tr -dc '0-9' || true)
+        [[ -n "${pid}" ]] && args+=(--cluster-watch "kafka-${node}=${pid}")
+    done
+    args+=(--cluster-brokers "$(IFS=,; printf '%s' "${brokers[*]}")")
+    seeds=()
+    for port in 7001 7002 7003 7004 7005 7006; do
+        port=$((port + AP_CLUSTER_PORT_OFFSET))
+        ((port - AP_CLUSTER_PORT_OFFSET <= 7003)) && seeds+=("redis://127.0.0.1:${port}")
+        pid=$(head -n 1 "${AP_CLUSTER_DIR}/redis-${port}/redis.pid" 2>/dev/null | tr -dc '0-9' || true)
+        [[ -n "${pid}" ]] && args+=(--cluster-watch "redis-${port}=${pid}")
+    done
+    args+=(--cluster-redis-url "$(IFS=,; printf '%s' "${seeds[*]}")")
+fi
 
 ap_log "bench: load average now: $(cut -d' ' -f1-3 /proc/loadavg) (figures are noisy while other work runs)"
 cargo bench --locked --bench pipeline -- "${args[@]}" "$@"

@@ -162,7 +162,8 @@ pub type RequestMaker = dyn Fn(usize, u64) -> (Vec<u8>, String) + Send + Sync;
 pub type AcceptObserver = dyn Fn(&str, Instant) + Send + Sync;
 
 pub struct LoadPlan {
-    pub address: SocketAddr,
+    /// The API instances; connection k talks to `addresses[k % len]`, so clients spread evenly.
+    pub addresses: Vec<SocketAddr>,
     pub connections: usize,
     pub warmup: Duration,
     pub duration: Duration,
@@ -302,7 +303,7 @@ async fn drive(
         items: 0,
         failures: Default::default(),
     };
-    let mut client = Connection::new(plan.address);
+    let mut client = Connection::new(plan.addresses[connection % plan.addresses.len()]);
     // Open loop: connection k sends at start + k/rate + i * connections/rate.
     let schedule = match plan.pacing {
         Pacing::Closed => None,

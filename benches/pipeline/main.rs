@@ -12,7 +12,11 @@
 //! 7. peak RSS (VmHWM) of the produce and consume processes;
 //! 8. reads (only when `--phases` names `reads`): one tenant seeded to 10^4, 10^5, 10^6 documents as
 //!    the consumer leaves them, and at each size the latency of the read API's pages, lookups by key
-//!    and SSE resumes, with the store's `explain` of its page queries.
+//!    and SSE resumes, with the store's `explain` of its page queries;
+//! 9. hot tenant (only with `--phases hot`): one tenant's records alone, drained by 1 and by 2
+//!    consumer processes; subjects compare `tenants.<id>.partition_spread`;
+//! 10. scaling (only with `--phases scaling`, on a Kafka cluster): ingest with the clients spread
+//!     over 1 and 2 API processes, drain by 1 and 2 consumers, CPU per activity of every process.
 //!
 //! The roles run as separate processes of the release binary. Every topic, consumer group, database
 //! and Redis key prefix is unique to the run and removed afterwards, so the bench can share a stack;
@@ -138,6 +142,10 @@ fn self_checks() -> ExitCode {
             report::checks::values_are_formatted_for_humans,
         ),
         ("report: reads", report::checks::reads_are_tabulated),
+        (
+            "report: scaling",
+            report::checks::scaling_is_tabulated_per_process_group,
+        ),
         ("options: subjects", options::checks::subjects_are_parsed),
     ];
     for (name, check) in checks {
@@ -163,6 +171,8 @@ struct Bench {
     mongo: mongodb::Client,
     /// NAME=PID of the stack's processes, for the CPU breakdown.
     watched: Vec<(String, u32)>,
+    /// NAME=PID of the cluster's brokers (`--cluster-watch`), for the scaling phase's breakdown.
+    cluster_watched: Vec<(String, u32)>,
 }
 
 async fn run(options: Options) -> anyhow::Result<()> {
@@ -214,14 +224,12 @@ async fn run(options: Options) -> anyhow::Result<()> {
     let config_path = out.join("bench.toml");
     std::fs::write(&config_path, tenants.config_toml())?;
     let mongo = mongodb::Client::with_uri_str(&options.mongo_uri).await?;
-    let watched = options
-        .watch
-        .iter()
-        .filter_map(|spec| {
-            let (name, pid) = spec.split_once('=')?;
-            Some((name.to_owned(), pid.parse().ok()?))
-        })
-        .collect();
+    let name_pid = |spec: &String| {
+        let (name, pid) = spec.split_once('=')?;
+        Some((name.to_owned(), pid.parse().ok()?))
+    };
+    let watched = options.watch.iter().filter_map(name_pid).collect();
+    let cluster_watched = options.cluster_watch.iter().filter_map(name_pid).collect();
     let bench = Bench {
         run_id,
         out,
@@ -234,6 +242,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
         subjects,
         mongo,
         watched,
+        cluster_watched,
         options,
     };
     bench.run(started_at).await
@@ -296,6 +305,12 @@ impl Bench {
                 }
                 if self.phase("reads") {
                     self.reads(index, subject, &mut result).await?;
+                }
+                if self.phase("hot") {
+                    self.hot_tenant(index, subject, &mut result).await?;
+                }
+                if self.phase("scaling") {
+                    self.scaling(index, subject, &mut result).await?;
                 }
                 round.subjects.push(result);
             }

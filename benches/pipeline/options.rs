@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 
 /// The figures `--phases` can name.
-pub const PHASES: [&str; 8] = [
-    "kafka", "store", "single", "http", "batch", "drain", "e2e", "reads",
+pub const PHASES: [&str; 10] = [
+    "kafka", "store", "single", "http", "batch", "drain", "e2e", "reads", "hot", "scaling",
 ];
 
 /// The pipeline bench. Usually run by `make bench` (scripts/bench.sh), which starts a private stack
@@ -84,6 +84,29 @@ pub struct Options {
     /// Reads: most seconds spent on each kind at each size (the request under way finishes).
     #[arg(long, default_value_t = 20.0)]
     pub read_seconds: f64,
+    /// Hot tenant (`--phases hot`): records of the one tenant pre-filled for each drain.
+    #[arg(long, default_value_t = 20_000)]
+    pub hot_records: usize,
+    /// Hot tenant: consumer instances (processes) draining it, measured in turn.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub hot_consumers: Vec<usize>,
+    /// Scaling (`--phases scaling`): the Kafka cluster it runs on (three brokers, RF 3); the other
+    /// phases keep `--brokers`. scripts/bench.sh starts a private one and passes it.
+    #[arg(long)]
+    pub cluster_brokers: Option<String>,
+    /// Scaling: the Redis Cluster it runs on, as seed URLs (comma-separated); without it, the
+    /// phase uses `--redis-url`, a single node.
+    #[arg(long)]
+    pub cluster_redis_url: Option<String>,
+    /// Scaling: the cluster's processes whose CPU is reported, as NAME=PID (repeatable).
+    #[arg(long = "cluster-watch")]
+    pub cluster_watch: Vec<String>,
+    /// Scaling: instance counts of each role (API instances for ingest, consumers for the drain).
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub scaling_instances: Vec<usize>,
+    /// Scaling: records pre-filled for each drain.
+    #[arg(long, default_value_t = 30_000)]
+    pub scaling_records: usize,
     /// End-to-end rate when single ingest or drain was not measured, activities/s.
     #[arg(long, default_value_t = 1000.0)]
     pub e2e_rate: f64,

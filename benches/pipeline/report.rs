@@ -77,6 +77,84 @@ pub struct SubjectRound {
     /// Phase 8: reads at growing sizes of one tenant.
     #[serde(default)]
     pub reads: Option<ReadsResult>,
+    /// One tenant's drain by 1 and 2 consumers (`--phases hot`).
+    #[serde(default)]
+    pub hot: Option<HotTenantResult>,
+    /// Ingest and drain by 1 and 2 instances on the cluster profile (`--phases scaling`).
+    #[serde(default)]
+    pub scaling: Option<ScalingResult>,
+}
+
+/// One tenant's records alone in the topic, drained by each consumer count in turn.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HotTenantResult {
+    pub tenant: String,
+    pub records: usize,
+    pub drains: Vec<ScaledDrain>,
+}
+
+/// A drain by `instances` consumer processes in one group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScaledDrain {
+    pub instances: usize,
+    /// Partitions of the topic that held records.
+    pub partitions_used: usize,
+    /// Means over every consumer's batches (the consumers' own histograms).
+    pub batch_partitions_mean: Option<f64>,
+    pub batch_records_mean: Option<f64>,
+    /// Records each consumer process processed (how the group shared the busy partitions).
+    #[serde(default)]
+    pub records_by_consumer: Vec<(String, f64)>,
+    pub drain: DrainResult,
+}
+
+/// A closed-loop ingest run with the clients spread over `instances` API processes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScaledLoad {
+    pub instances: usize,
+    pub load: LoadResult,
+}
+
+/// The scaling phase: each figure with 1 and with 2 instances of the role that does the work.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ScalingResult {
+    /// The cluster the phase ran on, e.g. "3 Kafka brokers (RF 3, min.insync 2), Redis single node".
+    pub stack: String,
+    pub single: Vec<ScaledLoad>,
+    pub batch: Vec<ScaledLoad>,
+    pub drain: Vec<ScaledDrain>,
+}
+
+fn scaled_load(loads: &[ScaledLoad], instances: usize) -> Option<&LoadResult> {
+    loads
+        .iter()
+        .find(|load| load.instances == instances)
+        .map(|load| &load.load)
+}
+
+fn scaled_drain(drains: &[ScaledDrain], instances: usize) -> Option<&ScaledDrain> {
+    drains.iter().find(|drain| drain.instances == instances)
+}
+
+fn hot_drain(subject: &SubjectRound, consumers: usize) -> Option<&ScaledDrain> {
+    scaled_drain(&subject.hot.as_ref()?.drains, consumers)
+}
+
+fn scaling(subject: &SubjectRound) -> Option<&ScalingResult> {
+    subject.scaling.as_ref()
+}
+
+/// CPU microseconds per activity of all observed processes over a drain.
+fn drain_cpu_per_activity(drain: &DrainResult) -> Option<f64> {
+    let cores: f64 = drain.cpu_cores.iter().map(|(_, c)| c).sum();
+    (drain.records_per_s > 0.0 && !drain.cpu_cores.is_empty())
+        .then(|| cores / drain.records_per_s * 1e6)
+}
+
+/// CPU microseconds per activity (not per request) of all observed processes over a load run.
+fn load_cpu_per_activity(load: &LoadResult) -> Option<f64> {
+    let cores: f64 = load.cpu_cores.iter().map(|(_, c)| c).sum();
+    (load.items_per_s > 0.0 && !load.cpu_cores.is_empty()).then(|| cores / load.items_per_s * 1e6)
 }
 
 /// Phase 8: one tenant seeded in steps as the consumer leaves it, and at each step the read API's
@@ -431,6 +509,130 @@ fn rows() -> Vec<(&'static str, &'static str, Extract, Option<Target>)> {
             Some(Target::AtLeast(0.7)),
         ),
         (
+            "H. Hot tenant drain, 1 consumer",
+            "activities/s",
+            |_, s| hot_drain(s, 1).map(|d| d.drain.records_per_s),
+            None,
+        ),
+        (
+            "H. Hot tenant drain, 2 consumers",
+            "activities/s",
+            |_, s| hot_drain(s, 2).map(|d| d.drain.records_per_s),
+            None,
+        ),
+        (
+            "H. partitions holding the tenant",
+            "partitions",
+            |_, s| hot_drain(s, 1).map(|d| d.partitions_used as f64),
+            None,
+        ),
+        (
+            "H. partitions per batch, 1 consumer, mean",
+            "ratio",
+            |_, s| hot_drain(s, 1).and_then(|d| d.batch_partitions_mean),
+            None,
+        ),
+        (
+            "H. partitions per batch, 2 consumers, mean",
+            "ratio",
+            |_, s| hot_drain(s, 2).and_then(|d| d.batch_partitions_mean),
+            None,
+        ),
+        (
+            "H. records per batch, 1 consumer, mean",
+            "records",
+            |_, s| hot_drain(s, 1).and_then(|d| d.batch_records_mean),
+            None,
+        ),
+        (
+            "H. CPU per activity, 1 consumer, all processes",
+            "us",
+            |_, s| hot_drain(s, 1).and_then(|d| drain_cpu_per_activity(&d.drain)),
+            None,
+        ),
+        (
+            "H. CPU per activity, 2 consumers, all processes",
+            "us",
+            |_, s| hot_drain(s, 2).and_then(|d| drain_cpu_per_activity(&d.drain)),
+            None,
+        ),
+        (
+            "S. Single, 1 API: max rate",
+            "req/s",
+            |_, s| scaled_load(&scaling(s)?.single, 1).map(|l| l.requests_per_s),
+            None,
+        ),
+        (
+            "S. Single, 2 APIs: max rate",
+            "req/s",
+            |_, s| scaled_load(&scaling(s)?.single, 2).map(|l| l.requests_per_s),
+            None,
+        ),
+        (
+            "S. Single, 1 API: CPU per activity, all processes",
+            "us",
+            |_, s| scaled_load(&scaling(s)?.single, 1).and_then(load_cpu_per_activity),
+            None,
+        ),
+        (
+            "S. Single, 2 APIs: CPU per activity, all processes",
+            "us",
+            |_, s| scaled_load(&scaling(s)?.single, 2).and_then(load_cpu_per_activity),
+            None,
+        ),
+        (
+            "S. Batch of 100, 1 API: max rate",
+            "activities/s",
+            |_, s| scaled_load(&scaling(s)?.batch, 1).map(|l| l.items_per_s),
+            None,
+        ),
+        (
+            "S. Batch of 100, 2 APIs: max rate",
+            "activities/s",
+            |_, s| scaled_load(&scaling(s)?.batch, 2).map(|l| l.items_per_s),
+            None,
+        ),
+        (
+            "S. Batch, 1 API: CPU per activity, all processes",
+            "us",
+            |_, s| scaled_load(&scaling(s)?.batch, 1).and_then(load_cpu_per_activity),
+            None,
+        ),
+        (
+            "S. Batch, 2 APIs: CPU per activity, all processes",
+            "us",
+            |_, s| scaled_load(&scaling(s)?.batch, 2).and_then(load_cpu_per_activity),
+            None,
+        ),
+        (
+            "S. Drain, 1 consumer",
+            "activities/s",
+            |_, s| scaled_drain(&scaling(s)?.drain, 1).map(|d| d.drain.records_per_s),
+            None,
+        ),
+        (
+            "S. Drain, 2 consumers",
+            "activities/s",
+            |_, s| scaled_drain(&scaling(s)?.drain, 2).map(|d| d.drain.records_per_s),
+            None,
+        ),
+        (
+            "S. Drain, 1 consumer: CPU per activity, all processes",
+            "us",
+            |_, s| {
+                scaled_drain(&scaling(s)?.drain, 1).and_then(|d| drain_cpu_per_activity(&d.drain))
+            },
+            None,
+        ),
+        (
+            "S. Drain, 2 consumers: CPU per activity, all processes",
+            "us",
+            |_, s| {
+                scaled_drain(&scaling(s)?.drain, 2).and_then(|d| drain_cpu_per_activity(&d.drain))
+            },
+            None,
+        ),
+        (
             "Extra: ActivityPublisher in-process (no HTTP)",
             "records/s",
             |_, s| s.publisher.as_ref().map(|p| p.records_per_s),
@@ -619,6 +821,9 @@ pub fn markdown(report: &Report) -> String {
         out.push_str(&markdown_table(summary));
         out.push('\n');
     }
+    for summary in &report.summary {
+        out.push_str(&scaling_markdown(&report.rounds, &summary.subject));
+    }
     for round in &report.rounds {
         for subject in &round.subjects {
             if let Some(reads) = &subject.reads {
@@ -638,6 +843,173 @@ pub fn markdown(report: &Report) -> String {
         })
         .collect();
     out.push_str(&loads.join(", "));
+    out.push('\n');
+    out
+}
+
+/// The CPU of each observed process over a figure's window, in cores.
+type CoresByProcess = Vec<(String, f64)>;
+/// Per process group, one value per round.
+type GroupFigures = std::collections::BTreeMap<String, Vec<f64>>;
+
+/// Activities/s of a figure and the CPU of each observed process, if measured in that round.
+type ScalingExtract = dyn Fn(&ScalingResult) -> Option<(f64, CoresByProcess)>;
+
+/// One column of the scaling table: a figure with an instance count, read from a round.
+struct ScalingColumn {
+    title: String,
+    extract: Box<ScalingExtract>,
+}
+
+fn plural(count: usize) -> &'static str {
+    if count == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// The process group a CPU figure counts under: every instance of a role together, others by name.
+fn process_group(name: &str) -> String {
+    if name.starts_with("produce") {
+        "produce (all instances)".to_owned()
+    } else if name.starts_with("consume") {
+        "consume (all instances)".to_owned()
+    } else if name == "bench" {
+        "bench (load generator, pre-fill)".to_owned()
+    } else {
+        name.to_owned()
+    }
+}
+
+/// The scaling phase of one subject: per figure and instance count, the median rate and the median
+/// CPU per activity of each process group (µs of user+sys time from /proc per activity).
+pub fn scaling_markdown(rounds: &[Round], subject: &str) -> String {
+    let results: Vec<&ScalingResult> = rounds
+        .iter()
+        .filter_map(|round| round.subjects.iter().find(|s| s.subject == subject))
+        .filter_map(|s| s.scaling.as_ref())
+        .collect();
+    let Some(first) = results.first() else {
+        return String::new();
+    };
+    let mut columns: Vec<ScalingColumn> = Vec::new();
+    for (kind, title) in [("single", "single"), ("batch", "batch of 100")] {
+        let mut counts: Vec<usize> = results
+            .iter()
+            .flat_map(|r| {
+                if kind == "single" {
+                    &r.single
+                } else {
+                    &r.batch
+                }
+            })
+            .map(|l| l.instances)
+            .collect();
+        counts.sort_unstable();
+        counts.dedup();
+        for instances in counts {
+            columns.push(ScalingColumn {
+                title: format!("{title}, {instances} API{}", plural(instances)),
+                extract: Box::new(move |r: &ScalingResult| {
+                    let loads = if kind == "single" {
+                        &r.single
+                    } else {
+                        &r.batch
+                    };
+                    scaled_load(loads, instances).map(|l| (l.items_per_s, l.cpu_cores.clone()))
+                }),
+            });
+        }
+    }
+    let mut counts: Vec<usize> = results
+        .iter()
+        .flat_map(|r| &r.drain)
+        .map(|d| d.instances)
+        .collect();
+    counts.sort_unstable();
+    counts.dedup();
+    for instances in counts {
+        columns.push(ScalingColumn {
+            title: format!("drain, {instances} consumer{}", plural(instances)),
+            extract: Box::new(move |r: &ScalingResult| {
+                scaled_drain(&r.drain, instances)
+                    .map(|d| (d.drain.records_per_s, d.drain.cpu_cores.clone()))
+            }),
+        });
+    }
+    // Per column: the rounds' rates, and per group the rounds' µs per activity.
+    let mut groups: Vec<String> = Vec::new();
+    let mut cells: Vec<(Vec<f64>, GroupFigures)> = Vec::new();
+    for column in &columns {
+        let mut rates = Vec::new();
+        let mut per_group = GroupFigures::new();
+        for result in &results {
+            let Some((rate, cores)) = (column.extract)(result) else {
+                continue;
+            };
+            if rate <= 0.0 {
+                continue;
+            }
+            rates.push(rate);
+            let mut summed: std::collections::BTreeMap<String, f64> = Default::default();
+            for (name, cores) in &cores {
+                let group = process_group(name);
+                if !groups.contains(&group) {
+                    groups.push(group.clone());
+                }
+                *summed.entry(group).or_insert(0.0) += cores;
+            }
+            let all: f64 = summed.values().sum();
+            summed.insert("all processes".to_owned(), all);
+            for (group, cores) in summed {
+                per_group.entry(group).or_default().push(cores / rate * 1e6);
+            }
+        }
+        cells.push((rates, per_group));
+    }
+    groups.sort_by_key(|group| {
+        let rank = ["produce", "consume", "kafka", "redis", "ferretdb", "bench"]
+            .iter()
+            .position(|prefix| group.starts_with(prefix))
+            .unwrap_or(6);
+        (rank, group.clone())
+    });
+    groups.push("all processes".to_owned());
+    let mut out = format!(
+        "### Scaling, subject `{subject}`: CPU per activity by process (medians of {} run(s))\n\n\
+         On {}. Microseconds of CPU (user+sys, /proc) per activity over each figure's window; \
+         clients spread evenly over the API instances.\n\n| | ",
+        results.len(),
+        first.stack
+    );
+    out.push_str(
+        &columns
+            .iter()
+            .map(|c| c.title.clone())
+            .collect::<Vec<_>>()
+            .join(" | "),
+    );
+    out.push_str(" |\n|---|");
+    out.push_str(&"---:|".repeat(columns.len()));
+    out.push_str("\n| activities/s |");
+    for (rates, _) in &cells {
+        match median(rates) {
+            Some(rate) => out.push_str(&format!(" {} |", format_value(rate, "activities/s"))),
+            None => out.push_str(" – |"),
+        }
+    }
+    out.push('\n');
+    for group in &groups {
+        out.push_str(&format!("| {group}, µs/activity |"));
+        for (_, per_group) in &cells {
+            match per_group.get(group).and_then(|values| median(values)) {
+                Some(us) => out.push_str(&format!(" {us:.1} |")),
+                None => out.push_str(" – |"),
+            }
+        }
+        out.push('\n');
+    }
     out.push('\n');
     out
 }
@@ -771,6 +1143,62 @@ pub mod checks {
                 ..SubjectRound::default()
             }],
         }
+    }
+
+    /// The scaling table: one column per figure and instance count, every instance of a role in
+    /// one row, µs per activity = cores / activities per second, medians over the rounds.
+    pub fn scaling_is_tabulated_per_process_group() {
+        let scaled = |instances: usize, rate: f64, cores: &[(&str, f64)]| ScaledLoad {
+            instances,
+            load: LoadResult {
+                cpu_cores: cores.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect(),
+                ..load(rate, 1.0)
+            },
+        };
+        let rounds: Vec<Round> = [1_000.0, 2_000.0, 4_000.0]
+            .iter()
+            .enumerate()
+            .map(|(index, &rate)| {
+                let mut round = round(index + 1, 1.0, 1.0, 1.0);
+                round.subjects[0].scaling = Some(ScalingResult {
+                    stack: "3 brokers".to_owned(),
+                    single: vec![
+                        scaled(1, rate, &[("produce", 0.3), ("kafka-1", 0.1)]),
+                        scaled(
+                            2,
+                            rate,
+                            &[("produce-1", 0.2), ("produce-2", 0.2), ("kafka-1", 0.1)],
+                        ),
+                    ],
+                    ..ScalingResult::default()
+                });
+                round
+            })
+            .collect();
+        let table = scaling_markdown(&rounds, "current");
+        assert!(
+            table.contains("| | single, 1 API | single, 2 APIs |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| activities/s | 2,000 | 2,000 |"),
+            "{table}"
+        );
+        // 0.3 cores at 1,000/s, 2,000/s, 4,000/s: 300, 150, 75 µs -> median 150; two instances of
+        // 0.2 cores each: 400, 200, 100 -> 200.
+        assert!(
+            table.contains("| produce (all instances), µs/activity | 150.0 | 200.0 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| kafka-1, µs/activity | 50.0 | 50.0 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| all processes, µs/activity | 200.0 | 250.0 |"),
+            "{table}"
+        );
+        assert!(scaling_markdown(&rounds, "other").is_empty());
     }
 
     pub fn summary_takes_medians_of_values_and_ratios() {

@@ -12,6 +12,10 @@ pub struct ConsumerMetrics {
     /// Records by outcome: inserted, duplicate, retried, dead_lettered.
     pub records: IntCounterVec,
     pub batch_size: Histogram,
+    /// Partitions in one processed batch: how many parts `consumer.partition_parallelism` had to
+    /// apply concurrently. A hot tenant's spread pays inside one consumer only when its batches
+    /// hold several partitions.
+    pub batch_partitions: Histogram,
     /// Time to apply one batch's effects, by stage (main, retry.N).
     pub batch_duration: HistogramVec,
     /// From `enqueuedAt` (the API's acceptance) to the MongoDB insert.
@@ -42,6 +46,15 @@ impl ConsumerMetrics {
             HistogramOpts::new("consumer_batch_records", "Records per processed batch.")
                 .namespace(NAMESPACE)
                 .buckets(exponential_buckets(1.0, 2.0, 12).expect("valid buckets")),
+        )
+        .expect("valid metric");
+        let batch_partitions = Histogram::with_opts(
+            HistogramOpts::new(
+                "consumer_batch_partitions",
+                "Partitions in one processed batch (parts that can be applied concurrently).",
+            )
+            .namespace(NAMESPACE)
+            .buckets(exponential_buckets(1.0, 2.0, 8).expect("valid buckets")),
         )
         .expect("valid metric");
         let batch_duration = HistogramVec::new(
@@ -95,6 +108,7 @@ impl ConsumerMetrics {
         for collector in [
             Box::new(records.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(batch_size.clone()),
+            Box::new(batch_partitions.clone()),
             Box::new(batch_duration.clone()),
             Box::new(end_to_end_latency.clone()),
             Box::new(lag.clone()),
@@ -114,6 +128,7 @@ impl ConsumerMetrics {
             registry,
             records,
             batch_size,
+            batch_partitions,
             batch_duration,
             end_to_end_latency,
             lag,

@@ -272,7 +272,7 @@ impl StageLoop {
                 let started = std::time::Instant::now();
                 match self.apply(&batch, &mut applied, &mut report).await {
                     Ok(()) => {
-                        self.record(&report, batch.len(), started.elapsed());
+                        self.record(&report, &batch, started.elapsed());
                         if let Err(error) = self.consumer.store_processed(&batch) {
                             // The partition was revoked meanwhile; its new owner redelivers, which
                             // the idempotent effects make harmless.
@@ -359,9 +359,14 @@ impl StageLoop {
         first_outage.map_or(Ok(()), Err)
     }
 
-    fn record(&self, report: &BatchReport, records: usize, elapsed: Duration) {
+    fn record(&self, report: &BatchReport, batch: &[ConsumedRecord], elapsed: Duration) {
         let metrics = &self.metrics;
-        metrics.batch_size.observe(records as f64);
+        metrics.batch_size.observe(batch.len() as f64);
+        let partitions: HashSet<(&str, i32)> = batch
+            .iter()
+            .map(|record| (record.topic.as_str(), record.partition))
+            .collect();
+        metrics.batch_partitions.observe(partitions.len() as f64);
         metrics
             .batch_duration
             .with_label_values(&[&self.stage.label()])

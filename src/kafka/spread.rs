@@ -5,9 +5,13 @@
 //! The record key stays the tenant id (the DLQ tools and the logs read it as the tenant); the
 //! partition is chosen here instead. Bucket 0 is the partition Kafka's partitioner gives the tenant's
 //! key (librdkafka's `consistent_random`: CRC-32 of the key modulo the partition count), and bucket b
-//! the b-th partition after it, so the N buckets land on N distinct partitions and a tenant moved
-//! from 1 to N keeps a share of its records where they were. Activities with the same bucket field
-//! share a partition and keep their order; the tenant as a whole does not.
+//! lies b strides after it, a stride being `partitions / N`: the N buckets land on N distinct
+//! partitions spaced evenly round the topic, and a tenant moved from 1 to N keeps a share of its
+//! records where they were. Spaced, not neighbouring: a consumer group hands each member a
+//! contiguous range of partitions (the cooperative-sticky assignor did, in the hot-tenant bench), so
+//! neighbouring buckets all fell to one consumer and the spread bought nothing (BENCHMARKS.md, "Hot
+//! tenant"). Activities with the same bucket field share a partition and keep their order; the
+//! tenant as a whole does not.
 
 use std::collections::HashMap;
 
@@ -70,9 +74,12 @@ impl PartitionSpread {
         };
         // Validation keeps the spread within kafka.partitions, but the topic itself may have been
         // made by hand with fewer: its records still go to partitions that exist.
-        let bucket = crc32fast::hash(field.as_bytes()) % spread.buckets.min(partitions);
+        let buckets = spread.buckets.min(partitions);
+        let bucket = crc32fast::hash(field.as_bytes()) % buckets;
+        // bucket × stride < buckets × stride ≤ partitions: distinct buckets, distinct partitions.
+        let stride = partitions / buckets;
         let partition =
-            (key_partition(envelope.tenant_id.as_str(), partitions) + bucket) % partitions;
+            (key_partition(envelope.tenant_id.as_str(), partitions) + bucket * stride) % partitions;
         i32::try_from(partition).ok()
     }
 }
@@ -125,14 +132,44 @@ mod tests {
     }
 
     #[test]
-    fn a_spread_tenant_covers_exactly_its_buckets_starting_at_its_key_partition() {
+    fn a_spread_tenant_covers_exactly_its_buckets_a_stride_apart_from_its_key_partition() {
         let spread = spread("acme", 4, SpreadBy::Entity);
         let partitions: HashSet<i32> = (0..200)
             .filter_map(|n| spread.partition(&envelope("acme", "u", Some(&format!("e{n}"))), 12))
             .collect();
         let base = key_partition("acme", 12);
-        let expected: HashSet<i32> = (0..4).map(|b| ((base + b) % 12) as i32).collect();
+        let expected: HashSet<i32> = (0..4).map(|b| ((base + b * 3) % 12) as i32).collect();
         assert_eq!(partitions, expected);
+    }
+
+    /// A consumer group gives each member a contiguous range of partitions (seen with librdkafka's
+    /// cooperative-sticky assignor in the hot-tenant bench: 0-5 to one consumer, 6-11 to the other).
+    /// Neighbouring buckets would all sit in one member's range, and the spread would buy nothing.
+    #[test]
+    fn a_spread_tenants_partitions_are_spaced_so_contiguous_ranges_share_them_out() {
+        for tenant in ["acme", "bench00", "globex"] {
+            let spread = spread(tenant, 4, SpreadBy::Entity);
+            let partitions: HashSet<i32> = (0..400)
+                .filter_map(|n| {
+                    spread.partition(&envelope(tenant, "u", Some(&format!("e{n}"))), 12)
+                })
+                .collect();
+            assert_eq!(partitions.len(), 4, "{tenant}: {partitions:?}");
+            for consumers in [2, 4] {
+                let range = 12 / consumers;
+                for member in 0..consumers {
+                    let owned = partitions
+                        .iter()
+                        .filter(|&&p| (member * range..(member + 1) * range).contains(&p))
+                        .count();
+                    assert_eq!(
+                        owned,
+                        (4 / consumers) as usize,
+                        "{tenant}: {consumers} consumers, member {member} owns {owned} of {partitions:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

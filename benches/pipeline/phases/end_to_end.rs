@@ -110,7 +110,7 @@ impl Bench {
         };
         // Warm-up: the consumer joins its group and the first events flow before measuring.
         let warmup = LoadPlan {
-            address,
+            addresses: vec![address],
             connections: 16,
             warmup: Duration::ZERO,
             duration: Duration::from_secs(2),

@@ -3,15 +3,21 @@
 //! plans and request makers, spawning roles, scraping, cleanup.
 //! - `ceilings`: 1. Kafka (ProducerPerformance) and 2. store (raw `insert_many`);
 //! - `ingest`: 3. single and 4. batch ingest against one produce process;
-//! - `drain`: 5. a consumer process draining a pre-filled topic;
+//! - `drain`: 5. a consumer process draining a pre-filled topic (and `drain_records`, the drain by
+//!   one or several consumer processes that `hot_tenant` and `scaling` use);
 //! - `end_to_end`: 6. 202 -> live event through both roles;
-//! - `reads`: 8. the read API at growing sizes of one tenant (`--phases reads`, not a default).
+//! - `reads`: 8. the read API at growing sizes of one tenant (`--phases reads`, not a default);
+//! - `hot_tenant`: one tenant's drain by 1 and 2 consumers (`--phases hot`, not a default);
+//! - `scaling`: ingest by 1 and 2 API instances, drain by 1 and 2 consumers, on the cluster profile,
+//!   with the CPU of every process (`--phases scaling`, not a default).
 
 mod ceilings;
 mod drain;
 mod end_to_end;
+mod hot_tenant;
 mod ingest;
 mod reads;
+mod scaling;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use activity_pipeline::config::{Settings, Sources};
+use activity_pipeline::store::RedisConnection;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::ClientConfig;
@@ -144,7 +151,7 @@ impl Bench {
         on_accepted: Option<Arc<http::AcceptObserver>>,
     ) -> LoadPlan {
         LoadPlan {
-            address,
+            addresses: vec![address],
             connections,
             warmup: Duration::from_secs_f64(self.options.warmup),
             duration: Duration::from_secs_f64(self.options.duration),
@@ -189,10 +196,11 @@ impl Bench {
         }
     }
 
-    /// Activities counted in the tenants' Redis counters under `prefix`.
-    async fn counted(&self, prefix: &str) -> anyhow::Result<i64> {
-        let client = redis::Client::open(self.options.redis_url.as_str())?;
-        let mut connection = client.get_multiplexed_async_connection().await?;
+    /// Activities counted in the tenants' Redis counters of `settings` (its Redis, single node or
+    /// cluster, and its key prefix).
+    async fn counted(&self, settings: &Settings) -> anyhow::Result<i64> {
+        let mut connection = RedisConnection::prepare(&settings.redis, Duration::from_secs(5))?;
+        let prefix = &settings.redis.key_prefix;
         let mut total = 0;
         for tenant in &self.tenants.ids {
             let counts: std::collections::HashMap<String, i64> = redis::cmd("HGETALL")
@@ -211,6 +219,11 @@ impl Bench {
             .await;
         if let Err(error) = self.mongo.database(&names.database).drop().await {
             eprintln!("cleanup: dropping {}: {error}", names.database);
+        }
+        // A Redis Cluster is only ever the private one of the scaling phase, deleted after the run;
+        // SCAN and multi-key UNLINK would have to go node by node and slot by slot there.
+        if settings.redis.cluster {
+            return;
         }
         if let Err(error) = delete_keys(&self.options.redis_url, &names.prefix).await {
             eprintln!("cleanup: Redis keys {}*: {error}", names.prefix);
