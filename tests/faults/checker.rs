@@ -63,6 +63,8 @@ pub struct Checked {
     pub dlq_wrong_error: Violations,
     pub dlq_duplicates: usize,
     pub invalid_wrong_status: Violations,
+    /// Valid posts answered 503 without `Retry-After` (clients would not know when to retry).
+    pub unavailable_without_retry_after: Violations,
     pub invalid_dropped: Violations,
     pub invalid_by_status: BTreeMap<String, usize>,
 }
@@ -89,6 +91,10 @@ impl Checked {
                 &self.invalid_wrong_status,
             ),
             ("invalid requests dropped", &self.invalid_dropped),
+            (
+                "503 without Retry-After",
+                &self.unavailable_without_retry_after,
+            ),
         ]
     }
 }
@@ -720,7 +726,16 @@ pub async fn check(env: &Env, inputs: Inputs<'_>) -> anyhow::Result<Checked> {
         }
     }
 
-    // 6. Invalid requests: the documented 4xx, no 5xx, no dropped connection while the API was up.
+    // 6. Every 503 to a valid post says when to retry.
+    for sample in &inputs.workload.post_samples {
+        if sample.answer == "503" && !sample.retry_after {
+            checked
+                .unavailable_without_retry_after
+                .add(format!("a post sent at t={:.1}s", sample.at));
+        }
+    }
+
+    // 7. Invalid requests: the documented 4xx, no 5xx, no dropped connection while the API was up.
     for request in &inputs.workload.invalid {
         let label = request
             .got
