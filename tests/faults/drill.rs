@@ -112,13 +112,28 @@ pub fn plan(seed: u64, redis_failover: bool) -> Vec<DrillStep> {
 #[derive(Debug, Clone, Default)]
 pub struct StepNotes {
     pub lines: Vec<String>,
+    /// Run-clock time of the (first) kill: the step's window starts there, not when the drill
+    /// began looking for its victim (asking the quorum for its leader takes a JVM's start).
+    killed_at: Option<f64>,
+}
+
+impl StepNotes {
+    fn killed(&mut self, env: &Env) {
+        self.killed_at = Some(env.clock.secs());
+    }
+
+    /// Seconds since the kill.
+    fn since(&self, env: &Env) -> f64 {
+        env.clock.secs() - self.killed_at.unwrap_or_else(|| env.clock.secs())
+    }
 }
 
 /// Runs one step: the kill, the hold, the restart, and the wait for full strength.
 pub async fn execute(env: &Env, step: &DrillStep) -> (FaultRecord, StepNotes) {
-    let started = env.clock.secs();
+    let looked_up = env.clock.secs();
     let mut notes = StepNotes::default();
-    let result = apply(env, step, started, &mut notes).await;
+    let result = apply(env, step, &mut notes).await;
+    let started = notes.killed_at.unwrap_or(looked_up);
     let record = FaultRecord {
         label: notes
             .lines
@@ -136,13 +151,7 @@ pub async fn execute(env: &Env, step: &DrillStep) -> (FaultRecord, StepNotes) {
     (record, notes)
 }
 
-async fn apply(
-    env: &Env,
-    step: &DrillStep,
-    started: f64,
-    notes: &mut StepNotes,
-) -> anyhow::Result<()> {
-    let since = |env: &Env| env.clock.secs() - started;
+async fn apply(env: &Env, step: &DrillStep, notes: &mut StepNotes) -> anyhow::Result<()> {
     match step.kind {
         DrillKind::BrokerKill | DrillKind::ControllerKill => {
             let controller = env.cluster()?.lock().await.active_controller().await?;
@@ -159,11 +168,12 @@ async fn apply(
                 .lines
                 .push(format!("{}(kafka-{node})", step.kind.name()));
             env.cluster()?.lock().await.kill_kafka(node).await?;
+            notes.killed(env);
             notes.lines.push(format!(
                 "kafka-{node} killed (the active controller was kafka-{controller})"
             ));
             tokio::time::sleep(step.hold).await;
-            restart_kafka(env, notes, since(env)).await?;
+            restart_kafka(env, notes).await?;
             if step.kind == DrillKind::ControllerKill {
                 let elected = env.cluster()?.lock().await.active_controller().await?;
                 notes
@@ -185,13 +195,16 @@ async fn apply(
                 let cluster = env.cluster()?.lock().await;
                 for node in pair {
                     cluster.kill_kafka(node).await?;
+                    if notes.killed_at.is_none() {
+                        notes.killed(env);
+                    }
                 }
             }
             tokio::time::sleep(step.hold).await;
             notes
                 .lines
-                .push(format!("both down for {:.1} s", since(env)));
-            restart_kafka(env, notes, since(env)).await?;
+                .push(format!("both down for {:.1} s", notes.since(env)));
+            restart_kafka(env, notes).await?;
         }
         DrillKind::ConsumerReplace => {
             let (victim, newcomer) = {
@@ -199,6 +212,7 @@ async fn apply(
                 let which = step.pick % roles.consumers.len();
                 let mut victim = roles.consumers.remove(which);
                 victim.kill().await;
+                notes.killed(env);
                 let name = victim.name.clone();
                 roles.retired.push(victim);
                 let number = roles.consumers.len() + roles.retired.len() + 1;
@@ -207,11 +221,13 @@ async fn apply(
             notes
                 .lines
                 .push(format!("{}({victim} -> {newcomer})", step.kind.name()));
-            // Everything in the topic now must be committed by the survivors and the newcomer.
+            tokio::time::sleep(step.hold).await;
+            // Healed when everything in the topic by now is committed: what arrived in the dead
+            // consumer's partitions meanwhile is only processed once the group has given them to
+            // another member (after the session timeout, as nothing told it the member died).
             let brokers = env.kafka_brokers();
             let snapshot =
                 tokio::task::spawn_blocking(move || high_watermarks(&brokers, TOPIC)).await??;
-            tokio::time::sleep(step.hold).await;
             {
                 let mut roles = env.roles.lock().await;
                 let mut role =
@@ -222,7 +238,7 @@ async fn apply(
             }
             notes.lines.push(format!(
                 "{victim} killed for good; {newcomer} started at +{:.1} s",
-                since(env)
+                notes.since(env)
             ));
             wait_until(
                 HEAL_BUDGET,
@@ -241,8 +257,8 @@ async fn apply(
             )
             .await?;
             notes.lines.push(format!(
-                "everything in the topic at the kill committed at +{:.1} s",
-                since(env)
+                "everything in the topic when {newcomer} started committed at +{:.1} s",
+                notes.since(env)
             ));
         }
         DrillKind::RedisMasterKill => {
@@ -258,6 +274,7 @@ async fn apply(
                 .lines
                 .push(format!("{}(redis-{master})", step.kind.name()));
             env.cluster()?.lock().await.kill_redis(master).await?;
+            notes.killed(env);
             let others: Vec<u16> = ports
                 .iter()
                 .copied()
@@ -275,7 +292,7 @@ async fn apply(
             .await?;
             notes.lines.push(format!(
                 "redis-{master} killed (replicas {replicas:?}); a replica promoted at +{:.1} s",
-                since(env)
+                notes.since(env)
             ));
             tokio::time::sleep(step.hold).await;
             env.cluster()?.lock().await.up("redis").await?;
@@ -298,7 +315,7 @@ async fn apply(
             .await?;
             notes.lines.push(format!(
                 "redis-{master} restarted, a replica again at +{:.1} s",
-                since(env)
+                notes.since(env)
             ));
         }
     }
@@ -307,7 +324,8 @@ async fn apply(
 
 /// Restarts the brokers that are down and waits until every partition of the run's topics has a
 /// leader and three replicas in sync.
-async fn restart_kafka(env: &Env, notes: &mut StepNotes, at: f64) -> anyhow::Result<()> {
+async fn restart_kafka(env: &Env, notes: &mut StepNotes) -> anyhow::Result<()> {
+    let at = notes.since(env);
     let restart = env.clock.secs();
     env.cluster()?.lock().await.up("kafka").await?;
     notes.lines.push(format!(
