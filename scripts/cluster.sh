@@ -68,6 +68,16 @@ node_pid() {
     printf '%s' "${pid}"
 }
 
+# node_died PIDFILE: the pid file of a node just spawned names a dead process. A pid file not written
+# yet, or a live pid whose command line is still bash on its way through `exec` (slow on a loaded
+# machine), is no death: `spawn` returns before either is settled.
+node_died() {
+    local pid
+    [[ -s "$1" ]] || return 1
+    pid=$(head -n 1 "$1" | tr -dc '0-9')
+    [[ -n "${pid}" ]] && ! pid_alive "${pid}"
+}
+
 node_fail() {
     local what=$1 log=$2
     {
@@ -223,13 +233,19 @@ up_kafka() {
     done
 }
 
-wait_kafka() {
+# kafka_alive_and_ready: kafka_ready, after naming any node that died since it was spawned.
+kafka_alive_and_ready() {
     local node
     for node in "${KAFKA_NODES[@]}"; do
-        node_pid "$(kafka_dir "${node}")/kafka.pid" kafka.Kafka >/dev/null \
-            || node_fail "kafka-${node}: exited during startup" "$(kafka_dir "${node}")/server.log"
+        if node_died "$(kafka_dir "${node}")/kafka.pid"; then
+            node_fail "kafka-${node}: exited during startup" "$(kafka_dir "${node}")/server.log"
+        fi
     done
-    wait_until "kafka cluster ($(bootstrap))" kafka_ready "$(kafka_dir 1)/server.log"
+    kafka_ready
+}
+
+wait_kafka() {
+    wait_until "kafka cluster ($(bootstrap))" kafka_alive_and_ready "$(kafka_dir 1)/server.log"
 }
 
 up_redis() {
@@ -247,8 +263,9 @@ up_redis() {
     for port in "${REDIS_PORTS[@]}"; do
         start=${SECONDS}
         until redis_answers "${port}"; do
-            node_pid "$(redis_dir "${port}")/redis.pid" redis-server >/dev/null \
-                || node_fail "redis-${port}: exited during startup" "$(redis_dir "${port}")/redis.log"
+            if node_died "$(redis_dir "${port}")/redis.pid"; then
+                node_fail "redis-${port}: exited during startup" "$(redis_dir "${port}")/redis.log"
+            fi
             ((SECONDS - start < 30)) || node_fail "redis-${port}: no PONG within 30 s" "$(redis_dir "${port}")/redis.log"
             sleep 0.5
         done
