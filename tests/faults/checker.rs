@@ -67,6 +67,26 @@ pub struct Checked {
     pub unavailable_without_retry_after: Violations,
     pub invalid_dropped: Violations,
     pub invalid_by_status: BTreeMap<String, usize>,
+    /// Per (tenant, type) where they differ: MongoDB's count minus the Redis counter.
+    pub counter_gaps: BTreeMap<(String, String), i64>,
+    /// Per (tenant, type): stored activities whose idempotency mark is missing.
+    pub unmarked: BTreeMap<(String, String), i64>,
+}
+
+/// Whether what Redis lost, it lost together: for every tenant and type, the counter is short by
+/// exactly the number of stored activities without a mark (the consumer sets both in one script,
+/// so a failover that loses the script's writes loses both). Marks of another value are not this.
+pub fn lost_together(checked: &Checked) -> bool {
+    let unmarked_total: i64 = checked.unmarked.values().sum();
+    unmarked_total == checked.mark_mismatches.count as i64
+        && checked
+            .counter_gaps
+            .iter()
+            .all(|(key, gap)| *gap > 0 && checked.unmarked.get(key).copied().unwrap_or(0) == *gap)
+        && checked
+            .unmarked
+            .iter()
+            .all(|(key, missing)| checked.counter_gaps.get(key).copied().unwrap_or(0) == *missing)
 }
 
 impl Checked {
@@ -100,6 +120,7 @@ impl Checked {
 }
 
 /// What the checker needs to know of the run.
+#[derive(Clone, Copy)]
 pub struct Inputs<'a> {
     pub workload: &'a WorkloadReport,
     pub poison: &'a [InjectedPoison],
@@ -167,12 +188,24 @@ pub fn consumer_lag(brokers: &str) -> anyhow::Result<i64> {
     Ok(total)
 }
 
-/// Waits until the consumers have committed everything and the counters add up to the store, or
+/// When the drain counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainUntil {
+    /// No lag, and the counters add up to the store.
+    CountersMatch,
+    /// No lag, and the store's count the same twice: after a Redis master failover, which may have
+    /// lost counts with their marks for good, the counters cannot be waited for (the checker says
+    /// what the failover lost).
+    StoreSettled,
+}
+
+/// Waits until the consumers have committed everything and the store settled (`until`), or
 /// `within` passes. Returns whether it drained. MongoDB is only asked once the lag is 0, one query
 /// at a time (an abandoned query keeps FerretDB busy), so a slow store is not buried in checks.
-pub async fn wait_for_drain(env: &Env, within: Duration) -> bool {
+pub async fn wait_for_drain(env: &Env, within: Duration, until: DrainUntil) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     let mut calm = 0;
+    let mut last_stored = None;
     let mut last_print = tokio::time::Instant::now();
     let mongo = match mongodb::Client::with_uri_str(env.mongo_uri()).await {
         Ok(client) => client.database(DATABASE).collection::<Document>(COLLECTION),
@@ -209,7 +242,18 @@ pub async fn wait_for_drain(env: &Env, within: Duration) -> bool {
                 env.clock.secs()
             );
         }
-        if balanced.is_some_and(|(stored, counted)| stored == counted) {
+        let settled = match until {
+            DrainUntil::CountersMatch => {
+                balanced.is_some_and(|(stored, counted)| stored == counted)
+            }
+            DrainUntil::StoreSettled => {
+                let stored = balanced.map(|(stored, _)| stored);
+                let same = stored.is_some() && stored == last_stored;
+                last_stored = stored;
+                same
+            }
+        };
+        if settled {
             calm += 1;
             if calm >= 2 {
                 return true;
@@ -566,6 +610,9 @@ pub async fn check(env: &Env, inputs: Inputs<'_>) -> anyhow::Result<Checked> {
                 .copied()
                 .unwrap_or(0);
             if in_redis != in_mongo {
+                checked
+                    .counter_gaps
+                    .insert((tenant.id.to_owned(), kind.clone()), in_mongo - in_redis);
                 checked.counter_mismatches.add(format!(
                     "{}/{kind}: Redis counts {in_redis}, MongoDB holds {in_mongo}",
                     tenant.id
@@ -600,6 +647,15 @@ pub async fn check(env: &Env, inputs: Inputs<'_>) -> anyhow::Result<Checked> {
                 Ok(fingerprint) => format!("{id}:{fingerprint}"),
                 Err(_) => id.clone(),
             };
+            if mark.is_none() {
+                *checked
+                    .unmarked
+                    .entry((
+                        document.get_str("tenantId").unwrap_or_default().to_owned(),
+                        document.get_str("type").unwrap_or_default().to_owned(),
+                    ))
+                    .or_default() += 1;
+            }
             if mark.as_deref() != Some(expected.as_str()) {
                 checked
                     .mark_mismatches
@@ -761,4 +817,38 @@ pub async fn check(env: &Env, inputs: Inputs<'_>) -> anyhow::Result<Checked> {
         }
     }
     Ok(checked)
+}
+
+/// The pure parts, run by `--self-checks` and at the start of every run.
+pub mod checks {
+    use super::*;
+
+    pub fn losses_together_are_told_from_drift() {
+        let key = |tenant: &str, kind: &str| (tenant.to_owned(), kind.to_owned());
+        let mut checked = Checked::default();
+        assert!(lost_together(&checked), "nothing lost");
+        checked.counter_gaps.insert(key("acme", "login"), 2);
+        checked.unmarked.insert(key("acme", "login"), 2);
+        checked.mark_mismatches.count = 2;
+        assert!(lost_together(&checked), "two marks with their two counts");
+        checked.unmarked.insert(key("acme", "login"), 1);
+        assert!(!lost_together(&checked), "a count lost without its mark");
+        checked.unmarked.insert(key("acme", "login"), 2);
+        checked.counter_gaps.insert(key("acme", "share"), 1);
+        assert!(
+            !lost_together(&checked),
+            "a count lost where no mark of its type is"
+        );
+        checked.counter_gaps.remove(&key("acme", "share"));
+        checked.unmarked.insert(key("acme", "login"), 2);
+        checked.mark_mismatches.count = 3;
+        assert!(!lost_together(&checked), "a mark of another value");
+        checked.mark_mismatches.count = 2;
+        checked.counter_gaps.insert(key("globex", "share"), -1);
+        assert!(!lost_together(&checked), "a count too many");
+        checked.counter_gaps.remove(&key("globex", "share"));
+        checked.unmarked.insert(key("globex", "share"), 1);
+        checked.mark_mismatches.count = 3;
+        assert!(!lost_together(&checked), "a mark lost without its count");
+    }
 }

@@ -89,6 +89,33 @@ pub struct RoleTemplate {
 }
 
 impl RoleTemplate {
+    /// Runs the binary once with the run's settings and `command` (an operator's verb), its output
+    /// appended to `logs/<log>.log`; fails unless it exits 0.
+    pub async fn run_once(&self, command: &[&str], log: &str) -> anyhow::Result<()> {
+        let path = self.logs.join(format!("{log}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        let status = tokio::process::Command::new(&self.binary)
+            .args(&self.base_args)
+            .args(command)
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .kill_on_drop(true)
+            .status()
+            .await
+            .with_context(|| format!("running {}", command.join(" ")))?;
+        anyhow::ensure!(
+            status.success(),
+            "{} failed ({status}); see {}",
+            command.join(" "),
+            path.display()
+        );
+        Ok(())
+    }
+
     /// A role `name` running `command`, with `extra` settings on top of the run's (`--set`).
     pub fn role(&self, name: &str, command: &[&str], extra: &[String]) -> Role {
         let mut args = self.base_args.clone();

@@ -36,6 +36,8 @@ pub struct Summary<'a> {
     pub unexpected_exits: &'a [UnexpectedExit],
     /// The cluster drill's steps with their statistics (`None` for the suite's profiles).
     pub drill_steps: Option<&'a [StepReport]>,
+    /// What a Redis master failover lost, as the checker found it.
+    pub failover_finding: Option<String>,
     pub run_dir: &'a Path,
 }
 
@@ -242,6 +244,9 @@ impl Summary<'_> {
             checked.counter_mismatches.count.to_string(),
         );
         line("cross-tenant leaks", checked.live_leaks.count.to_string());
+        if let Some(finding) = &self.failover_finding {
+            line("Redis master failover", finding.clone());
+        }
         let refusals: Vec<String> = checked
             .live_refusals
             .iter()
@@ -400,6 +405,7 @@ impl Summary<'_> {
             "unexpectedAnswers": self.workload.unexpected,
             "checks": checks,
             "drillSteps": steps,
+            "redisFailover": self.failover_finding,
             "violations": self.violations(),
         });
         std::fs::write(path, serde_json::to_string_pretty(&summary)?)?;
