@@ -227,8 +227,10 @@ pub struct MongoSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
-    /// May carry credentials, hence secret.
+    /// May carry credentials, hence secret. With `cluster`, one or more seed nodes, comma-separated.
     pub url: SecretString,
+    /// `url` names a Redis Cluster: the cluster client, sharded Pub/Sub for the live side.
+    pub cluster: bool,
     pub key_prefix: String,
     pub idempotency_ttl_secs: u64,
     /// Length of each tenant's recent-events stream (the SSE replay buffer); 0 keeps none.
@@ -812,6 +814,22 @@ impl Settings {
             "mongo.collection",
             "must not be empty",
         )?;
+        let redis_nodes = self
+            .redis
+            .url
+            .expose_secret()
+            .split(',')
+            .filter(|node| !node.trim().is_empty())
+            .count();
+        require(
+            redis_nodes >= 1 && (self.redis.cluster || redis_nodes == 1),
+            "redis.url",
+            if self.redis.cluster {
+                "must name at least one seed node of the cluster (comma-separated redis:// URLs)"
+            } else {
+                "must name one Redis server (several comma-separated nodes need redis.cluster = true)"
+            },
+        )?;
         require(
             self.redis.idempotency_ttl_secs >= 1,
             "redis.idempotency_ttl_secs",
@@ -1177,6 +1195,23 @@ mod tests {
             error.starts_with("configuration key `log.filter`"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn redis_seed_lists_need_the_cluster_switch() {
+        let several = "redis.url=redis://127.0.0.1:7001,redis://127.0.0.1:7002";
+        let error = load_with(&[several]).unwrap_err().to_string();
+        assert!(
+            error.starts_with("configuration key `redis.url`") && error.contains("redis.cluster"),
+            "{error}"
+        );
+        let settings = load_with(&[several, "redis.cluster=true"]).unwrap();
+        assert!(settings.redis.cluster);
+        let error = load_with(&["redis.url= , ", "redis.cluster=true"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("at least one seed node"), "{error}");
+        assert!(load_with(&["redis.url=redis://127.0.0.1:7001", "redis.cluster=true"]).is_ok());
     }
 
     #[test]

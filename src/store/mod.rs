@@ -8,6 +8,7 @@
 mod keys;
 mod mongo;
 mod pubsub;
+mod redis_connection;
 mod redis_store;
 
 pub use keys::RedisKeys;
@@ -16,6 +17,7 @@ pub use mongo::{
     InsertOutcome, PurgeLog, PurgedDeadLetter, ReplayLog, StoredActivity, StoredByKey,
 };
 pub use pubsub::{open_live_connection, LiveMessage, LiveMessages, LiveSubscriptions};
+pub use redis_connection::RedisConnection;
 pub use redis_store::{
     AcceptedState, EffectRequest, IdempotencyMark, RecentEvent, RecentPagesSlice, RedisStore,
 };

@@ -1,7 +1,6 @@
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
-use secrecy::ExposeSecret;
 
+use super::redis_connection::RedisConnection;
 use super::{RedisKeys, StoreOutage, StoredActivity};
 use crate::config::RedisSettings;
 use crate::domain::{IdempotencyKey, PayloadFingerprint, TenantId};
@@ -25,8 +24,9 @@ use crate::domain::{IdempotencyKey, PayloadFingerprint, TenantId};
 /// set, KEYS[4] that set's floor and KEYS[5..] the activities' marks (all in the tenant's hash
 /// slot); ARGV[1] is the marks' TTL, ARGV[2] the tenant's channel, ARGV[3] the stream's length (0:
 /// none), ARGV[4] the TTL of the stream and the set, ARGV[5] the floor's margin in seconds, ARGV[6]
-/// the set's length (0: none), then per activity its mark's value (`IdempotencyMark`), document id,
-/// type and event. One call per tenant and batch rather than per
+/// the set's length (0: none), ARGV[7] the publish command (`PUBLISH`, or `SPUBLISH` on a cluster:
+/// the channel shares the tenant's slot, so the event goes to that shard only), then per activity
+/// its mark's value (`IdempotencyMark`), document id, type and event. One call per tenant and batch rather than per
 /// activity: profiles of the drain put Redis at ~17 us of CPU per activity with one script call each.
 const MARK_COUNT_PUBLISH_LUA: &str = r"
 local marked = {}
@@ -36,10 +36,10 @@ local appended = false
 local paged = false
 local any = false
 for i = 5, #KEYS do
-  local at = 7 + (i - 5) * 4
+  local at = 8 + (i - 5) * 4
   if redis.call('SET', KEYS[i], ARGV[at], 'NX', 'EX', ARGV[1]) then
     redis.call('HINCRBY', KEYS[1], ARGV[at + 2], 1)
-    redis.call('PUBLISH', ARGV[2], ARGV[at + 3])
+    redis.call(ARGV[7], ARGV[2], ARGV[at + 3])
     if recent_length > 0 then
       redis.call('XADD', KEYS[2], 'MAXLEN', '~', recent_length, '*', 'id', ARGV[at + 1], 'event', ARGV[at + 3])
       appended = true
@@ -286,7 +286,7 @@ return 0
 /// Redis as the consumer and the API use it.
 #[derive(Clone)]
 pub struct RedisStore {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     keys: RedisKeys,
     idempotency_ttl_secs: u64,
     recent_events_per_tenant: usize,
@@ -306,18 +306,12 @@ struct Scripts {
 }
 
 impl RedisStore {
-    /// Prepares a connection (TLS with `rediss://`) without making it: Redis being down at start-up
-    /// must not stop the API, and the connection manager reconnects by itself after an outage.
+    /// Prepares a connection (TLS with `rediss://`; a Redis Cluster with `redis.cluster`) without
+    /// making it: Redis being down at start-up must not stop the API, and the connection reconnects
+    /// by itself after an outage.
     pub fn connect(settings: &RedisSettings) -> anyhow::Result<RedisStore> {
         let op_timeout = std::time::Duration::from_millis(settings.op_timeout_ms);
-        let client = redis::Client::open(settings.url.expose_secret())
-            .map_err(|error| anyhow::anyhow!("redis.url is not a valid Redis URL: {error}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(op_timeout))
-            .set_response_timeout(Some(op_timeout))
-            .set_number_of_retries(1);
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|error| anyhow::anyhow!("preparing the Redis connection: {error}"))?;
+        let connection = RedisConnection::prepare(settings, op_timeout)?;
         Ok(RedisStore {
             connection,
             keys: RedisKeys::new(settings.key_prefix.clone()),
@@ -388,8 +382,11 @@ impl RedisStore {
     }
 
     /// Runs the atomic mark-count-publish step for each request, one script call per tenant (and per
-    /// `EFFECTS_PER_CALL` activities), all in one pipeline; `true` where this call made the mark (and
-    /// so counted and published). A tenant's activities are published in the order given.
+    /// `EFFECTS_PER_CALL` activities); `true` where this call made the mark (and so counted and
+    /// published). A tenant's activities are published in the order given.
+    ///
+    /// One pipeline carries every call on a single server. On a cluster a pipeline must stay in one
+    /// slot, so each tenant's calls go in a pipeline of their own (in order), all sent at once.
     pub async fn apply_effects(
         &self,
         requests: &[EffectRequest<'_>],
@@ -398,44 +395,20 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let calls = effect_calls(requests);
-        let mut pipeline = redis::pipe();
-        pipeline
-            .load_script(&self.scripts.mark_count_publish)
-            .ignore();
-        for call in &calls {
-            let tenant = requests[call[0]].tenant;
-            let mut invocation = self.scripts.mark_count_publish.prepare_invoke();
-            invocation
-                .key(self.keys.analytics(tenant))
-                .key(self.keys.recent_events(tenant))
-                .key(self.keys.recent_pages(tenant))
-                .key(self.keys.recent_pages_floor(tenant))
-                .arg(self.idempotency_ttl_secs)
-                .arg(self.keys.channel(tenant))
-                .arg(self.recent_events_per_tenant)
-                .arg(self.recent_events_ttl_secs)
-                .arg(RECENT_PAGES_FLOOR_MARGIN_SECS)
-                .arg(self.recent_pages_per_tenant);
-            for &index in call {
-                let request = &requests[index];
-                invocation
-                    .key(self.keys.idempotency(request.tenant, request.key))
-                    .arg(IdempotencyMark::encode(
-                        &request.document_id,
-                        request.fingerprint,
-                    ))
-                    .arg(&request.document_id)
-                    .arg(request.activity_type)
-                    .arg(&request.event);
-            }
-            pipeline.invoke_script(&invocation);
-        }
-        let marked: Vec<Vec<i64>> = self
-            .within(
-                "the effects script",
-                pipeline.query_async(&mut self.connection.clone()),
-            )
-            .await?;
+        let pipelines: Vec<&[Vec<usize>]> = if self.connection.is_cluster() {
+            calls
+                .chunk_by(|a, b| requests[a[0]].tenant == requests[b[0]].tenant)
+                .collect()
+        } else {
+            vec![&calls[..]]
+        };
+        let answers = futures::future::try_join_all(
+            pipelines
+                .iter()
+                .map(|calls| self.effects_pipeline(requests, calls)),
+        )
+        .await?;
+        let marked: Vec<Vec<i64>> = answers.into_iter().flatten().collect();
         let mut newly = vec![false; requests.len()];
         for (call, results) in calls.iter().zip(&marked) {
             if results.len() != call.len() {
@@ -450,6 +423,58 @@ impl RedisStore {
             }
         }
         Ok(newly)
+    }
+
+    /// Sends `calls` of the effects script in one pipeline (loading the script first, so a Redis
+    /// that restarted or failed over runs it anyway); each call's answers, in order.
+    async fn effects_pipeline(
+        &self,
+        requests: &[EffectRequest<'_>],
+        calls: &[Vec<usize>],
+    ) -> Result<Vec<Vec<i64>>, StoreOutage> {
+        let publish = if self.connection.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        let mut pipeline = redis::pipe();
+        pipeline
+            .load_script(&self.scripts.mark_count_publish)
+            .ignore();
+        for call in calls {
+            let tenant = requests[call[0]].tenant;
+            let mut invocation = self.scripts.mark_count_publish.prepare_invoke();
+            invocation
+                .key(self.keys.analytics(tenant))
+                .key(self.keys.recent_events(tenant))
+                .key(self.keys.recent_pages(tenant))
+                .key(self.keys.recent_pages_floor(tenant))
+                .arg(self.idempotency_ttl_secs)
+                .arg(self.keys.channel(tenant))
+                .arg(self.recent_events_per_tenant)
+                .arg(self.recent_events_ttl_secs)
+                .arg(RECENT_PAGES_FLOOR_MARGIN_SECS)
+                .arg(self.recent_pages_per_tenant)
+                .arg(publish);
+            for &index in call {
+                let request = &requests[index];
+                invocation
+                    .key(self.keys.idempotency(request.tenant, request.key))
+                    .arg(IdempotencyMark::encode(
+                        &request.document_id,
+                        request.fingerprint,
+                    ))
+                    .arg(&request.document_id)
+                    .arg(request.activity_type)
+                    .arg(&request.event);
+            }
+            pipeline.invoke_script(&invocation);
+        }
+        self.within(
+            "the effects script",
+            pipeline.query_async(&mut self.connection.clone()),
+        )
+        .await
     }
 
     /// Where the event with `document_id` sits in the tenant's recent-events stream (its entry id),
@@ -632,6 +657,12 @@ impl RedisStore {
     }
 }
 
+/// Whether every pair is of one tenant: a request's pairs are, and on a Redis Cluster the pipeline
+/// of a request's markers must stay in its tenant's hash slot.
+fn one_tenant(pairs: &[(&TenantId, &IdempotencyKey, &PayloadFingerprint)]) -> bool {
+    pairs.windows(2).all(|pair| pair[0].0 == pair[1].0)
+}
+
 /// Idempotency layer 2, the API's "accepted" markers of client-chosen keys: reserved before the
 /// record is produced (so a concurrent request with the same key is answered 409 instead of being
 /// produced twice), set to the payload fingerprint once the broker acknowledged (so a retry is
@@ -639,13 +670,18 @@ impl RedisStore {
 /// Best effort by design: callers bound these calls with a short timeout and carry on without them
 /// (the consumer deduplicates and detects conflicts anyway).
 impl RedisStore {
-    /// Reserves each of `pairs` for its fingerprint (`SET NX GET`, one pipeline) for `pending_ttl`
-    /// (longer than the broker may take to answer), and says what was there before.
+    /// Reserves each of `pairs` (one request's, so one tenant's) for its fingerprint (`SET NX GET`,
+    /// one pipeline) for `pending_ttl` (longer than the broker may take to answer), and says what
+    /// was there before.
     pub async fn reserve_accepted(
         &self,
         pairs: &[(&TenantId, &IdempotencyKey, &PayloadFingerprint)],
         pending_ttl: std::time::Duration,
     ) -> Result<Vec<AcceptedState>, StoreOutage> {
+        debug_assert!(
+            one_tenant(pairs),
+            "one pipeline, one hash slot: the pairs of one request"
+        );
         if pairs.is_empty() {
             return Ok(Vec::new());
         }
@@ -679,6 +715,10 @@ impl RedisStore {
         &self,
         pairs: &[(&TenantId, &IdempotencyKey, &PayloadFingerprint)],
     ) -> Result<(), StoreOutage> {
+        debug_assert!(
+            one_tenant(pairs),
+            "one pipeline, one hash slot: the pairs of one request"
+        );
         if pairs.is_empty() {
             return Ok(());
         }
@@ -705,6 +745,10 @@ impl RedisStore {
         &self,
         pairs: &[(&TenantId, &IdempotencyKey, &PayloadFingerprint)],
     ) -> Result<(), StoreOutage> {
+        debug_assert!(
+            one_tenant(pairs),
+            "one pipeline, one hash slot: the pairs of one request"
+        );
         if pairs.is_empty() {
             return Ok(());
         }

@@ -4,6 +4,7 @@ use std::time::Duration;
 use activity_pipeline::config::{Settings, Sources};
 use activity_pipeline::consume::{ConsumerRuntime, Stages};
 use activity_pipeline::produce::Application;
+use activity_pipeline::store::RedisConnection;
 use mongodb::bson::{doc, oid::ObjectId, DateTime, Document};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -26,7 +27,8 @@ pub struct TestPipeline {
     pub overrides: Vec<String>,
     pub http: reqwest::Client,
     pub mongo: mongodb::Database,
-    pub redis: redis::aio::MultiplexedConnection,
+    /// A single server's connection or a cluster's, as the test's settings say.
+    pub redis: RedisConnection,
     /// The in-process consumer's metrics port, when it runs one.
     pub consumer_metrics_port: Option<u16>,
     shutdown: CancellationToken,
@@ -143,11 +145,8 @@ impl TestPipeline {
             .await
             .expect("MongoDB client")
             .database(&settings.mongo.database);
-        let redis = redis::Client::open(settings.redis.url.expose_secret())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .expect("Redis is up (make stack-up)");
+        let redis = RedisConnection::prepare(&settings.redis, Duration::from_secs(5))
+            .expect("the test's Redis settings are valid");
         TestPipeline {
             address,
             settings,
@@ -216,11 +215,8 @@ impl TestPipeline {
 
     pub async fn counters(&self, tenant: &str) -> std::collections::BTreeMap<String, i64> {
         // A fresh connection each time: tests restart their private Redis under the pipeline.
-        let mut connection = redis::Client::open(self.settings.redis.url.expose_secret())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .expect("Redis answers");
+        let mut connection = RedisConnection::prepare(&self.settings.redis, Duration::from_secs(5))
+            .expect("the test's Redis settings are valid");
         redis::cmd("HGETALL")
             .arg(self.redis_key(&format!("analytics:{{{tenant}}}")))
             .query_async(&mut connection)

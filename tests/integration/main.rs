@@ -23,6 +23,7 @@ mod ops;
 mod pages;
 mod read_budgets;
 mod read_side;
+mod redis_cluster;
 mod spread;
 mod sse;
 mod topics;

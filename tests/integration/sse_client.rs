@@ -27,7 +27,11 @@ pub struct SseClient {
 impl SseClient {
     /// Opens `GET {address}/activities/stream`; panics unless the answer is a 200 event stream.
     pub async fn open(address: &str, api_key: &str, last_event_id: Option<&str>) -> SseClient {
-        let response = Self::request(address, api_key, last_event_id).await;
+        Self::from_response(Self::request(address, api_key, last_event_id).await)
+    }
+
+    /// The client of an answer to `request`; panics unless it is a 200 event stream.
+    pub fn from_response(response: reqwest::Response) -> SseClient {
         assert_eq!(response.status(), 200, "the stream opens");
         assert!(response.headers()["content-type"]
             .to_str()

@@ -1,0 +1,394 @@
+//! The pipeline on a real Redis Cluster (`make redis-cluster-up`, 127.0.0.1:7001-7006, started by
+//! `make test`): every Lua step, transaction and pipeline stays in one tenant's hash slot; the
+//! pre-check's MGET spans slots; live events travel by sharded Pub/Sub; several API instances share
+//! the consumer's events and the rate limit.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use activity_pipeline::domain::{IdempotencyKey, PayloadFingerprint, TenantId};
+use activity_pipeline::produce::Application;
+use activity_pipeline::store::{
+    open_live_connection, EffectRequest, RedisConnection, RedisKeys, RedisStore,
+};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{activity, load_settings, test_overrides, TestPipeline, ACME_KEY, GLOBEX_KEY};
+use crate::sse_client::SseClient;
+
+/// The seeds of the local Redis Cluster: two of its three masters, so the client must learn the
+/// third from them.
+const CLUSTER_SEEDS: &str = "redis://127.0.0.1:7001,redis://127.0.0.1:7002";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn cluster_overrides(extra: &[&str]) -> Vec<String> {
+    let mut overrides = vec![
+        format!("redis.url={CLUSTER_SEEDS}"),
+        "redis.cluster=true".to_owned(),
+    ];
+    overrides.extend(extra.iter().map(|item| (*item).to_owned()));
+    overrides
+}
+
+/// The hash slot of `key`, as the cluster computes it.
+async fn slot(connection: &mut RedisConnection, key: &str) -> i64 {
+    redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(connection)
+        .await
+        .expect("CLUSTER KEYSLOT")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn effects_pre_check_and_reads_stay_in_each_tenants_slot_on_a_real_cluster() {
+    let settings = load_settings(&test_overrides(&cluster_overrides(&[])));
+    let store = RedisStore::connect(&settings.redis).expect("cluster settings are valid");
+    let mut connection =
+        RedisConnection::prepare(&settings.redis, Duration::from_secs(5)).expect("connection");
+    let keys = RedisKeys::new(settings.redis.key_prefix.clone());
+
+    // Twelve tenants: their slots spread over the three masters, so one consumer batch spans nodes.
+    let tenants: Vec<TenantId> = (0..12)
+        .map(|n| TenantId::parse(&format!("tenant-{n}")).unwrap())
+        .collect();
+    let key_names: Vec<IdempotencyKey> = (0..250)
+        .map(|n| IdempotencyKey::parse(&format!("key-{n}")).unwrap())
+        .collect();
+    let fingerprint = PayloadFingerprint::parse(&"f".repeat(32)).unwrap();
+
+    // Every key of a tenant that one script or transaction touches shares the tenant's slot.
+    let mut slots = BTreeSet::new();
+    for tenant in &tenants {
+        let tenant_slot = slot(&mut connection, &keys.channel(tenant)).await;
+        for name in [
+            keys.analytics(tenant),
+            keys.recent_events(tenant),
+            keys.recent_pages(tenant),
+            keys.recent_pages_floor(tenant),
+            keys.rate_limit(tenant),
+            keys.idempotency(tenant, &key_names[0]),
+            keys.accepted(tenant, &key_names[0]),
+        ] {
+            assert_eq!(slot(&mut connection, &name).await, tenant_slot, "{name}");
+        }
+        slots.insert(tenant_slot);
+    }
+    assert!(slots.len() > 1, "the tenants' slots differ: {slots:?}");
+
+    // One batch: tenant-0 with more activities than one script call takes (so its calls must stay
+    // in order), then two of each other tenant, interleaved.
+    let (mut live_subscriptions, mut live) = open_live_connection(&settings.redis)
+        .await
+        .expect("sharded Pub/Sub connects");
+    live_subscriptions
+        .subscribe(&[keys.channel(&tenants[0]), keys.channel(&tenants[5])])
+        .await
+        .expect("SSUBSCRIBE");
+    let mut pairs: Vec<(usize, usize)> = (0..230).map(|k| (0, k)).collect();
+    for k in 0..2 {
+        for t in 1..tenants.len() {
+            pairs.push((t, k));
+        }
+    }
+    let document_id = |t: usize, k: usize| format!("{:08x}{:016x}", 0x6700_0000 + t, k);
+    let requests: Vec<EffectRequest<'_>> = pairs
+        .iter()
+        .map(|&(t, k)| EffectRequest {
+            tenant: &tenants[t],
+            key: &key_names[k],
+            document_id: document_id(t, k),
+            fingerprint: Some(&fingerprint),
+            activity_type: if k % 2 == 0 { "even" } else { "odd" },
+            event: json!({"id": document_id(t, k), "tenantId": tenants[t].as_str()}).to_string(),
+        })
+        .collect();
+    let first = store.apply_effects(&requests).await.expect("effects apply");
+    assert!(first.iter().all(|&marked| marked), "every mark is new");
+    let again = store.apply_effects(&requests).await.expect("effects apply");
+    assert!(
+        again.iter().all(|&marked| !marked),
+        "a redelivered batch changes nothing"
+    );
+
+    // The pre-check: one MGET over keys of every slot.
+    let mut check: Vec<(&TenantId, &IdempotencyKey)> = pairs
+        .iter()
+        .map(|&(t, k)| (&tenants[t], &key_names[k]))
+        .collect();
+    check.push((&tenants[3], &key_names[200]));
+    let marks = store.already_marked(&check).await.expect("MGET");
+    for (index, &(t, k)) in pairs.iter().enumerate() {
+        let mark = marks[index].as_ref().expect("marked");
+        assert_eq!(mark.document_id, document_id(t, k));
+        assert!(mark.matches(&fingerprint));
+    }
+    assert!(marks[pairs.len()].is_none(), "an unknown key has no mark");
+
+    // Counters exact, once per activity.
+    assert_eq!(
+        store.analytics(&tenants[0]).await.unwrap(),
+        BTreeMap::from([("even".to_owned(), 115), ("odd".to_owned(), 115)])
+    );
+    for tenant in &tenants[1..] {
+        assert_eq!(
+            store.analytics(tenant).await.unwrap(),
+            BTreeMap::from([("even".to_owned(), 1), ("odd".to_owned(), 1)])
+        );
+    }
+
+    // Live events: each once, on its tenant's shard channel, tenant-0's in order.
+    let mut seen: Vec<(String, String)> = Vec::new();
+    while seen.len() < 232 {
+        let message = tokio::time::timeout(WAIT, live.next())
+            .await
+            .expect("live events arrive")
+            .expect("the connection stays up");
+        let event: Value = serde_json::from_str(&message.payload).unwrap();
+        seen.push((message.channel, event["id"].as_str().unwrap().to_owned()));
+    }
+    let tenant_0: Vec<String> = seen
+        .iter()
+        .filter(|(channel, _)| *channel == keys.channel(&tenants[0]))
+        .map(|(_, id)| id.clone())
+        .collect();
+    let expected: Vec<String> = (0..230).map(|k| document_id(0, k)).collect();
+    assert_eq!(tenant_0, expected, "tenant-0's events once each, in order");
+    assert_eq!(seen.len() - tenant_0.len(), 2, "tenant-5's two events");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), live.next())
+            .await
+            .is_err(),
+        "no second copy, nothing of unsubscribed tenants"
+    );
+
+    // The reads: pages set, replay stream (each a transaction in the tenant's slot).
+    let slice = store
+        .recent_pages_below(&tenants[0], None, 3)
+        .await
+        .expect("pages");
+    assert!(slice.floor.is_some());
+    let newest: Vec<&str> = slice
+        .events
+        .iter()
+        .map(|event| event.document_id.as_str())
+        .collect();
+    assert_eq!(
+        newest,
+        [
+            document_id(0, 229),
+            document_id(0, 228),
+            document_id(0, 227)
+        ]
+    );
+    let position = store
+        .recent_position(&tenants[0], &document_id(0, 10))
+        .await
+        .unwrap()
+        .expect("in the stream");
+    let page = store
+        .recent_page(&tenants[0], &position, 2)
+        .await
+        .unwrap()
+        .expect("the anchor is there");
+    let replayed: Vec<&str> = page
+        .iter()
+        .map(|(_, event)| event.document_id.as_str())
+        .collect();
+    assert_eq!(replayed, [document_id(0, 11), document_id(0, 12)]);
+
+    // The counters' rebuild (a transaction) and the shared bucket (a script).
+    store
+        .replace_analytics(&tenants[1], &BTreeMap::from([("rebuilt".to_owned(), 7)]))
+        .await
+        .expect("MULTI/EXEC in one slot");
+    assert_eq!(
+        store.analytics(&tenants[1]).await.unwrap(),
+        BTreeMap::from([("rebuilt".to_owned(), 7)])
+    );
+    let interval = Duration::from_millis(100);
+    assert_eq!(
+        store
+            .take_tokens(&tenants[2], 1, interval, interval)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(store
+        .take_tokens(&tenants[2], 5, interval, interval)
+        .await
+        .unwrap()
+        .is_some());
+
+    // The API's markers of one request: a pipeline in its tenant's slot.
+    let marker = [(&tenants[4], &key_names[7], &fingerprint)];
+    store
+        .reserve_accepted(&marker, Duration::from_secs(5))
+        .await
+        .unwrap();
+    store.mark_accepted(&marker).await.unwrap();
+    store.release_accepted(&marker).await.unwrap();
+    store.ping().await.expect("PING");
+
+    delete_prefix(&mut connection, &settings.redis.key_prefix).await;
+}
+
+/// Two API instances and one consumer on the cluster: streams on either instance get each event
+/// once, whichever instance accepted it; a stream resumed on the other instance replays from the
+/// shared buffer; the tenant's rate limit is one bucket for both instances; stream slots are per
+/// instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_api_instances_share_live_events_replays_and_the_rate_limit_on_a_cluster() {
+    let extra = cluster_overrides(&[
+        "sse.heartbeat_secs=1",
+        "sse.max_connections_per_tenant=1",
+        "rate_limit.per_tenant_per_sec=1",
+        "rate_limit.burst=8",
+        "intake.batch_max_items=4",
+    ]);
+    let pipeline = TestPipeline::spawn_with(&extra).await;
+    let second = Application::build(&pipeline.settings, CancellationToken::new())
+        .await
+        .expect("a second API instance starts");
+    let second_address = format!("http://127.0.0.1:{}", second.port());
+    let second_server = second.handle();
+    tokio::spawn(second.run_until_stopped());
+
+    let mut on_first = SseClient::open(&pipeline.address, ACME_KEY, None).await;
+    let mut on_second = SseClient::open(&second_address, ACME_KEY, None).await;
+    // Stream slots are per instance: acme's one slot is taken on each, and each refuses a second.
+    assert_eq!(
+        SseClient::request(&pipeline.address, ACME_KEY, None)
+            .await
+            .status(),
+        429
+    );
+    assert_eq!(
+        SseClient::request(&second_address, ACME_KEY, None)
+            .await
+            .status(),
+        429
+    );
+
+    let http = reqwest::Client::new();
+    for (n, address) in [&pipeline.address, &second_address, &pipeline.address]
+        .into_iter()
+        .enumerate()
+    {
+        let status = http
+            .post(format!("{address}/activities"))
+            .bearer_auth(ACME_KEY)
+            .header("X-Idempotency-Key", format!("c-{n}"))
+            .json(&activity("a", "login"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(status.status(), 202, "{:?}", status.text().await);
+    }
+    let batch = json!({"activities": [activity("a", "view"), activity("a", "view")]});
+    let status = http
+        .post(format!("{second_address}/activities/batch"))
+        .bearer_auth(ACME_KEY)
+        .header("X-Idempotency-Key", "c-batch")
+        .json(&batch)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 202);
+
+    let mut first_ids = Vec::new();
+    let mut second_ids = Vec::new();
+    for _ in 0..5 {
+        let event = on_first
+            .next_event(WAIT)
+            .await
+            .expect("an event on the first");
+        first_ids.push(event.id.clone().unwrap());
+        let event = on_second
+            .next_event(WAIT)
+            .await
+            .expect("an event on the second");
+        second_ids.push(event.id.clone().unwrap());
+    }
+    assert_eq!(
+        first_ids, second_ids,
+        "both instances deliver the same events"
+    );
+    assert_eq!(
+        first_ids.iter().collect::<BTreeSet<_>>().len(),
+        5,
+        "each once"
+    );
+    assert!(on_first
+        .next_event(Duration::from_millis(1500))
+        .await
+        .is_none());
+
+    // Resume on the other instance from the second event: the shared buffer replays the rest.
+    drop(on_second);
+    // (The closed stream's slot is freed at its next heartbeat at the latest.)
+    let mut resumed = loop {
+        let response = SseClient::request(&second_address, ACME_KEY, Some(&first_ids[1])).await;
+        if response.status() == 200 {
+            break SseClient::from_response(response);
+        }
+        assert_eq!(response.status(), 429);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut replayed = Vec::new();
+    for _ in 0..3 {
+        let event = resumed.next_event(WAIT).await.expect("replayed");
+        replayed.push(event.id.unwrap());
+    }
+    assert_eq!(replayed, first_ids[2..]);
+
+    let (_, analytics) = pipeline.get_json(ACME_KEY, "/analytics").await;
+    assert_eq!(analytics["counts"]["login"], 3, "{analytics}");
+    assert_eq!(analytics["counts"]["view"], 2, "{analytics}");
+
+    // globex's bucket (burst 8, 1/s) is one bucket across both instances: alternating between
+    // them, the first 8 pass and the bucket is then empty (a bucket per instance would pass all 10).
+    let mut statuses = Vec::new();
+    for n in 0..10 {
+        let address = if n % 2 == 0 {
+            &pipeline.address
+        } else {
+            &second_address
+        };
+        let response = http
+            .post(format!("{address}/activities"))
+            .bearer_auth(GLOBEX_KEY)
+            .json(&activity("g", "signup"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert!(
+        statuses[..8].iter().all(|&status| status == 202)
+            && statuses[8..].contains(&429)
+            && statuses
+                .iter()
+                .all(|&status| status == 202 || status == 429),
+        "one shared bucket: {statuses:?}"
+    );
+
+    drop(on_first);
+    drop(resumed);
+    second_server.stop(true).await;
+    pipeline.stop().await;
+}
+
+async fn delete_prefix(connection: &mut RedisConnection, prefix: &str) {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(connection)
+        .await
+        .unwrap_or_default();
+    for key in keys {
+        let _: Result<(), _> = redis::cmd("DEL").arg(&key).query_async(connection).await;
+    }
+}
