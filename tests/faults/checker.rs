@@ -13,7 +13,8 @@ use serde_json::Value;
 
 use crate::clock::Window;
 use crate::env::{
-    Env, COLLECTION, DATABASE, DLQ_TOPIC, GROUP, PARTITIONS, RETRY_TOPICS, TENANTS, TOPIC,
+    Env, RedisTarget, COLLECTION, DATABASE, DLQ_TOPIC, GROUP, PARTITIONS, RETRY_TOPICS, TENANTS,
+    TOPIC,
 };
 use crate::ledger::{Outcome, SentActivity, WorkloadReport};
 use crate::live::{LiveClient, Via};
@@ -141,14 +142,65 @@ pub async fn read_activities(env: &Env) -> anyhow::Result<Vec<Document>> {
     Ok(documents)
 }
 
-async fn redis(env: &Env) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-    Ok(redis::Client::open(env.redis_url())?
-        .get_multiplexed_async_connection()
-        .await?)
+/// The checker's own Redis connection: one node, or a Redis Cluster (each command routed to the
+/// node that owns its keys' slot; a command's keys must share one, as one tenant's do).
+pub enum RedisReader {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for RedisReader {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        command: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            RedisReader::Single(connection) => connection.req_packed_command(command),
+            RedisReader::Cluster(connection) => connection.req_packed_command(command),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            RedisReader::Single(connection) => {
+                connection.req_packed_commands(pipeline, offset, count)
+            }
+            RedisReader::Cluster(connection) => {
+                connection.req_packed_commands(pipeline, offset, count)
+            }
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisReader::Single(connection) => connection.get_db(),
+            RedisReader::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
+pub async fn redis(env: &Env) -> anyhow::Result<RedisReader> {
+    Ok(match env.redis_target() {
+        RedisTarget::Single(url) => RedisReader::Single(
+            redis::Client::open(url.as_str())?
+                .get_multiplexed_async_connection()
+                .await?,
+        ),
+        RedisTarget::Cluster(seeds) => RedisReader::Cluster(
+            redis::cluster::ClusterClient::new(seeds.clone())?
+                .get_async_connection()
+                .await?,
+        ),
+    })
 }
 
 async fn counters(
-    connection: &mut redis::aio::MultiplexedConnection,
+    connection: &mut RedisReader,
     tenant: &str,
 ) -> anyhow::Result<BTreeMap<String, i64>> {
     Ok(redis::cmd("HGETALL")
@@ -621,8 +673,19 @@ pub async fn check(env: &Env, inputs: Inputs<'_>) -> anyhow::Result<Checked> {
         }
     }
 
-    // 3. Idempotency marks: one per stored activity, holding its document id and fingerprint.
-    for chunk in documents.chunks(500) {
+    // 3. Idempotency marks: one per stored activity, holding its document id and fingerprint. One
+    // MGET per tenant and chunk: a tenant's keys share a hash slot, so it also runs on a cluster.
+    let mut by_tenant: BTreeMap<&str, Vec<&Document>> = BTreeMap::new();
+    for document in &documents {
+        by_tenant
+            .entry(document.get_str("tenantId").unwrap_or_default())
+            .or_default()
+            .push(document);
+    }
+    for chunk in by_tenant
+        .values()
+        .flat_map(|documents| documents.chunks(500))
+    {
         let keys: Vec<String> = chunk
             .iter()
             .map(|document| {

@@ -413,6 +413,10 @@ impl Env {
         }
     }
 
+    pub fn redis_target(&self) -> &RedisTarget {
+        &self.redis
+    }
+
     /// The suite's broker advertises the proxy's port, so every Kafka client goes through it; the
     /// drill's clients talk to its three brokers.
     pub fn kafka_brokers(&self) -> String {

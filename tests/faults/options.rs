@@ -81,7 +81,7 @@ pub struct Options {
     pub keep: bool,
     /// The drill's Redis: `cluster` (a Redis Cluster, and a master kill among the steps) or
     /// `single` (one node, no master kill).
-    #[arg(long, value_enum, default_value = "single", env = "FAULTS_REDIS")]
+    #[arg(long, value_enum, default_value = "cluster", env = "FAULTS_REDIS")]
     pub redis: DrillRedis,
     /// Run only the suite's pure self-checks (also run at the start of every run) and exit.
     #[arg(long)]
@@ -268,17 +268,17 @@ pub mod checks {
         let options = parse(&["--profile", "cluster-drill", "--seed", "42"]);
         assert_eq!(options.profile, Profile::ClusterDrill);
         assert_eq!(options.seed, Some(42));
-        assert_eq!(options.redis, DrillRedis::Single);
+        assert_eq!(options.redis, DrillRedis::Cluster);
         assert_eq!(options.duration(), Duration::from_secs(300));
         assert_eq!(options.rate(), 80);
         let options = parse(&[
             "--profile=cluster-drill",
             "--redis",
-            "cluster",
+            "single",
             "--duration",
             "4m",
         ]);
-        assert_eq!(options.redis, DrillRedis::Cluster);
+        assert_eq!(options.redis, DrillRedis::Single);
         assert_eq!(options.duration(), Duration::from_secs(240));
         assert!(Options::try_parse_from(["faults", "--redis", "sentinel"]).is_err());
         assert!(

@@ -66,9 +66,7 @@ pub async fn sabotage(
         .await?;
     done.push("inserted acme/sabotage-phantom, which no client sent".to_owned());
 
-    let mut redis = redis::Client::open(env.redis_url())?
-        .get_multiplexed_async_connection()
-        .await?;
+    let mut redis = crate::checker::redis(env).await?;
     redis::cmd("HINCRBY")
         .arg("analytics:{globex}")
         .arg("login")
