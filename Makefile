@@ -43,7 +43,7 @@ faults: build-deps
 
 ## cluster-drill: the fault suite's cluster drill on a private cluster of its own (three brokers,
 ## two APIs, two then three consumers): broker, controller, consumer, Redis master and two-broker
-## kills under load, checked like `make faults`. Not part of `make test`; about 6 minutes.
+## kills under load, checked like `make faults`. Not part of `make test`; 3-4 minutes.
 ## Knobs: SEED=<n>, DURATION=300s (the longest the load may run), REDIS=single|cluster.
 cluster-drill: build-deps
 	$(CARGO) test --locked --test faults -- --profile cluster-drill \

@@ -16,8 +16,10 @@ pub const KAFKA_NODES: [u8; 3] = [1, 2, 3];
 /// Redis Cluster ports before the offset: masters 7001-7003 and their replicas 7004-7006 as
 /// `redis-cli --cluster create` pairs them at creation (roles change with every failover).
 const REDIS_BASE_PORTS: [u16; 6] = [7001, 7002, 7003, 7004, 7005, 7006];
-/// Offsets tried for a private cluster, in this order: far from the shared cluster's ports and from
-/// the ephemeral range the other helpers' free ports come from.
+/// Offsets tried for a private cluster, in this order: brokers, controllers and Redis nodes land
+/// between 27001 and 35194, clear of the shared cluster's ports; the Redis buses (+10000) and the
+/// higher offsets reach into the kernel's ephemeral range (32768 and up), where the other runs'
+/// free ports come from, so every port is checked free before an offset is taken.
 const OFFSET_CANDIDATES: std::ops::Range<u16> = 200..260;
 const OFFSET_STEP: u16 = 100;
 

@@ -1,5 +1,7 @@
 //! The environment of one run: its directory, ports, Toxiproxy, the private stack and the role
-//! processes, started in order and stopped in reverse.
+//! processes, started in order and stopped in reverse. The cluster drill's environment has no
+//! Toxiproxy, a private cluster (`cluster`) for Kafka and the Redis Cluster, FerretDB (and with
+//! `--redis single` Redis) of the private stack, and two `produce` instances.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -225,7 +227,7 @@ impl Env {
     ) -> anyhow::Result<Env> {
         std::fs::create_dir_all(dir.join("logs"))?;
         let ports = Ports::pick()?;
-        let second_api = Ports::pick()?.api;
+        let second_api = ports.second_api;
         let offset = crate::cluster::pick_offset()?;
         let mut cluster = PrivateCluster::new(
             repo,

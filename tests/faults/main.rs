@@ -299,6 +299,16 @@ async fn exercise(
     end.cancel();
     let _ = watchdog.await;
 
+    let mut failover = failover;
+    if options.lose_like_a_failover > 0 {
+        let lost =
+            sabotage::lose_like_a_failover(env, &workload, options.lose_like_a_failover).await?;
+        println!("faults: lost like a failover (the drill must account for each):");
+        for line in &lost {
+            println!("  - {line}");
+        }
+        failover = true;
+    }
     let sabotaged = if options.sabotage {
         let done = sabotage::sabotage(env, &workload, &live).await?;
         println!("faults: sabotage (the checker must catch each):");

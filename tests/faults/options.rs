@@ -83,6 +83,10 @@ pub struct Options {
     /// `single` (one node, no master kill).
     #[arg(long, value_enum, default_value = "cluster", env = "FAULTS_REDIS")]
     pub redis: DrillRedis,
+    /// The drill's failover accounting, tested: after the drain, delete this many marks together
+    /// with their counts (what a master failover may lose); the run must say so and still pass.
+    #[arg(long, default_value_t = 0)]
+    pub lose_like_a_failover: usize,
     /// Run only the suite's pure self-checks (also run at the start of every run) and exit.
     #[arg(long)]
     pub self_checks: bool,
@@ -233,6 +237,7 @@ fn takes_value(arg: &str) -> bool {
             "--binary",
             "--out",
             "--redis",
+            "--lose-like-a-failover",
         ]
         .contains(&arg)
 }

@@ -107,6 +107,47 @@ pub async fn sabotage(
     Ok(done)
 }
 
+/// `--lose-like-a-failover N`: the accounting's own test. Deletes the marks of `count` acknowledged
+/// activities together with their counts, one MULTI per activity (its keys share the tenant's slot),
+/// which is what a Redis master killed before its replica had the consumer's last scripts loses.
+/// The drill must then report them as lost together, re-derive the counters and pass.
+pub async fn lose_like_a_failover(
+    env: &Env,
+    workload: &WorkloadReport,
+    count: usize,
+) -> anyhow::Result<Vec<String>> {
+    let mut redis = crate::checker::redis(env).await?;
+    let mut done = Vec::new();
+    for activity in workload
+        .activities
+        .iter()
+        .filter(|activity| activity.outcome == Outcome::Acked && activity.key.is_some())
+        .take(count)
+    {
+        let tenant = activity.tenant;
+        let key = activity.key.as_deref().unwrap_or_default();
+        let kind = activity.body["type"].as_str().unwrap_or_default();
+        redis::pipe()
+            .atomic()
+            .cmd("DEL")
+            .arg(format!("idempotency:{{{tenant}}}:{key}"))
+            .ignore()
+            .cmd("HINCRBY")
+            .arg(format!("analytics:{{{tenant}}}"))
+            .arg(kind)
+            .arg(-1)
+            .ignore()
+            .query_async::<()>(&mut redis)
+            .await?;
+        done.push(format!("{tenant}/{key}: mark deleted, {kind} count -1"));
+    }
+    anyhow::ensure!(
+        done.len() == count,
+        "too few acknowledged activities to lose"
+    );
+    Ok(done)
+}
+
 /// Which checks must have fired after `sabotage`, and whether they did.
 pub fn verdict(checked: &Checked) -> Vec<(&'static str, bool)> {
     vec![
