@@ -226,7 +226,7 @@ impl PrivateCluster {
 
     /// The node that leads the KRaft quorum: the active controller.
     pub async fn active_controller(&self) -> anyhow::Result<u8> {
-        let output = tokio::process::Command::new(self.repo.join("scripts/kafka-class.sh"))
+        let query = tokio::process::Command::new(self.repo.join("scripts/kafka-class.sh"))
             .args([
                 "org.apache.kafka.tools.MetadataQuorumCommand",
                 "--bootstrap-server",
@@ -237,8 +237,11 @@ impl PrivateCluster {
             .env("AP_KAFKA_JAVA_OPTS", "-Xmx128m")
             .stdin(Stdio::null())
             .kill_on_drop(true)
-            .output()
+            .output();
+        // A JVM's start on a loaded machine takes seconds; a quorum that cannot answer, forever.
+        let output = tokio::time::timeout(Duration::from_secs(90), query)
             .await
+            .context("MetadataQuorumCommand did not answer within 90 s")?
             .context("running MetadataQuorumCommand")?;
         let text = String::from_utf8_lossy(&output.stdout);
         parse_quorum_leader(&text).ok_or_else(|| {
