@@ -111,6 +111,8 @@ pub fn plan(seed: u64, redis_failover: bool) -> Vec<DrillStep> {
 /// What one step did, beyond its record: the victims and the phases' times, for the summary.
 #[derive(Debug, Clone, Default)]
 pub struct StepNotes {
+    /// The step with its victim, e.g. `broker-kill(kafka-3)`, once the victim is known.
+    label: Option<String>,
     pub lines: Vec<String>,
     /// Run-clock time of the (first) kill: the step's window starts there, not when the drill
     /// began looking for its victim (asking the quorum for its leader takes a JVM's start).
@@ -136,18 +138,14 @@ pub async fn execute(env: &Env, step: &DrillStep) -> (FaultRecord, StepNotes) {
     let started = notes.killed_at.unwrap_or(looked_up);
     let record = FaultRecord {
         label: notes
-            .lines
-            .first()
-            .cloned()
+            .label
+            .clone()
             .unwrap_or_else(|| step.kind.name().to_owned()),
         kind: Injected::Drill(step.kind),
         started,
         recovered: env.clock.secs(),
         error: result.err().map(|error| format!("{error:#}")),
     };
-    if !notes.lines.is_empty() {
-        notes.lines.remove(0);
-    }
     (record, notes)
 }
 
@@ -164,9 +162,7 @@ async fn apply(env: &Env, step: &DrillStep, notes: &mut StepNotes) -> anyhow::Re
                     .collect();
                 others[step.pick % others.len()]
             };
-            notes
-                .lines
-                .push(format!("{}(kafka-{node})", step.kind.name()));
+            notes.label = Some(format!("{}(kafka-{node})", step.kind.name()));
             env.cluster()?.lock().await.kill_kafka(node).await?;
             notes.killed(env);
             notes.lines.push(format!(
@@ -185,7 +181,7 @@ async fn apply(env: &Env, step: &DrillStep, notes: &mut StepNotes) -> anyhow::Re
             let first = step.pick % KAFKA_NODES.len();
             let second = (first + 1 + (step.pick / 3) % 2) % KAFKA_NODES.len();
             let pair = [KAFKA_NODES[first], KAFKA_NODES[second]];
-            notes.lines.push(format!(
+            notes.label = Some(format!(
                 "{}(kafka-{},kafka-{})",
                 step.kind.name(),
                 pair[0],
@@ -218,9 +214,7 @@ async fn apply(env: &Env, step: &DrillStep, notes: &mut StepNotes) -> anyhow::Re
                 let number = roles.consumers.len() + roles.retired.len() + 1;
                 (name, format!("consumer-{number}"))
             };
-            notes
-                .lines
-                .push(format!("{}({victim} -> {newcomer})", step.kind.name()));
+            notes.label = Some(format!("{}({victim} -> {newcomer})", step.kind.name()));
             tokio::time::sleep(step.hold).await;
             // Healed when everything in the topic by now is committed: what arrived in the dead
             // consumer's partitions meanwhile is only processed once the group has given them to
@@ -270,9 +264,7 @@ async fn apply(env: &Env, step: &DrillStep, notes: &mut StepNotes) -> anyhow::Re
                 masters.len()
             );
             let (master, replicas) = masters[step.pick % masters.len()].clone();
-            notes
-                .lines
-                .push(format!("{}(redis-{master})", step.kind.name()));
+            notes.label = Some(format!("{}(redis-{master})", step.kind.name()));
             env.cluster()?.lock().await.kill_redis(master).await?;
             notes.killed(env);
             let others: Vec<u16> = ports
