@@ -178,6 +178,9 @@ start_redis_node() {
 
 redis_answers() { [[ "$(timeout 5 redis-cli -h "${HOST}" -p "$1" ping 2>/dev/null)" == PONG ]]; }
 
+# redis_cluster_ok: every node sees the cluster ok with three masters and six nodes, and every
+# replica has finished its sync with its master (a replica that never synced cannot take over: a
+# master killed before that would leave its slots without an owner).
 redis_cluster_ok() {
     local port info
     for port in "${REDIS_PORTS[@]}"; do
@@ -185,6 +188,11 @@ redis_cluster_ok() {
         grep -q '^cluster_state:ok' <<<"${info}" || return 1
         grep -q '^cluster_size:3' <<<"${info}" || return 1
         grep -q '^cluster_known_nodes:6' <<<"${info}" || return 1
+        info=$(timeout 5 redis-cli -h "${HOST}" -p "${port}" info replication 2>/dev/null) || return 1
+        if grep -q '^role:slave' <<<"${info}"; then
+            grep -q '^master_link_status:up' <<<"${info}" || return 1
+            grep -q '^master_sync_in_progress:0' <<<"${info}" || return 1
+        fi
     done
 }
 
@@ -227,6 +235,8 @@ up_kafka() {
         dir=$(kafka_dir "${node}")
         if node_pid "${dir}/kafka.pid" kafka.Kafka >/dev/null; then
             ap_log "kafka-${node}: already running"
+        elif timeout 5 kcat -b "${HOST}:$(kafka_port "${node}")" -L -m 2 >/dev/null 2>&1; then
+            ap_log "WARNING: kafka-${node}: something not started from ${CLUSTER_DIR} already answers; leaving it alone"
         else
             start_kafka_node "${node}"
         fi
@@ -237,6 +247,8 @@ up_kafka() {
 kafka_alive_and_ready() {
     local node
     for node in "${KAFKA_NODES[@]}"; do
+        # Only the nodes started from here have a pid file (another checkout's are left alone,
+        # and node_died says no for them).
         if node_died "$(kafka_dir "${node}")/kafka.pid"; then
             node_fail "kafka-${node}: exited during startup" "$(kafka_dir "${node}")/server.log"
         fi
@@ -256,6 +268,9 @@ up_redis() {
         dir=$(redis_dir "${port}")
         if node_pid "${dir}/redis.pid" redis-server >/dev/null; then
             ap_log "redis-${port}: already running"
+        elif redis_answers "${port}"; then
+            # Another checkout's cluster (a CI clone next to a working tree): use it, as stack.sh does.
+            ap_log "WARNING: redis-${port}: something not started from ${CLUSTER_DIR} already answers; leaving it alone"
         else
             start_redis_node "${port}"
         fi

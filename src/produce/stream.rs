@@ -110,6 +110,7 @@ pub async fn stream(
             Phase::Replay(
                 Box::new(start_replay(&state, &tenant, after, slot).await?),
                 feed,
+                after,
             )
         }
     };
@@ -209,10 +210,13 @@ fn event_of(id: ActivityCursor, json: String) -> sse::Event {
     sse::Event::Data(sse::Data::new(json).id(id.to_string()))
 }
 
-/// Where a stream is: sending its replay (holding the live feed, subscribed before the replay was
-/// read, so nothing falls between), or live, skipping the events the replay already sent.
+/// Where a stream is: sending its replay after the client's Last-Event-ID (holding the live feed,
+/// subscribed before the replay was read, so nothing falls between), or live, skipping the events
+/// the client already has: those the replay sent, and the one it resumed after. (That one can still
+/// be on its way live: a replay from MongoDB sees a document as soon as it is stored, its live event
+/// once the consumer's Redis step ran, which a Redis failover delays by seconds.)
 enum Phase {
-    Replay(Box<PagedReplay<StoreReplay>>, LiveFeed),
+    Replay(Box<PagedReplay<StoreReplay>>, LiveFeed, ActivityCursor),
     Live(LiveFeed, HashSet<ActivityCursor>),
 }
 
@@ -228,11 +232,11 @@ fn events(phase: Phase, replays_cut: IntCounterVec) -> impl Stream<Item = sse::E
         async move {
             loop {
                 match phase {
-                    Phase::Replay(mut replay, feed) => match replay.next().await {
+                    Phase::Replay(mut replay, feed, after) => match replay.next().await {
                         ReplayStep::Event(event) => {
                             return Some((
                                 event_of(event.id, event.json),
-                                Phase::Replay(replay, feed),
+                                Phase::Replay(replay, feed, after),
                             ))
                         }
                         ReplayStep::Truncated { replayed } => {
@@ -240,9 +244,12 @@ fn events(phase: Phase, replays_cut: IntCounterVec) -> impl Stream<Item = sse::E
                                 sse::Data::new(json!({ "replayed": replayed }).to_string())
                                     .event(REPLAY_TRUNCATED_EVENT),
                             );
-                            return Some((notice, Phase::Replay(replay, feed)));
+                            return Some((notice, Phase::Replay(replay, feed, after)));
                         }
-                        ReplayStep::Complete(replayed) => phase = Phase::Live(feed, replayed),
+                        ReplayStep::Complete(mut replayed) => {
+                            replayed.insert(after);
+                            phase = Phase::Live(feed, replayed)
+                        }
                         ReplayStep::Broken(broken) => {
                             replays_cut.with_label_values(&[broken.reason()]).inc();
                             tracing::info!(%broken, "ending an SSE stream mid-replay; the client resumes from the last id it got");

@@ -181,3 +181,70 @@ impl Drop for PrivateMongo {
         self.stop();
     }
 }
+
+/// A Redis Cluster of the test's own (three masters, a replica each), made by the cluster profile's
+/// script on ports shifted by `offset` (`AP_CLUSTER_PORT_OFFSET`) in a temporary directory, so a
+/// test can kill a master without touching the shared cluster. Stopped and deleted on drop.
+pub struct PrivateRedisCluster {
+    pub offset: u16,
+    directory: PathBuf,
+}
+
+impl PrivateRedisCluster {
+    pub fn start(offset: u16) -> PrivateRedisCluster {
+        let directory = std::env::temp_dir().join(format!(
+            "ap-redis-cluster-{}",
+            uuid::Uuid::now_v7().simple()
+        ));
+        let cluster = PrivateRedisCluster { offset, directory };
+        let status = cluster
+            .script("up")
+            .arg("redis")
+            .status()
+            .expect("scripts/cluster.sh runs");
+        assert!(status.success(), "the private Redis Cluster came up");
+        cluster
+    }
+
+    fn script(&self, command: &str) -> Command {
+        let mut script =
+            Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/cluster.sh"));
+        script
+            .arg(command)
+            .env("AP_CLUSTER_DIR", &self.directory)
+            .env("AP_CLUSTER_PORT_OFFSET", self.offset.to_string())
+            .stdout(Stdio::null());
+        script
+    }
+
+    /// The node that started on `7001 + n`'s port, shifted.
+    pub fn port(&self, n: u16) -> u16 {
+        7001 + self.offset + n
+    }
+
+    /// The three first nodes' URLs, comma-separated (`redis.url` with `redis.cluster`).
+    pub fn seeds(&self) -> String {
+        (0..3)
+            .map(|n| format!("redis://127.0.0.1:{}", self.port(n)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// SIGKILLs the node on `port`: no shutdown, no last write to its replica.
+    pub fn kill(&self, port: u16) {
+        let pid_file = self.directory.join(format!("redis-{port}/redis.pid"));
+        let pid = std::fs::read_to_string(&pid_file).expect("the node's pid file");
+        let status = Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "redis-{port} was killed");
+    }
+}
+
+impl Drop for PrivateRedisCluster {
+    fn drop(&mut self) {
+        let _ = self.script("down").status();
+        let _ = std::fs::remove_dir_all(&self.directory);
+    }
+}

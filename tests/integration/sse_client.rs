@@ -22,6 +22,8 @@ pub struct SseClient {
     buffer: String,
     /// Comment lines seen so far (heartbeats).
     pub comments: usize,
+    /// The server ended the stream (seen by `next_event`).
+    pub ended: bool,
 }
 
 impl SseClient {
@@ -41,6 +43,7 @@ impl SseClient {
             response,
             buffer: String::new(),
             comments: 0,
+            ended: false,
         }
     }
 
@@ -86,10 +89,14 @@ impl SseClient {
                     return Some(event);
                 }
             }
-            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
-                .await
-                .ok()?
-                .ok()??;
+            let chunk = match tokio::time::timeout_at(deadline, self.response.chunk()).await {
+                Err(_) => return None,
+                Ok(Ok(Some(chunk))) => chunk,
+                Ok(Ok(None)) | Ok(Err(_)) => {
+                    self.ended = true;
+                    return None;
+                }
+            };
             self.buffer
                 .push_str(std::str::from_utf8(&chunk).expect("UTF-8 events"));
         }
