@@ -16,11 +16,11 @@ pub const KAFKA_NODES: [u8; 3] = [1, 2, 3];
 /// Redis Cluster ports before the offset: masters 7001-7003 and their replicas 7004-7006 as
 /// `redis-cli --cluster create` pairs them at creation (roles change with every failover).
 const REDIS_BASE_PORTS: [u16; 6] = [7001, 7002, 7003, 7004, 7005, 7006];
-/// Offsets tried for a private cluster, in this order: brokers, controllers and Redis nodes land
-/// between 27001 and 35194, clear of the shared cluster's ports; the Redis buses (+10000) and the
-/// higher offsets reach into the kernel's ephemeral range (32768 and up), where the other runs'
-/// free ports come from, so every port is checked free before an offset is taken.
-const OFFSET_CANDIDATES: std::ops::Range<u16> = 200..260;
+/// Offsets tried for a private cluster, in this order: every port, the Redis buses (+10000)
+/// included, lands between 18001 and 32606, clear of the shared services' ports and below the
+/// kernel's ephemeral range (32768 and up), where the other runs' free ports come from; every port
+/// is still checked free before an offset is taken (a bench may run a private cluster too).
+const OFFSET_CANDIDATES: std::ops::Range<u16> = 110..157;
 const OFFSET_STEP: u16 = 100;
 
 /// Every port the cluster would bind at `offset`: brokers, controllers, Redis nodes and their
@@ -356,11 +356,25 @@ a6 127.0.0.1:27006@37006 slave a1 0 1 1 connected
     }
 
     pub fn offsets_keep_ports_in_range() {
-        let highest = (OFFSET_CANDIDATES.end - 1) * OFFSET_STEP;
-        assert!(highest <= 40000, "cluster.sh refuses offsets over 40000");
-        assert!(cluster_ports(highest).iter().all(|port| *port > 1024));
         assert_eq!(cluster_ports(0).len(), 18);
-        assert!(cluster_ports(20000).contains(&29192));
-        assert!(cluster_ports(20000).contains(&37006));
+        assert!(cluster_ports(11000).contains(&20192));
+        assert!(cluster_ports(11000).contains(&28006), "a Redis bus port");
+        let shared: Vec<u16> = cluster_ports(0)
+            .into_iter()
+            .chain([9092, 9093, 6379, 27017, 5433])
+            .collect();
+        for offset in OFFSET_CANDIDATES.map(|step| step * OFFSET_STEP) {
+            assert!(offset <= 40000, "cluster.sh refuses offsets over 40000");
+            for port in cluster_ports(offset) {
+                assert!(
+                    (1025..32768).contains(&port),
+                    "offset {offset}: port {port} outside 1025-32767"
+                );
+                assert!(
+                    !shared.contains(&port),
+                    "offset {offset}: port {port} is a shared service's"
+                );
+            }
+        }
     }
 }
