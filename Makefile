@@ -6,7 +6,7 @@ CARGO ?= cargo
 DEV_CONFIG := config/dev.toml
 BIN := target/debug/activity-pipeline
 
-.PHONY: run test lint fmt build build-deps browser-deps stack-up stack-down stack-status stack-reset cluster-up cluster-down cluster-status cluster-reset redis-cluster-up topics unit integration faults bench bench-micro
+.PHONY: run test lint fmt build build-deps browser-deps stack-up stack-down stack-status stack-reset cluster-up cluster-down cluster-status cluster-reset redis-cluster-up topics unit integration faults cluster-drill bench bench-micro
 
 ## run: start the local stack, build, create the topics, run `produce`, `consume` and `console` with the
 ## dev config (prints the console's address and the dev operator's token).
@@ -40,6 +40,15 @@ faults: build-deps
 	$(CARGO) test --locked --test faults -- --profile $(or $(PROFILE),short) \
 		$(if $(SEED),--seed $(SEED)) $(if $(DURATION),--duration $(DURATION)) \
 		$(if $(FAULTS),--faults $(FAULTS)) $(if $(TARGETS),--targets $(TARGETS))
+
+## cluster-drill: the fault suite's cluster drill on a private cluster of its own (three brokers,
+## two APIs, two then three consumers): broker, controller, consumer, Redis master and two-broker
+## kills under load, checked like `make faults`. Not part of `make test`; 3-4 minutes.
+## Knobs: SEED=<n>, DURATION=300s (the longest the load may run), REDIS=single|cluster.
+cluster-drill: build-deps
+	$(CARGO) test --locked --test faults -- --profile cluster-drill \
+		$(if $(SEED),--seed $(SEED)) $(if $(DURATION),--duration $(DURATION)) \
+		$(if $(REDIS),--redis $(REDIS))
 
 ## bench: the pipeline bench on a private stack, release build (BENCH_ARGS="--rounds 1" etc.;
 ## scripts/bench.sh --help). Not part of `make test`. See BENCHMARKS.md.

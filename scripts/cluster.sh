@@ -68,6 +68,16 @@ node_pid() {
     printf '%s' "${pid}"
 }
 
+# node_died PIDFILE: the pid file of a node just spawned names a dead process. A pid file not written
+# yet, or a live pid whose command line is still bash on its way through `exec` (slow on a loaded
+# machine), is no death: `spawn` returns before either is settled.
+node_died() {
+    local pid
+    [[ -s "$1" ]] || return 1
+    pid=$(head -n 1 "$1" | tr -dc '0-9')
+    [[ -n "${pid}" ]] && ! pid_alive "${pid}"
+}
+
 node_fail() {
     local what=$1 log=$2
     {
@@ -233,15 +243,21 @@ up_kafka() {
     done
 }
 
-wait_kafka() {
+# kafka_alive_and_ready: kafka_ready, after naming any node that died since it was spawned.
+kafka_alive_and_ready() {
     local node
     for node in "${KAFKA_NODES[@]}"; do
-        # Only the nodes started from here have a pid file (another checkout's are left alone).
-        [[ -e "$(kafka_dir "${node}")/kafka.pid" ]] || continue
-        node_pid "$(kafka_dir "${node}")/kafka.pid" kafka.Kafka >/dev/null \
-            || node_fail "kafka-${node}: exited during startup" "$(kafka_dir "${node}")/server.log"
+        # Only the nodes started from here have a pid file (another checkout's are left alone,
+        # and node_died says no for them).
+        if node_died "$(kafka_dir "${node}")/kafka.pid"; then
+            node_fail "kafka-${node}: exited during startup" "$(kafka_dir "${node}")/server.log"
+        fi
     done
-    wait_until "kafka cluster ($(bootstrap))" kafka_ready "$(kafka_dir 1)/server.log"
+    kafka_ready
+}
+
+wait_kafka() {
+    wait_until "kafka cluster ($(bootstrap))" kafka_alive_and_ready "$(kafka_dir 1)/server.log"
 }
 
 up_redis() {
@@ -262,8 +278,9 @@ up_redis() {
     for port in "${REDIS_PORTS[@]}"; do
         start=${SECONDS}
         until redis_answers "${port}"; do
-            node_pid "$(redis_dir "${port}")/redis.pid" redis-server >/dev/null \
-                || node_fail "redis-${port}: exited during startup" "$(redis_dir "${port}")/redis.log"
+            if node_died "$(redis_dir "${port}")/redis.pid"; then
+                node_fail "redis-${port}: exited during startup" "$(redis_dir "${port}")/redis.log"
+            fi
             ((SECONDS - start < 30)) || node_fail "redis-${port}: no PONG within 30 s" "$(redis_dir "${port}")/redis.log"
             sleep 0.5
         done

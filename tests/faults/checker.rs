@@ -13,7 +13,8 @@ use serde_json::Value;
 
 use crate::clock::Window;
 use crate::env::{
-    Env, COLLECTION, DATABASE, DLQ_TOPIC, GROUP, PARTITIONS, RETRY_TOPICS, TENANTS, TOPIC,
+    Env, RedisTarget, COLLECTION, DATABASE, DLQ_TOPIC, GROUP, PARTITIONS, RETRY_TOPICS, TENANTS,
+    TOPIC,
 };
 use crate::ledger::{Outcome, SentActivity, WorkloadReport};
 use crate::live::{LiveClient, Via};
@@ -63,8 +64,30 @@ pub struct Checked {
     pub dlq_wrong_error: Violations,
     pub dlq_duplicates: usize,
     pub invalid_wrong_status: Violations,
+    /// Valid posts answered 503 without `Retry-After` (clients would not know when to retry).
+    pub unavailable_without_retry_after: Violations,
     pub invalid_dropped: Violations,
     pub invalid_by_status: BTreeMap<String, usize>,
+    /// Per (tenant, type) where they differ: MongoDB's count minus the Redis counter.
+    pub counter_gaps: BTreeMap<(String, String), i64>,
+    /// Per (tenant, type): stored activities whose idempotency mark is missing.
+    pub unmarked: BTreeMap<(String, String), i64>,
+}
+
+/// Whether what Redis lost, it lost together: for every tenant and type, the counter is short by
+/// exactly the number of stored activities without a mark (the consumer sets both in one script,
+/// so a failover that loses the script's writes loses both). Marks of another value are not this.
+pub fn lost_together(checked: &Checked) -> bool {
+    let unmarked_total: i64 = checked.unmarked.values().sum();
+    unmarked_total == checked.mark_mismatches.count as i64
+        && checked
+            .counter_gaps
+            .iter()
+            .all(|(key, gap)| *gap > 0 && checked.unmarked.get(key).copied().unwrap_or(0) == *gap)
+        && checked
+            .unmarked
+            .iter()
+            .all(|(key, missing)| checked.counter_gaps.get(key).copied().unwrap_or(0) == *missing)
 }
 
 impl Checked {
@@ -89,11 +112,16 @@ impl Checked {
                 &self.invalid_wrong_status,
             ),
             ("invalid requests dropped", &self.invalid_dropped),
+            (
+                "503 without Retry-After",
+                &self.unavailable_without_retry_after,
+            ),
         ]
     }
 }
 
 /// What the checker needs to know of the run.
+#[derive(Clone, Copy)]
 pub struct Inputs<'a> {
     pub workload: &'a WorkloadReport,
     pub poison: &'a [InjectedPoison],
@@ -114,14 +142,65 @@ pub async fn read_activities(env: &Env) -> anyhow::Result<Vec<Document>> {
     Ok(documents)
 }
 
-async fn redis(env: &Env) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-    Ok(redis::Client::open(env.redis_url())?
-        .get_multiplexed_async_connection()
-        .await?)
+/// The checker's own Redis connection: one node, or a Redis Cluster (each command routed to the
+/// node that owns its keys' slot; a command's keys must share one, as one tenant's do).
+pub enum RedisReader {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for RedisReader {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        command: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            RedisReader::Single(connection) => connection.req_packed_command(command),
+            RedisReader::Cluster(connection) => connection.req_packed_command(command),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            RedisReader::Single(connection) => {
+                connection.req_packed_commands(pipeline, offset, count)
+            }
+            RedisReader::Cluster(connection) => {
+                connection.req_packed_commands(pipeline, offset, count)
+            }
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisReader::Single(connection) => connection.get_db(),
+            RedisReader::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
+pub async fn redis(env: &Env) -> anyhow::Result<RedisReader> {
+    Ok(match env.redis_target() {
+        RedisTarget::Single(url) => RedisReader::Single(
+            redis::Client::open(url.as_str())?
+                .get_multiplexed_async_connection()
+                .await?,
+        ),
+        RedisTarget::Cluster(seeds) => RedisReader::Cluster(
+            redis::cluster::ClusterClient::new(seeds.clone())?
+                .get_async_connection()
+                .await?,
+        ),
+    })
 }
 
 async fn counters(
-    connection: &mut redis::aio::MultiplexedConnection,
+    connection: &mut RedisReader,
     tenant: &str,
 ) -> anyhow::Result<BTreeMap<String, i64>> {
     Ok(redis::cmd("HGETALL")
@@ -161,12 +240,24 @@ pub fn consumer_lag(brokers: &str) -> anyhow::Result<i64> {
     Ok(total)
 }
 
-/// Waits until the consumers have committed everything and the counters add up to the store, or
+/// When the drain counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainUntil {
+    /// No lag, and the counters add up to the store.
+    CountersMatch,
+    /// No lag, and the store's count the same twice: after a Redis master failover, which may have
+    /// lost counts with their marks for good, the counters cannot be waited for (the checker says
+    /// what the failover lost).
+    StoreSettled,
+}
+
+/// Waits until the consumers have committed everything and the store settled (`until`), or
 /// `within` passes. Returns whether it drained. MongoDB is only asked once the lag is 0, one query
 /// at a time (an abandoned query keeps FerretDB busy), so a slow store is not buried in checks.
-pub async fn wait_for_drain(env: &Env, within: Duration) -> bool {
+pub async fn wait_for_drain(env: &Env, within: Duration, until: DrainUntil) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     let mut calm = 0;
+    let mut last_stored = None;
     let mut last_print = tokio::time::Instant::now();
     let mongo = match mongodb::Client::with_uri_str(env.mongo_uri()).await {
         Ok(client) => client.database(DATABASE).collection::<Document>(COLLECTION),
@@ -203,7 +294,18 @@ pub async fn wait_for_drain(env: &Env, within: Duration) -> bool {
                 env.clock.secs()
             );
         }
-        if balanced.is_some_and(|(stored, counted)| stored == counted) {
+        let settled = match until {
+            DrainUntil::CountersMatch => {
+                balanced.is_some_and(|(stored, counted)| stored == counted)
+            }
+            DrainUntil::StoreSettled => {
+                let stored = balanced.map(|(stored, _)| stored);
+                let same = stored.is_some() && stored == last_stored;
+                last_stored = stored;
+                same
+            }
+        };
+        if settled {
             calm += 1;
             if calm >= 2 {
                 return true;
@@ -560,6 +662,9 @@ pub async fn check(env: &Env, inputs: Inputs<'_>) -> anyhow::Result<Checked> {
                 .copied()
                 .unwrap_or(0);
             if in_redis != in_mongo {
+                checked
+                    .counter_gaps
+                    .insert((tenant.id.to_owned(), kind.clone()), in_mongo - in_redis);
                 checked.counter_mismatches.add(format!(
                     "{}/{kind}: Redis counts {in_redis}, MongoDB holds {in_mongo}",
                     tenant.id
@@ -568,8 +673,19 @@ pub async fn check(env: &Env, inputs: Inputs<'_>) -> anyhow::Result<Checked> {
         }
     }
 
-    // 3. Idempotency marks: one per stored activity, holding its document id and fingerprint.
-    for chunk in documents.chunks(500) {
+    // 3. Idempotency marks: one per stored activity, holding its document id and fingerprint. One
+    // MGET per tenant and chunk: a tenant's keys share a hash slot, so it also runs on a cluster.
+    let mut by_tenant: BTreeMap<&str, Vec<&Document>> = BTreeMap::new();
+    for document in &documents {
+        by_tenant
+            .entry(document.get_str("tenantId").unwrap_or_default())
+            .or_default()
+            .push(document);
+    }
+    for chunk in by_tenant
+        .values()
+        .flat_map(|documents| documents.chunks(500))
+    {
         let keys: Vec<String> = chunk
             .iter()
             .map(|document| {
@@ -594,6 +710,15 @@ pub async fn check(env: &Env, inputs: Inputs<'_>) -> anyhow::Result<Checked> {
                 Ok(fingerprint) => format!("{id}:{fingerprint}"),
                 Err(_) => id.clone(),
             };
+            if mark.is_none() {
+                *checked
+                    .unmarked
+                    .entry((
+                        document.get_str("tenantId").unwrap_or_default().to_owned(),
+                        document.get_str("type").unwrap_or_default().to_owned(),
+                    ))
+                    .or_default() += 1;
+            }
             if mark.as_deref() != Some(expected.as_str()) {
                 checked
                     .mark_mismatches
@@ -720,7 +845,16 @@ pub async fn check(env: &Env, inputs: Inputs<'_>) -> anyhow::Result<Checked> {
         }
     }
 
-    // 6. Invalid requests: the documented 4xx, no 5xx, no dropped connection while the API was up.
+    // 6. Every 503 to a valid post says when to retry.
+    for sample in &inputs.workload.post_samples {
+        if sample.answer == "503" && !sample.retry_after {
+            checked
+                .unavailable_without_retry_after
+                .add(format!("a post sent at t={:.1}s", sample.at));
+        }
+    }
+
+    // 7. Invalid requests: the documented 4xx, no 5xx, no dropped connection while the API was up.
     for request in &inputs.workload.invalid {
         let label = request
             .got
@@ -746,4 +880,38 @@ pub async fn check(env: &Env, inputs: Inputs<'_>) -> anyhow::Result<Checked> {
         }
     }
     Ok(checked)
+}
+
+/// The pure parts, run by `--self-checks` and at the start of every run.
+pub mod checks {
+    use super::*;
+
+    pub fn losses_together_are_told_from_drift() {
+        let key = |tenant: &str, kind: &str| (tenant.to_owned(), kind.to_owned());
+        let mut checked = Checked::default();
+        assert!(lost_together(&checked), "nothing lost");
+        checked.counter_gaps.insert(key("acme", "login"), 2);
+        checked.unmarked.insert(key("acme", "login"), 2);
+        checked.mark_mismatches.count = 2;
+        assert!(lost_together(&checked), "two marks with their two counts");
+        checked.unmarked.insert(key("acme", "login"), 1);
+        assert!(!lost_together(&checked), "a count lost without its mark");
+        checked.unmarked.insert(key("acme", "login"), 2);
+        checked.counter_gaps.insert(key("acme", "share"), 1);
+        assert!(
+            !lost_together(&checked),
+            "a count lost where no mark of its type is"
+        );
+        checked.counter_gaps.remove(&key("acme", "share"));
+        checked.unmarked.insert(key("acme", "login"), 2);
+        checked.mark_mismatches.count = 3;
+        assert!(!lost_together(&checked), "a mark of another value");
+        checked.mark_mismatches.count = 2;
+        checked.counter_gaps.insert(key("globex", "share"), -1);
+        assert!(!lost_together(&checked), "a count too many");
+        checked.counter_gaps.remove(&key("globex", "share"));
+        checked.unmarked.insert(key("globex", "share"), 1);
+        checked.mark_mismatches.count = 3;
+        assert!(!lost_together(&checked), "a mark lost without its count");
+    }
 }

@@ -1,5 +1,7 @@
 //! The environment of one run: its directory, ports, Toxiproxy, the private stack and the role
-//! processes, started in order and stopped in reverse.
+//! processes, started in order and stopped in reverse. The cluster drill's environment has no
+//! Toxiproxy, a private cluster (`cluster`) for Kafka and the Redis Cluster, FerretDB (and with
+//! `--redis single` Redis) of the private stack, and two `produce` instances.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,6 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
 use crate::clock::Clock;
+use crate::cluster::PrivateCluster;
 use crate::roles::{Role, Roles};
 use crate::stack::{Ports, PrivateStack, Service};
 use crate::toxiproxy::Toxiproxy;
@@ -55,11 +58,81 @@ pub const MAX_BODY_BYTES: usize = 65536;
 pub struct Env {
     pub clock: Clock,
     pub ports: Ports,
+    /// The first API instance (the suite's only one).
     pub api_url: String,
-    pub toxiproxy: Toxiproxy,
+    /// Every API instance; clients and live clients spread over them.
+    pub api_urls: Vec<String>,
+    /// The fault proxy of the suite; the drill kills processes and needs none.
+    pub toxiproxy: Option<Toxiproxy>,
+    /// FerretDB and Redis, and the single broker of the suite (the drill's brokers are `cluster`).
     pub stack: Mutex<PrivateStack>,
+    /// The drill's three brokers (and its Redis Cluster).
+    pub cluster: Option<Mutex<PrivateCluster>>,
     pub roles: Mutex<Roles>,
+    /// What the roles are started with, so the drill can start another instance of one.
+    pub role_template: RoleTemplate,
+    kafka_brokers: String,
+    redis: RedisTarget,
     http: reqwest::Client,
+}
+
+/// Where the run's Redis is: one node, or the seed nodes of a Redis Cluster.
+#[derive(Debug, Clone)]
+pub enum RedisTarget {
+    Single(String),
+    Cluster(Vec<String>),
+}
+
+/// The binary and the arguments every role of the run gets.
+pub struct RoleTemplate {
+    binary: PathBuf,
+    base_args: Vec<String>,
+    logs: PathBuf,
+}
+
+impl RoleTemplate {
+    /// Runs the binary once with the run's settings and `command` (an operator's verb), its output
+    /// appended to `logs/<log>.log`; fails unless it exits 0.
+    pub async fn run_once(&self, command: &[&str], log: &str) -> anyhow::Result<()> {
+        let path = self.logs.join(format!("{log}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        let status = tokio::process::Command::new(&self.binary)
+            .args(&self.base_args)
+            .args(command)
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .kill_on_drop(true)
+            .status()
+            .await
+            .with_context(|| format!("running {}", command.join(" ")))?;
+        anyhow::ensure!(
+            status.success(),
+            "{} failed ({status}); see {}",
+            command.join(" "),
+            path.display()
+        );
+        Ok(())
+    }
+
+    /// A role `name` running `command`, with `extra` settings on top of the run's (`--set`).
+    pub fn role(&self, name: &str, command: &[&str], extra: &[String]) -> Role {
+        let mut args = self.base_args.clone();
+        for flag in extra {
+            args.push("--set".to_owned());
+            args.push(flag.clone());
+        }
+        args.extend(command.iter().map(|arg| (*arg).to_owned()));
+        Role::new(
+            name,
+            &self.binary,
+            args,
+            self.logs.join(format!("{name}.log")),
+        )
+    }
 }
 
 impl Env {
@@ -99,26 +172,145 @@ impl Env {
         );
         stack.up(None).await?;
 
-        let config = repo.join("config/dev.toml");
-        let overrides = role_overrides(&ports);
-        let mut base_args = vec!["--config".to_owned(), config.display().to_string()];
-        for flag in &overrides {
-            base_args.push("--set".to_owned());
-            base_args.push(flag.clone());
-        }
-        create_topics(binary, &base_args, &dir).await?;
+        let kafka_brokers = format!("127.0.0.1:{}", ports.kafka_proxy);
+        let mut overrides = common_overrides();
+        overrides.extend([
+            format!("kafka.brokers={kafka_brokers}"),
+            format!("mongo.uri=mongodb://127.0.0.1:{}", ports.mongo_proxy),
+            format!("redis.url=redis://127.0.0.1:{}", ports.redis_proxy),
+            format!("http.listen=127.0.0.1:{}", ports.api),
+        ]);
+        let template = RoleTemplate::new(repo, binary, &overrides, &dir);
+        create_topics(binary, &template.base_args, &dir).await?;
 
-        let role = |name: &str, command: &[&str]| {
-            let mut args = base_args.clone();
-            args.extend(command.iter().map(|arg| (*arg).to_owned()));
-            Role::new(name, binary, args, dir.join(format!("logs/{name}.log")))
+        let mut roles = Roles {
+            apis: vec![template.role("api", &["produce"], &[])],
+            consumers: vec![
+                template.role("consumer-1", &["consume", "--stage", "all"], &[]),
+                template.role("consumer-2", &["consume", "--stage", "all"], &[]),
+            ],
+            retired: Vec::new(),
+            unexpected_exits: Vec::new(),
+        };
+        for role in roles.all_mut() {
+            role.start(&clock)?;
+        }
+        let api_url = format!("http://127.0.0.1:{}", ports.api);
+        let env = Env {
+            clock,
+            api_urls: vec![api_url.clone()],
+            api_url,
+            redis: RedisTarget::Single(format!("redis://127.0.0.1:{}", ports.redis)),
+            ports,
+            toxiproxy: Some(toxiproxy),
+            stack: Mutex::new(stack),
+            cluster: None,
+            roles: Mutex::new(roles),
+            role_template: template,
+            kafka_brokers,
+            http: http_client()?,
+        };
+        env.wait_for_api(Duration::from_secs(60)).await?;
+        Ok(env)
+    }
+
+    /// The cluster drill's environment: FerretDB (and Redis, unless `redis_cluster`) of a private
+    /// stack on free ports, a private cluster of three brokers (and a Redis Cluster) at a free port
+    /// offset, the topics replicated three ways, and the roles talking to them directly: two
+    /// `produce`, two `consume` of one group.
+    pub async fn start_cluster(
+        repo: &Path,
+        binary: &Path,
+        dir: PathBuf,
+        clock: Clock,
+        redis_cluster: bool,
+    ) -> anyhow::Result<Env> {
+        std::fs::create_dir_all(dir.join("logs"))?;
+        let ports = Ports::pick()?;
+        let second_api = ports.second_api;
+        let offset = crate::cluster::pick_offset()?;
+        let mut cluster = PrivateCluster::new(
+            repo,
+            dir.join("cluster"),
+            offset,
+            dir.join("logs/cluster.log"),
+        );
+        println!(
+            "faults: ports: kafka {} (controllers {}-{}), redis {}, mongo {}, api {} and {}",
+            cluster.bootstrap(),
+            cluster.controller_port(1),
+            cluster.controller_port(3),
+            if redis_cluster {
+                cluster.redis_seed_urls()
+            } else {
+                ports.redis.to_string()
+            },
+            ports.mongo,
+            ports.api,
+            second_api
+        );
+        let mut stack =
+            PrivateStack::new(repo, dir.join("stack"), &ports, dir.join("logs/stack.log"));
+        println!(
+            "faults: starting the private cluster in {} (port offset {offset}) and FerretDB in {}",
+            cluster.dir.display(),
+            stack.dir.display()
+        );
+        stack.up(Some(Service::Mongo)).await?;
+        if redis_cluster {
+            cluster.up("redis").await?;
+        } else {
+            stack.up(Some(Service::Redis)).await?;
+        }
+        cluster.up("kafka").await?;
+
+        let kafka_brokers = cluster.bootstrap();
+        let redis = if redis_cluster {
+            RedisTarget::Cluster(
+                cluster
+                    .redis_ports()
+                    .iter()
+                    .map(|port| format!("redis://127.0.0.1:{port}"))
+                    .collect(),
+            )
+        } else {
+            RedisTarget::Single(format!("redis://127.0.0.1:{}", ports.redis))
+        };
+        let mut overrides = common_overrides();
+        overrides.extend([
+            format!("kafka.brokers={kafka_brokers}"),
+            "kafka.replication_factor=3".to_owned(),
+            "kafka.min_insync_replicas=2".to_owned(),
+            format!("mongo.uri=mongodb://127.0.0.1:{}", ports.mongo),
+        ]);
+        match &redis {
+            RedisTarget::Single(url) => overrides.push(format!("redis.url={url}")),
+            RedisTarget::Cluster(_) => overrides.extend([
+                format!("redis.url={}", cluster.redis_seed_urls()),
+                "redis.cluster=true".to_owned(),
+            ]),
+        }
+        let template = RoleTemplate::new(repo, binary, &overrides, &dir);
+        create_topics(binary, &template.base_args, &dir).await?;
+
+        let api_urls: Vec<String> = [ports.api, second_api]
+            .iter()
+            .map(|port| format!("http://127.0.0.1:{port}"))
+            .collect();
+        let api = |name: &str, port: u16| {
+            template.role(
+                name,
+                &["produce"],
+                &[format!("http.listen=127.0.0.1:{port}")],
+            )
         };
         let mut roles = Roles {
-            api: role("api", &["produce"]),
+            apis: vec![api("api-1", ports.api), api("api-2", second_api)],
             consumers: vec![
-                role("consumer-1", &["consume", "--stage", "all"]),
-                role("consumer-2", &["consume", "--stage", "all"]),
+                template.role("consumer-1", &["consume", "--stage", "all"], &[]),
+                template.role("consumer-2", &["consume", "--stage", "all"], &[]),
             ],
+            retired: Vec::new(),
             unexpected_exits: Vec::new(),
         };
         for role in roles.all_mut() {
@@ -126,26 +318,49 @@ impl Env {
         }
         let env = Env {
             clock,
-            api_url: format!("http://127.0.0.1:{}", ports.api),
+            api_url: api_urls[0].clone(),
+            api_urls,
+            redis,
             ports,
-            toxiproxy,
+            toxiproxy: None,
             stack: Mutex::new(stack),
+            cluster: Some(Mutex::new(cluster)),
             roles: Mutex::new(roles),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(2))
-                .build()?,
+            role_template: template,
+            kafka_brokers,
+            http: http_client()?,
         };
         env.wait_for_api(Duration::from_secs(60)).await?;
         Ok(env)
     }
 
-    /// Polls `GET /healthz` until it answers 200.
+    pub fn toxiproxy(&self) -> anyhow::Result<&Toxiproxy> {
+        self.toxiproxy
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("this run has no fault proxy (the cluster drill)"))
+    }
+
+    /// The drill's cluster.
+    pub fn cluster(&self) -> anyhow::Result<&Mutex<PrivateCluster>> {
+        self.cluster
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("this run has no private cluster"))
+    }
+
+    /// Polls `GET /healthz` of every API instance until each answers 200.
     pub async fn wait_for_api(&self, within: Duration) -> anyhow::Result<()> {
+        for api in &self.api_urls {
+            self.wait_for_healthz(api, within).await?;
+        }
+        Ok(())
+    }
+
+    async fn wait_for_healthz(&self, api: &str, within: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             if self
                 .http
-                .get(format!("{}/healthz", self.api_url))
+                .get(format!("{api}/healthz"))
                 .send()
                 .await
                 .is_ok_and(|response| response.status().is_success())
@@ -162,8 +377,22 @@ impl Env {
     /// Undoes whatever a fault may have left (a failed step): every proxy clean, every service and
     /// role up.
     pub async fn restore(&self) -> anyhow::Result<()> {
-        self.toxiproxy.reset().await?;
-        self.stack.lock().await.up(None).await?;
+        if let Some(toxiproxy) = &self.toxiproxy {
+            toxiproxy.reset().await?;
+        }
+        match &self.cluster {
+            None => self.stack.lock().await.up(None).await?,
+            Some(cluster) => {
+                let mut stack = self.stack.lock().await;
+                stack.up(Some(Service::Mongo)).await?;
+                let mut cluster = cluster.lock().await;
+                match self.redis {
+                    RedisTarget::Single(_) => stack.up(Some(Service::Redis)).await?,
+                    RedisTarget::Cluster(_) => cluster.up("redis").await?,
+                }
+                cluster.up("kafka").await?;
+            }
+        }
         let mut roles = self.roles.lock().await;
         for role in roles.all_mut() {
             if role.pid().is_none() {
@@ -178,19 +407,33 @@ impl Env {
         format!("mongodb://127.0.0.1:{}", self.ports.mongo)
     }
 
+    /// A Redis node to connect to (for a Redis Cluster, the first seed node).
     pub fn redis_url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.ports.redis)
+        match &self.redis {
+            RedisTarget::Single(url) => url.clone(),
+            RedisTarget::Cluster(seeds) => seeds[0].clone(),
+        }
     }
 
-    /// The broker advertises the proxy's port, so every Kafka client goes through it.
+    pub fn redis_target(&self) -> &RedisTarget {
+        &self.redis
+    }
+
+    /// The suite's broker advertises the proxy's port, so every Kafka client goes through it; the
+    /// drill's clients talk to its three brokers.
     pub fn kafka_brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.ports.kafka_proxy)
+        self.kafka_brokers.clone()
     }
 
     /// Stops the roles, Toxiproxy and the stack; deletes the stack's data when `delete_data`.
     pub async fn stop(self, delete_data: bool) {
         self.roles.lock().await.terminate_all().await;
-        self.toxiproxy.stop().await;
+        if let Some(toxiproxy) = self.toxiproxy {
+            toxiproxy.stop().await;
+        }
+        if let Some(cluster) = self.cluster {
+            cluster.into_inner().stop_blocking(delete_data);
+        }
         let mut stack = self.stack.into_inner();
         if delete_data {
             stack.reset_blocking();
@@ -200,16 +443,35 @@ impl Env {
     }
 }
 
-/// The settings every role of the run gets, on top of config/dev.toml.
-fn role_overrides(ports: &Ports) -> Vec<String> {
+impl RoleTemplate {
+    fn new(repo: &Path, binary: &Path, overrides: &[String], dir: &Path) -> RoleTemplate {
+        let config = repo.join("config/dev.toml");
+        let mut base_args = vec!["--config".to_owned(), config.display().to_string()];
+        for flag in overrides {
+            base_args.push("--set".to_owned());
+            base_args.push(flag.clone());
+        }
+        RoleTemplate {
+            binary: binary.to_owned(),
+            base_args,
+            logs: dir.join("logs"),
+        }
+    }
+}
+
+fn http_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?)
+}
+
+/// The settings every role of the run gets, on top of config/dev.toml (the addresses of the
+/// services come on top of these).
+fn common_overrides() -> Vec<String> {
     let initech = hex::encode(Sha256::digest(TENANTS[2].key.as_bytes()));
     vec![
-        format!("kafka.brokers=127.0.0.1:{}", ports.kafka_proxy),
         format!("kafka.partitions={PARTITIONS}"),
-        format!("mongo.uri=mongodb://127.0.0.1:{}", ports.mongo_proxy),
         "mongo.server_selection_timeout_ms=3000".to_owned(),
-        format!("redis.url=redis://127.0.0.1:{}", ports.redis_proxy),
-        format!("http.listen=127.0.0.1:{}", ports.api),
         "http.workers=2".to_owned(),
         format!("http.max_body_bytes={MAX_BODY_BYTES}"),
         "consumer.metrics_listen=127.0.0.1:0".to_owned(),

@@ -9,6 +9,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
+use crate::drill::DrillKind;
 use crate::env::Env;
 use crate::stack::Service;
 
@@ -252,11 +253,27 @@ fn draw(rng: &mut StdRng, kind: FaultKind, targets: &[Service], at: f64) -> Plan
     }
 }
 
+/// What a record is of: a kind of the suite's mix, or a step of the cluster drill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Injected {
+    Fault(FaultKind),
+    Drill(DrillKind),
+}
+
+impl Injected {
+    pub fn name(self) -> &'static str {
+        match self {
+            Injected::Fault(kind) => kind.name(),
+            Injected::Drill(kind) => kind.name(),
+        }
+    }
+}
+
 /// What happened when a fault ran.
 #[derive(Debug, Clone)]
 pub struct FaultRecord {
     pub label: String,
-    pub kind: FaultKind,
+    pub kind: Injected,
     /// Run-clock seconds: when the fault began, and when everything it broke answered again.
     pub started: f64,
     pub recovered: f64,
@@ -270,7 +287,7 @@ pub async fn execute(env: &Env, fault: &PlannedFault) -> FaultRecord {
     let result = apply(env, fault).await;
     FaultRecord {
         label: fault.label(),
-        kind: fault.kind,
+        kind: Injected::Fault(fault.kind),
         started,
         recovered: env.clock.secs(),
         error: result.err().map(|error| format!("{error:#}")),
@@ -285,9 +302,9 @@ async fn apply(env: &Env, fault: &PlannedFault) -> anyhow::Result<()> {
             env.roles.lock().await.consumers[fault.which].start(&env.clock)?;
         }
         FaultKind::ApiKill => {
-            env.roles.lock().await.api.kill().await;
+            env.roles.lock().await.apis[0].kill().await;
             tokio::time::sleep(fault.hold).await;
-            env.roles.lock().await.api.start(&env.clock)?;
+            env.roles.lock().await.apis[0].start(&env.clock)?;
             env.wait_for_api(Duration::from_secs(60)).await?;
         }
         FaultKind::KafkaKill => {
@@ -307,9 +324,9 @@ async fn apply(env: &Env, fault: &PlannedFault) -> anyhow::Result<()> {
         }
         FaultKind::Partition => {
             let target = fault.target.expect("proxy faults have a target");
-            env.toxiproxy.set_enabled(target, false).await?;
+            env.toxiproxy()?.set_enabled(target, false).await?;
             tokio::time::sleep(fault.hold).await;
-            env.toxiproxy.set_enabled(target, true).await?;
+            env.toxiproxy()?.set_enabled(target, true).await?;
         }
         kind => {
             let target = fault.target.expect("proxy faults have a target");
@@ -326,7 +343,7 @@ async fn apply(env: &Env, fault: &PlannedFault) -> anyhow::Result<()> {
             for stream in ["upstream", "downstream"] {
                 let name = format!("{}_{stream}", kind.name());
                 match env
-                    .toxiproxy
+                    .toxiproxy()?
                     .add_toxic(target, &name, toxic, stream, fault.attributes.clone())
                     .await
                 {
@@ -341,7 +358,7 @@ async fn apply(env: &Env, fault: &PlannedFault) -> anyhow::Result<()> {
                 tokio::time::sleep(fault.hold).await;
             }
             for name in added {
-                env.toxiproxy.remove_toxic(target, &name).await?;
+                env.toxiproxy()?.remove_toxic(target, &name).await?;
             }
             outcome?;
         }

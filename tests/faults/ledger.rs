@@ -46,6 +46,20 @@ pub struct InvalidRequest {
     pub drops: Vec<f64>,
 }
 
+/// One valid post (single or batch) and its answer, for the statistics per fault (p99 of POST,
+/// 503s) of the cluster drill.
+#[derive(Debug, Clone)]
+pub struct PostSample {
+    /// Run-clock time the request was sent.
+    pub at: f64,
+    /// How long the answer took (or until the client gave up).
+    pub secs: f64,
+    /// The status ("202", "503", ...) or "timeout" / "no-connection".
+    pub answer: String,
+    /// Whether the answer carried a `Retry-After` header.
+    pub retry_after: bool,
+}
+
 #[derive(Debug, Default)]
 pub struct WorkloadReport {
     pub activities: Vec<SentActivity>,
@@ -67,6 +81,8 @@ pub struct WorkloadReport {
     pub unexpected: Vec<String>,
     /// Run-clock times of valid requests that got no answer.
     pub valid_drops: Vec<f64>,
+    /// Every valid post, timed.
+    pub post_samples: Vec<PostSample>,
 }
 
 impl WorkloadReport {
@@ -85,6 +101,7 @@ impl WorkloadReport {
         self.batches += other.batches;
         self.unexpected.extend(other.unexpected);
         self.valid_drops.extend(other.valid_drops);
+        self.post_samples.extend(other.post_samples);
     }
 
     pub fn acked(&self) -> usize {

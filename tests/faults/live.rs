@@ -67,7 +67,7 @@ pub struct LiveClient {
 /// Starts the live clients; they stop when `stop` is cancelled.
 pub fn start(
     sse: bool,
-    api: &str,
+    apis: &[String],
     redis_url: &str,
     mongo_uri: &str,
     tenants: &[Tenant],
@@ -86,8 +86,10 @@ pub fn start(
             let seen = Arc::new(Mutex::new(Seen::default()));
             let name = format!("{}-{number}", tenant.id);
             if sse {
+                // With several API instances the streams spread over them: an event reaches a
+                // stream whichever instance accepted it.
                 tokio::spawn(sse_client(
-                    api.to_owned(),
+                    apis[clients.len() % apis.len()].clone(),
                     *tenant,
                     seen.clone(),
                     stop.clone(),

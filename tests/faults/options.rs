@@ -18,6 +18,19 @@ pub enum Profile {
     Short,
     /// 30 minutes: before a release.
     Long,
+    /// The cluster drill (`make cluster-drill`): a private cluster of three brokers, two APIs and
+    /// two consumers, taken apart step by step (`drill`); the load lasts until the last step healed
+    /// plus a cool-down, `--duration` at most.
+    ClusterDrill,
+}
+
+/// Where the drill's Redis is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DrillRedis {
+    /// One node of the private stack (no Redis master kill).
+    Single,
+    /// A private Redis Cluster (three masters, three replicas) and the Redis master kill.
+    Cluster,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -26,14 +39,15 @@ pub enum Profile {
     about = "Fault-injection suite: a workload against a private stack, faults on a seeded schedule, an independent checker."
 )]
 pub struct Options {
-    /// short (about 150 s of load, for CI) or long (30 min, before releases).
+    /// short (about 150 s of load, for CI), long (30 min, before releases), or cluster-drill.
     #[arg(long, value_enum, default_value = "short", env = "FAULTS_PROFILE")]
     pub profile: Profile,
     /// Seed of the fault schedule and of the workload's choices; random when absent (printed, so a
     /// run can be repeated).
     #[arg(long, env = "FAULTS_SEED")]
     pub seed: Option<u64>,
-    /// How long the load runs, e.g. `150s`, `5m`, `30m` (default: 150s short, 30m long).
+    /// How long the load runs, e.g. `150s`, `5m`, `30m` (default: 150s short, 30m long; for the
+    /// drill the longest it may run, 300s by default).
     #[arg(long, value_parser = parse_duration, env = "FAULTS_DURATION")]
     pub duration: Option<Duration>,
     /// The fault mix: `all`, `none`, or a comma-separated list of kinds (see `--list-faults`).
@@ -65,6 +79,17 @@ pub struct Options {
     /// Keep the private stack's data after a green run (it is always kept after a red one).
     #[arg(long)]
     pub keep: bool,
+    /// The drill's Redis: `cluster` (a Redis Cluster, and a master kill among the steps) or
+    /// `single` (one node, no master kill).
+    #[arg(long, value_enum, default_value = "cluster", env = "FAULTS_REDIS")]
+    pub redis: DrillRedis,
+    /// The drill's failover accounting, tested: after the drain, delete this many marks together
+    /// with their counts (what a master failover may lose); the run must say so and still pass.
+    #[arg(long, default_value_t = 0)]
+    pub lose_like_a_failover: usize,
+    /// Run only the suite's pure self-checks (also run at the start of every run) and exit.
+    #[arg(long)]
+    pub self_checks: bool,
 }
 
 impl Options {
@@ -72,6 +97,7 @@ impl Options {
         self.duration.unwrap_or(match self.profile {
             Profile::Short => Duration::from_secs(150),
             Profile::Long => Duration::from_secs(30 * 60),
+            Profile::ClusterDrill => Duration::from_secs(300),
         })
     }
 
@@ -79,13 +105,15 @@ impl Options {
         self.rate.unwrap_or(match self.profile {
             Profile::Short => 120,
             Profile::Long => 100,
+            // Three brokers, two APIs and three consumers share the two cores with the load.
+            Profile::ClusterDrill => 80,
         })
     }
 
     /// Pause between two faults, in seconds (drawn in this range).
     pub fn gap_secs(&self) -> (u64, u64) {
         match self.profile {
-            Profile::Short => (3, 7),
+            Profile::Short | Profile::ClusterDrill => (3, 7),
             Profile::Long => (5, 20),
         }
     }
@@ -208,6 +236,8 @@ fn takes_value(arg: &str) -> bool {
             "--clients",
             "--binary",
             "--out",
+            "--redis",
+            "--lose-like-a-failover",
         ]
         .contains(&arg)
 }
@@ -227,5 +257,48 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         "m" | "min" => Ok(Duration::from_secs(value * 60)),
         "h" => Ok(Duration::from_secs(value * 3600)),
         _ => Err(format!("`{raw}`: unknown unit `{unit}` (ms, s, m, h)")),
+    }
+}
+
+/// The pure parts, run by `--self-checks` and at the start of every run.
+pub mod checks {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Options {
+        Options::try_parse_from(std::iter::once("faults").chain(args.iter().copied()))
+            .expect("parses")
+    }
+
+    pub fn drill_options_are_parsed() {
+        let options = parse(&["--profile", "cluster-drill", "--seed", "42"]);
+        assert_eq!(options.profile, Profile::ClusterDrill);
+        assert_eq!(options.seed, Some(42));
+        assert_eq!(options.redis, DrillRedis::Cluster);
+        assert_eq!(options.duration(), Duration::from_secs(300));
+        assert_eq!(options.rate(), 80);
+        let options = parse(&[
+            "--profile=cluster-drill",
+            "--redis",
+            "single",
+            "--duration",
+            "4m",
+        ]);
+        assert_eq!(options.redis, DrillRedis::Single);
+        assert_eq!(options.duration(), Duration::from_secs(240));
+        assert!(Options::try_parse_from(["faults", "--redis", "sentinel"]).is_err());
+        assert!(
+            takes_value("--redis"),
+            "its value is not a test-name filter"
+        );
+        let short = parse(&[]);
+        assert_eq!(short.profile, Profile::Short);
+        assert_eq!(short.duration(), Duration::from_secs(150));
+    }
+
+    pub fn durations_are_parsed() {
+        assert_eq!(parse_duration("150"), Ok(Duration::from_secs(150)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("5 parsecs").is_err());
     }
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use serde_json::json;
 
 use crate::checker::Checked;
+use crate::drill::StepReport;
 use crate::faults::FaultRecord;
 use crate::ledger::{Outcome, WorkloadReport};
 use crate::roles::UnexpectedExit;
@@ -33,6 +34,10 @@ pub struct Summary<'a> {
     /// Seconds from the end of the load (clients' retries included) until drained.
     pub drain_after_load_secs: f64,
     pub unexpected_exits: &'a [UnexpectedExit],
+    /// The cluster drill's steps with their statistics (`None` for the suite's profiles).
+    pub drill_steps: Option<&'a [StepReport]>,
+    /// What a Redis master failover lost, as the checker found it.
+    pub failover_finding: Option<String>,
     pub run_dir: &'a Path,
 }
 
@@ -59,7 +64,16 @@ impl Summary<'_> {
             + self.workload.unexpected.len()
             + self.unexpected_exits.len()
             + self.harness_errors().len()
+            + self.drill_violations().len()
             + usize::from(!self.drained)
+    }
+
+    fn drill_violations(&self) -> Vec<String> {
+        self.drill_steps
+            .unwrap_or_default()
+            .iter()
+            .filter_map(StepReport::violation)
+            .collect()
     }
 
     pub fn green(&self) -> bool {
@@ -112,7 +126,14 @@ impl Summary<'_> {
             .collect();
         let line = |name: &str, value: String| println!("  {name:<34} {value}");
         println!();
-        println!("==== faults: summary ====");
+        println!(
+            "==== {}: summary ====",
+            if self.drill_steps.is_some() {
+                "cluster drill"
+            } else {
+                "faults"
+            }
+        );
         line("command", self.command.clone());
         line(
             "seed / profile / load",
@@ -179,6 +200,29 @@ impl Summary<'_> {
                 }
             ),
         );
+        if let Some(steps) = self.drill_steps {
+            println!("  drill steps (healed: every partition three in sync / the group caught up / the old master a replica):");
+            for step in steps {
+                let record = &step.record;
+                let stats = &step.stats;
+                println!(
+                    "    {:<38} {} | POST p99 {:>6.0} ms over {:>5} posts, 503: {:>3}, no answer: {:>3}, 202: {:>5}",
+                    record.label,
+                    match &record.error {
+                        None => format!("healed {:>5.1} s", record.recovered - record.started),
+                        Some(_) => "FAILED      ".to_owned(),
+                    },
+                    stats.p99_secs * 1000.0,
+                    stats.posts,
+                    stats.unavailable,
+                    stats.no_answer,
+                    stats.accepted,
+                );
+                for note in &step.notes.lines {
+                    println!("      {note}");
+                }
+            }
+        }
         line(
             "poison injected",
             format!(
@@ -200,6 +244,9 @@ impl Summary<'_> {
             checked.counter_mismatches.count.to_string(),
         );
         line("cross-tenant leaks", checked.live_leaks.count.to_string());
+        if let Some(finding) = &self.failover_finding {
+            line("Redis master failover", finding.clone());
+        }
         let refusals: Vec<String> = checked
             .live_refusals
             .iter()
@@ -278,6 +325,9 @@ impl Summary<'_> {
             for error in self.harness_errors() {
                 println!("    harness: {error}");
             }
+            for violation in self.drill_violations() {
+                println!("    drill: {violation}");
+            }
             if !self.drained {
                 println!("    the consumers did not drain (lag or counters never settled)");
             }
@@ -308,6 +358,24 @@ impl Summary<'_> {
                 json!({"fault": fault.label, "started": fault.started, "recovered": fault.recovered, "error": fault.error})
             })
             .collect();
+        let steps: Vec<serde_json::Value> = self
+            .drill_steps
+            .unwrap_or_default()
+            .iter()
+            .map(|step| {
+                json!({
+                    "step": step.record.label,
+                    "healSecs": step.record.recovered - step.record.started,
+                    "error": step.record.error,
+                    "notes": step.notes.lines,
+                    "posts": step.stats.posts,
+                    "postP99Ms": step.stats.p99_secs * 1000.0,
+                    "answered503": step.stats.unavailable,
+                    "noAnswer": step.stats.no_answer,
+                    "accepted": step.stats.accepted,
+                })
+            })
+            .collect();
         let summary = json!({
             "command": self.command,
             "seed": self.seed,
@@ -336,6 +404,8 @@ impl Summary<'_> {
             "unexpectedExits": self.unexpected_exits.len(),
             "unexpectedAnswers": self.workload.unexpected,
             "checks": checks,
+            "drillSteps": steps,
+            "redisFailover": self.failover_finding,
             "violations": self.violations(),
         });
         std::fs::write(path, serde_json::to_string_pretty(&summary)?)?;

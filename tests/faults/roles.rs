@@ -1,5 +1,6 @@
-//! The project's roles as separate processes of the real binary: one `produce` and two `consume`
-//! (one consumer group, so killing one rebalances its partitions onto the other).
+//! The project's roles as separate processes of the real binary: one `produce` (two in the cluster
+//! drill) and two `consume` (one consumer group, so killing one rebalances its partitions onto the
+//! other; the drill replaces one with a third).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -121,14 +122,18 @@ impl Role {
 
 /// Every role of the run.
 pub struct Roles {
-    pub api: Role,
+    /// The `produce` instances: one, or two in the cluster drill (clients spread over them).
+    pub apis: Vec<Role>,
     pub consumers: Vec<Role>,
+    /// Consumers the drill killed for good (replaced by a new instance): never restarted, and
+    /// their exit is no finding.
+    pub retired: Vec<Role>,
     pub unexpected_exits: Vec<UnexpectedExit>,
 }
 
 impl Roles {
     pub fn all_mut(&mut self) -> impl Iterator<Item = &mut Role> {
-        std::iter::once(&mut self.api).chain(self.consumers.iter_mut())
+        self.apis.iter_mut().chain(self.consumers.iter_mut())
     }
 
     /// Restarts any role that died on its own and records it as a finding.

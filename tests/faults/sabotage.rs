@@ -66,9 +66,7 @@ pub async fn sabotage(
         .await?;
     done.push("inserted acme/sabotage-phantom, which no client sent".to_owned());
 
-    let mut redis = redis::Client::open(env.redis_url())?
-        .get_multiplexed_async_connection()
-        .await?;
+    let mut redis = crate::checker::redis(env).await?;
     redis::cmd("HINCRBY")
         .arg("analytics:{globex}")
         .arg("login")
@@ -106,6 +104,47 @@ pub async fn sabotage(
         .await
         .map_err(|(error, _)| anyhow::anyhow!("writing the fake dead letter: {error}"))?;
     done.push("wrote a dead letter nobody injected".to_owned());
+    Ok(done)
+}
+
+/// `--lose-like-a-failover N`: the accounting's own test. Deletes the marks of `count` acknowledged
+/// activities together with their counts, one MULTI per activity (its keys share the tenant's slot),
+/// which is what a Redis master killed before its replica had the consumer's last scripts loses.
+/// The drill must then report them as lost together, re-derive the counters and pass.
+pub async fn lose_like_a_failover(
+    env: &Env,
+    workload: &WorkloadReport,
+    count: usize,
+) -> anyhow::Result<Vec<String>> {
+    let mut redis = crate::checker::redis(env).await?;
+    let mut done = Vec::new();
+    for activity in workload
+        .activities
+        .iter()
+        .filter(|activity| activity.outcome == Outcome::Acked && activity.key.is_some())
+        .take(count)
+    {
+        let tenant = activity.tenant;
+        let key = activity.key.as_deref().unwrap_or_default();
+        let kind = activity.body["type"].as_str().unwrap_or_default();
+        redis::pipe()
+            .atomic()
+            .cmd("DEL")
+            .arg(format!("idempotency:{{{tenant}}}:{key}"))
+            .ignore()
+            .cmd("HINCRBY")
+            .arg(format!("analytics:{{{tenant}}}"))
+            .arg(kind)
+            .arg(-1)
+            .ignore()
+            .query_async::<()>(&mut redis)
+            .await?;
+        done.push(format!("{tenant}/{key}: mark deleted, {kind} count -1"));
+    }
+    anyhow::ensure!(
+        done.len() == count,
+        "too few acknowledged activities to lose"
+    );
     Ok(done)
 }
 

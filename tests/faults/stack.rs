@@ -23,6 +23,8 @@ pub struct Ports {
     /// proxy in front of it: the faults are between the roles and the services they talk to.
     pub postgres: u16,
     pub api: u16,
+    /// The cluster drill's second `produce` instance.
+    pub second_api: u16,
     pub toxiproxy: u16,
 }
 
@@ -54,6 +56,7 @@ impl Ports {
             redis_proxy: free()?,
             postgres: free()?,
             api: free()?,
+            second_api: free()?,
             toxiproxy: free()?,
         })
     }

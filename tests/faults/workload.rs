@@ -2,7 +2,9 @@
 //! single and batch posts, retries with the same idempotency key after no answer or a 503, deliberate
 //! re-sends of acknowledged keys (a client that missed the 202), and a share of invalid requests.
 //! Every activity and every answer goes into a ledger (`ledger`) that the checker holds the stores
-//! to; the invalid requests come from `invalid_requests`.
+//! to; the invalid requests come from `invalid_requests`. With several API instances (the cluster
+//! drill) each request goes to one drawn at random, as behind a load balancer, so a retry may reach
+//! another instance than the first attempt did.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::env::{Tenant, TENANTS};
 use crate::invalid_requests::invalid_request;
-use crate::ledger::{InvalidRequest, Outcome, SentActivity, WorkloadReport};
+use crate::ledger::{InvalidRequest, Outcome, PostSample, SentActivity, WorkloadReport};
 
 const TYPES: [&str; 5] = [
     "comment.created",
@@ -99,7 +101,7 @@ impl Pacer {
 /// What every client shares.
 struct Shared {
     http: reqwest::Client,
-    api: String,
+    apis: Vec<String>,
     pacer: Pacer,
     features: Features,
     clock: Clock,
@@ -111,7 +113,8 @@ struct Shared {
 
 /// How the load runs.
 pub struct LoadPlan {
-    pub api: String,
+    /// The API instances (one in the suite, two in the cluster drill).
+    pub apis: Vec<String>,
     pub features: Features,
     pub seed: u64,
     pub clients: usize,
@@ -129,7 +132,7 @@ pub async fn run(
     stop: CancellationToken,
 ) -> anyhow::Result<WorkloadReport> {
     let LoadPlan {
-        api,
+        apis,
         features,
         seed,
         clients,
@@ -141,7 +144,7 @@ pub async fn run(
             .connect_timeout(Duration::from_secs(1))
             .pool_idle_timeout(Duration::from_secs(5))
             .build()?,
-        api,
+        apis,
         pacer: Pacer {
             interval: Duration::from_secs_f64(1.0 / f64::from(rate.max(1))),
             next: std::sync::Mutex::new(Instant::now()),
@@ -248,9 +251,21 @@ impl Client {
             .is_some_and(|deadline| Instant::now() > deadline)
     }
 
-    async fn send(&mut self, request: reqwest::RequestBuilder) -> Answer {
+    /// The API instance for the next request: drawn when there are several (a draw only then, so
+    /// the suite's seeded choices stay what they were with one API).
+    fn api(&mut self) -> String {
+        let apis = &self.shared.apis;
+        if apis.len() == 1 {
+            return apis[0].clone();
+        }
+        apis[self.rng.random_range(0..apis.len())].clone()
+    }
+
+    /// Sends one request; `timed` ones (valid posts) leave a sample for the per-fault statistics.
+    async fn send(&mut self, request: reqwest::RequestBuilder, timed: bool) -> Answer {
         self.shared.pacer.wait().await;
         self.report.requests += 1;
+        let sent_at = self.shared.clock.secs();
         let answer = match request.timeout(self.timeout).send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -273,15 +288,30 @@ impl Client {
             Answer::Timeout => "timeout".to_owned(),
             Answer::NoConnection => "no-connection".to_owned(),
         };
+        if timed {
+            self.report.post_samples.push(PostSample {
+                at: sent_at,
+                secs: self.shared.clock.secs() - sent_at,
+                answer: label.clone(),
+                retry_after: matches!(
+                    answer,
+                    Answer::Status {
+                        retry_after: Some(_),
+                        ..
+                    }
+                ),
+            });
+        }
         *self.report.answers.entry(label).or_default() += 1;
         answer
     }
 
-    fn post(&self, path: &str, tenant: Tenant, key: Option<&str>) -> reqwest::RequestBuilder {
+    fn post(&mut self, path: &str, tenant: Tenant, key: Option<&str>) -> reqwest::RequestBuilder {
+        let api = self.api();
         let mut request = self
             .shared
             .http
-            .post(format!("{}{path}", self.shared.api))
+            .post(format!("{api}{path}"))
             .bearer_auth(tenant.key);
         if let Some(key) = key {
             request = request.header("X-Idempotency-Key", key);
@@ -336,7 +366,7 @@ impl Client {
             }
             posts += 1;
             let request = self.post("/activities", tenant, key).json(body);
-            let retry_after = match self.send(request).await {
+            let retry_after = match self.send(request, true).await {
                 Answer::Status {
                     status: 202, body, ..
                 } => {
@@ -438,6 +468,7 @@ impl Client {
         let body = self.activity_body(&key, false);
         self.report.concurrent_sends += 1;
         let shared = self.shared.clone();
+        let other_api = self.api();
         let other_body = body.clone();
         let other_key = key.clone();
         // The second copy is a plain request on its own task: one attempt, its answer only counted.
@@ -445,7 +476,7 @@ impl Client {
             shared.pacer.wait().await;
             shared
                 .http
-                .post(format!("{}/activities", shared.api))
+                .post(format!("{other_api}/activities"))
                 .timeout(PATIENT_TIMEOUT)
                 .bearer_auth(tenant.key)
                 .header("X-Idempotency-Key", other_key)
@@ -517,7 +548,7 @@ impl Client {
                 .post("/activities/batch", tenant, None)
                 .json(&json!({ "activities": activities }));
             let mut retry_after = None;
-            match self.send(request).await {
+            match self.send(request, true).await {
                 Answer::Status {
                     status,
                     body,
@@ -615,14 +646,15 @@ impl Client {
         let mut drops = Vec::new();
         let mut got = None;
         for _ in 0..15 {
-            let mut request = self.shared.http.request(
-                spec.method.clone(),
-                format!("{}{}", self.shared.api, spec.path),
-            );
+            let api = self.api();
+            let mut request = self
+                .shared
+                .http
+                .request(spec.method.clone(), format!("{api}{}", spec.path));
             for (name, value) in &spec.headers {
                 request = request.header(*name, value.as_str());
             }
-            match self.send(request.body(spec.body.clone())).await {
+            match self.send(request.body(spec.body.clone()), false).await {
                 Answer::Status { status, .. } => {
                     got = Some(status);
                     break;
