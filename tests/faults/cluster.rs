@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::stack::{kill_and_wait, read_pid};
 use anyhow::Context;
 
 /// The three KRaft nodes of the profile (each broker and controller).
@@ -199,28 +200,15 @@ impl PrivateCluster {
         Ok(())
     }
 
-    fn pid_of(&self, pidfile: &Path) -> anyhow::Result<String> {
-        let pid = std::fs::read_to_string(pidfile)
-            .with_context(|| format!("reading {}", pidfile.display()))?
-            .trim()
-            .to_owned();
-        anyhow::ensure!(
-            !pid.is_empty() && pid.chars().all(|c| c.is_ascii_digit()),
-            "bad pid in {}",
-            pidfile.display()
-        );
-        Ok(pid)
-    }
-
     /// SIGKILL of one broker's JVM (a crash); `up("kafka")` restarts it.
     pub async fn kill_kafka(&self, node: u8) -> anyhow::Result<()> {
-        let pid = self.pid_of(&self.dir.join(format!("kafka-{node}/kafka.pid")))?;
+        let pid = read_pid(&self.dir.join(format!("kafka-{node}/kafka.pid")))?;
         kill_and_wait(&pid).await
     }
 
     /// SIGKILL of one Redis node; `up("redis")` restarts it (it rejoins from its nodes.conf).
     pub async fn kill_redis(&self, port: u16) -> anyhow::Result<()> {
-        let pid = self.pid_of(&self.dir.join(format!("redis-{port}/redis.pid")))?;
+        let pid = read_pid(&self.dir.join(format!("redis-{port}/redis.pid")))?;
         kill_and_wait(&pid).await
     }
 
@@ -302,29 +290,6 @@ impl Drop for PrivateCluster {
     fn drop(&mut self) {
         self.stop_blocking(false);
     }
-}
-
-/// SIGKILL, then wait until the process is gone (so `up` sees a dead pid and restarts it).
-async fn kill_and_wait(pid: &str) -> anyhow::Result<()> {
-    let status = tokio::process::Command::new("kill")
-        .args(["-KILL", pid])
-        .status()
-        .await?;
-    anyhow::ensure!(status.success(), "kill -KILL {pid} failed");
-    let stat = PathBuf::from(format!("/proc/{pid}/stat"));
-    for _ in 0..100 {
-        let alive = std::fs::read_to_string(&stat)
-            .map(|stat| {
-                let state = stat.rsplit(") ").next().unwrap_or_default();
-                !state.starts_with('Z') && !state.starts_with('X')
-            })
-            .unwrap_or(false);
-        if !alive {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("pid {pid} did not die after SIGKILL")
 }
 
 /// The pure parts, run by `--self-checks` and at the start of every run.

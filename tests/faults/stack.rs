@@ -158,36 +158,7 @@ impl PrivateStack {
 
     /// SIGKILL of the broker's JVM (a crash, not a shutdown); `up(Some(Kafka))` restarts it.
     pub async fn kill_kafka(&self) -> anyhow::Result<()> {
-        let pidfile = self.dir.join("kafka/kafka.pid");
-        let pid = std::fs::read_to_string(&pidfile)
-            .with_context(|| format!("reading {}", pidfile.display()))?
-            .trim()
-            .to_owned();
-        anyhow::ensure!(
-            !pid.is_empty() && pid.chars().all(|c| c.is_ascii_digit()),
-            "bad pid in {}",
-            pidfile.display()
-        );
-        let status = tokio::process::Command::new("kill")
-            .args(["-KILL", &pid])
-            .status()
-            .await?;
-        anyhow::ensure!(status.success(), "kill -KILL {pid} failed");
-        // Wait until it is gone, so `up` sees a dead pid and restarts it.
-        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-        for _ in 0..100 {
-            let alive = std::fs::read_to_string(proc_dir.join("stat"))
-                .map(|stat| {
-                    let state = stat.rsplit(") ").next().unwrap_or_default();
-                    !state.starts_with('Z') && !state.starts_with('X')
-                })
-                .unwrap_or(false);
-            if !alive {
-                return Ok(());
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        anyhow::bail!("the broker (pid {pid}) did not die after SIGKILL")
+        kill_and_wait(&read_pid(&self.dir.join("kafka/kafka.pid"))?).await
     }
 
     /// Stops every service (blocking; also used on the way out after an error).
@@ -214,4 +185,41 @@ impl Drop for PrivateStack {
     fn drop(&mut self) {
         self.stop_blocking();
     }
+}
+
+/// The pid a service's pid file holds.
+pub fn read_pid(pidfile: &Path) -> anyhow::Result<String> {
+    let pid = std::fs::read_to_string(pidfile)
+        .with_context(|| format!("reading {}", pidfile.display()))?
+        .trim()
+        .to_owned();
+    anyhow::ensure!(
+        !pid.is_empty() && pid.chars().all(|c| c.is_ascii_digit()),
+        "bad pid in {}",
+        pidfile.display()
+    );
+    Ok(pid)
+}
+
+/// SIGKILL, then wait until the process is gone (so `up` sees a dead pid and restarts it).
+pub async fn kill_and_wait(pid: &str) -> anyhow::Result<()> {
+    let status = tokio::process::Command::new("kill")
+        .args(["-KILL", pid])
+        .status()
+        .await?;
+    anyhow::ensure!(status.success(), "kill -KILL {pid} failed");
+    let stat = PathBuf::from(format!("/proc/{pid}/stat"));
+    for _ in 0..100 {
+        let alive = std::fs::read_to_string(&stat)
+            .map(|stat| {
+                let state = stat.rsplit(") ").next().unwrap_or_default();
+                !state.starts_with('Z') && !state.starts_with('X')
+            })
+            .unwrap_or(false);
+        if !alive {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("pid {pid} did not die after SIGKILL")
 }
