@@ -5,7 +5,7 @@ use serde_json::Value;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{actions, api, dead_letters, error, overview};
+use super::{actions, api, dead_letters, error, overview, tenants};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,6 +27,9 @@ use super::{actions, api, dead_letters, error, overview};
         api::export_dead_letters,
         api::replay,
         api::purge,
+        tenants::list,
+        tenants::one,
+        tenants::tail,
         api::audit,
         api::openapi,
     ),
@@ -49,12 +52,16 @@ use super::{actions, api, dead_letters, error, overview};
         dead_letters::DroppedPrefix,
         dead_letters::ActionItem,
         actions::ActionRequest,
+        tenants::TenantList,
+        tenants::TenantCounts,
+        tenants::TypeCount,
     )),
     modifiers(&OperatorAuth),
     tags(
         (name = "session", description = "Logging in and out."),
         (name = "overview", description = "What each stage has waiting."),
         (name = "dead-letters", description = "The DLQ: listing, reading, exporting, replaying, purging."),
+        (name = "tenants", description = "Per tenant: the stores' counts and a live tail of its events."),
         (name = "audit", description = "What operators did."),
         (name = "documents", description = "This document."),
     )

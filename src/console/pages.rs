@@ -1,6 +1,7 @@
 //! The console's HTML pages, rendered on the server with maud: every value is escaped (a payload
-//! holding markup shows as text), the stylesheet is compiled into the binary, and there is no
-//! script. Actions are forms that POST with the session's CSRF token.
+//! holding markup shows as text), the stylesheet is compiled into the binary, and the only script
+//! is the live tail's (`assets/tail.js`, compiled in; it adds events as text). Actions are forms
+//! that POST with the session's CSRF token.
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
@@ -13,9 +14,11 @@ use super::auth::Operator;
 use super::chart::lag_chart;
 use super::dead_letters::{ActionItem, DeadLetterDetails, DeadLetterSummary, RawFilter};
 use super::error::ConsoleError;
+use super::tenants::{self, TailQuery};
 use super::ConsoleState;
 
 const STYLESHEET: &str = include_str!("assets/console.css");
+const TAIL_SCRIPT: &str = include_str!("assets/tail.js");
 
 /// A page's failure: to the login page when not logged in, else an HTML page with the message.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +78,7 @@ fn layout(title: &str, session: Option<(&Operator, &str)>, body: Markup) -> Mark
                         nav {
                             a href="/console" { "Overview" }
                             a href="/console/dead-letters" { "Dead letters" }
+                            a href="/console/tenants" { "Tenants" }
                             a href="/console/audit" { "Audit log" }
                         }
                         form.logout method="post" action="/console/logout" {
@@ -94,6 +98,12 @@ pub async fn stylesheet() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/css; charset=utf-8")
         .body(STYLESHEET)
+}
+
+pub async fn tail_script() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .body(TAIL_SCRIPT)
 }
 
 pub async fn login_form() -> HttpResponse {
@@ -496,6 +506,103 @@ pub async fn audit(
                     }
                 }
             }
+        },
+    )))
+}
+
+/// What each number of the tenants' pages is, and where it comes from.
+fn counts_legend() -> Markup {
+    html! {
+        dl.facts.legend {
+            dt { "Stored" } dd { "Activities in MongoDB, one document per idempotency key: the source of truth." }
+            dt { "Counted" } dd { "The Redis analytics counters summed (what GET /analytics answers); the consumer counts each key once as it stores it, so it equals Stored unless Redis lost data (then run " code { "analytics rebuild" } ")." }
+            dt { "Dead-lettered" } dd { "The tenant's records now in the DLQ (their Kafka key), purged ones not included." }
+            dt { "Not shown" } dd { "Accepted, API-side duplicate and rate-limited counts are kept only per process, in each API instance's Prometheus metrics (" code { "activity_pipeline_rate_limited_total{tenant}" } ", ...); one console cannot add them up." }
+        }
+    }
+}
+
+pub async fn tenants(
+    request: HttpRequest,
+    state: web::Data<ConsoleState>,
+) -> Result<HttpResponse, PageError> {
+    let operator = state.gate.authenticate(&request)?;
+    let csrf = state.gate.csrf_token(&operator);
+    let counts = tenants::counts_of(&state, &tenants::configured_tenants(&state)).await?;
+    Ok(page(layout(
+        "Tenants",
+        Some((&operator, &csrf)),
+        html! {
+            h1 { "Tenants" }
+            table #tenants {
+                thead { tr { th { "Tenant" } th.num { "Stored" } th.num { "Counted" } th.num { "Dead-lettered" } th { "Activity types" } } }
+                tbody {
+                    @for tenant in &counts {
+                        tr data-tenant=(tenant.tenant) {
+                            td { a href=(format!("/console/tenants/{}", tenant.tenant)) { (tenant.tenant) } }
+                            td.num.stored { (tenant.stored) }
+                            td.num.counted { (tenant.counted) }
+                            td.num.dead-lettered { a href=(format!("/console/dead-letters?tenant={}", tenant.tenant)) { (tenant.dead_lettered) } }
+                            td { (tenant.types.len()) }
+                        }
+                    }
+                }
+            }
+            (counts_legend())
+        },
+    )))
+}
+
+pub async fn tenant(
+    request: HttpRequest,
+    state: web::Data<ConsoleState>,
+    path: web::Path<String>,
+    query: web::Query<TailQuery>,
+) -> Result<HttpResponse, PageError> {
+    let operator = state.gate.authenticate(&request)?;
+    let csrf = state.gate.csrf_token(&operator);
+    let tenant = tenants::configured_tenant(&state, &path)?;
+    // Checked here too, so a bad filter is a 400 page rather than a tail that never connects.
+    tenants::parse_types(query.activity_type.as_deref())?;
+    let wanted = query.activity_type.as_deref().map(str::trim).unwrap_or("");
+    let counts = tenants::counts_of(&state, std::slice::from_ref(&tenant))
+        .await?
+        .pop()
+        .ok_or_else(|| ConsoleError::Unexpected(anyhow::anyhow!("no counts for {tenant}")))?;
+    let mut source = format!("/console/api/tenants/{tenant}/tail");
+    if !wanted.is_empty() {
+        source.push('?');
+        source.push_str(&serde_urlencoded::to_string([("type", wanted)]).unwrap_or_default());
+    }
+    Ok(page(layout(
+        &format!("Tenant {tenant}"),
+        Some((&operator, &csrf)),
+        html! {
+            h1 { "Tenant " (tenant) }
+            dl.facts #counts {
+                dt { "Stored" } dd.stored { (counts.stored) }
+                dt { "Counted" } dd.counted { (counts.counted) }
+                dt { "Dead-lettered" } dd.dead-lettered { a href=(format!("/console/dead-letters?tenant={tenant}")) { (counts.dead_lettered) } }
+            }
+            h2 { "Activity types" }
+            table #types {
+                thead { tr { th { "Type" } th.num { "Stored" } th.num { "Counted" } } }
+                tbody {
+                    @for count in &counts.types {
+                        tr { td { code { (count.activity_type) } } td.num { (count.stored) } td.num { (count.counted) } }
+                    }
+                }
+            }
+            (counts_legend())
+            h2 { "Live tail" }
+            form.filter method="get" action=(format!("/console/tenants/{tenant}")) {
+                label { "Types " input name="type" placeholder="login,comment.created" value=(wanted); }
+                button type="submit" { "Filter" }
+            }
+            p #tail-status.muted { "The live tail needs JavaScript (EventSource); "
+                a href=(source) { "the raw event stream" } " works without it." }
+            ul #tail data-source=(source) {}
+            script src="/console/assets/tail.js" defer {}
         },
     )))
 }

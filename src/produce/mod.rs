@@ -47,6 +47,8 @@ use crate::store::{ActivityRepository, RedisStore};
 pub use activities::IDEMPOTENCY_KEY_HEADER;
 pub use auth::TENANT_HEADER;
 pub use error::ApiError;
+/// The live fan-out, shared with the console's live tail (one implementation of the Pub/Sub side).
+pub(crate) use fanout::{Fanout, JoinError, LiveFeed};
 pub use metrics::NAMESPACE as METRICS_NAMESPACE;
 pub use stream::{LAST_EVENT_ID_HEADER, REPLAY_TRUNCATED_EVENT};
 

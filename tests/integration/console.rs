@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{activity, eventually, filter, load_settings, TestPipeline, ACME_KEY};
+use crate::sse_client::SseClient;
 
 pub const ADMIN_TOKEN: &str = "dev-operator-admin";
 pub const VIEWER_TOKEN: &str = "dev-operator-viewer";
@@ -765,6 +766,178 @@ async fn garbage_gets_a_precise_400() {
             .contains("no dead letter at 0:999999"),
         "{body}"
     );
+    console.stop();
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_shows_the_stores_counts_and_a_live_tail_of_the_types_asked_for() {
+    let pipeline = TestPipeline::spawn().await;
+    let console = TestConsole::spawn(&pipeline).await;
+    for (key, activity_type) in [
+        ("t-login-1", "login"),
+        ("t-login-2", "login"),
+        ("t-comment-1", "comment.created"),
+    ] {
+        let response = pipeline
+            .post_activity(ACME_KEY, Some(key), &activity("u1", activity_type))
+            .await;
+        assert_eq!(response.status(), 202);
+    }
+    assert_eq!(
+        pipeline.wait_for_count(doc! {"tenantId": "acme"}, 3).await,
+        3
+    );
+    dead_letter(&pipeline, "acme", "t-dead", "poison", "bad", b"{}").await;
+
+    let wanted = json!({
+        "tenant": "acme",
+        "stored": 3,
+        "counted": 3,
+        "deadLettered": 1,
+        "types": [
+            {"type": "comment.created", "stored": 1, "counted": 1},
+            {"type": "login", "stored": 2, "counted": 2},
+        ],
+    });
+    eventually("acme's counts", || async {
+        console
+            .get(Some(VIEWER_TOKEN), "/console/api/tenants/acme")
+            .await
+            .1
+            == wanted
+    })
+    .await;
+    let (status, all) = console
+        .get(Some(VIEWER_TOKEN), "/console/api/tenants")
+        .await;
+    assert_eq!(status, 200, "{all}");
+    let tenants: Vec<&str> = all["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|tenant| tenant["tenant"].as_str().unwrap())
+        .collect();
+    assert_eq!(tenants, ["acme", "globex"]);
+    assert_eq!(all["tenants"][0], wanted);
+    assert_eq!(all["tenants"][1]["stored"], 0);
+
+    // The live tail, filtered to comments: a login posted first never shows, the comment does.
+    let response = console
+        .http
+        .get(console.url("/console/api/tenants/acme/tail?type=comment.created"))
+        .bearer_auth(VIEWER_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let mut tail = SseClient::from_response(response);
+    // Another tenant's event and another type's are not this tail's.
+    pipeline
+        .post_activity(
+            crate::helpers::GLOBEX_KEY,
+            Some("g-comment"),
+            &activity("u9", "comment.created"),
+        )
+        .await;
+    pipeline
+        .post_activity(ACME_KEY, Some("live-login"), &activity("u2", "login"))
+        .await;
+    pipeline
+        .post_activity(
+            ACME_KEY,
+            Some("live-comment"),
+            &activity("u2", "comment.created"),
+        )
+        .await;
+    let event = tail
+        .next_event(Duration::from_secs(15))
+        .await
+        .expect("the comment arrives on the tail");
+    let json = event.json();
+    assert_eq!(json["idempotencyKey"], "live-comment", "{json}");
+    assert_eq!(json["tenantId"], "acme");
+    assert_eq!(event.id.as_deref(), json["id"].as_str());
+
+    // The page: the counts, and the tail wired to the same filter.
+    let cookie = console.log_in(VIEWER_TOKEN).await;
+    let (status, page) = console
+        .page(&cookie, "/console/tenants/acme?type=comment.created")
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains(r#"data-source="/console/api/tenants/acme/tail?type=comment.created""#),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"<script src="/console/assets/tail.js""#),
+        "{page}"
+    );
+    let (status, listing) = console.page(&cookie, "/console/tenants").await;
+    assert_eq!(status, 200);
+    assert!(
+        listing.contains(r#"href="/console/tenants/globex""#),
+        "{listing}"
+    );
+    let script = console
+        .http
+        .get(console.url("/console/assets/tail.js"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        script.contains("textContent") && !script.contains("innerHTML"),
+        "events are added as text"
+    );
+
+    // Garbage: a precise status for each.
+    for (path, status, expected) in [
+        ("/console/api/tenants/nobody", 404, "no tenant `nobody`"),
+        (
+            "/console/api/tenants/nobody/tail",
+            404,
+            "no tenant `nobody`",
+        ),
+        ("/console/api/tenants/Not%20A%20Tenant", 400, "`tenant`"),
+        (
+            "/console/api/tenants/acme/tail?type=%3Cscript%3E",
+            400,
+            "`type`: \"<script>\"",
+        ),
+        (
+            "/console/api/tenants/acme/tail?type=login,",
+            400,
+            "`type`: \"\"",
+        ),
+        (
+            "/console/api/tenants/acme/tail?colour=red",
+            400,
+            "unknown field `colour`",
+        ),
+    ] {
+        let (got, body) = console.get(Some(VIEWER_TOKEN), path).await;
+        assert_eq!(got, status, "{path}: {body}");
+        let message = body["error"].as_str().unwrap();
+        assert!(message.contains(expected), "{path}: {message}");
+    }
+    let (status, _) = console.get(None, "/console/api/tenants/acme/tail").await;
+    assert_eq!(status, 401);
+    let (status, _) = console
+        .get(Some(ACME_KEY), "/console/api/tenants/acme/tail")
+        .await;
+    assert_eq!(status, 401, "a tenant's key does not open its tail here");
+    let (status, page) = console
+        .page(&cookie, "/console/tenants/acme?type=%3Cb%3Ex")
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        page.contains("&lt;b&gt;x") && !page.contains("<b>x"),
+        "{page}"
+    );
+    let (status, _) = console.page(&cookie, "/console/tenants/nobody").await;
+    assert_eq!(status, 404);
     console.stop();
     pipeline.stop().await;
 }
