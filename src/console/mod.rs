@@ -22,6 +22,7 @@
 //! - `auth`: operators, sessions, CSRF. `error`: the error type and its answers.
 //! - `overview`: the lag sampler and its bounded history. `chart`: its SVG drawing.
 //! - `dead_letters`: filters, pages, action reports. `actions`: the audited actions.
+//! - `retries`: what waits in each retry topic and when its head is due.
 //! - `tenants`: per-tenant counts from the stores, the live tail (the API's `Fanout`).
 //! - `api`: the JSON API. `pages`: the HTML. `openapi`: the API's document.
 
@@ -34,6 +35,7 @@ mod error;
 mod openapi;
 mod overview;
 mod pages;
+mod retries;
 mod tenants;
 
 use std::net::TcpListener;
@@ -260,6 +262,10 @@ fn api_route_table() -> RouteTable {
             vec![(Method::GET, web::get().to(tenants::tail))],
         ),
         (
+            "/console/api/retries",
+            vec![(Method::GET, web::get().to(retries::retries))],
+        ),
+        (
             "/console/api/audit",
             vec![(Method::GET, web::get().to(api::audit))],
         ),
@@ -311,6 +317,10 @@ fn page_route_table() -> RouteTable {
         (
             "/console/tenants/{tenant}",
             vec![(Method::GET, web::get().to(pages::tenant))],
+        ),
+        (
+            "/console/retries",
+            vec![(Method::GET, web::get().to(pages::retries))],
         ),
         (
             "/console/audit",

@@ -14,6 +14,7 @@ use super::auth::Operator;
 use super::chart::lag_chart;
 use super::dead_letters::{ActionItem, DeadLetterDetails, DeadLetterSummary, RawFilter};
 use super::error::ConsoleError;
+use super::retries::retries_now;
 use super::tenants::{self, TailQuery};
 use super::ConsoleState;
 
@@ -79,6 +80,7 @@ fn layout(title: &str, session: Option<(&Operator, &str)>, body: Markup) -> Mark
                             a href="/console" { "Overview" }
                             a href="/console/dead-letters" { "Dead letters" }
                             a href="/console/tenants" { "Tenants" }
+                            a href="/console/retries" { "Retries" }
                             a href="/console/audit" { "Audit log" }
                         }
                         form.logout method="post" action="/console/logout" {
@@ -603,6 +605,74 @@ pub async fn tenant(
                 a href=(source) { "the raw event stream" } " works without it." }
             ul #tail data-source=(source) {}
             script src="/console/assets/tail.js" defer {}
+        },
+    )))
+}
+
+/// "in 1.5 s" or "overdue by 3.0 s".
+fn due_in(milliseconds: i64) -> String {
+    let seconds = milliseconds.unsigned_abs() as f64 / 1000.0;
+    if milliseconds >= 0 {
+        format!("in {seconds:.1} s")
+    } else {
+        format!("overdue by {seconds:.1} s")
+    }
+}
+
+pub async fn retries(
+    request: HttpRequest,
+    state: web::Data<ConsoleState>,
+) -> Result<HttpResponse, PageError> {
+    let operator = state.gate.authenticate(&request)?;
+    let csrf = state.gate.csrf_token(&operator);
+    let view = retries_now(&state).await;
+    Ok(page(layout(
+        "Retries",
+        Some((&operator, &csrf)),
+        html! {
+            h1 { "Retries" }
+            p.muted {
+                "Waiting: each partition's end offset minus the step's consumer group's committed offset"
+                @match view.sampled_at {
+                    Some(at) => { " (sampled " (at.format("%H:%M:%S UTC")) ")" }
+                    None => { " (not sampled yet)" }
+                }
+                ". Head: the record the stage reads next, read at " (view.read_at.format("%H:%M:%S UTC"))
+                "; the stage holds it until its " code { "retry-due-at" } " header (never longer than the step's delay after reading it)."
+            }
+            @for step in &view.steps {
+                section.retry-step data-step=(step.step) {
+                    h2 { "Step " (step.step) ": " code { (step.topic) } }
+                    p { "Group " code { (step.group) } ", delay " (step.delay_ms) " ms, "
+                        strong.waiting { (step.waiting) } " waiting." }
+                    @if let Some(error) = &step.error { p.error { (error) } }
+                    @if step.waiting > 0 {
+                        table.retry-partitions {
+                            thead { tr { th.num { "Partition" } th.num { "End" } th.num { "Committed" } th.num { "Waiting" } th.num { "Head offset" } th { "Tenant" } th { "Idempotency key" } th { "Due at" } th { "Due" } th { "Last error" } } }
+                            tbody {
+                                @for partition in step.partitions.iter().filter(|partition| partition.waiting > 0) {
+                                    tr {
+                                        td.num { (partition.partition) }
+                                        td.num { (partition.end_offset) }
+                                        td.num { (partition.committed.map_or("none".to_owned(), |c| c.to_string())) }
+                                        td.num { (partition.waiting) }
+                                        @if let Some(head) = &partition.head {
+                                            td.num { (head.offset) }
+                                            td { (head.tenant.as_deref().unwrap_or("—")) }
+                                            td { code { (head.idempotency_key.as_deref().unwrap_or("—")) } }
+                                            td { (head.due_at.as_deref().unwrap_or("— (due now)")) }
+                                            td.due { (head.due_in_ms.map_or("now".to_owned(), due_in)) }
+                                            td.error-text { (head.error.as_deref().unwrap_or("")) }
+                                        } @else {
+                                            td.muted colspan="6" { "not read" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         },
     )))
 }

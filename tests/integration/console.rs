@@ -941,3 +941,85 @@ async fn a_tenant_shows_the_stores_counts_and_a_live_tail_of_the_types_asked_for
     console.stop();
     pipeline.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retries_view_shows_what_waits_and_when_the_head_is_due() {
+    // No consumer: nothing takes the retry records, so they wait.
+    let pipeline = TestPipeline::spawn_api_only(&[]).await;
+    let console = TestConsole::spawn(&pipeline).await;
+    let retry_topic = pipeline.settings.kafka.retry_topic_for(1);
+    let due_later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let overdue = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
+    for (key, due_at) in [
+        ("retry-head", due_later.as_str()),
+        ("retry-second", overdue.as_str()),
+    ] {
+        let envelope = pipeline.envelope("acme", key, &activity("u1", "login"));
+        pipeline
+            .produce_raw(
+                &retry_topic,
+                Some("acme"),
+                Some(&envelope),
+                &[
+                    ("idempotency-key", key),
+                    ("retry-attempts", "1"),
+                    ("retry-due-at", due_at),
+                    ("retry-error", "MongoDB timed out"),
+                ],
+            )
+            .await;
+    }
+    let retries = || async {
+        console
+            .get(Some(VIEWER_TOKEN), "/console/api/retries")
+            .await
+    };
+    eventually("two records waiting in step 1", || async {
+        retries().await.1["steps"][0]["waiting"] == 2
+    })
+    .await;
+    let (status, view) = retries().await;
+    assert_eq!(status, 200, "{view}");
+    let steps = view["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), pipeline.settings.retry.delays_ms.len());
+    assert_eq!(steps[0]["topic"], retry_topic.as_str());
+    assert_eq!(
+        steps[0]["group"],
+        format!("{}.retry.1", pipeline.settings.kafka.consumer_group)
+    );
+    assert!(steps[1..].iter().all(|step| step["waiting"] == 0), "{view}");
+    let waiting: Vec<&Value> = steps[0]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|partition| partition["waiting"] != 0)
+        .collect();
+    assert_eq!(waiting.len(), 1, "one tenant, one partition: {view}");
+    let partition = waiting[0];
+    assert_eq!(partition["waiting"], 2);
+    assert!(partition["committed"].is_null());
+    // The head is the older record (the group reads it next), due in about an hour.
+    let head = &partition["head"];
+    assert_eq!(head["idempotencyKey"], "retry-head", "{view}");
+    assert_eq!(head["tenant"], "acme");
+    assert_eq!(head["dueAt"], due_later.as_str());
+    assert_eq!(head["attempts"], "1");
+    let due_in_ms = head["dueInMs"].as_i64().unwrap();
+    assert!((3_000_000..=3_600_000).contains(&due_in_ms), "{due_in_ms}");
+
+    let cookie = console.log_in(VIEWER_TOKEN).await;
+    let (status, page) = console.page(&cookie, "/console/retries").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("retry-head") && page.contains("in 3"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("retry-second"),
+        "only the head is shown: {page}"
+    );
+    let (status, _) = console.get(None, "/console/api/retries").await;
+    assert_eq!(status, 401);
+    console.stop();
+    pipeline.stop().await;
+}
