@@ -280,6 +280,15 @@ fn action_forms(filter: &RawFilter, csrf: &str, operator: &Operator) -> Markup {
     }
 }
 
+/// The export of `filter`'s selection in `format`.
+fn export_link(filter: &RawFilter, format: &str) -> String {
+    let mut query = filter.to_query();
+    if !query.is_empty() {
+        query.push('&');
+    }
+    format!("/console/api/dead-letters/export?{query}format={format}")
+}
+
 fn summary_row(dead: &DeadLetterSummary) -> Markup {
     html! {
         tr {
@@ -326,7 +335,9 @@ pub async fn dead_letters(
                 a href="/console/dead-letters" { "Clear" }
             }
             p { (page_data.total) " dead letter(s) match, newest first. "
-                a href=(format!("/console/api/dead-letters/export?{}", filter.to_query())) { "Export as JSON lines" } }
+                a href=(format!("/console/api/dead-letters/export?{}", filter.to_query())) { "Export as JSON lines" }
+                " · "
+                a href=(export_link(&filter, "csv")) { "as CSV" } }
             (action_forms(&filter, &csrf, &operator))
             table #dead-letters {
                 thead { tr { th { "Position" } th { "Tenant" } th { "Idempotency key" } th { "Class" } th.num { "Attempts" } th { "Last failure" } th { "Error" } } }

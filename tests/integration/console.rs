@@ -1023,3 +1023,123 @@ async fn the_retries_view_shows_what_waits_and_when_the_head_is_due() {
     console.stop();
     pipeline.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_csv_export_selects_what_the_json_lines_do_and_round_trips_payloads() {
+    let pipeline = TestPipeline::spawn_api_only(&[]).await;
+    let console = TestConsole::spawn(&pipeline).await;
+    let awkward = "{\"note\": \"commas, \\\"quotes\\\" and\\nescapes\"}\nthen a raw line, \"quoted\"\r\nand CRLF";
+    dead_letter(
+        &pipeline,
+        "acme",
+        "csv-awkward",
+        "poison",
+        "not JSON, \"really\"\nat all",
+        awkward.as_bytes(),
+    )
+    .await;
+    dead_letter(&pipeline, "acme", "csv-plain", "poison", "bad", b"{}").await;
+    dead_letter(&pipeline, "globex", "csv-other", "poison", "bad", b"{}").await;
+    eventually("three dead letters listed", || async {
+        console
+            .get(Some(VIEWER_TOKEN), "/console/api/dead-letters")
+            .await
+            .1["total"]
+            == 3
+    })
+    .await;
+
+    let export = |query: &'static str| {
+        let request = console
+            .http
+            .get(console.url(&format!("/console/api/dead-letters/export?{query}")))
+            .bearer_auth(VIEWER_TOKEN);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let content_type = response
+                .headers()
+                .get("content-type")
+                .map(|value| value.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            (status, content_type, response.text().await.unwrap())
+        }
+    };
+    let (status, content_type, csv_body) = export("tenant=acme&format=csv").await;
+    assert_eq!(status, 200, "{csv_body}");
+    assert!(content_type.starts_with("text/csv"), "{content_type}");
+    let mut reader = csv::Reader::from_reader(csv_body.as_bytes());
+    let columns: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    let column = |name: &str| columns.iter().position(|column| column == name).unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 2, "{csv_body}");
+    let row = rows
+        .iter()
+        .find(|row| &row[column("idempotencyKey")] == "csv-awkward")
+        .expect("the awkward one is exported");
+    assert_eq!(&row[column("payload")], awkward, "the payload round-trips");
+    assert_eq!(&row[column("error")], "not JSON, \"really\"\nat all");
+    assert_eq!(&row[column("tenant")], "acme");
+    let headers: Vec<(String, Option<String>)> =
+        serde_json::from_str(&row[column("headers")]).unwrap();
+    assert!(headers.contains(&("dlq-error-class".to_owned(), Some("poison".to_owned()))));
+
+    // The same selection as the JSON lines export, in the same order.
+    let (status, content_type, lines) = export("tenant=acme").await;
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("application/x-ndjson"));
+    let json_positions: Vec<String> = lines
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).unwrap()["position"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let csv_positions: Vec<String> = rows
+        .iter()
+        .map(|row| row[column("position")].to_owned())
+        .collect();
+    assert_eq!(json_positions, csv_positions);
+
+    for (query, expected) in [
+        ("format=xml", "`format`: \"xml\" is not an export format"),
+        ("format=csv&class=exploded", "`class`"),
+        ("format=csv&colour=red", "unknown field `colour`"),
+    ] {
+        let (status, body) = console
+            .get(
+                Some(VIEWER_TOKEN),
+                &format!("/console/api/dead-letters/export?{query}"),
+            )
+            .await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(expected),
+            "{query}: {body}"
+        );
+    }
+    let audit = console.audit().await;
+    assert!(
+        audit.iter().any(|entry| entry["action"] == "export"
+            && entry["filter"] == "tenant=acme"
+            && entry["outcome"] == "ok: 2 dead letter(s) as csv"),
+        "{audit:?}"
+    );
+    let cookie = console.log_in(VIEWER_TOKEN).await;
+    let (_, page) = console
+        .page(&cookie, "/console/dead-letters?tenant=acme")
+        .await;
+    assert!(
+        page.contains("/console/api/dead-letters/export?tenant=acme&amp;format=csv"),
+        "{page}"
+    );
+    console.stop();
+    pipeline.stop().await;
+}
