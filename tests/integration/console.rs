@@ -1018,6 +1018,37 @@ async fn the_retries_view_shows_what_waits_and_when_the_head_is_due() {
         !page.contains("retry-second"),
         "only the head is shown: {page}"
     );
+
+    // The step's group commits past the first record: one waits, and the head is the overdue one.
+    let group = format!("{}.retry.1", pipeline.settings.kafka.consumer_group);
+    let partition_id = i32::try_from(partition["partition"].as_i64().unwrap()).unwrap();
+    commit_offset(&pipeline, &group, &retry_topic, partition_id, 1);
+    eventually("one record waiting in step 1", || async {
+        retries().await.1["steps"][0]["waiting"] == 1
+    })
+    .await;
+    let (_, view) = retries().await;
+    let partition = view["steps"][0]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|found| found["partition"] == partition_id)
+        .unwrap()
+        .clone();
+    assert_eq!(partition["committed"], 1, "{view}");
+    assert_eq!(
+        partition["head"]["idempotencyKey"], "retry-second",
+        "{view}"
+    );
+    assert!(
+        partition["head"]["dueInMs"].as_i64().unwrap() < -290_000,
+        "{view}"
+    );
+    let (_, page) = console.page(&cookie, "/console/retries").await;
+    assert!(
+        page.contains("retry-second") && page.contains("overdue by"),
+        "{page}"
+    );
     let (status, _) = console.get(None, "/console/api/retries").await;
     assert_eq!(status, 401);
     console.stop();
@@ -1142,4 +1173,19 @@ async fn the_csv_export_selects_what_the_json_lines_do_and_round_trips_payloads(
     );
     console.stop();
     pipeline.stop().await;
+}
+
+/// Commits `offset` for `group` on one partition, as the stage's consumer would have.
+fn commit_offset(pipeline: &TestPipeline, group: &str, topic: &str, partition: i32, offset: i64) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &pipeline.settings.kafka.brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut offsets = rdkafka::TopicPartitionList::new();
+    offsets
+        .add_partition_offset(topic, partition, rdkafka::Offset::Offset(offset))
+        .unwrap();
+    consumer.commit(&offsets, CommitMode::Sync).unwrap();
 }
