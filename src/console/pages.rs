@@ -527,10 +527,13 @@ pub async fn audit(
 fn counts_legend() -> Markup {
     html! {
         dl.facts.legend {
+            dt { "Accepted" } dd { "Activities the API acknowledged (Kafka took them), every API instance together: each adds its counts to a Redis hash every second, so the last second may be missing, and a crashed instance's last second is lost." }
+            dt { "Duplicate" } dd { "Activities the API answered " code { "duplicate: true" } " (already accepted under that key): nothing produced. Same source as Accepted." }
+            dt { "Rate-limited" } dd { "Activities the API refused with 429 (the tenant's rate limit). Same source as Accepted." }
             dt { "Stored" } dd { "Activities in MongoDB, one document per idempotency key: the source of truth." }
             dt { "Counted" } dd { "The Redis analytics counters summed (what GET /analytics answers); the consumer counts each key once as it stores it, so it equals Stored unless Redis lost data (then run " code { "analytics rebuild" } ")." }
             dt { "Dead-lettered" } dd { "The tenant's records now in the DLQ (their Kafka key), purged ones not included." }
-            dt { "Not shown" } dd { "Accepted, API-side duplicate and rate-limited counts are kept only per process, in each API instance's Prometheus metrics (" code { "activity_pipeline_rate_limited_total{tenant}" } ", ...); one console cannot add them up." }
+
         }
     }
 }
@@ -548,11 +551,14 @@ pub async fn tenants(
         html! {
             h1 { "Tenants" }
             table #tenants {
-                thead { tr { th { "Tenant" } th.num { "Stored" } th.num { "Counted" } th.num { "Dead-lettered" } th { "Activity types" } } }
+                thead { tr { th { "Tenant" } th.num { "Accepted" } th.num { "Duplicate" } th.num { "Rate-limited" } th.num { "Stored" } th.num { "Counted" } th.num { "Dead-lettered" } th { "Activity types" } } }
                 tbody {
                     @for tenant in &counts {
                         tr data-tenant=(tenant.tenant) {
                             td { a href=(format!("/console/tenants/{}", tenant.tenant)) { (tenant.tenant) } }
+                            td.num.accepted { (tenant.accepted) }
+                            td.num.duplicate { (tenant.duplicate) }
+                            td.num.rate-limited { (tenant.rate_limited) }
                             td.num.stored { (tenant.stored) }
                             td.num.counted { (tenant.counted) }
                             td.num.dead-lettered { a href=(format!("/console/dead-letters?tenant={}", tenant.tenant)) { (tenant.dead_lettered) } }
@@ -593,6 +599,9 @@ pub async fn tenant(
         html! {
             h1 { "Tenant " (tenant) }
             dl.facts #counts {
+                dt { "Accepted" } dd.accepted { (counts.accepted) }
+                dt { "Duplicate" } dd.duplicate { (counts.duplicate) }
+                dt { "Rate-limited" } dd.rate-limited { (counts.rate_limited) }
                 dt { "Stored" } dd.stored { (counts.stored) }
                 dt { "Counted" } dd.counted { (counts.counted) }
                 dt { "Dead-lettered" } dd.dead-lettered { a href=(format!("/console/dead-letters?tenant={tenant}")) { (counts.dead_lettered) } }

@@ -3,9 +3,9 @@
 //! the API's own Pub/Sub fan-out ([`crate::produce::Fanout`]).
 //!
 //! Every number comes from a store shared by all instances, never from one process's Prometheus
-//! counters: the console is one process among many and would show a fraction of the truth.
-//! Accepted, API-side duplicate and rate-limited counts exist only as per-process metrics today,
-//! so this view does not show them (README, Console).
+//! counters: the console is one process among many and would show a fraction of the truth. The
+//! API's intake counts (accepted, duplicate, rate-limited) are the Redis hash every API instance
+//! adds to (`produce::IntakeTally`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
@@ -23,7 +23,7 @@ use super::error::{ConsoleError, ConsoleErrorBody};
 use super::ConsoleState;
 use crate::domain::TenantId;
 use crate::ops::dlq::DeadLetterFilter;
-use crate::produce::{JoinError, LiveFeed};
+use crate::produce::{IntakeOutcome, JoinError, LiveFeed};
 
 /// The most types one tail may filter on.
 pub const TAIL_TYPES_MAX: usize = 20;
@@ -35,6 +35,13 @@ const TYPE_MAX_CHARS: usize = 64;
 #[serde(rename_all = "camelCase")]
 pub struct TenantCounts {
     pub tenant: String,
+    /// Activities the API accepted (acknowledged by Kafka), all instances together; added to Redis
+    /// by each instance every second.
+    pub accepted: i64,
+    /// Activities the API answered as duplicates (`duplicate: true`, nothing produced).
+    pub duplicate: i64,
+    /// Activities the API refused with 429 (the rate limit).
+    pub rate_limited: i64,
     /// Activities stored in MongoDB (one document per idempotency key): the source of truth.
     pub stored: i64,
     /// The Redis analytics counters summed (the consumer counts each key once, as it stores it;
@@ -173,12 +180,29 @@ pub async fn counts_of(
             .map_err(|error| {
                 ConsoleError::Unavailable(anyhow::anyhow!("Redis's counters of {tenant}: {error}"))
             })?;
+        let intake = tokio::time::timeout(timeout, state.redis.intake_counts(tenant))
+            .await
+            .map_err(|_| {
+                ConsoleError::Unavailable(anyhow::anyhow!(
+                    "Redis's intake counts of {tenant} took longer than console.read_timeout_ms"
+                ))
+            })?
+            .map_err(|error| {
+                ConsoleError::Unavailable(anyhow::anyhow!(
+                    "Redis's intake counts of {tenant}: {error}"
+                ))
+            })?;
+        let intake_count =
+            |outcome: IntakeOutcome| intake.get(outcome.field()).copied().unwrap_or(0);
         let type_names: BTreeSet<&String> = stored_by_type
             .keys()
             .chain(counted_by_type.keys())
             .collect();
         counts.push(TenantCounts {
             tenant: tenant.to_string(),
+            accepted: intake_count(IntakeOutcome::Accepted),
+            duplicate: intake_count(IntakeOutcome::Duplicate),
+            rate_limited: intake_count(IntakeOutcome::RateLimited),
             stored: stored_by_type.values().sum(),
             counted: counted_by_type.values().sum(),
             dead_lettered: dead_lettered.get(tenant.as_str()).copied().unwrap_or(0),
@@ -200,10 +224,10 @@ pub async fn counts_of(
     path = "/console/api/tenants",
     tag = "tenants",
     operation_id = "listTenants",
-    description = "Every configured tenant with its counts: stored (MongoDB documents), counted (the \
-        Redis analytics counters), dead-lettered (its records now in the DLQ, purged ones not \
-        included), and both per activity type. Accepted, API-side duplicate and rate-limited counts \
-        are per-process Prometheus metrics (the API's /metrics) and are not shown.",
+    description = "Every configured tenant with its counts: accepted, duplicate and rate-limited (the \
+        API's intake counts, a Redis hash every API instance adds to each second), stored (MongoDB \
+        documents), counted (the Redis analytics counters), dead-lettered (its records now in the DLQ, \
+        purged ones not included), and stored and counted per activity type.",
     responses(
         (status = 200, description = "The tenants.", body = TenantList),
         (status = 401, description = "Not an operator.", body = ConsoleErrorBody),

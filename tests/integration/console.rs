@@ -792,6 +792,9 @@ async fn a_tenant_shows_the_stores_counts_and_a_live_tail_of_the_types_asked_for
 
     let wanted = json!({
         "tenant": "acme",
+        "accepted": 3,
+        "duplicate": 0,
+        "rateLimited": 0,
         "stored": 3,
         "counted": 3,
         "deadLettered": 1,
@@ -1188,4 +1191,62 @@ fn commit_offset(pipeline: &TestPipeline, group: &str, topic: &str, partition: i
         .add_partition_offset(topic, partition, rdkafka::Offset::Offset(offset))
         .unwrap();
     consumer.commit(&offsets, CommitMode::Sync).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_shows_what_the_api_accepted_answered_as_duplicate_and_rate_limited() {
+    let pipeline = TestPipeline::spawn_api_only(&[
+        "rate_limit.per_tenant_per_sec=1".to_owned(),
+        "rate_limit.burst=2".to_owned(),
+        "intake.batch_max_items=2".to_owned(),
+    ])
+    .await;
+    let console = TestConsole::spawn(&pipeline).await;
+    let login = activity("u1", "login");
+    let first = pipeline.post_activity(ACME_KEY, Some("k-1"), &login).await;
+    assert_eq!(first.status(), 202);
+    let again = pipeline.post_activity(ACME_KEY, Some("k-1"), &login).await;
+    assert_eq!(again.status(), 202);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["duplicate"], true, "{again}");
+    let over = pipeline.post_activity(ACME_KEY, Some("k-2"), &login).await;
+    assert_eq!(over.status(), 429);
+    let globex = pipeline
+        .post_activity(crate::helpers::GLOBEX_KEY, Some("g-1"), &login)
+        .await;
+    assert_eq!(globex.status(), 202);
+
+    // Each API instance adds its counts to Redis every second.
+    let intake = |tenant: &Value| {
+        (
+            tenant["accepted"].as_i64(),
+            tenant["duplicate"].as_i64(),
+            tenant["rateLimited"].as_i64(),
+        )
+    };
+    eventually("acme's intake counts", || async {
+        intake(
+            &console
+                .get(Some(VIEWER_TOKEN), "/console/api/tenants/acme")
+                .await
+                .1,
+        ) == (Some(1), Some(1), Some(1))
+    })
+    .await;
+    let (_, all) = console
+        .get(Some(VIEWER_TOKEN), "/console/api/tenants")
+        .await;
+    assert_eq!(
+        intake(&all["tenants"][1]),
+        (Some(1), Some(0), Some(0)),
+        "{all}"
+    );
+    let cookie = console.log_in(VIEWER_TOKEN).await;
+    let (_, page) = console.page(&cookie, "/console/tenants/acme").await;
+    assert!(
+        page.contains(r#"<dd class="rate-limited">1</dd>"#),
+        "{page}"
+    );
+    console.stop();
+    pipeline.stop().await;
 }
