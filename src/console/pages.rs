@@ -526,6 +526,7 @@ pub async fn audit(
 /// What each number of the tenants' pages is, and where it comes from.
 fn counts_legend() -> Markup {
     html! {
+        h2 { "Where each number comes from" }
         dl.facts.legend {
             dt { "Accepted" } dd { "Activities the API acknowledged (Kafka took them), every API instance together: each adds its counts to a Redis hash every second, so the last second may be missing, and a crashed instance's last second is lost." }
             dt { "Duplicate" } dd { "Activities the API answered " code { "duplicate: true" } " (already accepted under that key): nothing produced. Same source as Accepted." }
@@ -610,6 +611,9 @@ pub async fn tenant(
             table #types {
                 thead { tr { th { "Type" } th.num { "Stored" } th.num { "Counted" } } }
                 tbody {
+                    @if counts.types.is_empty() {
+                        tr { td.muted colspan="3" { "No activity stored or counted yet." } }
+                    }
                     @for count in &counts.types {
                         tr { td { code { (count.activity_type) } } td.num { (count.stored) } td.num { (count.counted) } }
                     }

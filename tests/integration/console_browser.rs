@@ -513,6 +513,15 @@ async fn the_live_tail_shows_a_posted_activity_as_text() {
         .await
         .unwrap();
     assert_eq!(lines.len(), 1, "the login is filtered out");
+    // The README's screenshot shows the tail with its event.
+    browser
+        .client
+        .execute(
+            "document.querySelector('h2:last-of-type').scrollIntoView()",
+            vec![],
+        )
+        .await
+        .unwrap();
     browser.screenshot("console-tenant").await;
     browser.stop().await;
     console.stop();
