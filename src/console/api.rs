@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::actions::{self, ActionRequest};
 use super::dead_letters::{
-    self, DeadLetterDetails, DeadLetterPage, PurgeSummary, RawFilter, ReplayReport,
+    self, DeadLetterDetails, DeadLetterPage, ExportFormat, PurgeSummary, RawFilter, ReplayReport,
 };
 use super::error::{ConsoleError, ConsoleErrorBody};
 use super::overview::Overview;
@@ -58,6 +58,40 @@ pub struct ListQuery {
 }
 
 impl ListQuery {
+    pub fn raw_filter(&self) -> RawFilter {
+        RawFilter {
+            tenant: self.tenant.clone(),
+            class: self.class.clone(),
+            from: self.from.clone(),
+            until: self.until.clone(),
+            text: self.text.clone(),
+            position: self.position.clone(),
+        }
+    }
+}
+
+/// `GET /console/api/dead-letters/export`'s parameters: the filter, and the format.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ExportQuery {
+    /// The tenant (the record key).
+    pub tenant: Option<String>,
+    /// The error class: poison, rejected, conflict or transient.
+    pub class: Option<String>,
+    /// Last failed at or after this RFC 3339 time.
+    pub from: Option<String>,
+    /// Last failed before this RFC 3339 time.
+    pub until: Option<String>,
+    /// Case-insensitive text in the error, the key, the idempotency key or the payload.
+    pub text: Option<String>,
+    /// `partition:offset` positions, comma-separated.
+    pub position: Option<String>,
+    /// `jsonl` (the default) or `csv`.
+    pub format: Option<String>,
+}
+
+impl ExportQuery {
     pub fn raw_filter(&self) -> RawFilter {
         RawFilter {
             tenant: self.tenant.clone(),
@@ -319,12 +353,18 @@ pub async fn dead_letter(
     path = "/console/api/dead-letters/export",
     tag = "dead-letters",
     operation_id = "exportDeadLetters",
-    description = "Every dead letter the filter selects (not paged), newest first, as JSON lines \
-        (application/x-ndjson), one DeadLetterDetails per line. Audited.",
-    params(RawFilter),
+    description = "Every dead letter the filter selects (not paged), newest first: as JSON lines \
+        (format=jsonl, the default; application/x-ndjson, one DeadLetterDetails per line) or as CSV \
+        (format=csv; text/csv with a header row: position, tenant, idempotencyKey, errorClass, error, \
+        attempts, firstFailureAt, lastFailureAt, source, purgedAt, topic, headers (a JSON array of \
+        [name, value]), payload (the value as the DLQ holds it); RFC 4180 quoting). Audited.",
+    params(ExportQuery),
     responses(
-        (status = 200, description = "JSON lines.", content_type = "application/x-ndjson", body = String),
-        (status = 400, description = "A bad filter field, or an unknown parameter.", body = ConsoleErrorBody),
+        (status = 200, description = "JSON lines, or CSV.", content(
+            (String = "application/x-ndjson"),
+            (String = "text/csv"),
+        )),
+        (status = 400, description = "A bad filter field or format, or an unknown parameter.", body = ConsoleErrorBody),
         (status = 401, description = "Not an operator.", body = ConsoleErrorBody),
         (status = 503, description = "Kafka or MongoDB did not answer within console.read_timeout_ms.", body = ConsoleErrorBody),
     ),
@@ -333,32 +373,27 @@ pub async fn dead_letter(
 pub async fn export_dead_letters(
     request: HttpRequest,
     state: web::Data<ConsoleState>,
-    query: web::Query<RawFilter>,
+    query: web::Query<ExportQuery>,
 ) -> Result<HttpResponse, ConsoleError> {
     let operator = state.gate.authenticate(&request)?;
-    let filter = query.parse()?;
+    let format = ExportFormat::parse(query.format.as_deref())?;
+    let filter = query.raw_filter().parse()?;
+    // One path for both formats: the same selection, only the writing differs.
     let views = selected_dead_letters(&state, &filter, false).await?;
-    let mut body = String::new();
-    for view in &views {
-        body.push_str(
-            &serde_json::to_string(&DeadLetterDetails::of(view))
-                .map_err(|error| ConsoleError::Unexpected(error.into()))?,
-        );
-        body.push('\n');
-    }
+    let body = format.write(&views)?;
     actions::audit(
         &state,
         operator.name.as_str(),
         "export",
         &filter.describe(),
-        &format!("ok: {} dead letter(s)", views.len()),
+        &format!("ok: {} dead letter(s) as {}", views.len(), format.as_str()),
     )
     .await?;
     Ok(HttpResponse::Ok()
-        .content_type("application/x-ndjson")
+        .content_type(format.content_type())
         .insert_header((
             "Content-Disposition",
-            "attachment; filename=\"dead-letters.jsonl\"",
+            format!("attachment; filename=\"dead-letters.{}\"", format.as_str()),
         ))
         .body(body))
 }

@@ -128,6 +128,136 @@ impl RawFilter {
     }
 }
 
+/// How `GET /console/api/dead-letters/export` writes the selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// One `DeadLetterDetails` JSON object per line (`application/x-ndjson`).
+    JsonLines,
+    /// One row per dead letter under a header row ([`CSV_COLUMNS`]), RFC 4180 quoting (`text/csv`).
+    Csv,
+}
+
+impl ExportFormat {
+    /// `jsonl` (the default when absent or empty) or `csv`; anything else is a 400.
+    pub fn parse(raw: Option<&str>) -> Result<ExportFormat, ConsoleError> {
+        match raw.map(str::trim).unwrap_or("") {
+            "" | "jsonl" => Ok(ExportFormat::JsonLines),
+            "csv" => Ok(ExportFormat::Csv),
+            other => Err(ConsoleError::BadRequest(format!(
+                "`format`: {other:?} is not an export format (jsonl or csv)"
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportFormat::JsonLines => "jsonl",
+            ExportFormat::Csv => "csv",
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ExportFormat::JsonLines => "application/x-ndjson",
+            ExportFormat::Csv => "text/csv; charset=utf-8",
+        }
+    }
+
+    /// The selection (newest first) in this format.
+    pub fn write(self, views: &[DeadLetterView]) -> Result<String, ConsoleError> {
+        match self {
+            ExportFormat::JsonLines => {
+                let mut body = String::new();
+                for view in views {
+                    body.push_str(
+                        &serde_json::to_string(&DeadLetterDetails::of(view))
+                            .map_err(|error| ConsoleError::Unexpected(error.into()))?,
+                    );
+                    body.push('\n');
+                }
+                Ok(body)
+            }
+            ExportFormat::Csv => csv_of(views),
+        }
+    }
+}
+
+/// The CSV export's columns. `payload` is the record's value exactly as the DLQ holds it (as
+/// UTF-8, invalid bytes replaced), not pretty-printed, so it can be fed back as it was;
+/// `headers` is every header as a JSON array of `[name, value]` pairs.
+pub const CSV_COLUMNS: [&str; 13] = [
+    "position",
+    "tenant",
+    "idempotencyKey",
+    "errorClass",
+    "error",
+    "attempts",
+    "firstFailureAt",
+    "lastFailureAt",
+    "source",
+    "purgedAt",
+    "topic",
+    "headers",
+    "payload",
+];
+
+/// The selection as CSV: the `csv` crate quotes every field that holds a comma, a quote or a line
+/// break (RFC 4180), so tenants' payloads round-trip through any CSV parser. Values are written
+/// as they are: a spreadsheet that evaluates a cell starting with `=` should import as text.
+fn csv_of(views: &[DeadLetterView]) -> Result<String, ConsoleError> {
+    let unexpected = |error: csv::Error| ConsoleError::Unexpected(error.into());
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    writer.write_record(CSV_COLUMNS).map_err(unexpected)?;
+    for view in views {
+        let summary = DeadLetterSummary::of(view);
+        let headers: Vec<(&str, Option<String>)> = view
+            .record
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.as_str(),
+                    value
+                        .as_deref()
+                        .map(|bytes| String::from_utf8_lossy(bytes).into_owned()),
+                )
+            })
+            .collect();
+        let headers = serde_json::to_string(&headers)
+            .map_err(|error| ConsoleError::Unexpected(error.into()))?;
+        let payload = view
+            .record
+            .payload
+            .as_deref()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        writer
+            .write_record([
+                summary.position.as_str(),
+                summary.tenant.as_deref().unwrap_or(""),
+                summary.idempotency_key.as_deref().unwrap_or(""),
+                &summary.error_class,
+                &summary.error,
+                &summary.attempts,
+                &summary.first_failure_at,
+                &summary.last_failure_at,
+                &summary.source,
+                &summary
+                    .purged_at
+                    .map(|at| at.to_rfc3339())
+                    .unwrap_or_default(),
+                &view.record.topic,
+                &headers,
+                &payload,
+            ])
+            .map_err(unexpected)?;
+    }
+    let bytes = writer
+        .into_inner()
+        .map_err(|error| ConsoleError::Unexpected(anyhow::anyhow!("writing CSV: {error}")))?;
+    String::from_utf8(bytes).map_err(|error| ConsoleError::Unexpected(error.into()))
+}
+
 /// A dead letter in a listing.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -539,6 +669,35 @@ mod tests {
             ..RawFilter::default()
         };
         assert!(empty_fields.parse().unwrap().is_empty());
+    }
+
+    #[test]
+    fn csv_export_round_trips_commas_quotes_and_line_breaks() {
+        let payload = "{\"note\": \"a, \\\"quoted\\\"\\nline\"}\r\nand, \"more\"";
+        let mut record = ConsumedRecord::from_parts(
+            "activities.dlq",
+            0,
+            7,
+            Some(b"acme".to_vec()),
+            Some(payload.as_bytes().to_vec()),
+        );
+        record
+            .headers
+            .push(("dlq-error".to_owned(), Some(b"bad, \"very\"\nbad".to_vec())));
+        let views = [DeadLetterView::from_record(record)];
+        let exported = ExportFormat::Csv.write(&views).unwrap();
+        let mut reader = csv::Reader::from_reader(exported.as_bytes());
+        assert_eq!(
+            reader.headers().unwrap().iter().collect::<Vec<_>>(),
+            CSV_COLUMNS
+        );
+        let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(&rows[0][0], "0:7");
+        assert_eq!(&rows[0][4], "bad, \"very\"\nbad");
+        assert_eq!(&rows[0][12], payload);
+        assert!(ExportFormat::parse(Some("xml")).is_err());
+        assert_eq!(ExportFormat::parse(None).unwrap(), ExportFormat::JsonLines);
     }
 
     #[test]

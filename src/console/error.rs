@@ -17,6 +17,9 @@ pub enum ConsoleError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    /// A limit of this console reached (its live tails of one tenant).
+    #[error("{0}")]
+    TooMany(String),
     /// Kafka or MongoDB did not answer within `console.read_timeout_ms`, or failed.
     #[error("a dependency did not answer: {0:#}")]
     Unavailable(anyhow::Error),
@@ -37,6 +40,7 @@ impl ResponseError for ConsoleError {
             ConsoleError::Forbidden(_) => StatusCode::FORBIDDEN,
             ConsoleError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ConsoleError::NotFound(_) => StatusCode::NOT_FOUND,
+            ConsoleError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             ConsoleError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ConsoleError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

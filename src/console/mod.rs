@@ -3,7 +3,8 @@
 //!
 //! It shows what each stage has waiting (sampled by the console, with an hour of history drawn as a
 //! chart) and the dead letters, and acts on them (replay, purge, export) with the `dlq` verbs' own
-//! code. Pages are rendered on the server (maud) with no script at all; the JSON API under
+//! code, and per tenant the stores' counts and a live tail. Pages are rendered on the server
+//! (maud); the only script is the live tail's few compiled-in lines (EventSource); the JSON API under
 //! `/console/api/` serves scripts and is described by `/console/api/openapi.json`.
 //!
 //! Architecture invariants:
@@ -21,6 +22,8 @@
 //! - `auth`: operators, sessions, CSRF. `error`: the error type and its answers.
 //! - `overview`: the lag sampler and its bounded history. `chart`: its SVG drawing.
 //! - `dead_letters`: filters, pages, action reports. `actions`: the audited actions.
+//! - `retries`: what waits in each retry topic and when its head is due.
+//! - `tenants`: per-tenant counts from the stores, the live tail (the API's `Fanout`).
 //! - `api`: the JSON API. `pages`: the HTML. `openapi`: the API's document.
 
 mod actions;
@@ -32,6 +35,8 @@ mod error;
 mod openapi;
 mod overview;
 mod pages;
+mod retries;
+mod tenants;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -45,8 +50,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::domain::OperatorDirectory;
+use crate::produce::Fanout;
 use crate::routes::{self, RouteTable};
-use crate::store::{ActivityRepository, AuditLog};
+use crate::store::{ActivityRepository, AuditLog, RedisStore};
 
 pub use auth::{CSRF_HEADER, SESSION_COOKIE};
 pub use error::ConsoleError;
@@ -61,6 +67,15 @@ pub(crate) struct ConsoleState {
     /// through it, rather than connecting for every page.
     pub repository: ActivityRepository,
     pub audit: AuditLog,
+    /// The Redis counters (the tenants view).
+    pub redis: RedisStore,
+    /// The API's live fan-out, run by the console for its live tails: the same code, its own
+    /// Pub/Sub connection.
+    pub fanout: Fanout,
+    /// Open live tails; the fan-out keeps it current (the console exports no metrics).
+    pub tail_streams: prometheus::IntGauge,
+    /// Ends the live tails when the console stops, so shutdown does not wait on them.
+    pub shutdown: CancellationToken,
     /// The OpenAPI document, rendered once.
     pub openapi_json: String,
 }
@@ -102,6 +117,16 @@ impl Console {
         let monitor = Arc::new(overview::LagMonitor::new(settings)?);
         tokio::spawn(Arc::clone(&monitor).run(shutdown.clone()));
         let repository = ActivityRepository::connect(&settings.mongo).await?;
+        let redis = RedisStore::connect(&settings.redis)?;
+        let fanout = Fanout::start(
+            &settings.redis,
+            settings.sse.max_connections_per_tenant,
+            settings.sse.buffer_events,
+            Duration::from_secs(settings.sse.heartbeat_secs),
+            shutdown.clone(),
+        );
+        let tail_streams =
+            prometheus::IntGauge::new("console_tail_streams", "Open live tails of the console.")?;
         let state = web::Data::new(ConsoleState {
             settings: settings.clone(),
             gate: auth::Gate::new(
@@ -113,6 +138,10 @@ impl Console {
             monitor,
             audit: repository.audit_log(),
             repository,
+            redis,
+            fanout,
+            tail_streams,
+            shutdown: shutdown.clone(),
             openapi_json: openapi::document().to_string(),
         });
         let server =
@@ -168,15 +197,16 @@ impl Console {
     }
 }
 
-/// Headers on every answer: no script may run (the pages have none, so injected markup could not
-/// either), no framing (clickjacking of the action buttons), no caching of tenants' data, no
-/// sniffing a payload into HTML.
+/// Headers on every answer: only the console's own compiled-in script may run (no inline script,
+/// so injected markup cannot run either) and it may connect only to the console (the live tail),
+/// no framing (clickjacking of the action buttons), no caching of tenants' data, no sniffing a
+/// payload into HTML.
 fn security_headers() -> DefaultHeaders {
     DefaultHeaders::new()
         .add((
             "Content-Security-Policy",
-            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
-             frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; \
+             img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ))
         .add(("X-Content-Type-Options", "nosniff"))
         .add(("X-Frame-Options", "DENY"))
@@ -218,6 +248,22 @@ fn api_route_table() -> RouteTable {
         (
             "/console/api/dead-letters/{position}",
             vec![(Method::GET, web::get().to(api::dead_letter))],
+        ),
+        (
+            "/console/api/tenants",
+            vec![(Method::GET, web::get().to(tenants::list))],
+        ),
+        (
+            "/console/api/tenants/{tenant}",
+            vec![(Method::GET, web::get().to(tenants::one))],
+        ),
+        (
+            "/console/api/tenants/{tenant}/tail",
+            vec![(Method::GET, web::get().to(tenants::tail))],
+        ),
+        (
+            "/console/api/retries",
+            vec![(Method::GET, web::get().to(retries::retries))],
         ),
         (
             "/console/api/audit",
@@ -265,8 +311,24 @@ fn page_route_table() -> RouteTable {
             vec![(Method::GET, web::get().to(pages::dead_letter))],
         ),
         (
+            "/console/tenants",
+            vec![(Method::GET, web::get().to(pages::tenants))],
+        ),
+        (
+            "/console/tenants/{tenant}",
+            vec![(Method::GET, web::get().to(pages::tenant))],
+        ),
+        (
+            "/console/retries",
+            vec![(Method::GET, web::get().to(pages::retries))],
+        ),
+        (
             "/console/audit",
             vec![(Method::GET, web::get().to(pages::audit))],
+        ),
+        (
+            "/console/assets/tail.js",
+            vec![(Method::GET, web::get().to(pages::tail_script))],
         ),
         (
             "/console/assets/console.css",

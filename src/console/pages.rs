@@ -1,6 +1,7 @@
 //! The console's HTML pages, rendered on the server with maud: every value is escaped (a payload
-//! holding markup shows as text), the stylesheet is compiled into the binary, and there is no
-//! script. Actions are forms that POST with the session's CSRF token.
+//! holding markup shows as text), the stylesheet is compiled into the binary, and the only script
+//! is the live tail's (`assets/tail.js`, compiled in; it adds events as text). Actions are forms
+//! that POST with the session's CSRF token.
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
@@ -13,9 +14,12 @@ use super::auth::Operator;
 use super::chart::lag_chart;
 use super::dead_letters::{ActionItem, DeadLetterDetails, DeadLetterSummary, RawFilter};
 use super::error::ConsoleError;
+use super::retries::retries_now;
+use super::tenants::{self, TailQuery};
 use super::ConsoleState;
 
 const STYLESHEET: &str = include_str!("assets/console.css");
+const TAIL_SCRIPT: &str = include_str!("assets/tail.js");
 
 /// A page's failure: to the login page when not logged in, else an HTML page with the message.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +79,8 @@ fn layout(title: &str, session: Option<(&Operator, &str)>, body: Markup) -> Mark
                         nav {
                             a href="/console" { "Overview" }
                             a href="/console/dead-letters" { "Dead letters" }
+                            a href="/console/tenants" { "Tenants" }
+                            a href="/console/retries" { "Retries" }
                             a href="/console/audit" { "Audit log" }
                         }
                         form.logout method="post" action="/console/logout" {
@@ -94,6 +100,12 @@ pub async fn stylesheet() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/css; charset=utf-8")
         .body(STYLESHEET)
+}
+
+pub async fn tail_script() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .body(TAIL_SCRIPT)
 }
 
 pub async fn login_form() -> HttpResponse {
@@ -268,6 +280,15 @@ fn action_forms(filter: &RawFilter, csrf: &str, operator: &Operator) -> Markup {
     }
 }
 
+/// The export of `filter`'s selection in `format`.
+fn export_link(filter: &RawFilter, format: &str) -> String {
+    let mut query = filter.to_query();
+    if !query.is_empty() {
+        query.push('&');
+    }
+    format!("/console/api/dead-letters/export?{query}format={format}")
+}
+
 fn summary_row(dead: &DeadLetterSummary) -> Markup {
     html! {
         tr {
@@ -314,7 +335,9 @@ pub async fn dead_letters(
                 a href="/console/dead-letters" { "Clear" }
             }
             p { (page_data.total) " dead letter(s) match, newest first. "
-                a href=(format!("/console/api/dead-letters/export?{}", filter.to_query())) { "Export as JSON lines" } }
+                a href=(format!("/console/api/dead-letters/export?{}", filter.to_query())) { "Export as JSON lines" }
+                " · "
+                a href=(export_link(&filter, "csv")) { "as CSV" } }
             (action_forms(&filter, &csrf, &operator))
             table #dead-letters {
                 thead { tr { th { "Position" } th { "Tenant" } th { "Idempotency key" } th { "Class" } th.num { "Attempts" } th { "Last failure" } th { "Error" } } }
@@ -492,6 +515,184 @@ pub async fn audit(
                             td { (entry.action) }
                             td { code { (entry.filter) } }
                             td { (entry.outcome) }
+                        }
+                    }
+                }
+            }
+        },
+    )))
+}
+
+/// What each number of the tenants' pages is, and where it comes from.
+fn counts_legend() -> Markup {
+    html! {
+        h2 { "Where each number comes from" }
+        dl.facts.legend {
+            dt { "Accepted" } dd { "Activities the API acknowledged (Kafka took them), every API instance together: each adds its counts to a Redis hash every second, so the last second may be missing, and a crashed instance's last second is lost." }
+            dt { "Duplicate" } dd { "Activities the API answered " code { "duplicate: true" } " (already accepted under that key): nothing produced. Same source as Accepted." }
+            dt { "Rate-limited" } dd { "Activities the API refused with 429 (the tenant's rate limit). Same source as Accepted." }
+            dt { "Stored" } dd { "Activities in MongoDB, one document per idempotency key: the source of truth." }
+            dt { "Counted" } dd { "The Redis analytics counters summed (what GET /analytics answers); the consumer counts each key once as it stores it, so it equals Stored unless Redis lost data (then run " code { "analytics rebuild" } ")." }
+            dt { "Dead-lettered" } dd { "The tenant's records now in the DLQ (their Kafka key), purged ones not included." }
+
+        }
+    }
+}
+
+pub async fn tenants(
+    request: HttpRequest,
+    state: web::Data<ConsoleState>,
+) -> Result<HttpResponse, PageError> {
+    let operator = state.gate.authenticate(&request)?;
+    let csrf = state.gate.csrf_token(&operator);
+    let counts = tenants::counts_of(&state, &tenants::configured_tenants(&state)).await?;
+    Ok(page(layout(
+        "Tenants",
+        Some((&operator, &csrf)),
+        html! {
+            h1 { "Tenants" }
+            table #tenants {
+                thead { tr { th { "Tenant" } th.num { "Accepted" } th.num { "Duplicate" } th.num { "Rate-limited" } th.num { "Stored" } th.num { "Counted" } th.num { "Dead-lettered" } th { "Activity types" } } }
+                tbody {
+                    @for tenant in &counts {
+                        tr data-tenant=(tenant.tenant) {
+                            td { a href=(format!("/console/tenants/{}", tenant.tenant)) { (tenant.tenant) } }
+                            td.num.accepted { (tenant.accepted) }
+                            td.num.duplicate { (tenant.duplicate) }
+                            td.num.rate-limited { (tenant.rate_limited) }
+                            td.num.stored { (tenant.stored) }
+                            td.num.counted { (tenant.counted) }
+                            td.num.dead-lettered { a href=(format!("/console/dead-letters?tenant={}", tenant.tenant)) { (tenant.dead_lettered) } }
+                            td { (tenant.types.len()) }
+                        }
+                    }
+                }
+            }
+            (counts_legend())
+        },
+    )))
+}
+
+pub async fn tenant(
+    request: HttpRequest,
+    state: web::Data<ConsoleState>,
+    path: web::Path<String>,
+    query: web::Query<TailQuery>,
+) -> Result<HttpResponse, PageError> {
+    let operator = state.gate.authenticate(&request)?;
+    let csrf = state.gate.csrf_token(&operator);
+    let tenant = tenants::configured_tenant(&state, &path)?;
+    // Checked here too, so a bad filter is a 400 page rather than a tail that never connects.
+    tenants::parse_types(query.activity_type.as_deref())?;
+    let wanted = query.activity_type.as_deref().map(str::trim).unwrap_or("");
+    let counts = tenants::counts_of(&state, std::slice::from_ref(&tenant))
+        .await?
+        .pop()
+        .ok_or_else(|| ConsoleError::Unexpected(anyhow::anyhow!("no counts for {tenant}")))?;
+    let mut source = format!("/console/api/tenants/{tenant}/tail");
+    if !wanted.is_empty() {
+        source.push('?');
+        source.push_str(&serde_urlencoded::to_string([("type", wanted)]).unwrap_or_default());
+    }
+    Ok(page(layout(
+        &format!("Tenant {tenant}"),
+        Some((&operator, &csrf)),
+        html! {
+            h1 { "Tenant " (tenant) }
+            dl.facts #counts {
+                dt { "Accepted" } dd.accepted { (counts.accepted) }
+                dt { "Duplicate" } dd.duplicate { (counts.duplicate) }
+                dt { "Rate-limited" } dd.rate-limited { (counts.rate_limited) }
+                dt { "Stored" } dd.stored { (counts.stored) }
+                dt { "Counted" } dd.counted { (counts.counted) }
+                dt { "Dead-lettered" } dd.dead-lettered { a href=(format!("/console/dead-letters?tenant={tenant}")) { (counts.dead_lettered) } }
+            }
+            h2 { "Activity types" }
+            table #types {
+                thead { tr { th { "Type" } th.num { "Stored" } th.num { "Counted" } } }
+                tbody {
+                    @if counts.types.is_empty() {
+                        tr { td.muted colspan="3" { "No activity stored or counted yet." } }
+                    }
+                    @for count in &counts.types {
+                        tr { td { code { (count.activity_type) } } td.num { (count.stored) } td.num { (count.counted) } }
+                    }
+                }
+            }
+            (counts_legend())
+            h2 { "Live tail" }
+            form.filter method="get" action=(format!("/console/tenants/{tenant}")) {
+                label { "Types " input name="type" placeholder="login,comment.created" value=(wanted); }
+                button type="submit" { "Filter" }
+            }
+            p #tail-status.muted { "The live tail needs JavaScript (EventSource); "
+                a href=(source) { "the raw event stream" } " works without it." }
+            ul #tail data-source=(source) {}
+            script src="/console/assets/tail.js" defer {}
+        },
+    )))
+}
+
+/// "in 1.5 s" or "overdue by 3.0 s".
+fn due_in(milliseconds: i64) -> String {
+    let seconds = milliseconds.unsigned_abs() as f64 / 1000.0;
+    if milliseconds >= 0 {
+        format!("in {seconds:.1} s")
+    } else {
+        format!("overdue by {seconds:.1} s")
+    }
+}
+
+pub async fn retries(
+    request: HttpRequest,
+    state: web::Data<ConsoleState>,
+) -> Result<HttpResponse, PageError> {
+    let operator = state.gate.authenticate(&request)?;
+    let csrf = state.gate.csrf_token(&operator);
+    let view = retries_now(&state).await;
+    Ok(page(layout(
+        "Retries",
+        Some((&operator, &csrf)),
+        html! {
+            h1 { "Retries" }
+            p.muted {
+                "Waiting: each partition's end offset minus the step's consumer group's committed offset"
+                @match view.sampled_at {
+                    Some(at) => { " (sampled " (at.format("%H:%M:%S UTC")) ")" }
+                    None => { " (not sampled yet)" }
+                }
+                ". Head: the record the stage reads next, read at " (view.read_at.format("%H:%M:%S UTC"))
+                "; the stage holds it until its " code { "retry-due-at" } " header (never longer than the step's delay after reading it)."
+            }
+            @for step in &view.steps {
+                section.retry-step data-step=(step.step) {
+                    h2 { "Step " (step.step) ": " code { (step.topic) } }
+                    p { "Group " code { (step.group) } ", delay " (step.delay_ms) " ms, "
+                        strong.waiting { (step.waiting) } " waiting." }
+                    @if let Some(error) = &step.error { p.error { (error) } }
+                    @if step.waiting > 0 {
+                        table.retry-partitions {
+                            thead { tr { th.num { "Partition" } th.num { "End" } th.num { "Committed" } th.num { "Waiting" } th.num { "Head offset" } th { "Tenant" } th { "Idempotency key" } th { "Due at" } th { "Due" } th { "Last error" } } }
+                            tbody {
+                                @for partition in step.partitions.iter().filter(|partition| partition.waiting > 0) {
+                                    tr {
+                                        td.num { (partition.partition) }
+                                        td.num { (partition.end_offset) }
+                                        td.num { (partition.committed.map_or("none".to_owned(), |c| c.to_string())) }
+                                        td.num { (partition.waiting) }
+                                        @if let Some(head) = &partition.head {
+                                            td.num { (head.offset) }
+                                            td { (head.tenant.as_deref().unwrap_or("—")) }
+                                            td { code { (head.idempotency_key.as_deref().unwrap_or("—")) } }
+                                            td { (head.due_at.as_deref().unwrap_or("— (due now)")) }
+                                            td.due { (head.due_in_ms.map_or("now".to_owned(), due_in)) }
+                                            td.error-text { (head.error.as_deref().unwrap_or("")) }
+                                        } @else {
+                                            td.muted colspan="6" { "not read" }
+                                        }
+                                    }
+                                }
+                            }
                         }
                     }
                 }

@@ -68,6 +68,67 @@ pub fn read_topic(
     Ok(records)
 }
 
+/// The record at each `(partition, offset)` of `topic` (the first one after it, when retention or
+/// DeleteRecords dropped it): what a stage's consumer group reads next. A partition with nothing at
+/// or after its offset has no record in the answer. Reads without joining a group or committing;
+/// gives up after `timeout`. Blocking.
+pub fn read_heads(
+    settings: &KafkaSettings,
+    topic: &str,
+    heads: &[(i32, i64)],
+    timeout: Duration,
+) -> anyhow::Result<Vec<ConsumedRecord>> {
+    let mut records = Vec::new();
+    if heads.is_empty() {
+        return Ok(records);
+    }
+    let consumer: BaseConsumer = base_client_config(settings)
+        .set(
+            "group.id",
+            format!("{}.console-head-reader", settings.consumer_group),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .map_err(|error| anyhow::anyhow!("creating a Kafka reader: {error}"))?;
+    let mut remaining: HashMap<i32, i64> = HashMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for &(partition, offset) in heads {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, partition, timeout)
+            .map_err(|error| {
+                anyhow::anyhow!("reading watermarks of {topic}[{partition}]: {error}")
+            })?;
+        if offset < high {
+            remaining.insert(partition, offset);
+            assignment.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        }
+    }
+    if remaining.is_empty() {
+        return Ok(records);
+    }
+    consumer.assign(&assignment)?;
+    let deadline = std::time::Instant::now() + timeout;
+    while !remaining.is_empty() {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "reading the head records of {topic} timed out with {} partition(s) unread",
+                remaining.len()
+            );
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message.map_err(|error| anyhow::anyhow!("reading {topic}: {error}"))?;
+        let record = ConsumedRecord::from_message(&message);
+        if remaining.remove(&record.partition).is_some() {
+            records.push(record);
+        }
+    }
+    records.sort_by_key(|record| record.partition);
+    Ok(records)
+}
+
 /// The partition ids of `topic`, from the cluster's metadata; an error that says to create it when
 /// it does not exist. Blocking.
 pub(super) fn partitions_of<C: rdkafka::consumer::Consumer>(

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::auth::authenticate;
 use super::dedupe::KeyVerdict;
 use super::error::ApiError;
+use super::tally::IntakeOutcome;
 use super::ApiState;
 use crate::domain::{
     limit_batch_details, parse_batch, ActivityEnvelope, FieldError, IdempotencyKey, NewActivity,
@@ -114,6 +115,12 @@ pub async fn create(
             false
         }
     };
+    let outcome = if duplicate {
+        IntakeOutcome::Duplicate
+    } else {
+        IntakeOutcome::Accepted
+    };
+    state.tally.add(&tenant, outcome, 1);
     Ok(HttpResponse::Accepted().json(Accepted {
         success: true,
         message: "Activity queued for processing".to_owned(),
@@ -361,6 +368,14 @@ pub async fn create_batch(
         .iter()
         .filter(|result| result.duplicate == Some(true))
         .count();
+    state.tally.add(
+        &tenant,
+        IntakeOutcome::Accepted,
+        (accepted - duplicates) as u64,
+    );
+    state
+        .tally
+        .add(&tenant, IntakeOutcome::Duplicate, duplicates as u64);
     state.metrics.count_rejected("invalid", invalid as u64);
     state
         .metrics
@@ -441,6 +456,9 @@ async fn rate_limit(
         .await
         .map_err(|limited| {
             state.metrics.count_rate_limited(tenant.as_str());
+            state
+                .tally
+                .add(tenant, IntakeOutcome::RateLimited, activities as u64);
             ApiError::TooManyRequests {
                 message: format!("Rate limit exceeded for tenant {tenant}; retry later"),
                 retry_after_secs: limited.retry_after_secs(),

@@ -6,6 +6,9 @@
 //! When the Pub/Sub connection is lost, every open stream is ended rather than left silently missing
 //! events: clients (EventSource does this by itself) reconnect with `Last-Event-ID` and the gap is
 //! replayed from MongoDB.
+//!
+//! The console's live tail (`console::tenants`) runs a `Fanout` of its own with this same code, so
+//! an operator sees exactly what a tenant's dashboard would.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

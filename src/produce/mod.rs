@@ -27,6 +27,7 @@ mod replay;
 mod shares;
 mod skip;
 mod stream;
+mod tally;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -47,8 +48,11 @@ use crate::store::{ActivityRepository, RedisStore};
 pub use activities::IDEMPOTENCY_KEY_HEADER;
 pub use auth::TENANT_HEADER;
 pub use error::ApiError;
+/// The live fan-out, shared with the console's live tail (one implementation of the Pub/Sub side).
+pub(crate) use fanout::{Fanout, JoinError, LiveFeed};
 pub use metrics::NAMESPACE as METRICS_NAMESPACE;
 pub use stream::{LAST_EVENT_ID_HEADER, REPLAY_TRUNCATED_EVENT};
+pub use tally::{IntakeOutcome, FLUSH_INTERVAL as INTAKE_FLUSH_INTERVAL};
 
 /// What every handler shares.
 pub(crate) struct ApiState {
@@ -67,6 +71,8 @@ pub(crate) struct ApiState {
     /// Idempotency layer 2.
     pub accepted: dedupe::AcceptedMarkers,
     pub rate_limiter: rate_limit::TenantRateLimiter,
+    /// Per-tenant intake counts, added to Redis every second for the console.
+    pub tally: Arc<tally::IntakeTally>,
     pub fanout: fanout::Fanout,
     pub metrics: metrics::ApiMetrics,
     pub read: ReadSettings,
@@ -136,6 +142,8 @@ impl Application {
                 settings.intake.dedupe_timeout(),
             );
         let shutdown = shutdown.child_token();
+        let tally = Arc::new(tally::IntakeTally::new(&tenant_ids));
+        tokio::spawn(Arc::clone(&tally).run(redis.clone(), shutdown.clone()));
         let openapi_json =
             openapi::document(validator.schema_json(), settings.intake.batch_max_items).to_string();
         let state = web::Data::from(Arc::new(ApiState {
@@ -154,6 +162,7 @@ impl Application {
             ),
             redis,
             rate_limiter,
+            tally,
             fanout: fanout::Fanout::start(
                 &settings.redis,
                 settings.sse.max_connections_per_tenant,

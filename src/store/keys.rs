@@ -30,6 +30,12 @@ impl RedisKeys {
         format!("{}analytics:{{{tenant}}}", self.prefix)
     }
 
+    /// Hash of the API's intake counts for one tenant (`accepted`, `duplicate`, `rateLimited`),
+    /// added to by every API instance (`produce::IntakeTally`), read by the console.
+    pub fn intake(&self, tenant: &TenantId) -> String {
+        format!("{}intake:{{{tenant}}}", self.prefix)
+    }
+
     /// Capped stream of the tenant's newest live events (fields `id`, `event`): the SSE replay buffer.
     pub fn recent_events(&self, tenant: &TenantId) -> String {
         format!("{}recent:{{{tenant}}}", self.prefix)

@@ -628,6 +628,38 @@ impl RedisStore {
             .map_err(StoreOutage::redis)
     }
 
+    /// Adds `counts` (field -> amount) to the tenant's intake counts: one pipeline, one key.
+    pub async fn add_intake_counts(
+        &self,
+        tenant: &TenantId,
+        counts: &[(&str, u64)],
+    ) -> Result<(), StoreOutage> {
+        let key = self.keys.intake(tenant);
+        let mut pipeline = redis::pipe();
+        for (field, amount) in counts {
+            pipeline.hincr(&key, *field, *amount).ignore();
+        }
+        self.within(
+            "the intake counts",
+            pipeline.query_async::<()>(&mut self.connection.clone()),
+        )
+        .await
+    }
+
+    /// The tenant's intake counts: field -> count (see [`RedisKeys::intake`]).
+    pub async fn intake_counts(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<std::collections::BTreeMap<String, i64>, StoreOutage> {
+        self.within(
+            "the intake counts",
+            redis::cmd("HGETALL")
+                .arg(self.keys.intake(tenant))
+                .query_async(&mut self.connection.clone()),
+        )
+        .await
+    }
+
     /// Replaces the tenant's counters with `counts`, atomically (MULTI/EXEC): readers see the old
     /// hash or the new one, never a half-written one.
     pub async fn replace_analytics(

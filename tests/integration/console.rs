@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{activity, eventually, filter, load_settings, TestPipeline, ACME_KEY};
+use crate::sse_client::SseClient;
 
 pub const ADMIN_TOKEN: &str = "dev-operator-admin";
 pub const VIEWER_TOKEN: &str = "dev-operator-viewer";
@@ -764,6 +765,487 @@ async fn garbage_gets_a_precise_400() {
             .unwrap()
             .contains("no dead letter at 0:999999"),
         "{body}"
+    );
+    console.stop();
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_shows_the_stores_counts_and_a_live_tail_of_the_types_asked_for() {
+    let pipeline = TestPipeline::spawn().await;
+    let console = TestConsole::spawn(&pipeline).await;
+    for (key, activity_type) in [
+        ("t-login-1", "login"),
+        ("t-login-2", "login"),
+        ("t-comment-1", "comment.created"),
+    ] {
+        let response = pipeline
+            .post_activity(ACME_KEY, Some(key), &activity("u1", activity_type))
+            .await;
+        assert_eq!(response.status(), 202);
+    }
+    assert_eq!(
+        pipeline.wait_for_count(doc! {"tenantId": "acme"}, 3).await,
+        3
+    );
+    dead_letter(&pipeline, "acme", "t-dead", "poison", "bad", b"{}").await;
+
+    let wanted = json!({
+        "tenant": "acme",
+        "accepted": 3,
+        "duplicate": 0,
+        "rateLimited": 0,
+        "stored": 3,
+        "counted": 3,
+        "deadLettered": 1,
+        "types": [
+            {"type": "comment.created", "stored": 1, "counted": 1},
+            {"type": "login", "stored": 2, "counted": 2},
+        ],
+    });
+    eventually("acme's counts", || async {
+        console
+            .get(Some(VIEWER_TOKEN), "/console/api/tenants/acme")
+            .await
+            .1
+            == wanted
+    })
+    .await;
+    let (status, all) = console
+        .get(Some(VIEWER_TOKEN), "/console/api/tenants")
+        .await;
+    assert_eq!(status, 200, "{all}");
+    let tenants: Vec<&str> = all["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|tenant| tenant["tenant"].as_str().unwrap())
+        .collect();
+    assert_eq!(tenants, ["acme", "globex"]);
+    assert_eq!(all["tenants"][0], wanted);
+    assert_eq!(all["tenants"][1]["stored"], 0);
+
+    // The live tail, filtered to comments: a login posted first never shows, the comment does.
+    let response = console
+        .http
+        .get(console.url("/console/api/tenants/acme/tail?type=comment.created"))
+        .bearer_auth(VIEWER_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let mut tail = SseClient::from_response(response);
+    // Another tenant's event and another type's are not this tail's.
+    pipeline
+        .post_activity(
+            crate::helpers::GLOBEX_KEY,
+            Some("g-comment"),
+            &activity("u9", "comment.created"),
+        )
+        .await;
+    pipeline
+        .post_activity(ACME_KEY, Some("live-login"), &activity("u2", "login"))
+        .await;
+    pipeline
+        .post_activity(
+            ACME_KEY,
+            Some("live-comment"),
+            &activity("u2", "comment.created"),
+        )
+        .await;
+    let event = tail
+        .next_event(Duration::from_secs(15))
+        .await
+        .expect("the comment arrives on the tail");
+    let json = event.json();
+    assert_eq!(json["idempotencyKey"], "live-comment", "{json}");
+    assert_eq!(json["tenantId"], "acme");
+    assert_eq!(event.id.as_deref(), json["id"].as_str());
+
+    // The page: the counts, and the tail wired to the same filter.
+    let cookie = console.log_in(VIEWER_TOKEN).await;
+    let (status, page) = console
+        .page(&cookie, "/console/tenants/acme?type=comment.created")
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains(r#"data-source="/console/api/tenants/acme/tail?type=comment.created""#),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"<script src="/console/assets/tail.js""#),
+        "{page}"
+    );
+    let (status, listing) = console.page(&cookie, "/console/tenants").await;
+    assert_eq!(status, 200);
+    assert!(
+        listing.contains(r#"href="/console/tenants/globex""#),
+        "{listing}"
+    );
+    let script = console
+        .http
+        .get(console.url("/console/assets/tail.js"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        script.contains("textContent") && !script.contains("innerHTML"),
+        "events are added as text"
+    );
+
+    // Garbage: a precise status for each.
+    for (path, status, expected) in [
+        ("/console/api/tenants/nobody", 404, "no tenant `nobody`"),
+        (
+            "/console/api/tenants/nobody/tail",
+            404,
+            "no tenant `nobody`",
+        ),
+        ("/console/api/tenants/Not%20A%20Tenant", 400, "`tenant`"),
+        (
+            "/console/api/tenants/acme/tail?type=%3Cscript%3E",
+            400,
+            "`type`: \"<script>\"",
+        ),
+        (
+            "/console/api/tenants/acme/tail?type=login,",
+            400,
+            "`type`: \"\"",
+        ),
+        (
+            "/console/api/tenants/acme/tail?colour=red",
+            400,
+            "unknown field `colour`",
+        ),
+    ] {
+        let (got, body) = console.get(Some(VIEWER_TOKEN), path).await;
+        assert_eq!(got, status, "{path}: {body}");
+        let message = body["error"].as_str().unwrap();
+        assert!(message.contains(expected), "{path}: {message}");
+    }
+    let (status, _) = console.get(None, "/console/api/tenants/acme/tail").await;
+    assert_eq!(status, 401);
+    let (status, _) = console
+        .get(Some(ACME_KEY), "/console/api/tenants/acme/tail")
+        .await;
+    assert_eq!(status, 401, "a tenant's key does not open its tail here");
+    let (status, page) = console
+        .page(&cookie, "/console/tenants/acme?type=%3Cb%3Ex")
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        page.contains("&lt;b&gt;x") && !page.contains("<b>x"),
+        "{page}"
+    );
+    let (status, _) = console.page(&cookie, "/console/tenants/nobody").await;
+    assert_eq!(status, 404);
+    console.stop();
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retries_view_shows_what_waits_and_when_the_head_is_due() {
+    // No consumer: nothing takes the retry records, so they wait.
+    let pipeline = TestPipeline::spawn_api_only(&[]).await;
+    let console = TestConsole::spawn(&pipeline).await;
+    let retry_topic = pipeline.settings.kafka.retry_topic_for(1);
+    let due_later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let overdue = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
+    for (key, due_at) in [
+        ("retry-head", due_later.as_str()),
+        ("retry-second", overdue.as_str()),
+    ] {
+        let envelope = pipeline.envelope("acme", key, &activity("u1", "login"));
+        pipeline
+            .produce_raw(
+                &retry_topic,
+                Some("acme"),
+                Some(&envelope),
+                &[
+                    ("idempotency-key", key),
+                    ("retry-attempts", "1"),
+                    ("retry-due-at", due_at),
+                    ("retry-error", "MongoDB timed out"),
+                ],
+            )
+            .await;
+    }
+    let retries = || async {
+        console
+            .get(Some(VIEWER_TOKEN), "/console/api/retries")
+            .await
+    };
+    eventually("two records waiting in step 1", || async {
+        retries().await.1["steps"][0]["waiting"] == 2
+    })
+    .await;
+    let (status, view) = retries().await;
+    assert_eq!(status, 200, "{view}");
+    let steps = view["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), pipeline.settings.retry.delays_ms.len());
+    assert_eq!(steps[0]["topic"], retry_topic.as_str());
+    assert_eq!(
+        steps[0]["group"],
+        format!("{}.retry.1", pipeline.settings.kafka.consumer_group)
+    );
+    assert!(steps[1..].iter().all(|step| step["waiting"] == 0), "{view}");
+    let waiting: Vec<&Value> = steps[0]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|partition| partition["waiting"] != 0)
+        .collect();
+    assert_eq!(waiting.len(), 1, "one tenant, one partition: {view}");
+    let partition = waiting[0];
+    assert_eq!(partition["waiting"], 2);
+    assert!(partition["committed"].is_null());
+    // The head is the older record (the group reads it next), due in about an hour.
+    let head = &partition["head"];
+    assert_eq!(head["idempotencyKey"], "retry-head", "{view}");
+    assert_eq!(head["tenant"], "acme");
+    assert_eq!(head["dueAt"], due_later.as_str());
+    assert_eq!(head["attempts"], "1");
+    let due_in_ms = head["dueInMs"].as_i64().unwrap();
+    assert!((3_000_000..=3_600_000).contains(&due_in_ms), "{due_in_ms}");
+
+    let cookie = console.log_in(VIEWER_TOKEN).await;
+    let (status, page) = console.page(&cookie, "/console/retries").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("retry-head") && page.contains("in 3"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("retry-second"),
+        "only the head is shown: {page}"
+    );
+
+    // The step's group commits past the first record: one waits, and the head is the overdue one.
+    let group = format!("{}.retry.1", pipeline.settings.kafka.consumer_group);
+    let partition_id = i32::try_from(partition["partition"].as_i64().unwrap()).unwrap();
+    commit_offset(&pipeline, &group, &retry_topic, partition_id, 1);
+    eventually("one record waiting in step 1", || async {
+        retries().await.1["steps"][0]["waiting"] == 1
+    })
+    .await;
+    let (_, view) = retries().await;
+    let partition = view["steps"][0]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|found| found["partition"] == partition_id)
+        .unwrap()
+        .clone();
+    assert_eq!(partition["committed"], 1, "{view}");
+    assert_eq!(
+        partition["head"]["idempotencyKey"], "retry-second",
+        "{view}"
+    );
+    assert!(
+        partition["head"]["dueInMs"].as_i64().unwrap() < -290_000,
+        "{view}"
+    );
+    let (_, page) = console.page(&cookie, "/console/retries").await;
+    assert!(
+        page.contains("retry-second") && page.contains("overdue by"),
+        "{page}"
+    );
+    let (status, _) = console.get(None, "/console/api/retries").await;
+    assert_eq!(status, 401);
+    console.stop();
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_csv_export_selects_what_the_json_lines_do_and_round_trips_payloads() {
+    let pipeline = TestPipeline::spawn_api_only(&[]).await;
+    let console = TestConsole::spawn(&pipeline).await;
+    let awkward = "{\"note\": \"commas, \\\"quotes\\\" and\\nescapes\"}\nthen a raw line, \"quoted\"\r\nand CRLF";
+    dead_letter(
+        &pipeline,
+        "acme",
+        "csv-awkward",
+        "poison",
+        "not JSON, \"really\"\nat all",
+        awkward.as_bytes(),
+    )
+    .await;
+    dead_letter(&pipeline, "acme", "csv-plain", "poison", "bad", b"{}").await;
+    dead_letter(&pipeline, "globex", "csv-other", "poison", "bad", b"{}").await;
+    eventually("three dead letters listed", || async {
+        console
+            .get(Some(VIEWER_TOKEN), "/console/api/dead-letters")
+            .await
+            .1["total"]
+            == 3
+    })
+    .await;
+
+    let export = |query: &'static str| {
+        let request = console
+            .http
+            .get(console.url(&format!("/console/api/dead-letters/export?{query}")))
+            .bearer_auth(VIEWER_TOKEN);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let content_type = response
+                .headers()
+                .get("content-type")
+                .map(|value| value.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            (status, content_type, response.text().await.unwrap())
+        }
+    };
+    let (status, content_type, csv_body) = export("tenant=acme&format=csv").await;
+    assert_eq!(status, 200, "{csv_body}");
+    assert!(content_type.starts_with("text/csv"), "{content_type}");
+    let mut reader = csv::Reader::from_reader(csv_body.as_bytes());
+    let columns: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    let column = |name: &str| columns.iter().position(|column| column == name).unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 2, "{csv_body}");
+    let row = rows
+        .iter()
+        .find(|row| &row[column("idempotencyKey")] == "csv-awkward")
+        .expect("the awkward one is exported");
+    assert_eq!(&row[column("payload")], awkward, "the payload round-trips");
+    assert_eq!(&row[column("error")], "not JSON, \"really\"\nat all");
+    assert_eq!(&row[column("tenant")], "acme");
+    let headers: Vec<(String, Option<String>)> =
+        serde_json::from_str(&row[column("headers")]).unwrap();
+    assert!(headers.contains(&("dlq-error-class".to_owned(), Some("poison".to_owned()))));
+
+    // The same selection as the JSON lines export, in the same order.
+    let (status, content_type, lines) = export("tenant=acme").await;
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("application/x-ndjson"));
+    let json_positions: Vec<String> = lines
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).unwrap()["position"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let csv_positions: Vec<String> = rows
+        .iter()
+        .map(|row| row[column("position")].to_owned())
+        .collect();
+    assert_eq!(json_positions, csv_positions);
+
+    for (query, expected) in [
+        ("format=xml", "`format`: \"xml\" is not an export format"),
+        ("format=csv&class=exploded", "`class`"),
+        ("format=csv&colour=red", "unknown field `colour`"),
+    ] {
+        let (status, body) = console
+            .get(
+                Some(VIEWER_TOKEN),
+                &format!("/console/api/dead-letters/export?{query}"),
+            )
+            .await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(expected),
+            "{query}: {body}"
+        );
+    }
+    let audit = console.audit().await;
+    assert!(
+        audit.iter().any(|entry| entry["action"] == "export"
+            && entry["filter"] == "tenant=acme"
+            && entry["outcome"] == "ok: 2 dead letter(s) as csv"),
+        "{audit:?}"
+    );
+    let cookie = console.log_in(VIEWER_TOKEN).await;
+    let (_, page) = console
+        .page(&cookie, "/console/dead-letters?tenant=acme")
+        .await;
+    assert!(
+        page.contains("/console/api/dead-letters/export?tenant=acme&amp;format=csv"),
+        "{page}"
+    );
+    console.stop();
+    pipeline.stop().await;
+}
+
+/// Commits `offset` for `group` on one partition, as the stage's consumer would have.
+fn commit_offset(pipeline: &TestPipeline, group: &str, topic: &str, partition: i32, offset: i64) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &pipeline.settings.kafka.brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut offsets = rdkafka::TopicPartitionList::new();
+    offsets
+        .add_partition_offset(topic, partition, rdkafka::Offset::Offset(offset))
+        .unwrap();
+    consumer.commit(&offsets, CommitMode::Sync).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_shows_what_the_api_accepted_answered_as_duplicate_and_rate_limited() {
+    let pipeline = TestPipeline::spawn_api_only(&[
+        "rate_limit.per_tenant_per_sec=1".to_owned(),
+        "rate_limit.burst=2".to_owned(),
+        "intake.batch_max_items=2".to_owned(),
+    ])
+    .await;
+    let console = TestConsole::spawn(&pipeline).await;
+    let login = activity("u1", "login");
+    let first = pipeline.post_activity(ACME_KEY, Some("k-1"), &login).await;
+    assert_eq!(first.status(), 202);
+    let again = pipeline.post_activity(ACME_KEY, Some("k-1"), &login).await;
+    assert_eq!(again.status(), 202);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["duplicate"], true, "{again}");
+    let over = pipeline.post_activity(ACME_KEY, Some("k-2"), &login).await;
+    assert_eq!(over.status(), 429);
+    let globex = pipeline
+        .post_activity(crate::helpers::GLOBEX_KEY, Some("g-1"), &login)
+        .await;
+    assert_eq!(globex.status(), 202);
+
+    // Each API instance adds its counts to Redis every second.
+    let intake = |tenant: &Value| {
+        (
+            tenant["accepted"].as_i64(),
+            tenant["duplicate"].as_i64(),
+            tenant["rateLimited"].as_i64(),
+        )
+    };
+    eventually("acme's intake counts", || async {
+        intake(
+            &console
+                .get(Some(VIEWER_TOKEN), "/console/api/tenants/acme")
+                .await
+                .1,
+        ) == (Some(1), Some(1), Some(1))
+    })
+    .await;
+    let (_, all) = console
+        .get(Some(VIEWER_TOKEN), "/console/api/tenants")
+        .await;
+    assert_eq!(
+        intake(&all["tenants"][1]),
+        (Some(1), Some(0), Some(0)),
+        "{all}"
+    );
+    let cookie = console.log_in(VIEWER_TOKEN).await;
+    let (_, page) = console.page(&cookie, "/console/tenants/acme").await;
+    assert!(
+        page.contains(r#"<dd class="rate-limited">1</dd>"#),
+        "{page}"
     );
     console.stop();
     pipeline.stop().await;

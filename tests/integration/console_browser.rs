@@ -2,9 +2,10 @@
 //! `chromium-driver`, installed by `scripts/install-chromium.sh`, which `make test` runs), driven over
 //! WebDriver with fantoccini, against the real stack: log in, watch a stopped consumer's lag grow, a
 //! viewer refused an action, filter dead letters by tenant and class, open one, preview and replay it
-//! and see the activity stored once, purge one, and a markup payload rendered as text.
+//! and see the activity stored once, purge one, and a markup payload rendered as text; and a
+//! tenant's live tail showing a posted activity (markup in it as text, other types filtered out).
 //!
-//! It saves screenshots of the overview, the dead letters and a record's page in
+//! It saves screenshots of the overview, the dead letters, a record's page and a tenant's page in
 //! `target/console-screenshots/` (or `$CONSOLE_SCREENSHOTS_DIR`); the README's are copies of them.
 
 use std::os::unix::process::CommandExt;
@@ -461,6 +462,68 @@ async fn an_operator_uses_the_console_in_a_browser() {
 
     browser.stop().await;
     shutdown.cancel();
+    console.stop();
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_tail_shows_a_posted_activity_as_text() {
+    let pipeline = TestPipeline::spawn().await;
+    let console = TestConsole::spawn(&pipeline).await;
+    let browser = Browser::start().await;
+    browser.log_in(&console, VIEWER_TOKEN).await;
+    browser
+        .client
+        .goto(&console.url("/console/tenants/acme?type=comment.created"))
+        .await
+        .unwrap();
+    // The script ran (the CSP lets the console's own script run) and the stream is open.
+    browser.wait_for_text("#tail-status", "live").await;
+
+    let response = pipeline
+        .post_activity(ACME_KEY, Some("tail-login"), &activity("u1", "login"))
+        .await;
+    assert_eq!(response.status(), 202);
+    let mut comment = activity("u1", "comment.created");
+    comment["actorName"] = json!("<img src=x onerror=alert(1)>");
+    let response = pipeline
+        .post_activity(ACME_KEY, Some("tail-comment"), &comment)
+        .await;
+    assert_eq!(response.status(), 202);
+    let line = browser.wait_for_text("#tail li", "{").await;
+    assert!(
+        line.contains("\"idempotencyKey\":\"tail-comment\""),
+        "{line}"
+    );
+    assert!(
+        line.contains("<img src=x onerror=alert(1)>"),
+        "the markup shows as text: {line}"
+    );
+    assert!(
+        browser
+            .client
+            .find(Locator::Css("#tail img"))
+            .await
+            .is_err(),
+        "no element was made from the event"
+    );
+    let lines = browser
+        .client
+        .find_all(Locator::Css("#tail li"))
+        .await
+        .unwrap();
+    assert_eq!(lines.len(), 1, "the login is filtered out");
+    // The README's screenshot shows the tail with its event.
+    browser
+        .client
+        .execute(
+            "document.querySelector('h2:last-of-type').scrollIntoView()",
+            vec![],
+        )
+        .await
+        .unwrap();
+    browser.screenshot("console-tenant").await;
+    browser.stop().await;
     console.stop();
     pipeline.stop().await;
 }
