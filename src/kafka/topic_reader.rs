@@ -15,33 +15,81 @@ pub fn read_topic(
     topic: &str,
     timeout: Duration,
 ) -> anyhow::Result<Vec<ConsumedRecord>> {
-    let consumer: BaseConsumer = base_client_config(settings)
-        .set(
-            "group.id",
-            format!("{}.dlq-reader", settings.consumer_group),
-        )
+    let consumer = reader(settings, "dlq-reader")?;
+    let mut ranges = Vec::new();
+    for partition in partitions_of(&consumer, topic, timeout)? {
+        let (low, high) = watermarks(&consumer, topic, partition, timeout)?;
+        if high > low {
+            ranges.push((partition, low, high));
+        }
+    }
+    read_ranges(&consumer, topic, &ranges, timeout)
+}
+
+/// The record at each `(partition, offset)` of `topic` (the first one after it, when retention or
+/// DeleteRecords dropped it): what a stage's consumer group reads next. A partition with nothing at
+/// or after its offset has no record in the answer. Reads without joining a group or committing;
+/// gives up after `timeout`. Blocking.
+pub fn read_heads(
+    settings: &KafkaSettings,
+    topic: &str,
+    heads: &[(i32, i64)],
+    timeout: Duration,
+) -> anyhow::Result<Vec<ConsumedRecord>> {
+    if heads.is_empty() {
+        return Ok(Vec::new());
+    }
+    let consumer = reader(settings, "console-head-reader")?;
+    let mut ranges = Vec::new();
+    for &(partition, offset) in heads {
+        let (_, high) = watermarks(&consumer, topic, partition, timeout)?;
+        if offset < high {
+            ranges.push((partition, offset, offset + 1));
+        }
+    }
+    read_ranges(&consumer, topic, &ranges, timeout)
+}
+
+/// A consumer that only reads: its group id (`<consumer_group>.<name>`) is never joined, nothing
+/// is committed.
+fn reader(settings: &KafkaSettings, name: &str) -> anyhow::Result<BaseConsumer> {
+    base_client_config(settings)
+        .set("group.id", format!("{}.{name}", settings.consumer_group))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .create()
-        .map_err(|error| anyhow::anyhow!("creating a Kafka reader: {error}"))?;
-    let partitions = partitions_of(&consumer, topic, timeout)?;
+        .map_err(|error| anyhow::anyhow!("creating a Kafka reader: {error}"))
+}
 
+fn watermarks(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> anyhow::Result<(i64, i64)> {
+    consumer
+        .fetch_watermarks(topic, partition, timeout)
+        .map_err(|error| anyhow::anyhow!("reading watermarks of {topic}[{partition}]: {error}"))
+}
+
+/// Reads each `(partition, start, end)` range of `topic`: its records from `start` until one at or
+/// past `end - 1` (records removed by retention are skipped over), sorted by partition and, within
+/// one, by offset. Gives up after `timeout`.
+fn read_ranges(
+    consumer: &BaseConsumer,
+    topic: &str,
+    ranges: &[(i32, i64, i64)],
+    timeout: Duration,
+) -> anyhow::Result<Vec<ConsumedRecord>> {
+    let mut records = Vec::new();
+    if ranges.is_empty() {
+        return Ok(records);
+    }
     let mut remaining: HashMap<i32, i64> = HashMap::new();
     let mut assignment = TopicPartitionList::new();
-    for partition in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition, timeout)
-            .map_err(|error| {
-                anyhow::anyhow!("reading watermarks of {topic}[{partition}]: {error}")
-            })?;
-        if high > low {
-            remaining.insert(partition, high);
-            assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
-        }
-    }
-    let mut records = Vec::new();
-    if remaining.is_empty() {
-        return Ok(records);
+    for &(partition, start, end) in ranges {
+        remaining.insert(partition, end);
+        assignment.add_partition_offset(topic, partition, Offset::Offset(start))?;
     }
     consumer.assign(&assignment)?;
     let deadline = std::time::Instant::now() + timeout;
@@ -57,75 +105,14 @@ pub fn read_topic(
         };
         let message = message.map_err(|error| anyhow::anyhow!("reading {topic}: {error}"))?;
         let record = ConsumedRecord::from_message(&message);
-        if let Some(high) = remaining.get(&record.partition) {
-            if record.offset + 1 >= *high {
+        if let Some(end) = remaining.get(&record.partition) {
+            if record.offset + 1 >= *end {
                 remaining.remove(&record.partition);
             }
             records.push(record);
         }
     }
     records.sort_by_key(|record| (record.partition, record.offset));
-    Ok(records)
-}
-
-/// The record at each `(partition, offset)` of `topic` (the first one after it, when retention or
-/// DeleteRecords dropped it): what a stage's consumer group reads next. A partition with nothing at
-/// or after its offset has no record in the answer. Reads without joining a group or committing;
-/// gives up after `timeout`. Blocking.
-pub fn read_heads(
-    settings: &KafkaSettings,
-    topic: &str,
-    heads: &[(i32, i64)],
-    timeout: Duration,
-) -> anyhow::Result<Vec<ConsumedRecord>> {
-    let mut records = Vec::new();
-    if heads.is_empty() {
-        return Ok(records);
-    }
-    let consumer: BaseConsumer = base_client_config(settings)
-        .set(
-            "group.id",
-            format!("{}.console-head-reader", settings.consumer_group),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .create()
-        .map_err(|error| anyhow::anyhow!("creating a Kafka reader: {error}"))?;
-    let mut remaining: HashMap<i32, i64> = HashMap::new();
-    let mut assignment = TopicPartitionList::new();
-    for &(partition, offset) in heads {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, partition, timeout)
-            .map_err(|error| {
-                anyhow::anyhow!("reading watermarks of {topic}[{partition}]: {error}")
-            })?;
-        if offset < high {
-            remaining.insert(partition, offset);
-            assignment.add_partition_offset(topic, partition, Offset::Offset(offset))?;
-        }
-    }
-    if remaining.is_empty() {
-        return Ok(records);
-    }
-    consumer.assign(&assignment)?;
-    let deadline = std::time::Instant::now() + timeout;
-    while !remaining.is_empty() {
-        if std::time::Instant::now() > deadline {
-            anyhow::bail!(
-                "reading the head records of {topic} timed out with {} partition(s) unread",
-                remaining.len()
-            );
-        }
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let message = message.map_err(|error| anyhow::anyhow!("reading {topic}: {error}"))?;
-        let record = ConsumedRecord::from_message(&message);
-        if remaining.remove(&record.partition).is_some() {
-            records.push(record);
-        }
-    }
-    records.sort_by_key(|record| record.partition);
     Ok(records)
 }
 
