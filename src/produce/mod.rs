@@ -52,7 +52,7 @@ pub use error::ApiError;
 pub(crate) use fanout::{Fanout, JoinError, LiveFeed};
 pub use metrics::NAMESPACE as METRICS_NAMESPACE;
 pub use stream::{LAST_EVENT_ID_HEADER, REPLAY_TRUNCATED_EVENT};
-pub use tally::{IntakeOutcome, FLUSH_INTERVAL as INTAKE_FLUSH_INTERVAL};
+pub use tally::{IntakeOutcome, IntakeTally, FLUSH_INTERVAL as INTAKE_FLUSH_INTERVAL};
 
 /// What every handler shares.
 pub(crate) struct ApiState {

@@ -1,5 +1,14 @@
 use crate::domain::{IdempotencyKey, TenantId};
 
+/// Names one flush of one API instance's intake counts (see [`RedisKeys::intake_flush`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntakeFlushId {
+    /// Random per API process.
+    pub instance: uuid::Uuid,
+    /// Counts up with each flush of that process.
+    pub sequence: u64,
+}
+
 /// The names of every Redis key and channel, in one place. A configurable prefix lets several
 /// deployments (or parallel test runs) share one Redis without seeing each other.
 ///
@@ -34,6 +43,16 @@ impl RedisKeys {
     /// added to by every API instance (`produce::IntakeTally`), read by the console.
     pub fn intake(&self, tenant: &TenantId) -> String {
         format!("{}intake:{{{tenant}}}", self.prefix)
+    }
+
+    /// Set (NX, with an expiry) by the flush of one API instance's intake counts, named by the
+    /// instance and the flush's sequence number: a flush retried after a timeout that had in fact
+    /// reached Redis finds it and adds nothing again.
+    pub fn intake_flush(&self, tenant: &TenantId, flush: &IntakeFlushId) -> String {
+        format!(
+            "{}intakeflush:{{{tenant}}}:{}:{}",
+            self.prefix, flush.instance, flush.sequence
+        )
     }
 
     /// Capped stream of the tenant's newest live events (fields `id`, `event`): the SSE replay buffer.

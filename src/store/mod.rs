@@ -11,7 +11,7 @@ mod pubsub;
 mod redis_connection;
 mod redis_store;
 
-pub use keys::RedisKeys;
+pub use keys::{IntakeFlushId, RedisKeys};
 pub use mongo::{
     ActivityCursor, ActivityFilter, ActivityRepository, AuditEntry, AuditLog, CorruptDocument,
     InsertOutcome, PurgeLog, PurgedDeadLetter, ReplayLog, StoredActivity, StoredByKey,

@@ -1,7 +1,7 @@
 use redis::Script;
 
 use super::redis_connection::RedisConnection;
-use super::{RedisKeys, StoreOutage, StoredActivity};
+use super::{IntakeFlushId, RedisKeys, StoreOutage, StoredActivity};
 use crate::config::RedisSettings;
 use crate::domain::{IdempotencyKey, PayloadFingerprint, TenantId};
 
@@ -84,6 +84,23 @@ return marked
 /// clocks; the margin covers any skew between those clocks and Redis's, with room to spare. Its cost:
 /// for this long after a set is (re)created, pages come from MongoDB.
 const RECENT_PAGES_FLOOR_MARGIN_SECS: u64 = 60;
+
+/// Adds an intake flush's counts unless that flush was added before: KEYS[1] the tenant's intake
+/// hash, KEYS[2] the flush's marker, ARGV[1] the marker's expiry in seconds, then field/amount pairs.
+/// Answers 1 when it added them, 0 when the marker was already there.
+const ADD_INTAKE_COUNTS_LUA: &str = r"
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
+  return 0
+end
+for i = 2, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+return 1
+";
+
+/// How long a flush's marker is kept: far longer than any retry of that flush takes (an instance
+/// retries every second until it lands), short enough that the markers of a busy fleet stay few.
+const INTAKE_FLUSH_MARKER_TTL_SECS: u64 = 3600;
 
 /// A tenant's shared token bucket as GCRA (the algorithm `governor` uses in each instance): KEYS[1]
 /// holds the theoretical arrival time in microseconds of Redis's clock; ARGV[1] is the emission
@@ -303,6 +320,7 @@ struct Scripts {
     mark_count_publish: Script,
     release_reservation: Script,
     take_tokens: Script,
+    add_intake_counts: Script,
 }
 
 impl RedisStore {
@@ -324,6 +342,7 @@ impl RedisStore {
                 mark_count_publish: Script::new(MARK_COUNT_PUBLISH_LUA),
                 release_reservation: Script::new(RELEASE_RESERVATION_LUA),
                 take_tokens: Script::new(TAKE_TOKENS_LUA),
+                add_intake_counts: Script::new(ADD_INTAKE_COUNTS_LUA),
             }),
         })
     }
@@ -628,22 +647,30 @@ impl RedisStore {
             .map_err(StoreOutage::redis)
     }
 
-    /// Adds `counts` (field -> amount) to the tenant's intake counts: one pipeline, one key.
+    /// Adds `counts` (field -> amount) to the tenant's intake counts once per `flush`: one script
+    /// that first sets the flush's marker (NX), so sending the same flush again (a retry after a
+    /// timeout whose write had landed) adds nothing. Answers whether this call added the counts.
     pub async fn add_intake_counts(
         &self,
         tenant: &TenantId,
+        flush: &IntakeFlushId,
         counts: &[(&str, u64)],
-    ) -> Result<(), StoreOutage> {
-        let key = self.keys.intake(tenant);
-        let mut pipeline = redis::pipe();
+    ) -> Result<bool, StoreOutage> {
+        let mut invocation = self.scripts.add_intake_counts.prepare_invoke();
+        invocation
+            .key(self.keys.intake(tenant))
+            .key(self.keys.intake_flush(tenant, flush))
+            .arg(INTAKE_FLUSH_MARKER_TTL_SECS);
         for (field, amount) in counts {
-            pipeline.hincr(&key, *field, *amount).ignore();
+            invocation.arg(*field).arg(*amount);
         }
-        self.within(
-            "the intake counts",
-            pipeline.query_async::<()>(&mut self.connection.clone()),
-        )
-        .await
+        let added: i64 = self
+            .within(
+                "the intake counts",
+                invocation.invoke_async(&mut self.connection.clone()),
+            )
+            .await?;
+        Ok(added == 1)
     }
 
     /// The tenant's intake counts: field -> count (see [`RedisKeys::intake`]).

@@ -1,12 +1,20 @@
 //! Intake beyond the single happy path: idempotency layer 2, batch semantics, the rate limit, and
 //! Redis being down.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+use activity_pipeline::domain::TenantId;
+use activity_pipeline::produce::{IntakeOutcome, IntakeTally};
+use activity_pipeline::store::RedisStore;
 
 use mongodb::bson::doc;
 use serde_json::{json, Value};
 
-use crate::helpers::{activity, filter, metrics_text, TestApi, TestPipeline, ACME_KEY, GLOBEX_KEY};
+use crate::helpers::{
+    activity, filter, load_settings, metrics_text, test_overrides, TestApi, TestPipeline, ACME_KEY,
+    GLOBEX_KEY,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_of_an_accepted_key_is_answered_as_a_duplicate_without_producing() {
@@ -430,4 +438,53 @@ async fn the_rate_limit_holds_across_api_instances_and_falls_back_without_redis(
     for api in [first, second, alone] {
         api.stop().await;
     }
+}
+
+/// A flush of the intake counts that timed out after its write reached Redis is sent again under
+/// the same flush id, and Redis adds it once: the counts do not run high after a slow Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intake_flush_retried_after_it_landed_is_counted_once() {
+    let settings = load_settings(&test_overrides(&[]));
+    let redis = RedisStore::connect(&settings.redis).expect("redis settings are valid");
+    let unreachable = RedisStore::connect(
+        &load_settings(&test_overrides(&[
+            "redis.url=redis://127.0.0.1:1".to_owned(),
+            "redis.op_timeout_ms=200".to_owned(),
+        ]))
+        .redis,
+    )
+    .expect("redis settings are valid");
+    let acme = TenantId::parse("acme").unwrap();
+    let tally = IntakeTally::new(std::slice::from_ref(&acme));
+    let counts = || async { redis.intake_counts(&acme).await.expect("intake counts") };
+
+    tally.add(&acme, IntakeOutcome::Accepted, 5);
+    tally.add(&acme, IntakeOutcome::RateLimited, 2);
+    tally.flush(&unreachable).await;
+    let unconfirmed = tally
+        .unconfirmed_flush(&acme)
+        .expect("a failed flush stays unconfirmed");
+    assert!(counts().await.is_empty(), "nothing reached Redis yet");
+
+    // The same flush, as if the failed attempt had reached Redis after all.
+    let landed = redis
+        .add_intake_counts(&acme, &unconfirmed, &[("accepted", 5), ("rateLimited", 2)])
+        .await
+        .expect("redis is up");
+    assert!(landed);
+    tally.add(&acme, IntakeOutcome::Accepted, 1);
+    tally.flush(&redis).await;
+    assert_eq!(tally.unconfirmed_flush(&acme), None, "confirmed now");
+    assert_eq!(
+        counts().await,
+        BTreeMap::from([("accepted".to_owned(), 5), ("rateLimited".to_owned(), 2)]),
+        "the retried flush was not added again; the newer count waits for the next flush"
+    );
+
+    tally.flush(&redis).await;
+    assert_eq!(
+        counts().await,
+        BTreeMap::from([("accepted".to_owned(), 6), ("rateLimited".to_owned(), 2)])
+    );
+    assert_eq!(tally.unconfirmed_flush(&acme), None);
 }
