@@ -97,3 +97,37 @@ async fn an_activity_accepted_in_another_datacenter_is_stored_once_with_its_orig
     east.stop().await;
     west.stop().await;
 }
+
+/// MirrorMaker 2 creates a mirrored topic when it first sees its source, which may be after the
+/// consumer subscribed (a new datacenter, or the consumer started first): the consumer must notice
+/// it within seconds, not at librdkafka's default metadata refresh (5 minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirrored_topic_created_after_the_consumer_subscribed_is_read() {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let east_topic = format!("it-{}.east.activities", &id[id.len() - 12..]);
+    let west = TestPipeline::spawn_with(&[
+        "dc.name=west".to_owned(),
+        format!(r#"kafka.mirrored_topics=["{east_topic}"]"#),
+    ])
+    .await;
+    // Only now does the mirrored topic exist.
+    let east = TestApi::spawn(
+        &[
+            "dc.name=east".to_owned(),
+            format!("kafka.topic={east_topic}"),
+        ],
+        true,
+    )
+    .await;
+    let response = east
+        .post_activity(ACME_KEY, Some("k-late"), &activity("u-late", "login"))
+        .await;
+    assert_eq!(response.status(), 202);
+    assert_eq!(
+        west.wait_for_count(filter("acme", "k-late"), 1).await,
+        1,
+        "west reads the mirrored topic that appeared after it subscribed (within 60 s)"
+    );
+    east.stop().await;
+    west.stop().await;
+}
