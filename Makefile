@@ -6,7 +6,7 @@ CARGO ?= cargo
 DEV_CONFIG := config/dev.toml
 BIN := target/debug/activity-pipeline
 
-.PHONY: run test lint fmt build build-deps browser-deps stack-up stack-down stack-status stack-reset cluster-up cluster-down cluster-status cluster-reset redis-cluster-up topics unit integration faults cluster-drill bench bench-micro
+.PHONY: run test lint fmt build build-deps browser-deps stack-up stack-down stack-status stack-reset cluster-up cluster-down cluster-status cluster-reset redis-cluster-up dc-up dc-down dc-status dc-reset topics unit integration faults cluster-drill bench bench-micro
 
 ## run: start the local stack, build, create the topics, run `produce`, `consume` and `console` with the
 ## dev config (prints the console's address and the dev operator's token).
@@ -101,6 +101,22 @@ cluster-reset:
 ## integration tests that `make test` runs.
 redis-cluster-up:
 	@scripts/stack.sh up --profile cluster redis
+
+## dc-up / dc-down / dc-status / dc-reset: the two-datacenter profile (east and west, each with its
+## Kafka, FerretDB, Redis, produce and consume, MirrorMaker 2 between them; ports and layout in
+## scripts/dc.sh). dc-up builds the binary and waits until an activity posted in each datacenter is
+## stored in the other. Not used by `make run` or `make test`.
+dc-up: build
+	@scripts/stack.sh up --profile dc
+
+dc-down:
+	@scripts/stack.sh down --profile dc
+
+dc-status:
+	@scripts/stack.sh status --profile dc
+
+dc-reset:
+	@scripts/stack.sh reset --profile dc
 
 topics: build stack-up
 	$(BIN) --config $(DEV_CONFIG) topics create

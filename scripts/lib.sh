@@ -4,6 +4,7 @@
 # Downloads and builds are cached outside the clone, in ${AP_CACHE_DIR}, so a fresh clone on the
 # same machine reuses them; they are fetched/built again when absent (a new machine):
 #   ${AP_CACHE_DIR}/kafka-<version>/libs/   Kafka broker + tools jars (Maven Central, scripts/kafka/pom.xml)
+#   ${AP_CACHE_DIR}/mirrormaker-<version>/libs/  MirrorMaker 2 (Maven Central, scripts/kafka/mirror-pom.xml)
 #   ${AP_CACHE_DIR}/bin/ferretdb            FerretDB built from the Go module proxy
 
 AP_SCRIPTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
@@ -19,6 +20,12 @@ AP_KAFKA_VERSION=4.4.0
 AP_KAFKA_POM="${AP_SCRIPTS_DIR}/kafka/pom.xml"
 AP_KAFKA_HOME="${AP_CACHE_DIR}/kafka-${AP_KAFKA_VERSION}"
 AP_KAFKA_LIBS="${AP_KAFKA_HOME}/libs"
+
+# MirrorMaker 2: connect-mirror 4.4.0 is not served here, 4.3.1 is; its clients talk to 4.4.0 brokers.
+AP_MIRROR_VERSION=4.3.1
+AP_MIRROR_POM="${AP_SCRIPTS_DIR}/kafka/mirror-pom.xml"
+AP_MIRROR_HOME="${AP_CACHE_DIR}/mirrormaker-${AP_MIRROR_VERSION}"
+AP_MIRROR_LIBS="${AP_MIRROR_HOME}/libs"
 
 AP_FERRETDB_MODULE=github.com/FerretDB/FerretDB
 AP_FERRETDB_VERSION=v1.24.2
@@ -96,44 +103,65 @@ ap_require_java() {
     ap_apt_install java openjdk-17-jre-headless
 }
 
-# ap_kafka_libs_ok: the jar cache is complete and was made from the current pom.xml.
-ap_kafka_libs_ok() {
+# ap_maven_libs_ok LIBS POM: the jar cache LIBS is complete and was made from the current POM.
+ap_maven_libs_ok() {
     local want have
-    [[ -f "${AP_KAFKA_LIBS}/.complete" ]] || return 1
-    want=$(sha256sum "${AP_KAFKA_POM}" | cut -d' ' -f1)
-    have=$(cat "${AP_KAFKA_LIBS}/.complete")
+    [[ -f "$1/.complete" ]] || return 1
+    want=$(sha256sum "$2" | cut -d' ' -f1)
+    have=$(cat "$1/.complete")
     [[ "${want}" == "${have}" ]]
 }
 
-# ap_ensure_kafka_libs: copy the broker and tools jars from Maven Central into ${AP_KAFKA_LIBS}
-# (once; ~/.m2 also keeps them). Takes minutes the first time on a new machine.
-ap_ensure_kafka_libs() {
-    ap_kafka_libs_ok && return 0
+# ap_ensure_maven_libs WHAT POM HOME JAR_GLOB...: copy POM's runtime dependencies from Maven Central
+# into HOME/libs (once; ~/.m2 also keeps them), checking that each JAR_GLOB matches a jar there.
+# Takes minutes the first time on a new machine.
+ap_ensure_maven_libs() {
+    local what=$1 pom=$2 home=$3 glob
+    shift 3
+    local libs="${home}/libs"
+    ap_maven_libs_ok "${libs}" "${pom}" && return 0
     ap_require_java
     ap_apt_install mvn maven
-    ap_lock kafka-libs
-    if ap_kafka_libs_ok; then # fetched by a concurrent run while we waited for the lock
+    ap_lock "${what}-libs"
+    if ap_maven_libs_ok "${libs}" "${pom}"; then # fetched by a concurrent run while we waited for the lock
         ap_unlock
         return 0
     fi
-    local tmp="${AP_KAFKA_HOME}/libs.tmp.$$" mvnlog="${AP_KAFKA_HOME}/mvn.log" sum
-    mkdir -p "${AP_KAFKA_HOME}"
+    local tmp="${libs}.tmp.$$" mvnlog="${home}/mvn.log" sum
+    mkdir -p "${home}"
     rm -rf "${tmp}"
-    ap_log "fetching Kafka ${AP_KAFKA_VERSION} jars from Maven Central into ${AP_KAFKA_LIBS} (first time: may take minutes; log: ${mvnlog})"
-    if ! (cd "${AP_KAFKA_HOME}" && mvn -B -q -Dstyle.color=never -f "${AP_KAFKA_POM}" \
+    ap_log "fetching the ${what} jars from Maven Central into ${libs} (first time: may take minutes; log: ${mvnlog})"
+    if ! (cd "${home}" && mvn -B -q -Dstyle.color=never -f "${pom}" \
         dependency:copy-dependencies -DincludeScope=runtime "-DoutputDirectory=${tmp}") >"${mvnlog}" 2>&1 </dev/null; then
         tail -n 30 "${mvnlog}" >&2
         rm -rf "${tmp}"
-        ap_die "kafka: fetching the jars with Maven failed (full log: ${mvnlog})"
+        ap_die "${what}: fetching the jars with Maven failed (full log: ${mvnlog})"
     fi
-    ls "${tmp}"/kafka_2.13-*.jar "${tmp}"/kafka-tools-*.jar >/dev/null 2>&1 \
-        || ap_die "kafka: Maven ran but the broker/tools jars are missing in ${tmp} (log: ${mvnlog})"
-    sum=$(sha256sum "${AP_KAFKA_POM}" | cut -d' ' -f1)
+    for glob in "$@"; do
+        compgen -G "${tmp}/${glob}" >/dev/null \
+            || ap_die "${what}: Maven ran but no ${glob} is in ${tmp} (log: ${mvnlog})"
+    done
+    sum=$(sha256sum "${pom}" | cut -d' ' -f1)
     printf '%s\n' "${sum}" >"${tmp}/.complete"
-    rm -rf "${AP_KAFKA_LIBS}"
-    mv "${tmp}" "${AP_KAFKA_LIBS}"
+    rm -rf "${libs}"
+    mv "${tmp}" "${libs}"
     ap_unlock
-    ap_log "kafka: $(find "${AP_KAFKA_LIBS}" -name '*.jar' | wc -l) jars in ${AP_KAFKA_LIBS}"
+    ap_log "${what}: $(find "${libs}" -name '*.jar' | wc -l) jars in ${libs}"
+}
+
+# ap_kafka_libs_ok: the broker's jar cache is complete and was made from the current pom.xml.
+ap_kafka_libs_ok() { ap_maven_libs_ok "${AP_KAFKA_LIBS}" "${AP_KAFKA_POM}"; }
+
+# ap_ensure_kafka_libs: the broker and tools jars in ${AP_KAFKA_LIBS}.
+ap_ensure_kafka_libs() {
+    ap_ensure_maven_libs kafka "${AP_KAFKA_POM}" "${AP_KAFKA_HOME}" 'kafka_2.13-*.jar' 'kafka-tools-*.jar'
+}
+
+# ap_ensure_mirror_libs: MirrorMaker 2's jars (connect-mirror, its client, connect-runtime and their
+# dependencies) in ${AP_MIRROR_LIBS}, for the two-datacenter profile (scripts/dc.sh).
+ap_ensure_mirror_libs() {
+    ap_ensure_maven_libs mirrormaker "${AP_MIRROR_POM}" "${AP_MIRROR_HOME}" \
+        'connect-mirror-[0-9]*.jar' 'connect-mirror-client-*.jar' 'connect-runtime-*.jar'
 }
 
 ap_ferretdb_ok() {

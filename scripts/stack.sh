@@ -6,6 +6,9 @@
 #        (no names = all of them; `postgres` only with AP_STORE_BACKEND=postgresql)
 #        scripts/stack.sh up|down|status|reset --profile cluster   (three Kafka brokers, a Redis
 #        Cluster; scripts/cluster.sh says more)
+#        scripts/stack.sh up|down|status|reset --profile dc   (two datacenters, east and west, each
+#        with its Kafka, FerretDB, Redis, produce and consume, and MirrorMaker 2 between them;
+#        scripts/dc.sh says more)
 #
 #   up      start what is not running and wait until each service really answers
 #           (Redis PING, pg_isready and the `ferretdb` database, a MongoDB OP_MSG hello+ping, a
@@ -506,8 +509,9 @@ main() {
     if [[ "${1:-}" == --profile ]]; then
         case ${2:-} in
             cluster) exec "${AP_SCRIPTS_DIR}/cluster.sh" "${cmd}" "${@:3}" ;;
+            dc) exec "${AP_SCRIPTS_DIR}/dc.sh" "${cmd}" "${@:3}" ;;
             single) shift 2 ;;
-            *) ap_die "unknown profile '${2:-}' (known: single, the default; cluster)" ;;
+            *) ap_die "unknown profile '${2:-}' (known: single, the default; cluster; dc)" ;;
         esac
     fi
     local -a services=("$@")

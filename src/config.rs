@@ -50,6 +50,8 @@ pub struct Settings {
     pub readiness: ReadinessSettings,
     /// The `console` role: the operators' web console and its JSON API.
     pub console: ConsoleSettings,
+    /// Which datacenter this process runs in.
+    pub dc: DcSettings,
     /// Tenant id -> its API key digest. Empty by default: a deployment must say who may send.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantSettings>,
@@ -136,6 +138,10 @@ pub struct KafkaSettings {
     pub topic: String,
     pub retry_topic: String,
     pub dlq_topic: String,
+    /// Other datacenters' topics mirrored into this cluster (names, or `^`-prefixed patterns), read
+    /// by the main stage together with `topic`. Empty for a single datacenter.
+    #[serde(default)]
+    pub mirrored_topics: Vec<String>,
     pub partitions: i32,
     pub replication_factor: i32,
     pub consumer_group: String,
@@ -177,6 +183,25 @@ impl KafkaSettings {
         self.min_insync_replicas
             .unwrap_or_else(|| self.replication_factor.min(2))
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DcSettings {
+    /// Stamped on every accepted record (header `accepted-dc`) and stored on its document; breaks a
+    /// tie of acceptance times in the conflict rule between datacenters.
+    pub name: String,
+}
+
+/// Whether `name` can name a datacenter: 1-32 characters of [a-z0-9-], starting with a letter. It is
+/// a record header and MirrorMaker 2's cluster alias (the prefix of mirrored topics), so it stays
+/// within what both accept without quoting.
+pub fn is_valid_dc_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name.starts_with(|first: char| first.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -687,6 +712,37 @@ impl Settings {
                 && kafka.retry_topic != kafka.dlq_topic,
             "kafka.dlq_topic",
             "the main, retry and DLQ topics must be three different topics",
+        )?;
+        for mirrored in &kafka.mirrored_topics {
+            let well_formed = match mirrored.strip_prefix('^') {
+                // librdkafka subscribes to a `^`-prefixed entry as a regular expression, in its own
+                // dialect: it judges the pattern when the consumer subscribes (an error naming it).
+                Some(pattern) => !pattern.is_empty(),
+                None => is_valid_topic_name(mirrored),
+            };
+            require(
+                well_formed,
+                "kafka.mirrored_topics",
+                &format!(
+                    "{mirrored:?} is neither a topic name (1-249 characters of [A-Za-z0-9._-]) nor a \
+                     `^`-prefixed regular expression over topic names"
+                ),
+            )?;
+            require(
+                mirrored != &kafka.topic
+                    && mirrored != &kafka.dlq_topic
+                    && !mirrored.starts_with(&kafka.retry_topic),
+                "kafka.mirrored_topics",
+                &format!(
+                    "{mirrored:?} is one of this datacenter's own topics (kafka.topic, the retry \
+                     topics, kafka.dlq_topic); list only topics mirrored from other datacenters"
+                ),
+            )?;
+        }
+        require(
+            is_valid_dc_name(&self.dc.name),
+            "dc.name",
+            "must be 1-32 characters of [a-z0-9-], starting with a letter",
         )?;
         require(
             kafka.partitions >= 1,
@@ -1466,6 +1522,52 @@ mod tests {
             (
                 &["kafka.min_insync_replicas=0"][..],
                 "kafka.min_insync_replicas",
+            ),
+        ] {
+            let error = load_with(overrides).unwrap_err().to_string();
+            assert!(
+                error.starts_with(&format!("configuration key `{key}`")),
+                "{overrides:?}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn datacenter_settings_are_checked() {
+        let settings = load_with(&[]).unwrap();
+        assert_eq!(settings.dc.name, "local");
+        assert!(settings.kafka.mirrored_topics.is_empty());
+        let settings = load_with(&[
+            "dc.name=west",
+            r#"kafka.mirrored_topics=["east.activities", "^[a-z]+[.]activities$"]"#,
+        ])
+        .unwrap();
+        assert_eq!(settings.dc.name, "west");
+        assert_eq!(settings.kafka.mirrored_topics.len(), 2);
+        for (overrides, key) in [
+            (&["dc.name=East"][..], "dc.name"),
+            (&["dc.name=1east"][..], "dc.name"),
+            (&["dc.name=east.1"][..], "dc.name"),
+            (&[r#"dc.name="""#][..], "dc.name"),
+            (
+                &[r#"kafka.mirrored_topics=["east activities"]"#][..],
+                "kafka.mirrored_topics",
+            ),
+            (
+                &[r#"kafka.mirrored_topics=["^"]"#][..],
+                "kafka.mirrored_topics",
+            ),
+            (
+                &[r#"kafka.mirrored_topics=["activities"]"#][..],
+                "kafka.mirrored_topics",
+            ),
+            (
+                &[r#"kafka.mirrored_topics=["activities.retry.1"]"#][..],
+                "kafka.mirrored_topics",
+            ),
+            (
+                &[r#"kafka.mirrored_topics=["activities.dlq"]"#][..],
+                "kafka.mirrored_topics",
             ),
         ] {
             let error = load_with(overrides).unwrap_err().to_string();

@@ -153,9 +153,20 @@ impl ConsumerRuntime {
         }
         let mut tasks = JoinSet::new();
         for (stage, topic, group) in plan {
+            // The main stage also reads what MirrorMaker 2 copied from the other datacenters: one
+            // group, so a mirrored record gets the same effects, once, as a local one. Retry stages
+            // read only their local topic (failures are never mirrored).
+            let mut topics: Vec<&str> = vec![&topic];
+            if stage == Stage::Main {
+                topics.extend(settings.kafka.mirrored_topics.iter().map(String::as_str));
+            }
             let consumer =
-                ActivityConsumer::subscribe(&settings.kafka, &group, &[&topic], metrics.clone())?;
-            tracing::info!(stage = %stage.label(), %topic, %group, "consumer stage started");
+                ActivityConsumer::subscribe(&settings.kafka, &group, &topics, metrics.clone())
+                    .map_err(|error| {
+                        error
+                            .context("configuration keys `kafka.topic` and `kafka.mirrored_topics`")
+                    })?;
+            tracing::info!(stage = %stage.label(), topics = ?topics, %group, "consumer stage started");
             let stage_loop = StageLoop {
                 stage,
                 consumer,

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use super::alerts::AlertSender;
 use super::metrics::ConsumerMetrics;
-use crate::config::Settings;
+use crate::config::{is_valid_dc_name, Settings};
 use crate::domain::{
     ActivityEnvelope, ActivityValidator, IdempotencyKey, PayloadFingerprint, TenantId,
 };
@@ -80,6 +80,9 @@ pub struct BatchProcessor {
     mark_ttl: chrono::Duration,
     metrics: Arc<ConsumerMetrics>,
     alerts: AlertSender,
+    /// This datacenter (`dc.name`): the origin of a record that carries no `accepted-dc` header
+    /// (written by an API from before datacenters, or by another producer of this datacenter).
+    local_dc: String,
 }
 
 /// A record that will not be stored by this attempt, and why.
@@ -94,6 +97,22 @@ struct Decoded<'a> {
     record: &'a ConsumedRecord,
     envelope: ActivityEnvelope,
     fingerprint: PayloadFingerprint,
+    /// The datacenter that accepted it.
+    origin_dc: String,
+}
+
+/// The datacenter that accepted `record`: its `accepted-dc` header, else `local_dc`. A header that
+/// names no datacenter is refused like a malformed value (the same bytes fail on every attempt).
+fn accepting_dc(record: &ConsumedRecord, local_dc: &str) -> Result<String, String> {
+    match record.header(headers::ACCEPTED_DC) {
+        None => Ok(local_dc.to_owned()),
+        Some(dc) if is_valid_dc_name(dc) => Ok(dc.to_owned()),
+        Some(dc) => Err(format!(
+            "header {} is {dc:?}, not a datacenter name (1-32 characters of [a-z0-9-], starting \
+             with a letter)",
+            headers::ACCEPTED_DC
+        )),
+    }
 }
 
 /// The DLQ error of a record whose key is already stored (or marked) with another payload.
@@ -143,6 +162,7 @@ impl BatchProcessor {
             ),
             metrics,
             alerts,
+            local_dc: settings.dc.name.clone(),
         })
     }
 
@@ -166,8 +186,11 @@ impl BatchProcessor {
                 Some(payload) => ActivityEnvelope::decode(payload, &self.validator)
                     .map_err(|error| error.to_string()),
             };
-            let envelope = match envelope {
-                Ok(envelope) => envelope,
+            let decoded_parts = envelope.and_then(|envelope| {
+                accepting_dc(record, &self.local_dc).map(|origin_dc| (envelope, origin_dc))
+            });
+            let (envelope, origin_dc) = match decoded_parts {
+                Ok(parts) => parts,
                 Err(error) => {
                     refusals.push(Refusal {
                         record,
@@ -184,6 +207,7 @@ impl BatchProcessor {
                         record,
                         envelope,
                         fingerprint,
+                        origin_dc,
                     });
                 }
                 Entry::Occupied(entry) if *entry.get() == fingerprint => report.duplicates += 1,
@@ -233,6 +257,7 @@ impl BatchProcessor {
             }
             match StoredActivity::from_envelope(&item.envelope, &item.fingerprint, now) {
                 Ok(document) => {
+                    let document = document.accepted_in(&item.origin_dc);
                     pending.push(item);
                     documents.push(document);
                 }

@@ -247,7 +247,14 @@ impl ActivityConsumer {
             paused: paused.clone(),
             observer,
         };
-        let consumer: StreamConsumer<GroupContext> = base_client_config(settings)
+        let mut config = base_client_config(settings);
+        if !settings.mirrored_topics.is_empty() {
+            // A mirrored topic appears when MirrorMaker 2 first sees its source, possibly after this
+            // consumer subscribed; librdkafka notices new topics (and pattern matches) only at a
+            // metadata refresh, every 5 minutes by default.
+            config.set("topic.metadata.refresh.interval.ms", "5000");
+        }
+        let consumer: StreamConsumer<GroupContext> = config
             .set("group.id", group)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")

@@ -37,6 +37,11 @@ pub mod headers {
     /// without decoding them. The consumer recomputes it from the value rather than trusting it, so a
     /// record from another producer, or one written without it, is judged the same way.
     pub const PAYLOAD_FINGERPRINT: &str = "payload-fingerprint";
+    /// The datacenter whose API accepted the activity (`dc.name`). It survives MirrorMaker 2 (which
+    /// copies headers), retry hops and the DLQ, so every datacenter stores where an activity came
+    /// from. Not `origin-dc`: the `origin-` prefix belongs to the facts of a failed record's first
+    /// consumption, which are rewritten on every hop (`failures::headers`).
+    pub const ACCEPTED_DC: &str = "accepted-dc";
     // The headers of failed records (retry topics, DLQ) are in `crate::failures::headers`.
 }
 

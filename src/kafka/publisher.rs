@@ -39,6 +39,8 @@ pub struct ActivityPublisher {
     /// The main topic's partition count, fetched the first time a spread tenant publishes.
     partitions: Arc<OnceCell<u32>>,
     metadata_timeout: Duration,
+    /// The datacenter stamped on every published activity (`headers::ACCEPTED_DC`).
+    accepted_dc: Arc<str>,
 }
 
 impl ActivityPublisher {
@@ -65,7 +67,15 @@ impl ActivityPublisher {
             spread: Arc::new(PartitionSpread::default()),
             partitions: Arc::new(OnceCell::new()),
             metadata_timeout: Duration::from_millis(settings.delivery_timeout_ms),
+            accepted_dc: Arc::from("local"),
         })
+    }
+
+    /// Stamps `dc` (`dc.name`) as the accepting datacenter on every activity this publisher
+    /// publishes; without it, `local` (the default of `dc.name`).
+    pub fn accepting_in(mut self, dc: &str) -> ActivityPublisher {
+        self.accepted_dc = Arc::from(dc);
+        self
     }
 
     /// Places the records of `spread`'s tenants on their partitions (`tenants.<id>.partition_spread`).
@@ -117,7 +127,7 @@ impl ActivityPublisher {
         fingerprint: &PayloadFingerprint,
     ) -> Result<(), PublishError> {
         let payload = envelope.encode();
-        let record_headers = OwnedHeaders::new_with_capacity(3)
+        let record_headers = OwnedHeaders::new_with_capacity(4)
             .insert(Header {
                 key: headers::IDEMPOTENCY_KEY,
                 value: Some(envelope.idempotency_key.as_str()),
@@ -129,6 +139,10 @@ impl ActivityPublisher {
             .insert(Header {
                 key: headers::PAYLOAD_FINGERPRINT,
                 value: Some(fingerprint.as_str()),
+            })
+            .insert(Header {
+                key: headers::ACCEPTED_DC,
+                value: Some(&*self.accepted_dc),
             });
         let partition = if self.spread.spreads(&envelope.tenant_id) {
             let partitions = self.partition_count().await?;

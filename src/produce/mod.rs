@@ -122,6 +122,7 @@ impl Application {
         })?;
         let port = listener.local_addr()?.port();
         let publisher = ActivityPublisher::new(&settings.kafka)?
+            .accepting_in(&settings.dc.name)
             .with_partition_spread(PartitionSpread::from_settings(settings));
         let validator = ActivityValidator::with_limits(&settings.limits.activity_limits())
             .map_err(|error| anyhow::anyhow!("configuration key `limits.{error}`"))?;

@@ -62,6 +62,10 @@ pub struct StoredActivity {
     pub metadata: Document,
     pub enqueued_at: bson::DateTime,
     pub created_at: bson::DateTime,
+    /// The datacenter whose API accepted the activity (`dc.name` there; the record's `accepted-dc`
+    /// header). Absent on documents stored before datacenters were known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_dc: Option<String>,
 }
 
 impl StoredActivity {
@@ -90,7 +94,14 @@ impl StoredActivity {
             metadata,
             enqueued_at: bson::DateTime::from_millis(envelope.enqueued_at.timestamp_millis()),
             created_at: bson::DateTime::from_millis(created_at.timestamp_millis()),
+            origin_dc: None,
         })
+    }
+
+    /// Records `dc` as the datacenter that accepted the activity.
+    pub fn accepted_in(mut self, dc: &str) -> StoredActivity {
+        self.origin_dc = Some(dc.to_owned());
+        self
     }
 
     /// Whether `fingerprint` is what this document was stored from. A document from before

@@ -12,6 +12,7 @@ mod conflicts;
 mod console;
 mod console_browser;
 mod consumer;
+mod datacenters;
 mod deadlines;
 mod docker_compose;
 mod http_errors;

@@ -1,0 +1,133 @@
+//! Several datacenters on the shared stack: two topics on the one Kafka stand in for a datacenter's
+//! local topic and the topic MirrorMaker 2 mirrors into it from another (the two-datacenter stack,
+//! `make dc-up`, runs the real MirrorMaker 2; this keeps the consumer's side in `make test`). East is
+//! an API whose topic west's consumer reads as mirrored: whatever east accepts must be stored in
+//! west once, with east as its origin, next to what west accepted itself.
+
+use mongodb::bson::doc;
+
+use crate::helpers::{activity, filter, TestApi, TestPipeline, ACME_KEY};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activity_accepted_in_another_datacenter_is_stored_once_with_its_origin() {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let east_topic = format!("it-{}.east.activities", &id[id.len() - 12..]);
+    let east = TestApi::spawn(
+        &[
+            "dc.name=east".to_owned(),
+            format!("kafka.topic={east_topic}"),
+        ],
+        true,
+    )
+    .await;
+    let west = TestPipeline::spawn_with(&[
+        "dc.name=west".to_owned(),
+        format!(r#"kafka.mirrored_topics=["{east_topic}"]"#),
+    ])
+    .await;
+
+    let accepted_in_east = activity("u-east", "login");
+    let accepted_in_west = activity("u-west", "logout");
+    let accepted_in_both = activity("u-both", "share");
+    for (response, what) in [
+        (
+            east.post_activity(ACME_KEY, Some("k-east"), &accepted_in_east)
+                .await,
+            "east's own",
+        ),
+        (
+            west.post_activity(ACME_KEY, Some("k-west"), &accepted_in_west)
+                .await,
+            "west's own",
+        ),
+        // A client that failed over and resent the same activity under the same key.
+        (
+            east.post_activity(ACME_KEY, Some("k-both"), &accepted_in_both)
+                .await,
+            "the failed-over one, in east",
+        ),
+        (
+            west.post_activity(ACME_KEY, Some("k-both"), &accepted_in_both)
+                .await,
+            "the failed-over one, in west",
+        ),
+    ] {
+        assert_eq!(response.status(), 202, "{what}");
+    }
+
+    assert_eq!(
+        west.wait_for_count(doc! {"tenantId": "acme"}, 3).await,
+        3,
+        "west stores its own activity, east's, and the one accepted in both once"
+    );
+    let origin_of = |key: &'static str| {
+        let west = &west;
+        async move {
+            let stored = west
+                .activities()
+                .find_one(filter("acme", key))
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("{key} is stored in west"));
+            stored
+                .get_str("originDc")
+                .map(str::to_owned)
+                .unwrap_or_else(|_| panic!("{key} has no originDc: {stored}"))
+        }
+    };
+    assert_eq!(origin_of("k-east").await, "east");
+    assert_eq!(origin_of("k-west").await, "west");
+    let both = origin_of("k-both").await;
+    assert!(both == "east" || both == "west", "k-both: {both}");
+    assert_eq!(west.count(filter("acme", "k-both")).await, 1);
+
+    // Counted once each, whichever datacenter accepted it.
+    let counters = west.counters("acme").await;
+    for activity_type in ["login", "logout", "share"] {
+        assert_eq!(
+            counters.get(activity_type),
+            Some(&1),
+            "{activity_type}: {counters:?}"
+        );
+    }
+    assert!(
+        west.dead_letters().await.is_empty(),
+        "nothing is a failure here"
+    );
+    east.stop().await;
+    west.stop().await;
+}
+
+/// MirrorMaker 2 creates a mirrored topic when it first sees its source, which may be after the
+/// consumer subscribed (a new datacenter, or the consumer started first): the consumer must notice
+/// it within seconds, not at librdkafka's default metadata refresh (5 minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirrored_topic_created_after_the_consumer_subscribed_is_read() {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let east_topic = format!("it-{}.east.activities", &id[id.len() - 12..]);
+    let west = TestPipeline::spawn_with(&[
+        "dc.name=west".to_owned(),
+        format!(r#"kafka.mirrored_topics=["{east_topic}"]"#),
+    ])
+    .await;
+    // Only now does the mirrored topic exist.
+    let east = TestApi::spawn(
+        &[
+            "dc.name=east".to_owned(),
+            format!("kafka.topic={east_topic}"),
+        ],
+        true,
+    )
+    .await;
+    let response = east
+        .post_activity(ACME_KEY, Some("k-late"), &activity("u-late", "login"))
+        .await;
+    assert_eq!(response.status(), 202);
+    assert_eq!(
+        west.wait_for_count(filter("acme", "k-late"), 1).await,
+        1,
+        "west reads the mirrored topic that appeared after it subscribed (within 60 s)"
+    );
+    east.stop().await;
+    west.stop().await;
+}
