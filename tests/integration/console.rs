@@ -86,7 +86,7 @@ impl TestConsole {
     }
 
     /// Logs in like a browser: the session cookie (`name=value`).
-    async fn log_in(&self, token: &str) -> String {
+    pub async fn log_in(&self, token: &str) -> String {
         let response = self
             .http
             .post(self.url("/console/login"))
@@ -109,7 +109,7 @@ impl TestConsole {
         set_cookie.split(';').next().unwrap().to_owned()
     }
 
-    async fn page(&self, cookie: &str, path: &str) -> (u16, String) {
+    pub async fn page(&self, cookie: &str, path: &str) -> (u16, String) {
         let response = self
             .http
             .get(self.url(path))

@@ -1,0 +1,182 @@
+//! The console's dead letters at volume: 100,000 dead letters in a DLQ topic, and how long the
+//! pages that read them take. Ignored (it writes 10^5 records and takes minutes); run by hand:
+//!
+//! ```text
+//! cargo test --test integration console_volume -- --ignored --nocapture
+//! ```
+//!
+//! It prints one line per measured request; the README's "Dead letters at volume" table holds the
+//! numbers. Nothing is asserted about speed: only that every answer is correct.
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+use crate::console::{TestConsole, ADMIN_TOKEN};
+use crate::helpers::TestPipeline;
+
+/// How many dead letters the measurement writes.
+const DEAD_LETTERS: usize = 100_000;
+/// Tenants they are spread over: the configured `acme` and `globex` (the console's tenant pages
+/// show only configured tenants) and `volume-02` .. `volume-49`.
+const TENANTS: usize = 50;
+const CLASSES: [&str; 4] = ["poison", "rejected", "conflict", "transient"];
+
+/// Writes `count` dead letters as the consumer would have, many in flight at once (one producer,
+/// deliveries awaited in chunks so memory stays bounded). Dead letter `i` belongs to tenant
+/// [`tenant_of`]`(i)`, has class `CLASSES[i % 4]` and idempotency key `volume-key-{i}`.
+async fn write_dead_letters(pipeline: &TestPipeline, count: usize) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &pipeline.settings.kafka.brokers)
+        .set("linger.ms", "20")
+        .set("compression.type", "lz4")
+        .create()
+        .unwrap();
+    let topic = pipeline.settings.kafka.dlq_topic.as_str();
+    let now = chrono::Utc::now();
+    for chunk_start in (0..count).step_by(5_000) {
+        let sends = (chunk_start..(chunk_start + 5_000).min(count)).map(|index| {
+            let tenant = tenant_of(index);
+            let key = format!("volume-key-{index}");
+            let at = (now - chrono::Duration::seconds((count - index) as i64)).to_rfc3339();
+            let class = CLASSES[index % CLASSES.len()];
+            let error =
+                format!("store refused activity #{index}: duplicate key in tenant {tenant}");
+            let payload = serde_json::to_vec(&serde_json::json!({
+                "schema": "activity.v1",
+                "tenantId": tenant,
+                "idempotencyKey": key,
+                "activity": {"actor": format!("user-{}", index % 997), "type": "page.viewed",
+                             "object": format!("/articles/{index}")},
+            }))
+            .unwrap();
+            let producer = &producer;
+            async move {
+                let headers = [
+                    ("idempotency-key", key.as_str()),
+                    ("dlq-error", error.as_str()),
+                    ("dlq-error-class", class),
+                    ("dlq-attempts", "1"),
+                    ("dlq-first-failure-at", at.as_str()),
+                    ("dlq-last-failure-at", at.as_str()),
+                    ("dlq-source-topic", "activities"),
+                    ("dlq-source-partition", "0"),
+                    ("dlq-source-offset", "7"),
+                ]
+                .iter()
+                .fold(OwnedHeaders::new(), |headers, (name, value)| {
+                    headers.insert(Header {
+                        key: name,
+                        value: Some(*value),
+                    })
+                });
+                producer
+                    .send(
+                        FutureRecord::to(topic)
+                            .key(&tenant)
+                            .payload(&payload)
+                            .headers(headers),
+                        Duration::from_secs(60),
+                    )
+                    .await
+                    .expect("the broker takes the dead letter");
+            }
+        });
+        join_all(sends).await;
+    }
+}
+
+fn tenant_of(index: usize) -> String {
+    match index % TENANTS {
+        0 => "acme".to_owned(),
+        1 => "globex".to_owned(),
+        other => format!("volume-{other:02}"),
+    }
+}
+
+/// GETs `path` as the admin and prints how long it took; the JSON body.
+async fn timed(console: &TestConsole, what: &str, path: &str) -> serde_json::Value {
+    let started = Instant::now();
+    let (status, body) = console.get(Some(ADMIN_TOKEN), path).await;
+    let took = started.elapsed();
+    println!(
+        "MEASURE {what:<40} {:>8.1} ms  (status {status})",
+        took.as_secs_f64() * 1e3
+    );
+    assert_eq!(status, 200, "{what}: {body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "writes 100,000 dead letters and takes minutes; run by hand (see the module doc)"]
+async fn console_volume_dead_letters_at_100k() {
+    let pipeline =
+        TestPipeline::spawn_api_only(&["console.read_timeout_ms=120000".to_owned()]).await;
+    let started = Instant::now();
+    write_dead_letters(&pipeline, DEAD_LETTERS).await;
+    println!(
+        "MEASURE wrote {DEAD_LETTERS} dead letters in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let console = TestConsole::spawn(&pipeline).await;
+
+    let first = timed(
+        &console,
+        "dead letters, first page",
+        "/console/api/dead-letters",
+    )
+    .await;
+    assert_eq!(first["total"], DEAD_LETTERS);
+    let cursor = first["nextCursor"].as_str().unwrap().to_owned();
+    timed(
+        &console,
+        "dead letters, second page",
+        &format!("/console/api/dead-letters?cursor={cursor}"),
+    )
+    .await;
+    let filtered = timed(
+        &console,
+        "dead letters, tenant + class",
+        "/console/api/dead-letters?tenant=acme&class=poison",
+    )
+    .await;
+    // acme is i % 50 == 0 and poison i % 4 == 0: the indexes i with i % 100 == 0.
+    assert_eq!(filtered["total"], DEAD_LETTERS / 100);
+    let text = timed(
+        &console,
+        "dead letters, text in the payload",
+        "/console/api/dead-letters?text=%2Farticles%2F4242%22",
+    )
+    .await;
+    assert_eq!(text["total"], 1, "{text}");
+    let tenant = timed(
+        &console,
+        "tenant page (its counts)",
+        "/console/api/tenants/acme",
+    )
+    .await;
+    assert_eq!(tenant["deadLettered"], DEAD_LETTERS / TENANTS, "{tenant}");
+    timed(&console, "tenants list", "/console/api/tenants").await;
+    let cookie = console.log_in(ADMIN_TOKEN).await;
+    for (what, path) in [
+        ("page: dead letters", "/console/dead-letters"),
+        (
+            "page: dead letters, tenant + class",
+            "/console/dead-letters?tenant=acme&class=poison",
+        ),
+        ("page: tenant", "/console/tenants/acme"),
+    ] {
+        let started = Instant::now();
+        let (status, body) = console.page(&cookie, path).await;
+        println!(
+            "MEASURE {what:<40} {:>8.1} ms  (status {status})",
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        assert_eq!(status, 200, "{what}: {body}");
+    }
+    console.stop();
+    pipeline.stop().await;
+}
