@@ -58,16 +58,6 @@ voters() {
     (IFS=,; printf '%s' "${list[*]}")
 }
 
-# node_pid PIDFILE TOKEN: the live pid in PIDFILE whose command line has TOKEN; fails otherwise.
-node_pid() {
-    local pid
-    [[ -s "$1" ]] || return 1
-    pid=$(head -n 1 "$1" | tr -dc '0-9')
-    [[ -n "${pid}" ]] && pid_alive "${pid}" || return 1
-    tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null | grep -qF -- "$2" || return 1
-    printf '%s' "${pid}"
-}
-
 # node_died PIDFILE: the pid file of a node just spawned names a dead process. A pid file not written
 # yet, or a live pid whose command line is still bash on its way through `exec` (slow on a loaded
 # machine), is no death: `spawn` returns before either is settled.
@@ -233,7 +223,7 @@ up_kafka() {
     fi
     for node in "${KAFKA_NODES[@]}"; do
         dir=$(kafka_dir "${node}")
-        if node_pid "${dir}/kafka.pid" kafka.Kafka >/dev/null; then
+        if live_pid "${dir}/kafka.pid" kafka.Kafka >/dev/null; then
             ap_log "kafka-${node}: already running"
         elif timeout 5 kcat -b "${HOST}:$(kafka_port "${node}")" -L -m 2 >/dev/null 2>&1; then
             ap_log "WARNING: kafka-${node}: something not started from ${CLUSTER_DIR} already answers; leaving it alone"
@@ -266,7 +256,7 @@ up_redis() {
     ap_apt_install redis-cli redis-tools
     for port in "${REDIS_PORTS[@]}"; do
         dir=$(redis_dir "${port}")
-        if node_pid "${dir}/redis.pid" redis-server >/dev/null; then
+        if live_pid "${dir}/redis.pid" redis-server >/dev/null; then
             ap_log "redis-${port}: already running"
         elif redis_answers "${port}"; then
             # Another checkout's cluster (a CI clone next to a working tree): use it, as stack.sh does.
@@ -308,7 +298,7 @@ cmd_up() {
 
 stop_node() {
     local name=$1 pidfile=$2 token=$3 grace=$4 pid deadline
-    if ! pid=$(node_pid "${pidfile}" "${token}"); then
+    if ! pid=$(live_pid "${pidfile}" "${token}"); then
         rm -f "${pidfile}"
         return 0
     fi
@@ -334,11 +324,11 @@ cmd_down() {
 cmd_status() {
     local node port pid
     for node in "${KAFKA_NODES[@]}"; do
-        pid=$(node_pid "$(kafka_dir "${node}")/kafka.pid" kafka.Kafka || echo -)
+        pid=$(live_pid "$(kafka_dir "${node}")/kafka.pid" kafka.Kafka || echo -)
         printf 'kafka-%s  port=%-5s pid=%-8s log=%s\n' "${node}" "$(kafka_port "${node}")" "${pid}" "$(kafka_dir "${node}")/server.log"
     done
     for port in "${REDIS_PORTS[@]}"; do
-        pid=$(node_pid "$(redis_dir "${port}")/redis.pid" redis-server || echo -)
+        pid=$(live_pid "$(redis_dir "${port}")/redis.pid" redis-server || echo -)
         printf 'redis-%s port=%-5s pid=%-8s log=%s\n' "${port}" "${port}" "${pid}" "$(redis_dir "${port}")/redis.log"
     done
 }

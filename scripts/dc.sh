@@ -77,16 +77,6 @@ pipeline() {
     "${BIN}" --config "${AP_REPO_ROOT}/config/dev.toml" --config "${AP_REPO_ROOT}/config/dc-${dc}.toml" "$@"
 }
 
-# live_pid PIDFILE TOKEN: the live pid in PIDFILE whose command line has TOKEN; fails otherwise.
-live_pid() {
-    local pid
-    [[ -s "$1" ]] || return 1
-    pid=$(head -n 1 "$1" | tr -dc '0-9')
-    [[ -n "${pid}" ]] && pid_alive "${pid}" || return 1
-    tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null | grep -qF -- "$2" || return 1
-    printf '%s' "${pid}"
-}
-
 fail() {
     local what=$1 log=$2
     {

@@ -218,6 +218,17 @@ pid_alive() {
     [[ -n "${state}" && "${state}" != Z && "${state}" != X ]]
 }
 
+# live_pid PIDFILE TOKEN: the live pid in PIDFILE whose command line has TOKEN (so a pid reused by
+# another program does not count); fails otherwise.
+live_pid() {
+    local pid
+    [[ -s "$1" ]] || return 1
+    pid=$(head -n 1 "$1" | tr -dc '0-9')
+    [[ -n "${pid}" ]] && pid_alive "${pid}" || return 1
+    tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null | grep -qF -- "$2" || return 1
+    printf '%s' "${pid}"
+}
+
 # spawn PIDFILE OUTFILE CMD...: start CMD in its own session, immune to the caller's exit and
 # hangups, stdin from /dev/null; the pid file gets the pid of CMD itself (exec keeps the pid).
 spawn() {
