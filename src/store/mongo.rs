@@ -118,7 +118,8 @@ impl StoredActivity {
             .unwrap_or_default()
     }
 
-    /// The JSON shape clients see (API responses, SSE events): camelCase, `id` as hex, RFC 3339 times.
+    /// The JSON shape clients see (API responses, SSE events): camelCase, `id` as hex, RFC 3339 times;
+    /// `entityId` and `originDc` only when the document has them.
     pub fn to_json(&self) -> serde_json::Value {
         let mut value = serde_json::json!({
             "id": self.id.to_hex(),
@@ -133,6 +134,9 @@ impl StoredActivity {
         });
         if let Some(entity_id) = &self.entity_id {
             value["entityId"] = serde_json::Value::String(entity_id.clone());
+        }
+        if let Some(origin_dc) = &self.origin_dc {
+            value["originDc"] = serde_json::Value::String(origin_dc.clone());
         }
         value
     }

@@ -80,6 +80,10 @@ async fn an_activity_accepted_in_another_datacenter_is_stored_once_with_its_orig
     let both = origin_of("k-both").await;
     assert!(both == "east" || both == "west", "k-both: {both}");
     assert_eq!(west.count(filter("acme", "k-both")).await, 1);
+    // Readers see where each activity was accepted.
+    let (status, body) = west.get_json(ACME_KEY, "/activities/k-east").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["activity"]["originDc"], "east", "{body}");
 
     // Counted once each, whichever datacenter accepted it.
     let counters = west.counters("acme").await;
