@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::actions::{self, ActionRequest};
 use super::api::{self, ListQuery};
 use super::auth::Operator;
-use super::chart::lag_chart;
+use super::chart::{lag_chart, rate_chart};
 use super::dead_letters::{ActionItem, DeadLetterDetails, DeadLetterSummary, RawFilter};
 use super::error::ConsoleError;
 use super::retries::retries_now;
@@ -195,7 +195,7 @@ pub async fn overview(
                 }
             }
             table #stages {
-                thead { tr { th { "Stage" } th { "Topic" } th { "Consumer group" } th.num { "Backlog" } th { "Per partition (lag)" } } }
+                thead { tr { th { "Stage" } th { "Topic" } th { "Consumer group" } th.num { "Backlog" } th.num { "Appended/s" } th.num { "Processed/s" } th { "Per partition (lag)" } } }
                 tbody {
                     @for stage in &overview.stages {
                         tr data-stage=(stage.stage) {
@@ -203,6 +203,8 @@ pub async fn overview(
                             td { code { (stage.topic) } }
                             td { code { (stage.group.as_deref().unwrap_or("—")) } }
                             td.num.backlog { (stage.backlog) }
+                            td.num.appended { (rate(stage.appended_per_sec)) }
+                            td.num.processed { (rate(stage.processed_per_sec)) }
                             td {
                                 @if let Some(error) = &stage.error { span.error { (error) } }
                                 @for partition in &stage.partitions {
@@ -216,10 +218,18 @@ pub async fn overview(
                     }
                 }
             }
+            p.muted { "Rates are the end offsets' (appended) and the group's committed offsets' (processed) growth since the previous sample; — before the second sample, and for the DLQ, which no group consumes." }
             h2 { "Backlog over time" }
             (lag_chart(&overview))
+            h2 { "Records per second over time" }
+            (rate_chart(&overview))
         },
     )))
+}
+
+/// A rate as the overview shows it: one decimal, or a dash when there is none.
+fn rate(per_sec: Option<f64>) -> String {
+    per_sec.map_or_else(|| "—".to_owned(), |rate| format!("{rate:.1}"))
 }
 
 fn filter_fields(filter: &RawFilter) -> Markup {

@@ -371,6 +371,115 @@ async fn the_overview_shows_the_lag_grow_while_no_consumer_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_shows_ingest_and_processed_rates_from_its_own_samples() {
+    let pipeline = TestPipeline::spawn_api_only(&[]).await;
+    let console = TestConsole::spawn(&pipeline).await;
+    let group = pipeline.settings.kafka.consumer_group.clone();
+    let topic = pipeline.settings.kafka.topic.clone();
+    let overview = || async {
+        console
+            .get(Some(VIEWER_TOKEN), "/console/api/overview")
+            .await
+            .1
+    };
+    // The main stage's rates at each point of the history (index 0 is the main stage).
+    let main_rates = |overview: &Value, field: &str| -> Vec<Option<f64>> {
+        overview["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|point| point[field][0].as_f64())
+            .collect()
+    };
+    eventually("a first sample", || async {
+        !overview().await["history"].as_array().unwrap().is_empty()
+    })
+    .await;
+    let first = &overview().await["history"][0];
+    assert!(
+        first["appendedPerSec"][0].is_null() && first["processedPerSec"][0].is_null(),
+        "no rate from a single sample: {first}"
+    );
+
+    for _ in 0..5 {
+        assert_eq!(
+            pipeline
+                .post_activity(ACME_KEY, None, &activity("u1", "login"))
+                .await
+                .status(),
+            202
+        );
+    }
+    eventually(
+        "the main stage's appended rate shows the 5 records",
+        || async {
+            let overview = overview().await;
+            let appended: f64 = main_rates(&overview, "appendedPerSec")
+                .iter()
+                .flatten()
+                .sum();
+            // Each point is records / seconds between samples, ~1 s apart: their sum is about 5.
+            appended > 0.0 && overview["stages"][0]["backlog"] == 5
+        },
+    )
+    .await;
+    let before_commit = overview().await;
+    assert!(
+        main_rates(&before_commit, "processedPerSec")
+            .iter()
+            .flatten()
+            .all(|rate| *rate == 0.0),
+        "nothing was processed yet: {before_commit}"
+    );
+    // The DLQ has no group: no processed rate, ever.
+    let dlq = before_commit["stages"].as_array().unwrap().last().unwrap();
+    assert_eq!(dlq["stage"], "dlq");
+    assert!(dlq["processedPerSec"].is_null(), "{dlq}");
+    assert!(dlq["appendedPerSec"].as_f64().is_some(), "{dlq}");
+
+    // The group commits the end of every partition, as the stage's consumer would.
+    for partition in before_commit["stages"][0]["partitions"].as_array().unwrap() {
+        let high = partition["high"].as_i64().unwrap();
+        if high > 0 {
+            commit_offset(
+                &pipeline,
+                &group,
+                &topic,
+                partition["partition"].as_i64().unwrap() as i32,
+                high,
+            );
+        }
+    }
+    eventually(
+        "the main stage's processed rate shows the commit",
+        || async {
+            let overview = overview().await;
+            let processed: f64 = main_rates(&overview, "processedPerSec")
+                .iter()
+                .flatten()
+                .sum();
+            processed > 0.0 && overview["stages"][0]["backlog"] == 0
+        },
+    )
+    .await;
+    let after = overview().await;
+    let stage = &after["stages"][0];
+    assert!(stage["appendedPerSec"].as_f64().is_some(), "{stage}");
+    assert!(stage["processedPerSec"].as_f64().is_some(), "{stage}");
+
+    let cookie = console.log_in(VIEWER_TOKEN).await;
+    let (status, page) = console.page(&cookie, "/console").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("Processed/s") && page.contains("id=\"rate-chart\""),
+        "{page}"
+    );
+    assert!(page.contains("main processed/s"), "{page}");
+    console.stop();
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_filtered_previewed_replayed_once_and_purged() {
     let pipeline = TestPipeline::spawn().await;
     let console = TestConsole::spawn(&pipeline).await;
