@@ -20,7 +20,8 @@
 //!
 //! # Layout
 //! - `auth`: operators, sessions, CSRF. `error`: the error type and its answers.
-//! - `overview`: the lag sampler and its bounded history. `chart`: its SVG drawing.
+//! - `overview`: the lag sampler and its bounded history, and the rates. `chart`: its SVG drawings.
+//! - `consumers`: per stage, the `consume` instances' reports (partitions, breaker, last commit).
 //! - `dead_letters`: filters, pages, action reports. `actions`: the audited actions.
 //! - `retries`: what waits in each retry topic and when its head is due.
 //! - `tenants`: per-tenant counts from the stores, the live tail (the API's `Fanout`).
@@ -30,6 +31,7 @@ mod actions;
 mod api;
 mod auth;
 mod chart;
+mod consumers;
 mod dead_letters;
 mod error;
 mod openapi;
@@ -228,6 +230,10 @@ fn api_route_table() -> RouteTable {
         (
             "/console/api/overview",
             vec![(Method::GET, web::get().to(api::overview))],
+        ),
+        (
+            "/console/api/consumers",
+            vec![(Method::GET, web::get().to(consumers::consumers))],
         ),
         (
             "/console/api/dead-letters",

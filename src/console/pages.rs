@@ -12,6 +12,7 @@ use super::actions::{self, ActionRequest};
 use super::api::{self, ListQuery};
 use super::auth::Operator;
 use super::chart::{lag_chart, rate_chart};
+use super::consumers::{consumers_now, consumers_section, ConsumerSources};
 use super::dead_letters::{ActionItem, DeadLetterDetails, DeadLetterSummary, RawFilter};
 use super::error::ConsoleError;
 use super::retries::retries_now;
@@ -183,6 +184,8 @@ pub async fn overview(
     let operator = state.gate.authenticate(&request)?;
     let csrf = state.gate.csrf_token(&operator);
     let overview = state.monitor.overview();
+    // Without Redis the consumers section says so; the backlog (from Kafka) still shows.
+    let consumers = consumers_now(&ConsumerSources::of(&state, &overview)).await;
     Ok(page(layout(
         "Overview",
         Some((&operator, &csrf)),
@@ -219,6 +222,8 @@ pub async fn overview(
                 }
             }
             p.muted { "Rates are the end offsets' (appended) and the group's committed offsets' (processed) growth since the previous sample; — before the second sample, and for the DLQ, which no group consumes." }
+            h2 { "Consumers" }
+            (consumers_section(&consumers))
             h2 { "Backlog over time" }
             (lag_chart(&overview))
             h2 { "Records per second over time" }

@@ -1359,3 +1359,182 @@ async fn a_tenant_shows_what_the_api_accepted_answered_as_duplicate_and_rate_lim
     console.stop();
     pipeline.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_each_consumer_instance_its_partitions_breaker_and_last_commit() {
+    use activity_pipeline::consume::{ConsumerRuntime, Stages};
+    let blackhole = crate::blackhole::ReplyBlackhole::start(27017).await;
+    // The driver's monitor checks the server every 60 s: only the calls' own deadline notices the
+    // swallowed replies, as in `deadlines.rs`.
+    let pipeline = TestPipeline::spawn_api_only(&[
+        format!(
+            "mongo.uri=mongodb://127.0.0.1:{}/?heartbeatFrequencyMS=60000",
+            blackhole.port()
+        ),
+        "mongo.op_timeout_ms=1000".to_owned(),
+        "consumer.instance_report_interval_secs=1".to_owned(),
+    ])
+    .await;
+    let console = TestConsole::spawn(&pipeline).await;
+    let group = pipeline.settings.kafka.consumer_group.clone();
+    let consumers = || async {
+        let (status, body) = console
+            .get(Some(VIEWER_TOKEN), "/console/api/consumers")
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let main_stage = |view: &Value| view["stages"][0].clone();
+
+    // Garbage in the group's hash, and a report of an instance that died a minute ago.
+    let hash = pipeline.redis_key(&format!("instances:{{consumers}}:{group}"));
+    let dead = json!({
+        "instance": "gone-host:1:00000001", "host": "gone-host", "pid": 1,
+        "startedAt": "2026-01-01T00:00:00Z",
+        "updatedAt": (chrono::Utc::now() - chrono::Duration::seconds(60)).to_rfc3339(),
+        "stage": "main", "partitions": [0, 1], "breakerOpen": false, "breakerSince": null,
+        "lastErrorClass": null, "lastCommitAt": null, "recordsProcessed": 0
+    });
+    redis::cmd("HSET")
+        .arg(&hash)
+        .arg("<b>not-a-report</b>")
+        .arg("{<script>alert(1)</script>")
+        .arg("gone-host:1:00000001")
+        .arg(dead.to_string())
+        .query_async::<()>(&mut pipeline.redis.clone())
+        .await
+        .unwrap();
+    let before = main_stage(&consumers().await);
+    assert_eq!(before["stage"], "main");
+    assert_eq!(before["group"], group.as_str());
+    assert_eq!(
+        before["unreadable"],
+        json!(["<b>not-a-report</b>"]),
+        "{before}"
+    );
+    assert_eq!(before["instances"].as_array().unwrap().len(), 1, "{before}");
+    assert_eq!(before["instances"][0]["stale"], true, "{before}");
+
+    // Records wait and nobody (fresh) owns their partitions: flagged.
+    for _ in 0..3 {
+        assert_eq!(
+            pipeline
+                .post_activity(ACME_KEY, None, &activity("u1", "login"))
+                .await
+                .status(),
+            202
+        );
+    }
+    eventually("partitions with lag flagged as unowned", || async {
+        !main_stage(&consumers().await)["unownedWithLag"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+
+    // A consumer in this process: its instance appears with every partition, a commit and the
+    // records it processed.
+    let shutdown = CancellationToken::new();
+    let runtime = ConsumerRuntime::start(&pipeline.settings, Stages::All, shutdown.clone())
+        .await
+        .expect("the consumer starts");
+    let running = tokio::spawn(runtime.wait());
+    let partitions = pipeline.settings.kafka.partitions as usize;
+    let fresh = |stage: &Value| -> Option<Value> {
+        stage["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|instance| instance["stale"] == false)
+            .cloned()
+    };
+    eventually(
+        "the instance owns every partition, committed and processed 3",
+        || async {
+            let stage = main_stage(&consumers().await);
+            fresh(&stage).is_some_and(|instance| {
+                instance["partitions"].as_array().unwrap().len() == partitions
+                    && instance["lastCommitAt"].is_string()
+                    && instance["recordsProcessed"].as_u64() >= Some(3)
+            }) && stage["unownedWithLag"] == json!([])
+        },
+    )
+    .await;
+    let view = consumers().await;
+    let instance = fresh(&main_stage(&view)).unwrap();
+    assert_eq!(instance["pid"], std::process::id());
+    assert_eq!(instance["breakerOpen"], false, "{instance}");
+    assert!(instance["secondsSinceCommit"].as_i64().unwrap() >= 0);
+    let stages: Vec<&str> = view["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|stage| stage["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["main", "retry.1", "retry.2", "retry.3"]);
+    // Every stage of the process reports, under the process's one instance id.
+    for stage in view["stages"].as_array().unwrap() {
+        let reported = fresh(stage).unwrap_or_else(|| panic!("no instance: {stage}"));
+        assert_eq!(reported["instance"], instance["instance"], "{stage}");
+    }
+    let cookie = console.log_in(VIEWER_TOKEN).await;
+    let (status, page) = console.page(&cookie, "/console").await;
+    assert_eq!(status, 200);
+    let id = instance["instance"].as_str().unwrap();
+    assert!(
+        page.contains(id) && page.contains("id=\"consumers\""),
+        "{page}"
+    );
+    assert!(page.contains("&lt;b&gt;not-a-report&lt;/b&gt;"), "{page}");
+
+    // MongoDB stops answering: the breaker opens, and says why.
+    blackhole.swallow(true);
+    assert_eq!(
+        pipeline
+            .post_activity(ACME_KEY, None, &activity("u1", "login"))
+            .await
+            .status(),
+        202
+    );
+    eventually("the breaker shows open, for MongoDB", || async {
+        fresh(&main_stage(&consumers().await)).is_some_and(|instance| {
+            instance["breakerOpen"] == true && instance["lastErrorClass"] == "mongodb"
+        })
+    })
+    .await;
+    let (_, page) = console.page(&cookie, "/console").await;
+    assert!(
+        page.contains("open") && page.contains("(mongodb)"),
+        "{page}"
+    );
+    blackhole.swallow(false);
+    eventually("the breaker closes again", || async {
+        fresh(&main_stage(&consumers().await)).is_some_and(|instance| {
+            instance["breakerOpen"] == false && instance["breakerSince"].is_string()
+        })
+    })
+    .await;
+
+    // A clean stop removes the instance: only the long-dead one is left, stale.
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    let stage = main_stage(&consumers().await);
+    let left: Vec<&str> = stage["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|instance| instance["instance"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, ["gone-host:1:00000001"], "{stage}");
+
+    // Only operators: no credentials, or a tenant's key with garbage, get 401.
+    let (status, _) = console.get(None, "/console/api/consumers").await;
+    assert_eq!(status, 401);
+    let (status, _) = console
+        .get(Some(ACME_KEY), "/console/api/consumers?stage=%00garbage")
+        .await;
+    assert_eq!(status, 401);
+    console.stop();
+    pipeline.stop().await;
+}
