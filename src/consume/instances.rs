@@ -235,14 +235,16 @@ pub async fn report_until_stopped(
         }
         ticks += 1;
     }
-    for stage in &stages {
+    // All at once: with Redis down, shutdown waits one redis.op_timeout_ms, not one per stage.
+    let removals = stages.iter().map(|stage| async {
         if let Err(outage) = redis
             .remove_instance_reports(&stage.group, &[identity.id.as_str()])
             .await
         {
             tracing::warn!(stage = %stage.label, %outage, "instance report not removed; the console will show it stale");
         }
-    }
+    });
+    futures::future::join_all(removals).await;
 }
 
 async fn forget_long_gone(redis: &RedisStore, stages: &[ReportedStage]) {
