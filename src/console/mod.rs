@@ -10,8 +10,8 @@
 //! Architecture invariants:
 //! - Only operators open it: configured token digests with a role; the operator directory does not
 //!   hold tenants, so a tenant's API key is refused like any unknown token.
-//! - Every POST carries the CSRF token of its session (or bearer token), and only `admin`s replay
-//!   or purge.
+//! - Every POST carries the CSRF token of its session (or bearer token; the login form, of its
+//!   pre-login cookie), and only `admin`s replay or purge.
 //! - Every action is in the audit log before it runs (and its outcome after): if the audit log
 //!   cannot be written, the action does not run.
 //! - Everything shown is escaped: payloads are tenants' data, and markup in them renders as text.

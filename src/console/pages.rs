@@ -109,11 +109,20 @@ pub async fn tail_script() -> HttpResponse {
         .body(TAIL_SCRIPT)
 }
 
-pub async fn login_form() -> HttpResponse {
-    page(login_page(None))
+pub async fn login_form(state: web::Data<ConsoleState>) -> HttpResponse {
+    login_answer(&state, StatusCode::OK, None)
 }
 
-fn login_page(error: Option<&str>) -> Markup {
+/// The login page with a fresh pre-login cookie and the CSRF token bound to it.
+fn login_answer(state: &ConsoleState, status: StatusCode, error: Option<&str>) -> HttpResponse {
+    let (cookie, csrf) = state.gate.login_challenge();
+    HttpResponse::build(status)
+        .cookie(cookie)
+        .content_type("text/html; charset=utf-8")
+        .body(login_page(&csrf, error).into_string())
+}
+
+fn login_page(csrf: &str, error: Option<&str>) -> Markup {
     layout(
         "Log in",
         None,
@@ -121,6 +130,7 @@ fn login_page(error: Option<&str>) -> Markup {
             h1 { "Log in" }
             @if let Some(error) = error { p.error { (error) } }
             form method="post" action="/console/login" {
+                input type="hidden" name="csrfToken" value=(csrf);
                 label { "Operator token " input type="password" name="token" autocomplete="current-password" required; }
                 button type="submit" { "Log in" }
             }
@@ -130,28 +140,46 @@ fn login_page(error: Option<&str>) -> Markup {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoginForm {
     token: String,
+    /// Bound to the pre-login cookie the login page set.
+    csrf_token: Option<String>,
 }
 
 pub async fn log_in(
+    request: HttpRequest,
     state: web::Data<ConsoleState>,
     form: web::Form<LoginForm>,
 ) -> Result<HttpResponse, PageError> {
+    // Before the token is even looked at: a forged post learns nothing and opens nothing.
+    if let Err(error) = state
+        .gate
+        .check_login_csrf(&request, form.csrf_token.as_deref())
+    {
+        actions::audit(&state, "-", "login", "", &format!("refused: {error}")).await?;
+        return Ok(login_answer(
+            &state,
+            StatusCode::FORBIDDEN,
+            Some(&error.to_string()),
+        ));
+    }
     match state.gate.log_in(&form.token) {
         Ok((operator, cookie, _)) => {
             actions::audit(&state, operator.name.as_str(), "login", "", "ok").await?;
             Ok(HttpResponse::SeeOther()
                 .cookie(cookie)
+                .cookie(state.gate.spent_login_cookie())
                 .insert_header((header::LOCATION, "/console"))
                 .finish())
         }
         Err(error) => {
             actions::audit(&state, "-", "login", "", "refused: unknown token").await?;
-            Ok(HttpResponse::Unauthorized()
-                .content_type("text/html; charset=utf-8")
-                .body(login_page(Some(&error.to_string())).into_string()))
+            Ok(login_answer(
+                &state,
+                StatusCode::UNAUTHORIZED,
+                Some(&error.to_string()),
+            ))
         }
     }
 }

@@ -85,23 +85,69 @@ impl TestConsole {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    /// Logs in like a browser: the session cookie (`name=value`).
-    async fn log_in(&self, token: &str) -> String {
+    /// Opens the login page like a browser: its pre-login cookie (`name=value`) and the form's CSRF
+    /// token.
+    async fn login_challenge(&self) -> (String, String) {
         let response = self
             .http
-            .post(self.url("/console/login"))
-            .form(&[("token", token)])
+            .get(self.url("/console/login"))
             .send()
             .await
             .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let cookie = response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|value| value.to_str().unwrap().to_owned())
+            .find(|value| value.starts_with("ap_console_login="))
+            .expect("a pre-login cookie");
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+            "{cookie}"
+        );
+        let page = response.text().await.unwrap();
+        let token = page
+            .split("name=\"csrfToken\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("the login form's CSRF token")
+            .to_owned();
+        (cookie.split(';').next().unwrap().to_owned(), token)
+    }
+
+    /// POSTs the login form with the given pre-login cookie and CSRF field (each may be absent).
+    async fn post_login(
+        &self,
+        cookie: Option<&str>,
+        csrf: Option<&str>,
+        token: &str,
+    ) -> reqwest::Response {
+        let mut fields = vec![("token", token)];
+        if let Some(csrf) = csrf {
+            fields.push(("csrfToken", csrf));
+        }
+        let mut request = self.http.post(self.url("/console/login")).form(&fields);
+        if let Some(cookie) = cookie {
+            request = request.header("Cookie", cookie);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// Logs in like a browser: the session cookie (`name=value`).
+    async fn log_in(&self, token: &str) -> String {
+        let (login_cookie, csrf) = self.login_challenge().await;
+        let response = self
+            .post_login(Some(&login_cookie), Some(&csrf), token)
+            .await;
         assert_eq!(response.status().as_u16(), 303);
         let set_cookie = response
             .headers()
-            .get("set-cookie")
-            .expect("a session cookie")
-            .to_str()
-            .unwrap()
-            .to_owned();
+            .get_all("set-cookie")
+            .iter()
+            .map(|value| value.to_str().unwrap().to_owned())
+            .find(|value| value.starts_with("ap_console_session="))
+            .expect("a session cookie");
         assert!(
             set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
             "{set_cookie}"
@@ -198,15 +244,12 @@ async fn only_operators_get_in_and_only_admins_with_a_csrf_token_act() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 303);
     assert_eq!(response.headers()["location"], "/console/login");
+    let (login_cookie, csrf) = console.login_challenge().await;
     let response = console
-        .http
-        .post(console.url("/console/login"))
-        .form(&[("token", ACME_KEY)])
-        .send()
-        .await
-        .unwrap();
+        .post_login(Some(&login_cookie), Some(&csrf), ACME_KEY)
+        .await;
     assert_eq!(response.status().as_u16(), 401);
-    assert!(response.headers().get("set-cookie").is_none());
+    assert!(!opened_a_session(&response));
 
     // A viewer is refused an action, and the refusal is audited.
     let everything = json!({"all": true, "dryRun": true});
@@ -1535,6 +1578,93 @@ async fn the_console_shows_each_consumer_instance_its_partitions_breaker_and_las
         .get(Some(ACME_KEY), "/console/api/consumers?stage=%00garbage")
         .await;
     assert_eq!(status, 401);
+    console.stop();
+    pipeline.stop().await;
+}
+
+/// Whether a response set a session cookie.
+fn opened_a_session(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .any(|value| {
+            value.to_str().unwrap().starts_with("ap_console_session=")
+                && !value.to_str().unwrap().starts_with("ap_console_session=;")
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_login_post_is_refused_and_opens_no_session() {
+    let pipeline = TestPipeline::spawn_api_only(&[]).await;
+    let console = TestConsole::spawn(&pipeline).await;
+    let (cookie, csrf) = console.login_challenge().await;
+    let (other_cookie, other_csrf) = console.login_challenge().await;
+    assert_ne!(csrf, other_csrf);
+
+    // Another site's form: a valid operator token, but no cookie of ours, or no token, or another
+    // browser's token, or garbage.
+    let forged: [(Option<&str>, Option<&str>); 7] = [
+        (None, None),
+        (None, Some(&csrf)),
+        (Some(&cookie), None),
+        (Some(&cookie), Some("")),
+        (Some(&cookie), Some(&other_csrf)),
+        (Some(&other_cookie), Some(&csrf)),
+        (Some("ap_console_login=<script>%00"), Some("%00'\"garbage")),
+    ];
+    for (cookie, token) in forged {
+        let response = console.post_login(cookie, token, ADMIN_TOKEN).await;
+        assert_eq!(
+            response.status().as_u16(),
+            403,
+            "cookie {cookie:?}, token {token:?}"
+        );
+        assert!(
+            !opened_a_session(&response),
+            "cookie {cookie:?}, token {token:?}"
+        );
+        let page = response.text().await.unwrap();
+        assert!(
+            page.contains("CSRF") || page.contains("login cookie"),
+            "{page}"
+        );
+    }
+    // Not JSON, not a form: a precise 400, no session.
+    let response = console
+        .http
+        .post(console.url("/console/login"))
+        .header("Cookie", &cookie)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("token=a&csrfToken=b&surprise=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    assert!(!opened_a_session(&response));
+    // The refusals are audited.
+    let refusals = console
+        .audit()
+        .await
+        .iter()
+        .filter(|entry| {
+            entry["action"] == "login" && entry["outcome"].as_str().unwrap().contains("CSRF")
+        })
+        .count();
+    assert!(refusals >= 4, "{refusals}");
+
+    // The login page's own form, in the same browser, logs in (and spends the pre-login cookie).
+    let response = console
+        .post_login(Some(&cookie), Some(&csrf), ADMIN_TOKEN)
+        .await;
+    assert_eq!(response.status().as_u16(), 303);
+    assert!(opened_a_session(&response));
+    let spent = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .any(|value| value.to_str().unwrap().starts_with("ap_console_login=;"));
+    assert!(spent, "{:?}", response.headers());
     console.stop();
     pipeline.stop().await;
 }
