@@ -214,6 +214,9 @@ pub struct ConsumerSettings {
     pub outage_backoff_initial_ms: u64,
     pub outage_backoff_max_ms: u64,
     pub metrics_listen: SocketAddr,
+    /// How often each stage writes its instance report (partitions, breaker, last commit) to
+    /// Redis for the console; the console calls an instance stale after three intervals without one.
+    pub instance_report_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -232,6 +235,10 @@ pub struct AlertSettings {
 }
 
 impl ConsumerSettings {
+    pub fn instance_report_interval(&self) -> Duration {
+        Duration::from_secs(self.instance_report_interval_secs)
+    }
+
     pub fn batch_max_wait(&self) -> Duration {
         Duration::from_millis(self.batch_max_wait_ms)
     }
@@ -835,6 +842,11 @@ impl Settings {
                 && consumer.outage_backoff_initial_ms <= consumer.outage_backoff_max_ms,
             "consumer.outage_backoff_initial_ms",
             "must be at least 1 and at most consumer.outage_backoff_max_ms",
+        )?;
+        require(
+            (1..=60).contains(&consumer.instance_report_interval_secs),
+            "consumer.instance_report_interval_secs",
+            "must be 1 to 60",
         )?;
         require(
             (1..=10).contains(&self.retry.delays_ms.len()),

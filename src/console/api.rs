@@ -216,7 +216,8 @@ pub async fn log_out(
     description = "Per stage (main topic, each retry topic, the DLQ) the backlog: end offsets minus the \
         stage's consumer group's committed offsets, per partition (for the DLQ, the records it holds). \
         Sampled by the console every console.lag_sample_interval_secs, with console.lag_history_secs \
-        of history.",
+        of history. Rates per stage from consecutive samples: appendedPerSec (the end offsets' growth) \
+        and processedPerSec (the committed offsets' growth; null for the DLQ); null at the first sample.",
     responses(
         (status = 200, description = "The latest sample and the history.", body = Overview),
         (status = 401, description = "Not an operator.", body = ConsoleErrorBody),

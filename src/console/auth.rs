@@ -10,6 +10,14 @@
 //! session (or token), a restart invalidates it with the sessions, and nothing more has to be kept.
 //! A page embeds it in its forms; a script reads it from `GET /console/api/session` and sends it as
 //! `X-CSRF-Token`.
+//!
+//! The login form has no session yet, and a forged login (another site posting the attacker's token,
+//! so the victim works in the attacker's session) is a CSRF too. So `GET /console/login` sets a
+//! pre-login cookie (`ap_console_login`, a random nonce, HttpOnly, SameSite=Strict) and embeds the
+//! token derived from it the same way (`login:<nonce>`); `POST /console/login` needs both. The JSON
+//! login (`POST /console/api/session`) needs none: it takes only `application/json`, which a
+//! cross-site form cannot send and a cross-site script cannot send without a CORS preflight the
+//! console does not grant.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -29,6 +37,8 @@ use crate::domain::{OperatorDirectory, OperatorName, OperatorRole};
 pub const SESSION_COOKIE: &str = "ap_console_session";
 /// The header a script sends the CSRF token in; pages send it as the `csrfToken` form field.
 pub const CSRF_HEADER: &str = "X-CSRF-Token";
+/// The pre-login cookie: the nonce the login form's CSRF token is bound to.
+pub const LOGIN_COOKIE: &str = "ap_console_login";
 
 /// An authenticated operator, for the length of one request.
 #[derive(Debug, Clone)]
@@ -191,10 +201,76 @@ impl Gate {
 
     /// The CSRF token of the operator's credential.
     pub fn csrf_token(&self, operator: &Operator) -> String {
+        self.derive_token(&operator.csrf_subject)
+    }
+
+    fn derive_token(&self, subject: &str) -> String {
         let mut hasher = Sha256::new();
         hasher.update(self.csrf_secret);
-        hasher.update(operator.csrf_subject.as_bytes());
+        hasher.update(subject.as_bytes());
         hex::encode(hasher.finalize())
+    }
+
+    /// A new pre-login cookie and the login form's CSRF token bound to it.
+    pub fn login_challenge(&self) -> (Cookie<'static>, String) {
+        let mut nonce_bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut nonce_bytes);
+        let nonce = hex::encode(nonce_bytes);
+        let token = self.derive_token(&format!("login:{nonce}"));
+        let cookie = Cookie::build(LOGIN_COOKIE, nonce)
+            .path("/console")
+            .http_only(true)
+            .same_site(SameSite::Strict)
+            .secure(self.secure_cookie)
+            .max_age(actix_web::cookie::time::Duration::hours(1))
+            .finish();
+        (cookie, token)
+    }
+
+    /// Refuses a login form post whose CSRF token is missing or not the one of its pre-login
+    /// cookie (a post from another site, or from a form this browser was not given).
+    pub fn check_login_csrf(
+        &self,
+        request: &HttpRequest,
+        form_token: Option<&str>,
+    ) -> Result<(), ConsoleError> {
+        let nonce = request
+            .cookie(LOGIN_COOKIE)
+            .map(|cookie| cookie.value().to_owned())
+            .filter(|nonce| !nonce.is_empty())
+            .ok_or_else(|| {
+                ConsoleError::Forbidden(
+                    "no login cookie: open the login page (GET /console/login) and log in from it"
+                        .to_owned(),
+                )
+            })?;
+        let presented = form_token
+            .filter(|token| !token.is_empty())
+            .ok_or_else(|| {
+                ConsoleError::Forbidden(
+                    "missing CSRF token (csrfToken): log in from the login page".to_owned(),
+                )
+            })?;
+        let expected = self.derive_token(&format!("login:{nonce}"));
+        if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+            Ok(())
+        } else {
+            Err(ConsoleError::Forbidden(
+                "the login form's CSRF token is not this browser's: reload the login page"
+                    .to_owned(),
+            ))
+        }
+    }
+
+    /// The cookie that clears the pre-login cookie once it served.
+    pub fn spent_login_cookie(&self) -> Cookie<'static> {
+        let mut cookie = Cookie::build(LOGIN_COOKIE, "")
+            .path("/console")
+            .http_only(true)
+            .same_site(SameSite::Strict)
+            .finish();
+        cookie.make_removal();
+        cookie
     }
 
     /// Refuses a POST whose CSRF token (the `X-CSRF-Token` header, else `form_token`) is missing or

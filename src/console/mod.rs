@@ -10,8 +10,8 @@
 //! Architecture invariants:
 //! - Only operators open it: configured token digests with a role; the operator directory does not
 //!   hold tenants, so a tenant's API key is refused like any unknown token.
-//! - Every POST carries the CSRF token of its session (or bearer token), and only `admin`s replay
-//!   or purge.
+//! - Every POST carries the CSRF token of its session (or bearer token; the login form, of its
+//!   pre-login cookie), and only `admin`s replay or purge.
 //! - Every action is in the audit log before it runs (and its outcome after): if the audit log
 //!   cannot be written, the action does not run.
 //! - Everything shown is escaped: payloads are tenants' data, and markup in them renders as text.
@@ -20,7 +20,8 @@
 //!
 //! # Layout
 //! - `auth`: operators, sessions, CSRF. `error`: the error type and its answers.
-//! - `overview`: the lag sampler and its bounded history. `chart`: its SVG drawing.
+//! - `overview`: the lag sampler and its bounded history, and the rates. `chart`: its SVG drawings.
+//! - `consumers`: per stage, the `consume` instances' reports (partitions, breaker, last commit).
 //! - `dead_letters`: filters, pages, action reports. `actions`: the audited actions.
 //! - `retries`: what waits in each retry topic and when its head is due.
 //! - `tenants`: per-tenant counts from the stores, the live tail (the API's `Fanout`).
@@ -30,6 +31,7 @@ mod actions;
 mod api;
 mod auth;
 mod chart;
+mod consumers;
 mod dead_letters;
 mod error;
 mod openapi;
@@ -228,6 +230,10 @@ fn api_route_table() -> RouteTable {
         (
             "/console/api/overview",
             vec![(Method::GET, web::get().to(api::overview))],
+        ),
+        (
+            "/console/api/consumers",
+            vec![(Method::GET, web::get().to(consumers::consumers))],
         ),
         (
             "/console/api/dead-letters",

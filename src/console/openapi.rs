@@ -5,7 +5,7 @@ use serde_json::Value;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{actions, api, dead_letters, error, overview, retries, tenants};
+use super::{actions, api, consumers, dead_letters, error, overview, retries, tenants};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,6 +22,7 @@ use super::{actions, api, dead_letters, error, overview, retries, tenants};
         api::log_in,
         api::log_out,
         api::overview,
+        consumers::consumers,
         api::list_dead_letters,
         api::dead_letter,
         api::export_dead_letters,
@@ -44,6 +45,9 @@ use super::{actions, api, dead_letters, error, overview, retries, tenants};
         overview::StageBacklog,
         overview::PartitionLag,
         overview::LagPoint,
+        consumers::ConsumersView,
+        consumers::StageConsumers,
+        consumers::InstanceView,
         dead_letters::DeadLetterPage,
         dead_letters::DeadLetterSummary,
         dead_letters::DeadLetterDetails,

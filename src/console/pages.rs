@@ -11,7 +11,8 @@ use serde::Deserialize;
 use super::actions::{self, ActionRequest};
 use super::api::{self, ListQuery};
 use super::auth::Operator;
-use super::chart::lag_chart;
+use super::chart::{lag_chart, rate_chart};
+use super::consumers::{consumers_now, consumers_section, ConsumerSources};
 use super::dead_letters::{ActionItem, DeadLetterDetails, DeadLetterSummary, RawFilter};
 use super::error::ConsoleError;
 use super::retries::retries_now;
@@ -108,11 +109,20 @@ pub async fn tail_script() -> HttpResponse {
         .body(TAIL_SCRIPT)
 }
 
-pub async fn login_form() -> HttpResponse {
-    page(login_page(None))
+pub async fn login_form(state: web::Data<ConsoleState>) -> HttpResponse {
+    login_answer(&state, StatusCode::OK, None)
 }
 
-fn login_page(error: Option<&str>) -> Markup {
+/// The login page with a fresh pre-login cookie and the CSRF token bound to it.
+fn login_answer(state: &ConsoleState, status: StatusCode, error: Option<&str>) -> HttpResponse {
+    let (cookie, csrf) = state.gate.login_challenge();
+    HttpResponse::build(status)
+        .cookie(cookie)
+        .content_type("text/html; charset=utf-8")
+        .body(login_page(&csrf, error).into_string())
+}
+
+fn login_page(csrf: &str, error: Option<&str>) -> Markup {
     layout(
         "Log in",
         None,
@@ -120,6 +130,7 @@ fn login_page(error: Option<&str>) -> Markup {
             h1 { "Log in" }
             @if let Some(error) = error { p.error { (error) } }
             form method="post" action="/console/login" {
+                input type="hidden" name="csrfToken" value=(csrf);
                 label { "Operator token " input type="password" name="token" autocomplete="current-password" required; }
                 button type="submit" { "Log in" }
             }
@@ -129,28 +140,46 @@ fn login_page(error: Option<&str>) -> Markup {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoginForm {
     token: String,
+    /// Bound to the pre-login cookie the login page set.
+    csrf_token: Option<String>,
 }
 
 pub async fn log_in(
+    request: HttpRequest,
     state: web::Data<ConsoleState>,
     form: web::Form<LoginForm>,
 ) -> Result<HttpResponse, PageError> {
+    // Before the token is even looked at: a forged post learns nothing and opens nothing.
+    if let Err(error) = state
+        .gate
+        .check_login_csrf(&request, form.csrf_token.as_deref())
+    {
+        actions::audit(&state, "-", "login", "", &format!("refused: {error}")).await?;
+        return Ok(login_answer(
+            &state,
+            StatusCode::FORBIDDEN,
+            Some(&error.to_string()),
+        ));
+    }
     match state.gate.log_in(&form.token) {
         Ok((operator, cookie, _)) => {
             actions::audit(&state, operator.name.as_str(), "login", "", "ok").await?;
             Ok(HttpResponse::SeeOther()
                 .cookie(cookie)
+                .cookie(state.gate.spent_login_cookie())
                 .insert_header((header::LOCATION, "/console"))
                 .finish())
         }
         Err(error) => {
             actions::audit(&state, "-", "login", "", "refused: unknown token").await?;
-            Ok(HttpResponse::Unauthorized()
-                .content_type("text/html; charset=utf-8")
-                .body(login_page(Some(&error.to_string())).into_string()))
+            Ok(login_answer(
+                &state,
+                StatusCode::UNAUTHORIZED,
+                Some(&error.to_string()),
+            ))
         }
     }
 }
@@ -183,6 +212,8 @@ pub async fn overview(
     let operator = state.gate.authenticate(&request)?;
     let csrf = state.gate.csrf_token(&operator);
     let overview = state.monitor.overview();
+    // Without Redis the consumers section says so; the backlog (from Kafka) still shows.
+    let consumers = consumers_now(&ConsumerSources::of(&state, &overview)).await;
     Ok(page(layout(
         "Overview",
         Some((&operator, &csrf)),
@@ -195,7 +226,7 @@ pub async fn overview(
                 }
             }
             table #stages {
-                thead { tr { th { "Stage" } th { "Topic" } th { "Consumer group" } th.num { "Backlog" } th { "Per partition (lag)" } } }
+                thead { tr { th { "Stage" } th { "Topic" } th { "Consumer group" } th.num { "Backlog" } th.num { "Appended/s" } th.num { "Processed/s" } th { "Per partition (lag)" } } }
                 tbody {
                     @for stage in &overview.stages {
                         tr data-stage=(stage.stage) {
@@ -203,6 +234,8 @@ pub async fn overview(
                             td { code { (stage.topic) } }
                             td { code { (stage.group.as_deref().unwrap_or("—")) } }
                             td.num.backlog { (stage.backlog) }
+                            td.num.appended { (rate(stage.appended_per_sec)) }
+                            td.num.processed { (rate(stage.processed_per_sec)) }
                             td {
                                 @if let Some(error) = &stage.error { span.error { (error) } }
                                 @for partition in &stage.partitions {
@@ -216,10 +249,20 @@ pub async fn overview(
                     }
                 }
             }
+            p.muted { "Rates are the end offsets' (appended) and the group's committed offsets' (processed) growth since the previous sample; — before the second sample, and for the DLQ, which no group consumes." }
+            h2 { "Consumers" }
+            (consumers_section(&consumers))
             h2 { "Backlog over time" }
             (lag_chart(&overview))
+            h2 { "Records per second over time" }
+            (rate_chart(&overview))
         },
     )))
+}
+
+/// A rate as the overview shows it: one decimal, or a dash when there is none.
+fn rate(per_sec: Option<f64>) -> String {
+    per_sec.map_or_else(|| "—".to_owned(), |rate| format!("{rate:.1}"))
 }
 
 fn filter_fields(filter: &RawFilter) -> Markup {

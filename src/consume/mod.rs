@@ -9,6 +9,7 @@
 //! record before it in the partition, happened (or the record was forwarded).
 
 pub mod alerts;
+pub mod instances;
 pub mod metrics;
 mod processor;
 
@@ -26,6 +27,7 @@ use crate::config::{ConsumerSettings, Settings};
 use crate::kafka::{ActivityConsumer, ActivityPublisher, ConsumedRecord};
 use crate::store::{ActivityRepository, RedisStore};
 
+pub use instances::InstanceReport;
 pub use metrics::ConsumerMetrics;
 use processor::ProcessingOutage;
 pub use processor::{BatchProcessor, BatchReport, Stage};
@@ -46,6 +48,8 @@ pub struct ConsumerRuntime {
     metrics_port: u16,
     metrics: Arc<ConsumerMetrics>,
     tasks: JoinSet<anyhow::Result<()>>,
+    /// Writes the stages' instance reports for the console; removes them once the stages stopped.
+    reporter: Option<tokio::task::JoinHandle<()>>,
     metrics_server: actix_web::dev::ServerHandle,
 }
 
@@ -113,6 +117,7 @@ impl ConsumerRuntime {
                             metrics_port,
                             metrics,
                             tasks: JoinSet::new(),
+                            reporter: None,
                             metrics_server: metrics_handle,
                         });
                     }
@@ -126,6 +131,7 @@ impl ConsumerRuntime {
             metrics.clone(),
             shutdown.clone(),
         );
+        let reporter_redis = redis.clone();
         let processor = Arc::new(BatchProcessor::new(
             settings,
             repository,
@@ -152,7 +158,13 @@ impl ConsumerRuntime {
             }
         }
         let mut tasks = JoinSet::new();
+        let mut reported = Vec::new();
         for (stage, topic, group) in plan {
+            let status = Arc::new(instances::StageStatus::default());
+            let observer = Arc::new(instances::StageObserver {
+                metrics: metrics.clone(),
+                status: status.clone(),
+            });
             // The main stage also reads what MirrorMaker 2 copied from the other datacenters: one
             // group, so a mirrored record gets the same effects, once, as a local one. Retry stages
             // read only their local topic (failures are never mirrored).
@@ -160,27 +172,41 @@ impl ConsumerRuntime {
             if stage == Stage::Main {
                 topics.extend(settings.kafka.mirrored_topics.iter().map(String::as_str));
             }
-            let consumer =
-                ActivityConsumer::subscribe(&settings.kafka, &group, &topics, metrics.clone())
-                    .map_err(|error| {
-                        error
-                            .context("configuration keys `kafka.topic` and `kafka.mirrored_topics`")
-                    })?;
+            let consumer = ActivityConsumer::subscribe(&settings.kafka, &group, &topics, observer)
+                .map_err(|error| {
+                    error.context("configuration keys `kafka.topic` and `kafka.mirrored_topics`")
+                })?;
             tracing::info!(stage = %stage.label(), topics = ?topics, %group, "consumer stage started");
             let stage_loop = StageLoop {
                 stage,
                 consumer,
                 processor: processor.clone(),
                 metrics: metrics.clone(),
+                status: status.clone(),
                 settings: settings.consumer.clone(),
                 shutdown: shutdown.clone(),
             };
             tasks.spawn(stage_loop.run());
+            reported.push(instances::ReportedStage {
+                label: stage.label(),
+                group,
+                status,
+            });
         }
+        // It stops writing when `shutdown` comes and removes this instance's fields; `wait` waits
+        // for that, so a clean stop leaves nothing behind for the console to call stale.
+        let reporter = tokio::spawn(instances::report_until_stopped(
+            reporter_redis,
+            instances::InstanceIdentity::of_this_process(),
+            reported,
+            settings.consumer.instance_report_interval(),
+            shutdown.clone(),
+        ));
         Ok(ConsumerRuntime {
             metrics_port,
             metrics,
             tasks,
+            reporter: Some(reporter),
             metrics_server: metrics_handle,
         })
     }
@@ -203,6 +229,11 @@ impl ConsumerRuntime {
                 if result.is_ok() {
                     result = Err(error);
                 }
+            }
+        }
+        if let Some(reporter) = self.reporter.take() {
+            if let Err(error) = reporter.await {
+                tracing::error!(%error, "the instance reporter panicked");
             }
         }
         // Nothing to finish gracefully on a metrics endpoint.
@@ -230,6 +261,8 @@ struct StageLoop {
     consumer: ActivityConsumer,
     processor: Arc<BatchProcessor>,
     metrics: Arc<ConsumerMetrics>,
+    /// What the instance reporter tells the console: breaker transitions, records processed.
+    status: Arc<instances::StageStatus>,
     settings: ConsumerSettings,
     shutdown: CancellationToken,
 }
@@ -277,6 +310,7 @@ impl StageLoop {
                         self.consumer.resume();
                         breaker_open = false;
                         breaker_gauge.set(0);
+                        self.status.breaker_closed();
                     }
                     continue 'batches;
                 }
@@ -288,12 +322,15 @@ impl StageLoop {
                             // The partition was revoked meanwhile; its new owner redelivers, which
                             // the idempotent effects make harmless.
                             tracing::warn!(error = format!("{error:#}"), "offsets not stored");
+                        } else {
+                            self.status.processed(batch.len());
                         }
                         if breaker_open {
                             tracing::info!(stage = %label, "dependency back; resuming partitions");
                             self.consumer.resume();
                             breaker_open = false;
                             breaker_gauge.set(0);
+                            self.status.breaker_closed();
                         }
                         break;
                     }
@@ -303,6 +340,7 @@ impl StageLoop {
                             self.consumer.pause();
                             breaker_open = true;
                             breaker_gauge.set(1);
+                            self.status.breaker_opened(outage.class());
                         } else {
                             tracing::debug!(stage = %label, %outage, "still down");
                         }

@@ -26,6 +26,19 @@ pub enum ProcessingOutage {
     Kafka(#[from] PublishError),
 }
 
+impl ProcessingOutage {
+    /// Which dependency is down, as the console shows it: `mongodb`, `redis` or `kafka`.
+    pub fn class(&self) -> &'static str {
+        match self {
+            ProcessingOutage::Store(outage) => match outage.store() {
+                crate::store::Store::MongoDB => "mongodb",
+                crate::store::Store::Redis => "redis",
+            },
+            ProcessingOutage::Kafka(_) => "kafka",
+        }
+    }
+}
+
 /// Which topic a batch came from: the main topic, or retry step `n` (1-based).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {

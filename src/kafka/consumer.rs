@@ -103,6 +103,9 @@ pub trait ConsumerObserver: Send + Sync + 'static {
     fn lag(&self, topic: &str, partition: i32, lag: i64);
     /// Partitions were revoked: their lag is no longer ours to report.
     fn revoked(&self, topic: &str, partition: i32);
+    /// A partition was assigned to this member (cooperative rebalances add partitions one
+    /// assignment at a time; `revoked` takes them away).
+    fn assigned(&self, _topic: &str, _partition: i32) {}
 }
 
 /// A consumer-group member with offsets stored by hand: an offset is stored only when the caller says
@@ -186,6 +189,9 @@ impl ConsumerContext for GroupContext {
         if let Rebalance::Assign(partitions) = rebalance {
             if partitions.count() == 0 {
                 return;
+            }
+            for element in partitions.elements() {
+                self.observer.assigned(element.topic(), element.partition());
             }
             // New partitions take the stage's state: paused during an outage, fetching otherwise
             // (whatever flag a partition kept from an earlier assignment).

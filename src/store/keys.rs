@@ -94,6 +94,15 @@ impl RedisKeys {
         TenantId::parse(tenant).ok()
     }
 
+    /// Hash of the running consumer instances of one group: field = instance id, value = the
+    /// instance's JSON report (its partitions, breaker, last commit, updated-at), written every
+    /// `consumer.instance_report_interval_secs` by each `consume` stage and read by the console.
+    /// Every group's hash has the hash tag `{consumers}`: they share one slot on a Redis Cluster,
+    /// so the console reads them all with one pipeline.
+    pub fn consumer_instances(&self, group: &str) -> String {
+        format!("{}instances:{{consumers}}:{group}", self.prefix)
+    }
+
     /// The API's marker of a client-chosen key (the queue-level layer of idempotency): reserved as
     /// `pending:<fingerprint>` before the record is produced, `<fingerprint>` once the broker
     /// acknowledged it (`1` from versions before fingerprints), see `AcceptedState`.
@@ -122,6 +131,10 @@ mod tests {
         assert_eq!(keys.recent_pages_floor(&tenant), "pagesfloor:{acme}");
         assert_eq!(keys.rate_limit(&tenant), "ratelimit:{acme}");
         assert_eq!(keys.accepted(&tenant, &key), "accepted:{acme}:order-42");
+        assert_eq!(
+            keys.consumer_instances("activity-pipeline.retry.1"),
+            "instances:{consumers}:activity-pipeline.retry.1"
+        );
         let prefixed = RedisKeys::new("test-1:");
         assert_eq!(prefixed.analytics(&tenant), "test-1:analytics:{acme}");
         assert_eq!(

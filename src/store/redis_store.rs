@@ -687,6 +687,66 @@ impl RedisStore {
         .await
     }
 
+    /// Writes one consumer instance's report into its group's hash (see
+    /// [`RedisKeys::consumer_instances`]) and keeps the hash for `keep`: a group whose instances all
+    /// stopped reporting disappears on its own.
+    pub async fn write_instance_report(
+        &self,
+        group: &str,
+        instance: &str,
+        report: &str,
+        keep: std::time::Duration,
+    ) -> Result<(), StoreOutage> {
+        let key = self.keys.consumer_instances(group);
+        let mut pipeline = redis::pipe();
+        pipeline
+            .hset(&key, instance, report)
+            .ignore()
+            .expire(&key, keep.as_secs().max(1) as i64)
+            .ignore();
+        self.within(
+            "the consumer instance report",
+            pipeline.query_async::<()>(&mut self.connection.clone()),
+        )
+        .await
+    }
+
+    /// Removes instances' reports from their group's hash (a clean shutdown, or reports too old).
+    pub async fn remove_instance_reports(
+        &self,
+        group: &str,
+        instances: &[&str],
+    ) -> Result<(), StoreOutage> {
+        if instances.is_empty() {
+            return Ok(());
+        }
+        self.within(
+            "removing consumer instance reports",
+            redis::cmd("HDEL")
+                .arg(self.keys.consumer_instances(group))
+                .arg(instances)
+                .query_async::<()>(&mut self.connection.clone()),
+        )
+        .await
+    }
+
+    /// Every group's instance reports (instance id -> report), in the order of `groups`. One
+    /// pipeline: the hashes share a hash tag, so this is valid on a Redis Cluster too.
+    pub async fn instance_reports(
+        &self,
+        groups: &[&str],
+    ) -> Result<Vec<std::collections::BTreeMap<String, String>>, StoreOutage> {
+        let mut pipeline = redis::pipe();
+        for group in groups {
+            pipeline.hgetall(self.keys.consumer_instances(group));
+        }
+        self.within(
+            "the consumer instance reports",
+            pipeline.query_async(&mut self.connection.clone()),
+        )
+        .await
+    }
+
     /// Replaces the tenant's counters with `counts`, atomically (MULTI/EXEC): readers see the old
     /// hash or the new one, never a half-written one.
     pub async fn replace_analytics(

@@ -85,23 +85,69 @@ impl TestConsole {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    /// Logs in like a browser: the session cookie (`name=value`).
-    pub async fn log_in(&self, token: &str) -> String {
+    /// Opens the login page like a browser: its pre-login cookie (`name=value`) and the form's CSRF
+    /// token.
+    async fn login_challenge(&self) -> (String, String) {
         let response = self
             .http
-            .post(self.url("/console/login"))
-            .form(&[("token", token)])
+            .get(self.url("/console/login"))
             .send()
             .await
             .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let cookie = response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|value| value.to_str().unwrap().to_owned())
+            .find(|value| value.starts_with("ap_console_login="))
+            .expect("a pre-login cookie");
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+            "{cookie}"
+        );
+        let page = response.text().await.unwrap();
+        let token = page
+            .split("name=\"csrfToken\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("the login form's CSRF token")
+            .to_owned();
+        (cookie.split(';').next().unwrap().to_owned(), token)
+    }
+
+    /// POSTs the login form with the given pre-login cookie and CSRF field (each may be absent).
+    async fn post_login(
+        &self,
+        cookie: Option<&str>,
+        csrf: Option<&str>,
+        token: &str,
+    ) -> reqwest::Response {
+        let mut fields = vec![("token", token)];
+        if let Some(csrf) = csrf {
+            fields.push(("csrfToken", csrf));
+        }
+        let mut request = self.http.post(self.url("/console/login")).form(&fields);
+        if let Some(cookie) = cookie {
+            request = request.header("Cookie", cookie);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// Logs in like a browser: the session cookie (`name=value`).
+    pub async fn log_in(&self, token: &str) -> String {
+        let (login_cookie, csrf) = self.login_challenge().await;
+        let response = self
+            .post_login(Some(&login_cookie), Some(&csrf), token)
+            .await;
         assert_eq!(response.status().as_u16(), 303);
         let set_cookie = response
             .headers()
-            .get("set-cookie")
-            .expect("a session cookie")
-            .to_str()
-            .unwrap()
-            .to_owned();
+            .get_all("set-cookie")
+            .iter()
+            .map(|value| value.to_str().unwrap().to_owned())
+            .find(|value| value.starts_with("ap_console_session="))
+            .expect("a session cookie");
         assert!(
             set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
             "{set_cookie}"
@@ -198,15 +244,12 @@ async fn only_operators_get_in_and_only_admins_with_a_csrf_token_act() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 303);
     assert_eq!(response.headers()["location"], "/console/login");
+    let (login_cookie, csrf) = console.login_challenge().await;
     let response = console
-        .http
-        .post(console.url("/console/login"))
-        .form(&[("token", ACME_KEY)])
-        .send()
-        .await
-        .unwrap();
+        .post_login(Some(&login_cookie), Some(&csrf), ACME_KEY)
+        .await;
     assert_eq!(response.status().as_u16(), 401);
-    assert!(response.headers().get("set-cookie").is_none());
+    assert!(!opened_a_session(&response));
 
     // A viewer is refused an action, and the refusal is audited.
     let everything = json!({"all": true, "dryRun": true});
@@ -366,6 +409,115 @@ async fn the_overview_shows_the_lag_grow_while_no_consumer_runs() {
         page.contains("<svg") && page.contains("<polyline"),
         "{page}"
     );
+    console.stop();
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_shows_ingest_and_processed_rates_from_its_own_samples() {
+    let pipeline = TestPipeline::spawn_api_only(&[]).await;
+    let console = TestConsole::spawn(&pipeline).await;
+    let group = pipeline.settings.kafka.consumer_group.clone();
+    let topic = pipeline.settings.kafka.topic.clone();
+    let overview = || async {
+        console
+            .get(Some(VIEWER_TOKEN), "/console/api/overview")
+            .await
+            .1
+    };
+    // The main stage's rates at each point of the history (index 0 is the main stage).
+    let main_rates = |overview: &Value, field: &str| -> Vec<Option<f64>> {
+        overview["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|point| point[field][0].as_f64())
+            .collect()
+    };
+    eventually("a first sample", || async {
+        !overview().await["history"].as_array().unwrap().is_empty()
+    })
+    .await;
+    let first = &overview().await["history"][0];
+    assert!(
+        first["appendedPerSec"][0].is_null() && first["processedPerSec"][0].is_null(),
+        "no rate from a single sample: {first}"
+    );
+
+    for _ in 0..5 {
+        assert_eq!(
+            pipeline
+                .post_activity(ACME_KEY, None, &activity("u1", "login"))
+                .await
+                .status(),
+            202
+        );
+    }
+    eventually(
+        "the main stage's appended rate shows the 5 records",
+        || async {
+            let overview = overview().await;
+            let appended: f64 = main_rates(&overview, "appendedPerSec")
+                .iter()
+                .flatten()
+                .sum();
+            // Each point is records / seconds between samples, ~1 s apart: their sum is about 5.
+            appended > 0.0 && overview["stages"][0]["backlog"] == 5
+        },
+    )
+    .await;
+    let before_commit = overview().await;
+    assert!(
+        main_rates(&before_commit, "processedPerSec")
+            .iter()
+            .flatten()
+            .all(|rate| *rate == 0.0),
+        "nothing was processed yet: {before_commit}"
+    );
+    // The DLQ has no group: no processed rate, ever.
+    let dlq = before_commit["stages"].as_array().unwrap().last().unwrap();
+    assert_eq!(dlq["stage"], "dlq");
+    assert!(dlq["processedPerSec"].is_null(), "{dlq}");
+    assert!(dlq["appendedPerSec"].as_f64().is_some(), "{dlq}");
+
+    // The group commits the end of every partition, as the stage's consumer would.
+    for partition in before_commit["stages"][0]["partitions"].as_array().unwrap() {
+        let high = partition["high"].as_i64().unwrap();
+        if high > 0 {
+            commit_offset(
+                &pipeline,
+                &group,
+                &topic,
+                partition["partition"].as_i64().unwrap() as i32,
+                high,
+            );
+        }
+    }
+    eventually(
+        "the main stage's processed rate shows the commit",
+        || async {
+            let overview = overview().await;
+            let processed: f64 = main_rates(&overview, "processedPerSec")
+                .iter()
+                .flatten()
+                .sum();
+            processed > 0.0 && overview["stages"][0]["backlog"] == 0
+        },
+    )
+    .await;
+    let after = overview().await;
+    let stage = &after["stages"][0];
+    assert!(stage["appendedPerSec"].as_f64().is_some(), "{stage}");
+    assert!(stage["processedPerSec"].as_f64().is_some(), "{stage}");
+
+    let cookie = console.log_in(VIEWER_TOKEN).await;
+    let (status, page) = console.page(&cookie, "/console").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("Processed/s") && page.contains("id=\"rate-chart\""),
+        "{page}"
+    );
+    assert!(page.contains("main processed/s"), "{page}");
     console.stop();
     pipeline.stop().await;
 }
@@ -1247,6 +1399,272 @@ async fn a_tenant_shows_what_the_api_accepted_answered_as_duplicate_and_rate_lim
         page.contains(r#"<dd class="rate-limited">1</dd>"#),
         "{page}"
     );
+    console.stop();
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_each_consumer_instance_its_partitions_breaker_and_last_commit() {
+    use activity_pipeline::consume::{ConsumerRuntime, Stages};
+    let blackhole = crate::blackhole::ReplyBlackhole::start(27017).await;
+    // The driver's monitor checks the server every 60 s: only the calls' own deadline notices the
+    // swallowed replies, as in `deadlines.rs`.
+    let pipeline = TestPipeline::spawn_api_only(&[
+        format!(
+            "mongo.uri=mongodb://127.0.0.1:{}/?heartbeatFrequencyMS=60000",
+            blackhole.port()
+        ),
+        "mongo.op_timeout_ms=1000".to_owned(),
+        "consumer.instance_report_interval_secs=1".to_owned(),
+    ])
+    .await;
+    let console = TestConsole::spawn(&pipeline).await;
+    let group = pipeline.settings.kafka.consumer_group.clone();
+    let consumers = || async {
+        let (status, body) = console
+            .get(Some(VIEWER_TOKEN), "/console/api/consumers")
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let main_stage = |view: &Value| view["stages"][0].clone();
+
+    // Garbage in the group's hash, and a report of an instance that died a minute ago.
+    let hash = pipeline.redis_key(&format!("instances:{{consumers}}:{group}"));
+    let dead = json!({
+        "instance": "gone-host:1:00000001", "host": "gone-host", "pid": 1,
+        "startedAt": "2026-01-01T00:00:00Z",
+        "updatedAt": (chrono::Utc::now() - chrono::Duration::seconds(60)).to_rfc3339(),
+        "stage": "main", "partitions": [0, 1], "breakerOpen": false, "breakerSince": null,
+        "lastErrorClass": null, "lastCommitAt": null, "recordsProcessed": 0
+    });
+    redis::cmd("HSET")
+        .arg(&hash)
+        .arg("<b>not-a-report</b>")
+        .arg("{<script>alert(1)</script>")
+        .arg("gone-host:1:00000001")
+        .arg(dead.to_string())
+        .query_async::<()>(&mut pipeline.redis.clone())
+        .await
+        .unwrap();
+    let before = main_stage(&consumers().await);
+    assert_eq!(before["stage"], "main");
+    assert_eq!(before["group"], group.as_str());
+    assert_eq!(
+        before["unreadable"],
+        json!(["<b>not-a-report</b>"]),
+        "{before}"
+    );
+    assert_eq!(before["instances"].as_array().unwrap().len(), 1, "{before}");
+    assert_eq!(before["instances"][0]["stale"], true, "{before}");
+
+    // Records wait and nobody (fresh) owns their partitions: flagged.
+    for _ in 0..3 {
+        assert_eq!(
+            pipeline
+                .post_activity(ACME_KEY, None, &activity("u1", "login"))
+                .await
+                .status(),
+            202
+        );
+    }
+    eventually("partitions with lag flagged as unowned", || async {
+        !main_stage(&consumers().await)["unownedWithLag"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+
+    // A consumer in this process: its instance appears with every partition, a commit and the
+    // records it processed.
+    let shutdown = CancellationToken::new();
+    let runtime = ConsumerRuntime::start(&pipeline.settings, Stages::All, shutdown.clone())
+        .await
+        .expect("the consumer starts");
+    let running = tokio::spawn(runtime.wait());
+    let partitions = pipeline.settings.kafka.partitions as usize;
+    let fresh = |stage: &Value| -> Option<Value> {
+        stage["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|instance| instance["stale"] == false)
+            .cloned()
+    };
+    eventually(
+        "the instance owns every partition, committed and processed 3",
+        || async {
+            let stage = main_stage(&consumers().await);
+            fresh(&stage).is_some_and(|instance| {
+                instance["partitions"].as_array().unwrap().len() == partitions
+                    && instance["lastCommitAt"].is_string()
+                    && instance["recordsProcessed"].as_u64() >= Some(3)
+            }) && stage["unownedWithLag"] == json!([])
+        },
+    )
+    .await;
+    let view = consumers().await;
+    let instance = fresh(&main_stage(&view)).unwrap();
+    assert_eq!(instance["pid"], std::process::id());
+    assert_eq!(instance["breakerOpen"], false, "{instance}");
+    assert!(instance["secondsSinceCommit"].as_i64().unwrap() >= 0);
+    let stages: Vec<&str> = view["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|stage| stage["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["main", "retry.1", "retry.2", "retry.3"]);
+    // Every stage of the process reports, under the process's one instance id.
+    for stage in view["stages"].as_array().unwrap() {
+        let reported = fresh(stage).unwrap_or_else(|| panic!("no instance: {stage}"));
+        assert_eq!(reported["instance"], instance["instance"], "{stage}");
+    }
+    let cookie = console.log_in(VIEWER_TOKEN).await;
+    let (status, page) = console.page(&cookie, "/console").await;
+    assert_eq!(status, 200);
+    let id = instance["instance"].as_str().unwrap();
+    assert!(
+        page.contains(id) && page.contains("id=\"consumers\""),
+        "{page}"
+    );
+    assert!(page.contains("&lt;b&gt;not-a-report&lt;/b&gt;"), "{page}");
+
+    // MongoDB stops answering: the breaker opens, and says why.
+    blackhole.swallow(true);
+    assert_eq!(
+        pipeline
+            .post_activity(ACME_KEY, None, &activity("u1", "login"))
+            .await
+            .status(),
+        202
+    );
+    eventually("the breaker shows open, for MongoDB", || async {
+        fresh(&main_stage(&consumers().await)).is_some_and(|instance| {
+            instance["breakerOpen"] == true && instance["lastErrorClass"] == "mongodb"
+        })
+    })
+    .await;
+    let (_, page) = console.page(&cookie, "/console").await;
+    assert!(
+        page.contains("open") && page.contains("(mongodb)"),
+        "{page}"
+    );
+    blackhole.swallow(false);
+    eventually("the breaker closes again", || async {
+        fresh(&main_stage(&consumers().await)).is_some_and(|instance| {
+            instance["breakerOpen"] == false && instance["breakerSince"].is_string()
+        })
+    })
+    .await;
+
+    // A clean stop removes the instance: only the long-dead one is left, stale.
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    let stage = main_stage(&consumers().await);
+    let left: Vec<&str> = stage["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|instance| instance["instance"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, ["gone-host:1:00000001"], "{stage}");
+
+    // Only operators: no credentials, or a tenant's key with garbage, get 401.
+    let (status, _) = console.get(None, "/console/api/consumers").await;
+    assert_eq!(status, 401);
+    let (status, _) = console
+        .get(Some(ACME_KEY), "/console/api/consumers?stage=%00garbage")
+        .await;
+    assert_eq!(status, 401);
+    console.stop();
+    pipeline.stop().await;
+}
+
+/// Whether a response set a session cookie.
+fn opened_a_session(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .any(|value| {
+            value.to_str().unwrap().starts_with("ap_console_session=")
+                && !value.to_str().unwrap().starts_with("ap_console_session=;")
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_login_post_is_refused_and_opens_no_session() {
+    let pipeline = TestPipeline::spawn_api_only(&[]).await;
+    let console = TestConsole::spawn(&pipeline).await;
+    let (cookie, csrf) = console.login_challenge().await;
+    let (other_cookie, other_csrf) = console.login_challenge().await;
+    assert_ne!(csrf, other_csrf);
+
+    // Another site's form: a valid operator token, but no cookie of ours, or no token, or another
+    // browser's token, or garbage.
+    let forged: [(Option<&str>, Option<&str>); 7] = [
+        (None, None),
+        (None, Some(&csrf)),
+        (Some(&cookie), None),
+        (Some(&cookie), Some("")),
+        (Some(&cookie), Some(&other_csrf)),
+        (Some(&other_cookie), Some(&csrf)),
+        (Some("ap_console_login=<script>%00"), Some("%00'\"garbage")),
+    ];
+    for (cookie, token) in forged {
+        let response = console.post_login(cookie, token, ADMIN_TOKEN).await;
+        assert_eq!(
+            response.status().as_u16(),
+            403,
+            "cookie {cookie:?}, token {token:?}"
+        );
+        assert!(
+            !opened_a_session(&response),
+            "cookie {cookie:?}, token {token:?}"
+        );
+        let page = response.text().await.unwrap();
+        assert!(
+            page.contains("CSRF") || page.contains("login cookie"),
+            "{page}"
+        );
+    }
+    // Not JSON, not a form: a precise 400, no session.
+    let response = console
+        .http
+        .post(console.url("/console/login"))
+        .header("Cookie", &cookie)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("token=a&csrfToken=b&surprise=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    assert!(!opened_a_session(&response));
+    // The refusals are audited.
+    let refusals = console
+        .audit()
+        .await
+        .iter()
+        .filter(|entry| {
+            entry["action"] == "login" && entry["outcome"].as_str().unwrap().contains("CSRF")
+        })
+        .count();
+    assert!(refusals >= 4, "{refusals}");
+
+    // The login page's own form, in the same browser, logs in (and spends the pre-login cookie).
+    let response = console
+        .post_login(Some(&cookie), Some(&csrf), ADMIN_TOKEN)
+        .await;
+    assert_eq!(response.status().as_u16(), 303);
+    assert!(opened_a_session(&response));
+    let spent = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .any(|value| value.to_str().unwrap().starts_with("ap_console_login=;"));
+    assert!(spent, "{:?}", response.headers());
     console.stop();
     pipeline.stop().await;
 }
