@@ -61,6 +61,8 @@ pub struct InstanceView {
     /// No report for `staleAfterSecs`: crashed, hung or cut off from Redis.
     pub stale: bool,
     pub partitions: Vec<i32>,
+    /// Partitions of mirrored topics (`<topic>:<partition>`) the main stage owns.
+    pub mirrored_partitions: Vec<String>,
     pub breaker_open: bool,
     #[schema(value_type = Option<String>, format = DateTime)]
     pub breaker_since: Option<DateTime<Utc>>,
@@ -178,6 +180,7 @@ fn view(report: InstanceReport, now: DateTime<Utc>, stale_after_secs: u64) -> In
         started_at: report.started_at,
         updated_at: report.updated_at,
         partitions: report.partitions,
+        mirrored_partitions: report.mirrored_partitions,
         breaker_open: report.breaker_open,
         breaker_since: report.breaker_since,
         last_error_class: report.last_error_class,
@@ -233,7 +236,12 @@ pub fn consumers_section(view: &Result<ConsumersView, ConsoleError>) -> Markup {
                         tr data-stage=(stage.stage) data-instance=(instance.instance) class=[instance.stale.then_some("stale")] {
                             td { (stage.stage) }
                             td { code { (instance.instance) } }
-                            td.partitions { (instance.partitions.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")) }
+                            td.partitions {
+                                (instance.partitions.iter().map(i32::to_string).collect::<Vec<_>>().join(", "))
+                                @if !instance.mirrored_partitions.is_empty() {
+                                    br; span.muted { "mirrored: " (instance.mirrored_partitions.join(", ")) }
+                                }
+                            }
                             td.breaker {
                                 @if instance.breaker_open {
                                     span.error { "open" } " (" (instance.last_error_class.as_deref().unwrap_or("?")) ")"
@@ -285,6 +293,7 @@ mod tests {
             updated_at: now - chrono::Duration::seconds(updated_secs_ago),
             stage: "main".to_owned(),
             partitions: vec![0, 2],
+            mirrored_partitions: Vec::new(),
             breaker_open: false,
             breaker_since: None,
             last_error_class: None,

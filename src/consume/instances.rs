@@ -38,8 +38,12 @@ pub struct InstanceReport {
     pub updated_at: DateTime<Utc>,
     /// `main` or `retry.<n>`.
     pub stage: String,
-    /// The partitions the stage owns now, ascending.
+    /// The partitions of the stage's own topic it owns now, ascending.
     pub partitions: Vec<i32>,
+    /// The partitions of mirrored topics it owns now (the main stage of a datacenter that reads
+    /// other datacenters' topics, `kafka.mirrored_topics`), as `<topic>:<partition>`, ascending.
+    #[serde(default)]
+    pub mirrored_partitions: Vec<String>,
     pub breaker_open: bool,
     /// When the breaker last opened or closed; null if it never opened.
     pub breaker_since: Option<DateTime<Utc>>,
@@ -84,7 +88,9 @@ impl InstanceIdentity {
 /// One stage's live state, shared by the stage loop, the consumer's callbacks and the reporter.
 #[derive(Debug, Default)]
 pub struct StageStatus {
-    partitions: Mutex<BTreeSet<i32>>,
+    /// Topic and partition: the main stage may read mirrored topics next to its own, and their
+    /// partition numbers overlap.
+    partitions: Mutex<BTreeSet<(String, i32)>>,
     breaker_open: AtomicBool,
     /// Milliseconds since the epoch; 0: never opened.
     breaker_since_ms: AtomicI64,
@@ -115,7 +121,8 @@ impl StageStatus {
             .fetch_add(records as u64, Ordering::Relaxed);
     }
 
-    fn report(&self, identity: &InstanceIdentity, stage: &str) -> InstanceReport {
+    /// The report of this stage, whose own topic is `topic`.
+    fn report(&self, identity: &InstanceIdentity, stage: &str, topic: &str) -> InstanceReport {
         let at = |millis: i64| {
             if millis > 0 {
                 Utc.timestamp_millis_opt(millis).single()
@@ -123,6 +130,13 @@ impl StageStatus {
                 None
             }
         };
+        let (own, mirrored): (Vec<_>, Vec<_>) = self
+            .partitions
+            .lock()
+            .expect("partitions lock")
+            .iter()
+            .cloned()
+            .partition(|(owner_topic, _)| owner_topic == topic);
         InstanceReport {
             instance: identity.id.clone(),
             host: identity.host.clone(),
@@ -130,12 +144,10 @@ impl StageStatus {
             started_at: identity.started_at,
             updated_at: Utc::now(),
             stage: stage.to_owned(),
-            partitions: self
-                .partitions
-                .lock()
-                .expect("partitions lock")
-                .iter()
-                .copied()
+            partitions: own.into_iter().map(|(_, partition)| partition).collect(),
+            mirrored_partitions: mirrored
+                .into_iter()
+                .map(|(topic, partition)| format!("{topic}:{partition}"))
                 .collect(),
             breaker_open: self.breaker_open.load(Ordering::Relaxed),
             breaker_since: at(self.breaker_since_ms.load(Ordering::Relaxed)),
@@ -177,7 +189,7 @@ impl ConsumerObserver for StageObserver {
             .partitions
             .lock()
             .expect("partitions lock")
-            .remove(&partition);
+            .remove(&(topic.to_owned(), partition));
     }
 
     fn assigned(&self, topic: &str, partition: i32) {
@@ -186,13 +198,16 @@ impl ConsumerObserver for StageObserver {
             .partitions
             .lock()
             .expect("partitions lock")
-            .insert(partition);
+            .insert((topic.to_owned(), partition));
     }
 }
 
 /// One stage the reporter reports.
 pub struct ReportedStage {
     pub label: String,
+    /// The stage's own topic (its partitions are `partitions` in the report; any other topic's are
+    /// `mirroredPartitions`).
+    pub topic: String,
     pub group: String,
     pub status: Arc<StageStatus>,
 }
@@ -219,7 +234,7 @@ pub async fn report_until_stopped(
             _ = ticker.tick() => {}
         }
         for stage in &stages {
-            let report = stage.status.report(&identity, &stage.label);
+            let report = stage.status.report(&identity, &stage.label, &stage.topic);
             let json = serde_json::to_string(&report).expect("a report serializes");
             if let Err(outage) = redis
                 .write_instance_report(&stage.group, &identity.id, &json, keep)
@@ -281,7 +296,7 @@ mod tests {
             status: status.clone(),
         };
         let identity = InstanceIdentity::of_this_process();
-        let fresh = status.report(&identity, "main");
+        let fresh = status.report(&identity, "main", "t");
         assert!(fresh.partitions.is_empty() && !fresh.breaker_open);
         assert_eq!(fresh.last_commit_at, None);
         assert_eq!(fresh.breaker_since, None);
@@ -290,11 +305,24 @@ mod tests {
         observer.assigned("t", 1);
         observer.revoked("t", 3);
         observer.assigned("t", 0);
+        // A mirrored topic's partition 1 is not the own topic's partition 1.
+        observer.assigned("east.t", 1);
+        observer.assigned("east.t", 2);
+        observer.revoked("east.t", 2);
         observer.committed(false);
         status.processed(5);
         status.breaker_opened("mongodb");
-        let report = status.report(&identity, "main");
+        let report = status.report(&identity, "main", "t");
         assert_eq!(report.partitions, [0, 1]);
+        assert_eq!(report.mirrored_partitions, ["east.t:1"]);
+        observer.revoked("east.t", 1);
+        let report = status.report(&identity, "main", "t");
+        assert_eq!(
+            report.partitions,
+            [0, 1],
+            "revoking a mirrored partition keeps the own one"
+        );
+        assert!(report.mirrored_partitions.is_empty());
         assert!(report.breaker_open);
         assert_eq!(report.last_error_class.as_deref(), Some("mongodb"));
         assert!(report.breaker_since.is_some());
@@ -303,7 +331,7 @@ mod tests {
 
         observer.committed(true);
         status.breaker_closed();
-        let report = status.report(&identity, "main");
+        let report = status.report(&identity, "main", "t");
         assert!(!report.breaker_open);
         assert!(report.last_commit_at.is_some());
         // The class of the last outage stays, to say what it was.

@@ -189,6 +189,7 @@ impl ConsumerRuntime {
             tasks.spawn(stage_loop.run());
             reported.push(instances::ReportedStage {
                 label: stage.label(),
+                topic: topic.clone(),
                 group,
                 status,
             });
