@@ -3,13 +3,18 @@
 //! the consumer does to a record (`ActivityEnvelope::decode`, `StoredActivity::from_envelope`,
 //! `StoredActivity::to_json`, `PayloadFingerprint::of`).
 //!
+//! Validation is measured on both of its paths in one group, so they run side by side: the typed fast
+//! path the API takes (`parse_body`, `parse_batch_100`) and the schema path it falls back to and is
+//! proven equal to (`*_by_schema`: the body parsed into a `Value`, then the JSON Schema walk).
+//!
 //! `cargo bench --bench hot_paths` (or `make bench-micro`). The activity is the pipeline bench's
 //! ~190-byte body, whose envelope is ~300 bytes.
 
 use std::hint::black_box;
 
 use activity_pipeline::domain::{
-    parse_batch, ActivityEnvelope, ActivityValidator, IdempotencyKey, PayloadFingerprint, TenantId,
+    parse_batch, parse_batch_by_schema, ActivityEnvelope, ActivityValidator, IdempotencyKey,
+    PayloadFingerprint, TenantId,
 };
 use activity_pipeline::store::StoredActivity;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -32,6 +37,13 @@ fn api(c: &mut Criterion) {
     group.bench_function("parse_body", |b| {
         b.iter(|| validator.parse_body(black_box(BODY.as_bytes())).unwrap())
     });
+    group.bench_function("parse_body_by_schema", |b| {
+        b.iter(|| {
+            validator
+                .parse_body_by_schema(black_box(BODY.as_bytes()))
+                .unwrap()
+        })
+    });
     group.bench_function("envelope_encode", |b| {
         b.iter(|| black_box(&envelope).encode())
     });
@@ -45,6 +57,19 @@ fn api(c: &mut Criterion) {
     group.bench_function("parse_batch_100", |b| {
         b.iter(|| {
             let items = parse_batch(
+                black_box(batch.as_bytes()),
+                Some(&batch_key),
+                &validator,
+                1000,
+            )
+            .unwrap();
+            assert!(items.iter().all(|item| item.activity.is_ok()));
+            items
+        })
+    });
+    group.bench_function("parse_batch_100_by_schema", |b| {
+        b.iter(|| {
+            let items = parse_batch_by_schema(
                 black_box(batch.as_bytes()),
                 Some(&batch_key),
                 &validator,

@@ -33,4 +33,6 @@ pub mod store;
 pub mod telemetry;
 
 #[cfg(test)]
+mod fast_path_props;
+#[cfg(test)]
 mod validator_props;

@@ -20,7 +20,7 @@ fn validator() -> ActivityValidator {
 }
 
 /// Object keys, biased toward the ones MongoDB refuses or interprets.
-fn key() -> impl Strategy<Value = String> {
+pub(crate) fn key() -> impl Strategy<Value = String> {
     prop_oneof![
         "[a-zA-Z_]{1,8}",
         "\\$[a-z]{0,4}",
@@ -40,7 +40,7 @@ fn text() -> impl Strategy<Value = String> {
     ]
 }
 
-fn json() -> impl Strategy<Value = Value> {
+pub(crate) fn json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
@@ -61,7 +61,7 @@ fn json() -> impl Strategy<Value = Value> {
 }
 
 /// Objects with the activity's fields, each present or not, plausible or not, sometimes an extra.
-fn activity_like() -> impl Strategy<Value = Value> {
+pub(crate) fn activity_like() -> impl Strategy<Value = Value> {
     let field = |plausible: BoxedStrategy<Value>| prop_oneof![12 => plausible.prop_map(Some), 1 => json().prop_map(Some), 1 => Just(None)];
     let identifier = "[a-zA-Z0-9-]{1,10}".prop_map(Value::String).boxed();
     let activity_type = prop_oneof!["[A-Za-z0-9][A-Za-z0-9._:-]{0,10}", "[A-Za-z0-9._: -]{0,70}"]

@@ -1,6 +1,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::fast_path::FastPath;
+
 /// The JSON Schema every activity body is checked against: the single source of truth, also served to
 /// clients at `GET /schemas/activity.v1.json`.
 pub const ACTIVITY_SCHEMA_JSON: &str = include_str!("../../schemas/activity.v1.json");
@@ -148,6 +150,9 @@ fn bundled_schema() -> Value {
 /// schema cannot express.
 pub struct ActivityValidator {
     schema: jsonschema::Validator,
+    /// The same rules, checked while deserializing: tried first, the schema asked only about a body
+    /// it refuses (`domain/fast_path.rs`).
+    fast_path: FastPath,
     /// The schema with the configured limits written in: what `GET /schemas/activity.v1.json` serves.
     schema_json: String,
     metadata_max_bytes: usize,
@@ -203,8 +208,14 @@ impl ActivityValidator {
             key: "type_pattern",
             message: format!("is not a usable regular expression: {error}"),
         })?;
+        let fast_path = FastPath::new(
+            &schema,
+            limits.metadata_max_bytes,
+            limits.metadata_max_depth,
+        )?;
         Ok(ActivityValidator {
             schema: compiled,
+            fast_path,
             schema_json: serde_json::to_string_pretty(&schema).expect("a schema serializes"),
             metadata_max_bytes: limits.metadata_max_bytes,
             metadata_max_depth: limits.metadata_max_depth,
@@ -223,8 +234,18 @@ impl ActivityValidator {
         self.schema.is_valid(value)
     }
 
-    /// Parses and validates a request body.
+    /// Parses and validates a request body: the typed fast path first; a body it refuses is judged
+    /// again on the schema path, so every error is the schema's own, word for word.
     pub fn parse_body(&self, body: &[u8]) -> Result<NewActivity, ValidationFailure> {
+        match self.fast_path.parse_activity(body) {
+            Some(activity) => Ok(activity),
+            None => self.parse_body_by_schema(body),
+        }
+    }
+
+    /// The schema path alone: the body parsed into a `Value`, then `validate`. The definition the
+    /// fast path is held to (`fast_path_props`), and the benchmarks' baseline.
+    pub fn parse_body_by_schema(&self, body: &[u8]) -> Result<NewActivity, ValidationFailure> {
         let value: Value = serde_json::from_slice(body).map_err(|error| {
             ValidationFailure::single("/", "json", format!("body is not valid JSON ({error})"))
         })?;
@@ -268,6 +289,11 @@ impl ActivityValidator {
             .map_err(|error| ValidationFailure::single("/", "shape", error.to_string()))
     }
 
+    /// The typed fast path, for the batch parser and the differential test.
+    pub(crate) fn fast_path(&self) -> &FastPath {
+        &self.fast_path
+    }
+
     fn check_metadata_size(&self, metadata: &Value) -> Result<(), ValidationFailure> {
         let size = serialized_len(metadata);
         if size > self.metadata_max_bytes {
@@ -296,7 +322,7 @@ impl ActivityValidator {
 }
 
 /// Length of `value` serialized as compact JSON, counted without building the bytes.
-fn serialized_len(value: &Value) -> usize {
+pub(super) fn serialized_len(value: &Value) -> usize {
     struct CountingWriter(usize);
     impl std::io::Write for CountingWriter {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {

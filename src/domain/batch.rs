@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::activity::{ActivityValidator, NewActivity, ValidationFailure};
+use super::fast_path::FastItem;
 use super::idempotency::IdempotencyKey;
 
 /// One item of a batch, judged.
@@ -28,7 +29,66 @@ pub struct BatchItem {
 }
 
 /// Parses a batch body. `Err` refuses the whole batch; `Ok` holds one judged item per element.
+///
+/// The typed fast path first, which takes a batch only when every item in it is valid; any other
+/// batch is judged on the schema path, so its answer (whole-batch errors, per-item errors with their
+/// indexes) is the schema path's.
 pub fn parse_batch(
+    body: &[u8],
+    batch_key: Option<&IdempotencyKey>,
+    validator: &ActivityValidator,
+    max_items: usize,
+) -> Result<Vec<BatchItem>, ValidationFailure> {
+    match parse_batch_fast(body, batch_key, validator, max_items) {
+        Some(items) => Ok(items),
+        None => parse_batch_by_schema(body, batch_key, validator, max_items),
+    }
+}
+
+/// The batch on the typed fast path: the items deserialized straight into activities, no `Value`
+/// of the body built. `None` when the batch is not one the fast path takes: anything wrong with it
+/// as a whole, any invalid item, any invalid own key.
+pub(crate) fn parse_batch_fast(
+    body: &[u8],
+    batch_key: Option<&IdempotencyKey>,
+    validator: &ActivityValidator,
+    max_items: usize,
+) -> Option<Vec<BatchItem>> {
+    let fast_items = validator.fast_path().parse_batch_items(body, max_items)?;
+    if let Some(batch_key) = batch_key {
+        derived_key(batch_key, fast_items.len() - 1)?;
+    }
+    let mut items = Vec::with_capacity(fast_items.len());
+    for (index, item) in fast_items.into_iter().enumerate() {
+        let (key, key_from_client, activity) = match item {
+            FastItem::Bare(activity)
+            | FastItem::Wrapped {
+                own_key: None,
+                activity,
+            } => {
+                let (key, key_from_client) = item_key_from_batch(batch_key, index);
+                (key, key_from_client, activity)
+            }
+            FastItem::Wrapped {
+                own_key: Some(own_key),
+                activity,
+            } => (IdempotencyKey::parse(&own_key).ok()?, true, activity),
+        };
+        items.push(BatchItem {
+            index,
+            key: Some(key),
+            key_from_client,
+            activity: Ok(activity),
+        });
+    }
+    refuse_repeated_keys(&mut items);
+    Some(items)
+}
+
+/// The schema path alone: the body parsed into a `Value`, each item judged by
+/// `ActivityValidator::validate`. The definition the fast path is held to, and the benchmarks'
+/// baseline.
+pub fn parse_batch_by_schema(
     body: &[u8],
     batch_key: Option<&IdempotencyKey>,
     validator: &ActivityValidator,
@@ -94,10 +154,14 @@ pub fn parse_batch(
         .enumerate()
         .map(|(index, element)| judge(index, element, batch_key, validator))
         .collect();
+    refuse_repeated_keys(&mut items);
+    Ok(items)
+}
 
-    // The same key twice in one batch is a client mistake, not a retry: the later items are refused.
+/// The same key twice in one batch is a client mistake, not a retry: the later items are refused.
+fn refuse_repeated_keys(items: &mut [BatchItem]) {
     let mut first_seen: HashMap<IdempotencyKey, usize> = HashMap::new();
-    for item in &mut items {
+    for item in items {
         let Some(key) = &item.key else { continue };
         match first_seen.get(key) {
             Some(first) if item.activity.is_ok() => {
@@ -113,7 +177,6 @@ pub fn parse_batch(
             }
         }
     }
-    Ok(items)
 }
 
 /// Bounds the failures described across a whole batch to `max_details`, in item order: each item
@@ -139,13 +202,7 @@ fn judge(
     batch_key: Option<&IdempotencyKey>,
     validator: &ActivityValidator,
 ) -> BatchItem {
-    let fallback_key = || match batch_key {
-        Some(batch_key) => (
-            derived_key(batch_key, index).expect("checked for the longest index"),
-            true,
-        ),
-        None => (IdempotencyKey::generate(), false),
-    };
+    let fallback_key = || item_key_from_batch(batch_key, index);
     let wrapped = element
         .as_object()
         .is_some_and(|object| object.contains_key("activity"));
@@ -212,6 +269,18 @@ fn judge(
         key: Some(key),
         key_from_client,
         activity: validator.validate(activity),
+    }
+}
+
+/// The key of an item without its own: derived from the batch's (the client's), else fresh. The
+/// batch's key is checked to be short enough for its longest index before any item is judged.
+fn item_key_from_batch(batch_key: Option<&IdempotencyKey>, index: usize) -> (IdempotencyKey, bool) {
+    match batch_key {
+        Some(batch_key) => (
+            derived_key(batch_key, index).expect("checked for the longest index"),
+            true,
+        ),
+        None => (IdempotencyKey::generate(), false),
     }
 }
 

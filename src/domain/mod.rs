@@ -7,6 +7,7 @@
 mod activity;
 mod batch;
 mod envelope;
+mod fast_path;
 mod fingerprint;
 mod idempotency;
 mod operator;
@@ -16,7 +17,9 @@ pub use activity::{
     ActivityLimits, ActivityValidator, FieldError, InvalidLimit, NewActivity, ValidationFailure,
     ACTIVITY_SCHEMA_ID, ACTIVITY_SCHEMA_JSON, FIELD_ERROR_MAX_TEXT,
 };
-pub use batch::{limit_batch_details, parse_batch, BatchItem};
+#[cfg(test)]
+pub(crate) use batch::parse_batch_fast;
+pub use batch::{limit_batch_details, parse_batch, parse_batch_by_schema, BatchItem};
 pub use envelope::{ActivityEnvelope, EnvelopeError};
 pub use fingerprint::{InvalidFingerprint, PayloadFingerprint};
 pub use idempotency::{IdempotencyKey, InvalidIdempotencyKey};
