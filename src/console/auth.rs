@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use actix_web::cookie::{Cookie, SameSite};
+use actix_web::cookie::{Cookie, CookieBuilder, SameSite};
 use actix_web::http::header;
 use actix_web::HttpRequest;
 use rand::RngCore;
@@ -166,10 +166,7 @@ impl Gate {
                 },
             );
         }
-        let cookie = Cookie::build(SESSION_COOKIE, id.clone())
-            .path("/console")
-            .http_only(true)
-            .same_site(SameSite::Strict)
+        let cookie = console_cookie(SESSION_COOKIE, id.clone())
             .secure(self.secure_cookie)
             .max_age(actix_web::cookie::time::Duration::seconds(
                 self.session_ttl.as_secs() as i64,
@@ -190,13 +187,7 @@ impl Gate {
         if let Some(id) = operator.csrf_subject.strip_prefix("session:") {
             self.sessions.lock().expect("sessions lock").remove(id);
         }
-        let mut cookie = Cookie::build(SESSION_COOKIE, "")
-            .path("/console")
-            .http_only(true)
-            .same_site(SameSite::Strict)
-            .finish();
-        cookie.make_removal();
-        cookie
+        removal_cookie(SESSION_COOKIE)
     }
 
     /// The CSRF token of the operator's credential.
@@ -217,10 +208,7 @@ impl Gate {
         rand::rng().fill_bytes(&mut nonce_bytes);
         let nonce = hex::encode(nonce_bytes);
         let token = self.derive_token(&format!("login:{nonce}"));
-        let cookie = Cookie::build(LOGIN_COOKIE, nonce)
-            .path("/console")
-            .http_only(true)
-            .same_site(SameSite::Strict)
+        let cookie = console_cookie(LOGIN_COOKIE, nonce)
             .secure(self.secure_cookie)
             .max_age(actix_web::cookie::time::Duration::hours(1))
             .finish();
@@ -264,13 +252,7 @@ impl Gate {
 
     /// The cookie that clears the pre-login cookie once it served.
     pub fn spent_login_cookie(&self) -> Cookie<'static> {
-        let mut cookie = Cookie::build(LOGIN_COOKIE, "")
-            .path("/console")
-            .http_only(true)
-            .same_site(SameSite::Strict)
-            .finish();
-        cookie.make_removal();
-        cookie
+        removal_cookie(LOGIN_COOKIE)
     }
 
     /// Refuses a POST whose CSRF token (the `X-CSRF-Token` header, else `form_token`) is missing or
@@ -313,4 +295,20 @@ pub fn require_admin(operator: &Operator) -> Result<(), ConsoleError> {
             operator.name
         )))
     }
+}
+
+/// A console cookie: sent only to the console's paths, out of reach of scripts, never with a
+/// request from another site.
+fn console_cookie(name: &'static str, value: String) -> CookieBuilder<'static> {
+    Cookie::build(name, value)
+        .path("/console")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+}
+
+/// The cookie that makes the browser drop the console cookie `name`.
+fn removal_cookie(name: &'static str) -> Cookie<'static> {
+    let mut cookie = console_cookie(name, String::new()).finish();
+    cookie.make_removal();
+    cookie
 }
