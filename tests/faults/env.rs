@@ -118,6 +118,24 @@ impl RoleTemplate {
         Ok(())
     }
 
+    /// The run's roles, all started: `apis`, and the two consumers every run has (each running
+    /// every stage).
+    pub fn start_roles(&self, apis: Vec<Role>, clock: &Clock) -> anyhow::Result<Roles> {
+        let mut roles = Roles {
+            apis,
+            consumers: vec![
+                self.role("consumer-1", &["consume", "--stage", "all"], &[]),
+                self.role("consumer-2", &["consume", "--stage", "all"], &[]),
+            ],
+            retired: Vec::new(),
+            unexpected_exits: Vec::new(),
+        };
+        for role in roles.all_mut() {
+            role.start(clock)?;
+        }
+        Ok(roles)
+    }
+
     /// A role `name` running `command`, with `extra` settings on top of the run's (`--set`).
     pub fn role(&self, name: &str, command: &[&str], extra: &[String]) -> Role {
         let mut args = self.base_args.clone();
@@ -183,18 +201,7 @@ impl Env {
         let template = RoleTemplate::new(repo, binary, &overrides, &dir);
         create_topics(binary, &template.base_args, &dir).await?;
 
-        let mut roles = Roles {
-            apis: vec![template.role("api", &["produce"], &[])],
-            consumers: vec![
-                template.role("consumer-1", &["consume", "--stage", "all"], &[]),
-                template.role("consumer-2", &["consume", "--stage", "all"], &[]),
-            ],
-            retired: Vec::new(),
-            unexpected_exits: Vec::new(),
-        };
-        for role in roles.all_mut() {
-            role.start(&clock)?;
-        }
+        let roles = template.start_roles(vec![template.role("api", &["produce"], &[])], &clock)?;
         let api_url = format!("http://127.0.0.1:{}", ports.api);
         let env = Env {
             clock,
@@ -304,18 +311,10 @@ impl Env {
                 &[format!("http.listen=127.0.0.1:{port}")],
             )
         };
-        let mut roles = Roles {
-            apis: vec![api("api-1", ports.api), api("api-2", second_api)],
-            consumers: vec![
-                template.role("consumer-1", &["consume", "--stage", "all"], &[]),
-                template.role("consumer-2", &["consume", "--stage", "all"], &[]),
-            ],
-            retired: Vec::new(),
-            unexpected_exits: Vec::new(),
-        };
-        for role in roles.all_mut() {
-            role.start(&clock)?;
-        }
+        let roles = template.start_roles(
+            vec![api("api-1", ports.api), api("api-2", second_api)],
+            &clock,
+        )?;
         let env = Env {
             clock,
             api_url: api_urls[0].clone(),
