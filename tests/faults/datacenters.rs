@@ -1290,6 +1290,8 @@ pub struct Rto {
     /// From the kill to the first and to the last of those first 202s, in seconds.
     pub first_secs: Option<f64>,
     pub last_secs: Option<f64>,
+    /// Of those clients, how many got a 202 from east again after it was back (they returned).
+    pub returned: usize,
 }
 
 pub fn rto(samples: &[PostSample], killed_at: f64, back_at: f64) -> Rto {
@@ -1313,11 +1315,22 @@ pub fn rto(samples: &[PostSample], killed_at: f64, back_at: f64) -> Rto {
         *first = first.min(answered);
     }
     let times: Vec<f64> = firsts.values().copied().collect();
+    let returned: HashSet<usize> = samples
+        .iter()
+        .filter(|sample| {
+            sample.dc == Some(EAST)
+                && sample.answer == "202"
+                && sample.at > back_at
+                && east_clients.contains(&sample.client)
+        })
+        .map(|sample| sample.client)
+        .collect();
     Rto {
         clients: east_clients.len(),
         recovered: times.len(),
         first_secs: times.iter().copied().reduce(f64::min),
         last_secs: times.iter().copied().reduce(f64::max),
+        returned: returned.len(),
     }
 }
 
@@ -1626,11 +1639,12 @@ impl DcSummary<'_> {
             line(
                 "RTO (east's clients to west)",
                 format!(
-                    "{} of {} clients of east got a 202 from west while east was down: the first {} after the kill, the last {}",
+                    "{} of {} clients of east got a 202 from west while east was down: the first {} after the kill, the last {}; {} returned to east after it was back",
                     rto.recovered,
                     rto.clients,
                     secs(rto.first_secs),
-                    secs(rto.last_secs)
+                    secs(rto.last_secs),
+                    rto.returned
                 ),
             );
         }
@@ -1803,7 +1817,7 @@ impl DcSummary<'_> {
             })),
             "rto": self.rto.as_ref().map(|rto| json!({
                 "clients": rto.clients, "recovered": rto.recovered,
-                "firstSecs": rto.first_secs, "lastSecs": rto.last_secs,
+                "firstSecs": rto.first_secs, "lastSecs": rto.last_secs, "returned": rto.returned,
             })),
             "lagSteady": Lag::summary(&self.lag.steady),
             "lagDisturbed": Lag::summary(&self.lag.disturbed),
@@ -1955,6 +1969,9 @@ pub mod checks {
             sample(2, 16.0, WEST, "202"),
             sample(1, 11.0, WEST, "202"),
             sample(3, 12.0, WEST, "202"),
+            sample(0, 31.0, EAST, "202"),
+            sample(1, 31.0, EAST, "202"),
+            sample(2, 29.0, EAST, "202"),
         ];
         assert_eq!(
             rto(&samples, 10.0, 30.0),
@@ -1963,6 +1980,7 @@ pub mod checks {
                 recovered: 2,
                 first_secs: Some(1.5),
                 last_secs: Some(6.5),
+                returned: 1,
             }
         );
         assert_eq!(
