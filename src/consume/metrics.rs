@@ -121,7 +121,13 @@ impl ConsumerMetrics {
                 .expect("metric names are unique");
         }
         // Zero series for every outcome, so dashboards and alerts see them before the first event.
-        for outcome in ["inserted", "duplicate", "retried", "dead_lettered"] {
+        for outcome in [
+            "inserted",
+            "duplicate",
+            "superseded",
+            "retried",
+            "dead_lettered",
+        ] {
             records.with_label_values(&[outcome]);
         }
         ConsumerMetrics {

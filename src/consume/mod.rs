@@ -437,6 +437,7 @@ fn add_report(total: &mut BatchReport, part: &BatchReport) {
     total.inserted += part.inserted;
     total.duplicates += part.duplicates;
     total.announced += part.announced;
+    total.superseded += part.superseded;
     total.retried += part.retried;
     total.dead_lettered += part.dead_lettered;
 }

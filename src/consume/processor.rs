@@ -9,7 +9,8 @@ use super::alerts::AlertSender;
 use super::metrics::ConsumerMetrics;
 use crate::config::{is_valid_dc_name, Settings};
 use crate::domain::{
-    ActivityEnvelope, ActivityValidator, IdempotencyKey, PayloadFingerprint, TenantId,
+    AcceptanceRank, ActivityEnvelope, ActivityValidator, IdempotencyKey, PayloadFingerprint,
+    TenantId, ACTIVITY_SCHEMA_ID,
 };
 use crate::failures::{retry_due_at, Failure, RecordFailure};
 use crate::kafka::{headers, ActivityPublisher, ConsumedRecord, PublishError};
@@ -73,6 +74,9 @@ pub struct BatchReport {
     /// Announced (counted and published) by this batch: `inserted` plus any earlier stored activity
     /// whose Redis step had not happened yet.
     pub announced: usize,
+    /// Stored in the place of an activity accepted later under the same key (the conflict rule); the
+    /// replaced one is among `dead_lettered`.
+    pub superseded: usize,
     /// Sent to a retry topic.
     pub retried: usize,
     pub dead_lettered: usize,
@@ -114,6 +118,24 @@ struct Decoded<'a> {
     origin_dc: String,
 }
 
+impl Decoded<'_> {
+    fn rank(&self) -> AcceptanceRank<'_> {
+        AcceptanceRank::new(
+            self.envelope.enqueued_at,
+            &self.origin_dc,
+            &self.fingerprint,
+        )
+    }
+}
+
+/// Why a record is looked up in MongoDB before its fate is known.
+enum Lookup {
+    /// Its insert hit the unique (tenant, key) index.
+    DuplicateKey,
+    /// Redis marks its key with another payload: the stored document decides, by the conflict rule.
+    MarkedWithAnotherPayload(Option<PayloadFingerprint>),
+}
+
 /// The datacenter that accepted `record`: its `accepted-dc` header, else `local_dc`. A header that
 /// names no datacenter is refused like a malformed value (the same bytes fail on every attempt).
 fn accepting_dc(record: &ConsumedRecord, local_dc: &str) -> Result<String, String> {
@@ -128,7 +150,8 @@ fn accepting_dc(record: &ConsumedRecord, local_dc: &str) -> Result<String, Strin
     }
 }
 
-/// The DLQ error of a record whose key is already stored (or marked) with another payload.
+/// The DLQ error of a record whose key is already stored (or marked) with another payload that the
+/// conflict rule keeps.
 fn conflict(
     envelope: &ActivityEnvelope,
     stored: Option<&PayloadFingerprint>,
@@ -137,10 +160,33 @@ fn conflict(
 ) -> RecordFailure {
     RecordFailure::conflict(format!(
         "idempotency key {} of tenant {} is already {where_found} with a different payload \
-         (stored fingerprint {}, this record {fingerprint}); the key was reused for another activity",
+         (stored fingerprint {}, this record {fingerprint}); the key was reused for another \
+         activity, and the one accepted first (then by datacenter name) is kept",
         envelope.idempotency_key,
         envelope.tenant_id,
         stored.map_or("-", PayloadFingerprint::as_str),
+    ))
+}
+
+/// The DLQ error of a stored activity that an activity accepted earlier under the same key replaced.
+fn superseded(loser: &StoredActivity, winner: &Decoded<'_>) -> RecordFailure {
+    RecordFailure::conflict(format!(
+        "idempotency key {} of tenant {} was stored with a different payload (fingerprint {}) \
+         than an activity accepted earlier under the same key (fingerprint {}, accepted in {} at \
+         {}), which replaced it: the key was reused for another activity, and the one accepted \
+         first (then by datacenter name) is kept",
+        loser.idempotency_key,
+        loser.tenant_id,
+        loser
+            .payload_fingerprint
+            .as_ref()
+            .map_or("-", PayloadFingerprint::as_str),
+        winner.fingerprint,
+        winner.origin_dc,
+        winner
+            .envelope
+            .enqueued_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     ))
 }
 
@@ -190,8 +236,7 @@ impl BatchProcessor {
         // 1. Decode. A record that cannot be decoded never will be: it is poison, for the DLQ. The
         // same key twice in one batch is a duplicate when the payloads match, else the later one is
         // a conflict: the first occurrence is the one that may be stored.
-        let mut first_seen: HashMap<(TenantId, IdempotencyKey), PayloadFingerprint> =
-            HashMap::new();
+        let mut first_seen: HashMap<(TenantId, IdempotencyKey), usize> = HashMap::new();
         let mut decoded: Vec<Decoded<'_>> = Vec::with_capacity(batch.len());
         for record in batch {
             let envelope = match &record.payload {
@@ -212,27 +257,49 @@ impl BatchProcessor {
                     continue;
                 }
             };
-            let fingerprint = PayloadFingerprint::of(&envelope.activity);
-            match first_seen.entry((envelope.tenant_id.clone(), envelope.idempotency_key.clone())) {
+            let item = Decoded {
+                record,
+                fingerprint: PayloadFingerprint::of(&envelope.activity),
+                envelope,
+                origin_dc,
+            };
+            let identity = (
+                item.envelope.tenant_id.clone(),
+                item.envelope.idempotency_key.clone(),
+            );
+            match first_seen.entry(identity) {
                 Entry::Vacant(entry) => {
-                    entry.insert(fingerprint.clone());
-                    decoded.push(Decoded {
-                        record,
-                        envelope,
-                        fingerprint,
-                        origin_dc,
+                    entry.insert(decoded.len());
+                    decoded.push(item);
+                }
+                Entry::Occupied(entry) => {
+                    let kept = &mut decoded[*entry.get()];
+                    if kept.fingerprint == item.fingerprint {
+                        report.duplicates += 1;
+                        continue;
+                    }
+                    // The conflict rule: the one accepted first stays in the batch.
+                    let loser = if item.rank().wins_over(&kept.rank()) {
+                        std::mem::replace(kept, item)
+                    } else {
+                        item
+                    };
+                    refusals.push(Refusal {
+                        record: loser.record,
+                        failure: conflict(
+                            &loser.envelope,
+                            Some(&kept.fingerprint),
+                            &loser.fingerprint,
+                            "in this batch",
+                        ),
                     });
                 }
-                Entry::Occupied(entry) if *entry.get() == fingerprint => report.duplicates += 1,
-                Entry::Occupied(entry) => refusals.push(Refusal {
-                    record,
-                    failure: conflict(&envelope, Some(entry.get()), &fingerprint, "in this batch"),
-                }),
             }
         }
 
-        // 2. Skip what Redis already marked with the same payload; a mark with another payload is a
-        // conflict. Without Redis, skip the check: the unique key dedupes and the stored fingerprint
+        // 2. Skip what Redis already marked with the same payload. A mark with another payload is a
+        // conflict, which the stored document decides (the record may be the one the conflict rule
+        // keeps). Without Redis, skip the check: the unique key dedupes and the stored fingerprint
         // tells conflicts apart.
         let pairs: Vec<(&TenantId, &IdempotencyKey)> = decoded
             .iter()
@@ -248,6 +315,7 @@ impl BatchProcessor {
         let now = Utc::now();
         let mut pending: Vec<&Decoded<'_>> = Vec::new();
         let mut documents = Vec::new();
+        let mut to_look_up: Vec<(&Decoded<'_>, Lookup)> = Vec::new();
         for (item, mark) in decoded.iter().zip(marks) {
             match mark {
                 Some(mark) if mark.matches(&item.fingerprint) => {
@@ -255,15 +323,7 @@ impl BatchProcessor {
                     continue;
                 }
                 Some(mark) => {
-                    refusals.push(Refusal {
-                        record: item.record,
-                        failure: conflict(
-                            &item.envelope,
-                            mark.fingerprint.as_ref(),
-                            &item.fingerprint,
-                            "marked",
-                        ),
-                    });
+                    to_look_up.push((item, Lookup::MarkedWithAnotherPayload(mark.fingerprint)));
                     continue;
                 }
                 None => {}
@@ -284,7 +344,6 @@ impl BatchProcessor {
         // 3. Store. Duplicates are fine; a document the server refuses is retried or dead-lettered.
         let outcomes = self.repository.insert_unordered(&documents).await?;
         let mut to_announce: Vec<StoredActivity> = Vec::new();
-        let mut already_stored: Vec<&Decoded<'_>> = Vec::new();
         for ((item, document), outcome) in pending.into_iter().zip(documents).zip(outcomes) {
             match outcome {
                 InsertOutcome::Inserted => {
@@ -297,7 +356,7 @@ impl BatchProcessor {
                         .observe(latency.as_secs_f64());
                     to_announce.push(document);
                 }
-                InsertOutcome::AlreadyStored => already_stored.push(item),
+                InsertOutcome::AlreadyStored => to_look_up.push((item, Lookup::DuplicateKey)),
                 InsertOutcome::Refused(failure) => refusals.push(Refusal {
                     record: item.record,
                     failure,
@@ -306,30 +365,47 @@ impl BatchProcessor {
         }
         // A duplicate-key error is "already stored" only if our (tenant, key) is what is stored, and
         // the same activity only if the stored fingerprint matches: a conflict on any other unique
-        // index is a failure of this record, and a reused key is a conflict. A stored one may have
-        // been stored by a delivery that died before its Redis step: announce the stored document
-        // (the Redis step is a no-op if it did happen).
-        if !already_stored.is_empty() {
-            let keys: Vec<(&TenantId, &IdempotencyKey)> = already_stored
+        // index is a failure of this record, and a reused key is a conflict, which the conflict
+        // rule decides. A stored one may have been stored by a delivery that died before its Redis
+        // step: announce the stored document (the Redis step is a no-op if it did happen).
+        let mut to_supersede: Vec<(&Decoded<'_>, StoredActivity)> = Vec::new();
+        if !to_look_up.is_empty() {
+            let keys: Vec<(&TenantId, &IdempotencyKey)> = to_look_up
                 .iter()
-                .map(|item| (&item.envelope.tenant_id, &item.envelope.idempotency_key))
+                .map(|(item, _)| (&item.envelope.tenant_id, &item.envelope.idempotency_key))
                 .collect();
             let mut found = self.repository.find_stored(&keys).await?;
             // Stored within the mark's lifetime: its Redis step may not have happened, so announce
             // it (a no-op if it did). Stored before that: the step happened long ago and the mark
             // just expired; announcing again would count it twice (a replay of an old dead letter).
             let marks_live_since = now - self.mark_ttl;
-            for item in already_stored {
+            for (item, lookup) in to_look_up {
                 let identity = (
                     item.envelope.tenant_id.clone(),
                     item.envelope.idempotency_key.clone(),
                 );
-                let failure = match found.remove(&identity) {
-                    None => Some(RecordFailure::transient(
+                // The same key in the same batch was left to its first occurrence in step 1.
+                let failure = match (found.remove(&identity), lookup) {
+                    (None, Lookup::DuplicateKey) => Some(RecordFailure::transient(
                         "MongoDB reported a duplicate key, but not on (tenantId, idempotencyKey)",
                     )),
-                    Some(Err(corrupt)) => Some(RecordFailure::rejected(corrupt.to_string())),
-                    Some(Ok(stored)) => {
+                    // Marked but not stored (the document was deleted by hand): the mark decides.
+                    (None, Lookup::MarkedWithAnotherPayload(marked)) => Some(conflict(
+                        &item.envelope,
+                        marked.as_ref(),
+                        &item.fingerprint,
+                        "marked",
+                    )),
+                    (Some(Err(corrupt)), _) => Some(RecordFailure::rejected(corrupt.to_string())),
+                    (Some(Ok(stored)), _) => {
+                        let winner = !stored.matches(&item.fingerprint)
+                            && stored
+                                .rank(&self.local_dc)
+                                .is_some_and(|kept| item.rank().wins_over(&kept));
+                        if winner {
+                            to_supersede.push((item, stored));
+                            continue;
+                        }
                         let failure = (!stored.matches(&item.fingerprint)).then(|| {
                             conflict(
                                 &item.envelope,
@@ -354,10 +430,53 @@ impl BatchProcessor {
             }
         }
 
-        // 4. Mark, count, publish: atomically per record, and only once per key.
+        // 4. The conflict rule, where a record accepted earlier than the stored activity under its key
+        // arrived second: the stored one is dead-lettered (rebuilt from its document: no record of it
+        // is at hand), then replaced while it is still what is stored; step 5 moves its mark and
+        // count. A crash between the two leaves the loser stored and dead-lettered; the redelivery
+        // dead-letters it again and replaces it.
+        for (item, loser) in to_supersede {
+            let winner = match StoredActivity::from_envelope(&item.envelope, &item.fingerprint, now)
+            {
+                Ok(document) => document.accepted_in(&item.origin_dc).superseding(&loser),
+                Err(error) => {
+                    refusals.push(Refusal {
+                        record: item.record,
+                        failure: RecordFailure::rejected(error),
+                    });
+                    continue;
+                }
+            };
+            let loser_record = self.rebuilt_record(&loser, item.record);
+            let dead_letter = Refusal {
+                record: &loser_record,
+                failure: superseded(&loser, item),
+            };
+            // The loser's own retry history is gone with its record: its failure is a first one.
+            self.forward(&dead_letter, Stage::Main).await?;
+            report.dead_lettered += 1;
+            if self.repository.supersede(&loser, &winner).await? {
+                report.superseded += 1;
+                self.metrics
+                    .records
+                    .with_label_values(&["superseded"])
+                    .inc();
+                to_announce.push(winner);
+            } else {
+                refusals.push(Refusal {
+                    record: item.record,
+                    failure: RecordFailure::transient(
+                        "the activity stored under this key changed while the conflict rule was \
+                         replacing it by this one; decided again on the next attempt",
+                    ),
+                });
+            }
+        }
+
+        // 5. Mark, count, publish: atomically per record, and only once per key.
         report.announced = self.announce(&to_announce).await?;
 
-        // 5. Forwards, acknowledged before the offsets move past them. Handed to the producer
+        // 6. Forwards, acknowledged before the offsets move past them. Handed to the producer
         // together (in order, so a partition's forwards keep their order) and awaited together, so
         // the batch waits for one delivery round, not one per refused record.
         let forwarded =
@@ -371,6 +490,37 @@ impl BatchProcessor {
             }
         }
         Ok(report)
+    }
+
+    /// A record of the activity `stored` holds, as the API would have published it, positioned where
+    /// `replacing` (the record that superseded it) was read: its dead letter says where it was found.
+    fn rebuilt_record(
+        &self,
+        stored: &StoredActivity,
+        replacing: &ConsumedRecord,
+    ) -> ConsumedRecord {
+        let mut record = ConsumedRecord::from_parts(
+            &replacing.topic,
+            replacing.partition,
+            replacing.offset,
+            Some(stored.tenant_id.as_str().as_bytes().to_vec()),
+            Some(stored.to_envelope().encode()),
+        );
+        let header = |name: &str, value: &str| (name.to_owned(), Some(value.as_bytes().to_vec()));
+        record.headers = vec![
+            header(headers::IDEMPOTENCY_KEY, stored.idempotency_key.as_str()),
+            header(headers::SCHEMA, ACTIVITY_SCHEMA_ID),
+            header(
+                headers::ACCEPTED_DC,
+                stored.origin_dc.as_deref().unwrap_or(&self.local_dc),
+            ),
+        ];
+        if let Some(fingerprint) = &stored.payload_fingerprint {
+            record
+                .headers
+                .push(header(headers::PAYLOAD_FINGERPRINT, fingerprint.as_str()));
+        }
+        record
     }
 
     async fn announce(&self, stored: &[StoredActivity]) -> Result<usize, StoreOutage> {

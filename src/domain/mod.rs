@@ -6,6 +6,7 @@
 
 mod activity;
 mod batch;
+mod conflict;
 mod envelope;
 mod fast_path;
 mod fingerprint;
@@ -20,6 +21,7 @@ pub use activity::{
 #[cfg(test)]
 pub(crate) use batch::parse_batch_fast;
 pub use batch::{limit_batch_details, parse_batch, parse_batch_by_schema, BatchItem};
+pub use conflict::AcceptanceRank;
 pub use envelope::{ActivityEnvelope, EnvelopeError};
 pub use fingerprint::{InvalidFingerprint, PayloadFingerprint};
 pub use idempotency::{IdempotencyKey, InvalidIdempotencyKey};

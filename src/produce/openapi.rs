@@ -41,6 +41,7 @@ use super::{activities, introspection, read, stream};
         read::OneActivity,
         read::Analytics,
         read::StoredActivityBody,
+        read::SupersededActivityBody,
         introspection::Health,
         introspection::Readiness,
     )),

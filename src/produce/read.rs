@@ -91,6 +91,22 @@ pub struct StoredActivityBody {
     enqueued_at: String,
     /// When the consumer stored it (RFC 3339).
     created_at: String,
+    /// The datacenter whose API accepted it (`dc.name` there); absent on activities stored before
+    /// datacenters were known.
+    origin_dc: Option<String>,
+    /// Present when the conflict rule put this activity in the place of another one accepted later
+    /// under the same key (that one is a `conflict` dead letter): an SSE event with this field
+    /// replaces the event seen before under the same id.
+    supersedes: Option<SupersededActivityBody>,
+}
+
+/// What a stored activity says of the activity it replaced under the conflict rule.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SupersededActivityBody {
+    /// The replaced activity's type (its count moved to this one's).
+    #[serde(rename = "type")]
+    activity_type: String,
 }
 
 #[utoipa::path(

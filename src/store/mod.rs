@@ -15,6 +15,7 @@ pub use keys::{IntakeFlushId, RedisKeys};
 pub use mongo::{
     ActivityCursor, ActivityFilter, ActivityRepository, AuditEntry, AuditLog, CorruptDocument,
     InsertOutcome, PurgeLog, PurgedDeadLetter, ReplayLog, StoredActivity, StoredByKey,
+    SupersededActivity,
 };
 pub use pubsub::{open_live_connection, LiveMessage, LiveMessages, LiveSubscriptions};
 pub use redis_connection::RedisConnection;

@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use super::StoreOutage;
 use crate::config::MongoSettings;
-use crate::domain::{ActivityEnvelope, IdempotencyKey, PayloadFingerprint, TenantId};
+use crate::domain::{
+    AcceptanceRank, ActivityEnvelope, IdempotencyKey, NewActivity, PayloadFingerprint, TenantId,
+    ACTIVITY_SCHEMA_ID,
+};
 use crate::failures::RecordFailure;
 
 /// MongoDB's "duplicate key" error: the unique (tenant, key) index already holds this activity.
@@ -66,6 +69,23 @@ pub struct StoredActivity {
     /// header). Absent on documents stored before datacenters were known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin_dc: Option<String>,
+    /// The activity this one replaced under the same key by the conflict rule (it had been stored
+    /// and counted first, and was accepted later): what the Redis step needs to move its mark and
+    /// its count to this one, also on a redelivery after a crash between the replacement and that
+    /// step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supersedes: Option<SupersededActivity>,
+}
+
+/// What a document keeps of the activity it replaced (`StoredActivity::supersedes`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SupersededActivity {
+    pub payload_fingerprint: PayloadFingerprint,
+    #[serde(rename = "type")]
+    pub activity_type: String,
+    /// When it had been stored: its mark and count were set then.
+    pub created_at: bson::DateTime,
 }
 
 impl StoredActivity {
@@ -95,7 +115,62 @@ impl StoredActivity {
             enqueued_at: bson::DateTime::from_millis(envelope.enqueued_at.timestamp_millis()),
             created_at: bson::DateTime::from_millis(created_at.timestamp_millis()),
             origin_dc: None,
+            supersedes: None,
         })
+    }
+
+    /// This activity in the place of `loser`, which the conflict rule gives up: the same document id
+    /// (so the read side's pages and the SSE event id stay where they were), and what the Redis step
+    /// needs to move `loser`'s mark and count to this one.
+    pub fn superseding(mut self, loser: &StoredActivity) -> StoredActivity {
+        self.id = loser.id;
+        self.supersedes = loser
+            .payload_fingerprint
+            .clone()
+            .map(|payload_fingerprint| SupersededActivity {
+                payload_fingerprint,
+                activity_type: loser.activity_type.clone(),
+                created_at: loser.created_at,
+            });
+        self
+    }
+
+    /// Where this activity stands in the conflict rule. A document stored before datacenters were
+    /// known was accepted by this one (`local_dc`); one stored before fingerprints never conflicts
+    /// (`matches` takes any payload), so it has no rank.
+    pub fn rank<'a>(&'a self, local_dc: &'a str) -> Option<AcceptanceRank<'a>> {
+        let fingerprint = self.payload_fingerprint.as_ref()?;
+        Some(AcceptanceRank::from_millis(
+            self.enqueued_at.timestamp_millis(),
+            self.origin_dc.as_deref().unwrap_or(local_dc),
+            fingerprint,
+        ))
+    }
+
+    /// The envelope this document was stored from, as far as the document keeps it (the schema is
+    /// the current one; metadata numbers come back as MongoDB's relaxed JSON gives them): to
+    /// dead-letter an activity that is no longer in any record at hand.
+    pub fn to_envelope(&self) -> ActivityEnvelope {
+        let metadata = match bson::Bson::Document(self.metadata.clone()).into_relaxed_extjson() {
+            serde_json::Value::Object(map) if !map.is_empty() => Some(map),
+            _ => None,
+        };
+        ActivityEnvelope {
+            schema: ACTIVITY_SCHEMA_ID.to_owned(),
+            tenant_id: self.tenant_id.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+            enqueued_at: DateTime::<Utc>::from_timestamp_millis(
+                self.enqueued_at.timestamp_millis(),
+            )
+            .unwrap_or_default(),
+            activity: NewActivity {
+                actor_id: self.actor_id.clone(),
+                actor_name: self.actor_name.clone(),
+                activity_type: self.activity_type.clone(),
+                entity_id: self.entity_id.clone(),
+                metadata,
+            },
+        }
     }
 
     /// Records `dc` as the datacenter that accepted the activity.
@@ -119,7 +194,7 @@ impl StoredActivity {
     }
 
     /// The JSON shape clients see (API responses, SSE events): camelCase, `id` as hex, RFC 3339 times;
-    /// `entityId` and `originDc` only when the document has them.
+    /// `entityId`, `originDc` and `supersedes` only when the document has them.
     pub fn to_json(&self) -> serde_json::Value {
         let mut value = serde_json::json!({
             "id": self.id.to_hex(),
@@ -137,6 +212,11 @@ impl StoredActivity {
         }
         if let Some(origin_dc) = &self.origin_dc {
             value["originDc"] = serde_json::Value::String(origin_dc.clone());
+        }
+        // A live client may have seen the replaced activity's event under this id: this tells it
+        // the event corrects that one.
+        if let Some(superseded) = &self.supersedes {
+            value["supersedes"] = serde_json::json!({ "type": superseded.activity_type });
         }
         value
     }
@@ -365,6 +445,30 @@ impl ActivityRepository {
             found.insert((tenant, key), activity);
         }
         Ok(found)
+    }
+
+    /// Puts `winner` in the place of `loser` (the conflict rule; `winner` was built by
+    /// `StoredActivity::superseding`, so it has `loser`'s id), only while that document still holds
+    /// `loser`'s payload: a concurrent delivery (the main topic, a retry topic and a mirrored topic
+    /// are read by different stages) may have replaced it first. `false` when it did.
+    pub async fn supersede(
+        &self,
+        loser: &StoredActivity,
+        winner: &StoredActivity,
+    ) -> Result<bool, StoreOutage> {
+        let still_the_loser = doc! {
+            "_id": loser.id,
+            "payloadFingerprint": loser.payload_fingerprint.as_ref().map(PayloadFingerprint::as_str),
+        };
+        let replaced = self
+            .within(
+                "replace the superseded activity",
+                self.collection
+                    .replace_one(still_the_loser, winner)
+                    .into_future(),
+            )
+            .await?;
+        Ok(replaced.matched_count == 1)
     }
 
     /// Runs one consumer-side call within `mongo.op_timeout_ms`. The driver has no socket timeout,

@@ -1,7 +1,7 @@
 use redis::Script;
 
 use super::redis_connection::RedisConnection;
-use super::{IntakeFlushId, RedisKeys, StoreOutage, StoredActivity};
+use super::{IntakeFlushId, RedisKeys, StoreOutage, StoredActivity, SupersededActivity};
 use crate::config::RedisSettings;
 use crate::domain::{IdempotencyKey, PayloadFingerprint, TenantId};
 
@@ -26,8 +26,18 @@ use crate::domain::{IdempotencyKey, PayloadFingerprint, TenantId};
 /// none), ARGV[4] the TTL of the stream and the set, ARGV[5] the floor's margin in seconds, ARGV[6]
 /// the set's length (0: none), ARGV[7] the publish command (`PUBLISH`, or `SPUBLISH` on a cluster:
 /// the channel shares the tenant's slot, so the event goes to that shard only), then per activity
-/// its mark's value (`IdempotencyMark`), document id, type and event. One call per tenant and batch rather than per
-/// activity: profiles of the drain put Redis at ~17 us of CPU per activity with one script call each.
+/// its mark's value (`IdempotencyMark`), document id, type, event, and what it supersedes (the
+/// conflict rule replaced another activity's document by this one): that one's mark (empty when
+/// nothing), type, and `1` when that one was stored longer ago than the marks live. One call per
+/// tenant and batch rather than per activity: profiles of the drain put Redis at ~17 us of CPU per
+/// activity with one script call each.
+///
+/// A superseding activity finds the mark of the one it replaced (same document id, the loser's
+/// fingerprint): the step then moves the mark to it and the count from the loser's type to its own,
+/// publishes it (the same event id: a dashboard replaces what it showed) and swaps its member in
+/// the recent-pages set; once the mark is its own, a redelivery changes nothing. No mark at all
+/// means the loser's step never happened (count this one as new), unless the loser was stored so
+/// long ago that its mark expired (then its count is still there to move).
 const MARK_COUNT_PUBLISH_LUA: &str = r"
 local marked = {}
 local recent_length = tonumber(ARGV[3])
@@ -36,8 +46,25 @@ local appended = false
 local paged = false
 local any = false
 for i = 5, #KEYS do
-  local at = 8 + (i - 5) * 4
+  local at = 8 + (i - 5) * 7
+  local superseded_mark = ARGV[at + 4]
+  local announce = false
   if redis.call('SET', KEYS[i], ARGV[at], 'NX', 'EX', ARGV[1]) then
+    if superseded_mark ~= '' and ARGV[at + 6] == '1' then
+      if redis.call('HINCRBY', KEYS[1], ARGV[at + 5], -1) == 0 then
+        redis.call('HDEL', KEYS[1], ARGV[at + 5])
+      end
+    end
+    announce = true
+  elseif superseded_mark ~= '' and redis.call('GET', KEYS[i]) == superseded_mark then
+    redis.call('SET', KEYS[i], ARGV[at], 'EX', ARGV[1])
+    if redis.call('HINCRBY', KEYS[1], ARGV[at + 5], -1) == 0 then
+      redis.call('HDEL', KEYS[1], ARGV[at + 5])
+    end
+    redis.call('ZREMRANGEBYLEX', KEYS[3], '[' .. ARGV[at + 1] .. ' ', '(' .. ARGV[at + 1] .. ' \255')
+    announce = true
+  end
+  if announce then
     redis.call('HINCRBY', KEYS[1], ARGV[at + 2], 1)
     redis.call(ARGV[7], ARGV[2], ARGV[at + 3])
     if recent_length > 0 then
@@ -160,6 +187,8 @@ pub struct EffectRequest<'a> {
     pub activity_type: &'a str,
     /// The event published to the tenant's channel (JSON of the stored activity).
     pub event: String,
+    /// The activity the document replaced under the conflict rule, whose mark and count move to it.
+    pub supersedes: Option<&'a SupersededActivity>,
 }
 
 impl<'a> EffectRequest<'a> {
@@ -173,6 +202,7 @@ impl<'a> EffectRequest<'a> {
             fingerprint: document.payload_fingerprint.as_ref(),
             activity_type: &document.activity_type,
             event: document.to_json().to_string(),
+            supersedes: document.supersedes.as_ref(),
         }
     }
 }
@@ -456,6 +486,11 @@ impl RedisStore {
         } else {
             "PUBLISH"
         };
+        let marks_live_since = mongodb::bson::DateTime::from_millis(
+            chrono::Utc::now().timestamp_millis().saturating_sub(
+                i64::try_from(self.idempotency_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+            ),
+        );
         let mut pipeline = redis::pipe();
         pipeline
             .load_script(&self.scripts.mark_count_publish)
@@ -486,6 +521,20 @@ impl RedisStore {
                     .arg(&request.document_id)
                     .arg(request.activity_type)
                     .arg(&request.event);
+                match request.supersedes {
+                    Some(superseded) => invocation
+                        .arg(IdempotencyMark::encode(
+                            &request.document_id,
+                            Some(&superseded.payload_fingerprint),
+                        ))
+                        .arg(&superseded.activity_type)
+                        .arg(if superseded.created_at < marks_live_since {
+                            "1"
+                        } else {
+                            "0"
+                        }),
+                    None => invocation.arg("").arg("").arg("0"),
+                };
             }
             pipeline.invoke_script(&invocation);
         }
@@ -942,6 +991,7 @@ mod tests {
             fingerprint: None,
             activity_type: "t",
             event: String::new(),
+            supersedes: None,
         };
         let requests = vec![
             request(&acme, &keys[0]),

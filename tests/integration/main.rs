@@ -14,6 +14,7 @@ mod console_browser;
 mod console_volume;
 mod consumer;
 mod datacenters;
+mod dc_conflicts;
 mod deadlines;
 mod docker_compose;
 mod http_errors;

@@ -149,6 +149,7 @@ async fn publish_late(pipeline: &TestPipeline, seconds_ago: u64) {
             fingerprint: None,
             activity_type: "doc.edited",
             event: stored.to_json().to_string(),
+            supersedes: None,
         }])
         .await
         .expect("the effects step");

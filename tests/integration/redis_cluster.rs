@@ -106,6 +106,7 @@ async fn effects_pre_check_and_reads_stay_in_each_tenants_slot_on_a_real_cluster
             fingerprint: Some(&fingerprint),
             activity_type: if k % 2 == 0 { "even" } else { "odd" },
             event: json!({"id": document_id(t, k), "tenantId": tenants[t].as_str()}).to_string(),
+            supersedes: None,
         })
         .collect();
     let first = store.apply_effects(&requests).await.expect("effects apply");
