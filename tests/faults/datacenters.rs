@@ -1069,8 +1069,9 @@ pub fn compare_datacenters(
             across.same_payload_other_origin += 1;
             if across.examples_other_origin.len() < 3 {
                 across.examples_other_origin.push(format!(
-                    "{name}: east keeps {:?}'s, west {:?}'s",
-                    in_east.origin, in_west.origin
+                    "{name}: east keeps {}'s acceptance, west {}'s",
+                    in_east.origin.as_deref().unwrap_or("-"),
+                    in_west.origin.as_deref().unwrap_or("-")
                 ));
             }
         }
@@ -1623,14 +1624,16 @@ impl DcSummary<'_> {
             Some(rpo) => line(
                 "RPO (east's death)",
                 format!(
-                    "{} acknowledged by east before the kill, {} of them not yet in west; {} arrived while east was down, {} after it was back, {} never; last arrived {} after the kill ({} after east was back)",
+                    "{} acknowledged by east before the kill, {} of them not yet in west; {} arrived while east was down, {} after it was back, {} never; the last {} after the kill{}",
                     rpo.acked_by_east,
                     rpo.at_risk,
                     rpo.arrived_while_down,
                     rpo.arrived_after_back,
                     rpo.never,
                     secs(rpo.max_after_kill),
-                    secs(rpo.max_after_back)
+                    rpo.max_after_back.map_or_else(String::new, |after| format!(
+                        " ({after:.1} s after east was back)"
+                    ))
                 ),
             ),
             None => line("RPO (east's death)", "east was not killed".to_owned()),
@@ -1655,8 +1658,9 @@ impl DcSummary<'_> {
             None => "no documents".to_owned(),
         };
         line(
-            "replication lag (202 -> stored in the other)",
-            String::new(),
+            "replication lag",
+            "from the 202 in one datacenter to the document in the other (mirror + consumer)"
+                .to_owned(),
         );
         line("  steady", lag(&self.lag.steady));
         line(
