@@ -618,8 +618,18 @@ async fn exercise(
     end.cancel();
     watchdog.abort();
 
-    println!("faults: t={:>6.1}s  checking", clock.secs());
     let stack = stack.lock().await;
+    let sabotaged = if options.sabotage {
+        let done = sabotage(&stack, &raced).await?;
+        println!("faults: sabotage (the checker must catch each):");
+        for step in &done {
+            println!("  - {step}");
+        }
+        true
+    } else {
+        false
+    };
+    println!("faults: t={:>6.1}s  checking", clock.secs());
     let east_windows: Vec<Window> = phases
         .iter()
         .filter(|phase| phase.label == "east-down")
@@ -720,7 +730,93 @@ async fn exercise(
     };
     summary.print();
     summary.write_json(&run_dir.join("summary.json"))?;
+    if sabotaged {
+        let verdict = [
+            ("west: lost", checked[1].lost.count),
+            ("stored in one datacenter only", across.only_in_one.count),
+            (
+                "east: counter mismatches",
+                checked[0].counter_mismatches.count,
+            ),
+            ("counters differ", across.counters_differ.count),
+            ("payload differs", across.payload_differs.count),
+            ("conflict rule", conflicts.violations.count),
+        ];
+        println!("faults: checker self-test:");
+        for (check, count) in &verdict {
+            println!(
+                "  {check:<30} {}",
+                if *count > 0 { "caught" } else { "MISSED" }
+            );
+        }
+        let caught = verdict.iter().all(|(_, count)| *count > 0);
+        println!(
+            "faults: self-test {}",
+            if caught {
+                "PASS: every sabotage was caught"
+            } else {
+                "FAIL: the checker missed a sabotage"
+            }
+        );
+        return Ok(caught);
+    }
     Ok(summary.violations() == 0)
+}
+
+/// The checker's self-test for the datacenter drill (`--sabotage`): after the drain, damage the
+/// stores the way a broken pipeline would, one datacenter at a time; every check named in the
+/// verdict must then fire.
+async fn sabotage(stack: &DcStack, raced: &[Raced]) -> anyhow::Result<Vec<String>> {
+    let mut done = Vec::new();
+    let collection = |dc: &str| {
+        let uri = stack.stores(dc).mongo_uri;
+        async move {
+            anyhow::Ok(
+                mongodb::Client::with_uri_str(&uri)
+                    .await?
+                    .database(DATABASE)
+                    .collection::<Document>(COLLECTION),
+            )
+        }
+    };
+    // West loses an activity every datacenter acknowledged.
+    let west = collection(WEST).await?;
+    let victim = west
+        .find_one(mongodb::bson::doc! {"idempotencyKey": {"$regex": "^k-"}})
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no keyed activity in west to delete"))?;
+    let (tenant, key) = (
+        victim.get_str("tenantId")?.to_owned(),
+        victim.get_str("idempotencyKey")?.to_owned(),
+    );
+    west.delete_one(mongodb::bson::doc! {"tenantId": &tenant, "idempotencyKey": &key})
+        .await?;
+    done.push(format!("deleted {tenant}/{key} from west's store"));
+    // East counts one activity twice.
+    let mut redis = checker::redis(&stack.stores(EAST)).await?;
+    let _: i64 = redis::cmd("HINCRBY")
+        .arg(format!("analytics:{{{}}}", TENANTS[0].id))
+        .arg("login")
+        .arg(1)
+        .query_async(&mut redis)
+        .await?;
+    done.push(format!(
+        "added one to east's {}/login counter",
+        TENANTS[0].id
+    ));
+    // West keeps the other body of a raced key.
+    if let Some(pair) = raced.first() {
+        west.update_one(
+            mongodb::bson::doc! {"tenantId": pair.tenant, "idempotencyKey": &pair.key},
+            mongodb::bson::doc! {"$set": {"payloadFingerprint": "0".repeat(32)}},
+        )
+        .await?;
+        done.push(format!(
+            "changed west's fingerprint of the raced key {}/{}",
+            pair.tenant, pair.key
+        ));
+    }
+    Ok(done)
 }
 
 /// Kills `what` (`east`, `west` or `mirror`) with `dc.sh kill`, holds, brings it back with `dc.sh
