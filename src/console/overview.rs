@@ -166,6 +166,19 @@ impl LagMonitor {
             label: "main".to_owned(),
             reader: BacklogReader::new(kafka, &kafka.topic, Some(&kafka.consumer_group))?,
         }];
+        // The main stage's group also reads the topics mirrored from other datacenters: each is a
+        // backlog of its own (the mirror may deliver in bursts). Those named by a `^` pattern are
+        // not sampled: which topics match is the consumer's business (librdkafka's regex dialect).
+        for mirrored in kafka
+            .mirrored_topics
+            .iter()
+            .filter(|topic| !topic.starts_with('^'))
+        {
+            stages.push(Stage {
+                label: format!("main:{mirrored}"),
+                reader: BacklogReader::new(kafka, mirrored, Some(&kafka.consumer_group))?,
+            });
+        }
         for step in 1..=settings.retry.delays_ms.len() {
             // The retry stages' groups, as `consume` names them.
             let group = format!("{}.retry.{step}", kafka.consumer_group);

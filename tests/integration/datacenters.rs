@@ -6,7 +6,7 @@
 
 use mongodb::bson::doc;
 
-use crate::helpers::{activity, filter, TestApi, TestPipeline, ACME_KEY};
+use crate::helpers::{activity, eventually, filter, TestApi, TestPipeline, ACME_KEY};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_activity_accepted_in_another_datacenter_is_stored_once_with_its_origin() {
@@ -132,6 +132,85 @@ async fn a_mirrored_topic_created_after_the_consumer_subscribed_is_read() {
         1,
         "west reads the mirrored topic that appeared after it subscribed (within 60 s)"
     );
+    east.stop().await;
+    west.stop().await;
+}
+
+/// The console's overview samples each mirrored topic as a backlog of the main stage's group: a
+/// mirror that delivers a burst while the consumer is stopped shows there, not hidden in `main`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_the_backlog_of_each_mirrored_topic() {
+    use crate::console::{TestConsole, VIEWER_TOKEN};
+
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let east_topic = format!("it-{}.east.activities", &id[id.len() - 12..]);
+    let east = TestApi::spawn(
+        &[
+            "dc.name=east".to_owned(),
+            format!("kafka.topic={east_topic}"),
+        ],
+        true,
+    )
+    .await;
+    // No consumer runs in west: what east accepts waits in the mirrored topic.
+    let west = TestPipeline::spawn_api_only(&[
+        "dc.name=west".to_owned(),
+        format!(r#"kafka.mirrored_topics=["{east_topic}", "^it-nothing-[0-9]+$"]"#),
+    ])
+    .await;
+    let console = TestConsole::spawn(&west).await;
+    for n in 0..5 {
+        let response = east
+            .post_activity(ACME_KEY, Some(&format!("k-{n}")), &activity("u", "login"))
+            .await;
+        assert_eq!(response.status(), 202);
+    }
+    let mirrored_stage = format!("main:{east_topic}");
+    let stage_of = |overview: &serde_json::Value, name: &str| {
+        overview["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|stage| stage["stage"] == name)
+            .cloned()
+    };
+    eventually("the mirrored topic's backlog reaches 5", || async {
+        let (_, overview) = console
+            .get(Some(VIEWER_TOKEN), "/console/api/overview")
+            .await;
+        stage_of(&overview, &mirrored_stage).and_then(|stage| stage["backlog"].as_i64()) == Some(5)
+    })
+    .await;
+    let (_, overview) = console
+        .get(Some(VIEWER_TOKEN), "/console/api/overview")
+        .await;
+    let stages: Vec<&str> = overview["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|stage| stage["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            "main",
+            mirrored_stage.as_str(),
+            "retry.1",
+            "retry.2",
+            "retry.3",
+            "dlq"
+        ],
+        "a pattern is not sampled"
+    );
+    let mirrored = stage_of(&overview, &mirrored_stage).unwrap();
+    assert_eq!(mirrored["topic"], east_topic.as_str());
+    assert_eq!(mirrored["group"], west.settings.kafka.consumer_group);
+    assert_eq!(
+        stage_of(&overview, "main").unwrap()["backlog"],
+        0,
+        "west's own topic holds nothing"
+    );
+    console.stop();
     east.stop().await;
     west.stop().await;
 }
