@@ -6,7 +6,7 @@ CARGO ?= cargo
 DEV_CONFIG := config/dev.toml
 BIN := target/debug/activity-pipeline
 
-.PHONY: run test lint fmt build build-deps browser-deps stack-up stack-down stack-status stack-reset cluster-up cluster-down cluster-status cluster-reset redis-cluster-up dc-up dc-down dc-status dc-reset topics unit integration faults cluster-drill bench bench-micro
+.PHONY: run test lint fmt build build-deps browser-deps stack-up stack-down stack-status stack-reset cluster-up cluster-down cluster-status cluster-reset redis-cluster-up dc-up dc-down dc-status dc-reset topics unit integration faults cluster-drill dc-drill bench bench-micro
 
 ## run: start the local stack, build, create the topics, run `produce`, `consume` and `console` with the
 ## dev config (prints the console's address and the dev operator's token).
@@ -49,6 +49,16 @@ cluster-drill: build-deps
 	$(CARGO) test --locked --test faults -- --profile cluster-drill \
 		$(if $(SEED),--seed $(SEED)) $(if $(DURATION),--duration $(DURATION)) \
 		$(if $(REDIS),--redis $(REDIS))
+
+## dc-drill: the fault suite's datacenter drill on a private two-datacenter stack of its own
+## (scripts/dc.sh at a free port offset): clients homed in east and west, every east process
+## SIGKILLed and brought back, MirrorMaker 2 killed and restarted, keys raced in both datacenters;
+## both stores checked against the ledger and against each other, RPO, RTO and replication lag
+## reported. Not part of `make test`; about 6 minutes. Knobs: SEED=<n>, DURATION=240s (the longest
+## the load may run).
+dc-drill: build-deps
+	$(CARGO) test --locked --test faults -- --profile dc-drill \
+		$(if $(SEED),--seed $(SEED)) $(if $(DURATION),--duration $(DURATION))
 
 ## bench: the pipeline bench on a private stack, release build (BENCH_ARGS="--rounds 1" etc.;
 ## scripts/bench.sh --help). Not part of `make test`. See BENCHMARKS.md.

@@ -29,6 +29,11 @@
 #   AP_DC_BIN        the activity-pipeline binary (default: <repo>/target/debug/activity-pipeline;
 #                    `make dc-up` builds it)
 #   AP_DC_TIMEOUT    readiness timeout in seconds (default 240)
+#   AP_DC_PORT_OFFSET  added to every port above (default 0; at most 5000, so every port stays below
+#                    the kernel's ephemeral range); with AP_DC_DIR, a private two-datacenter stack
+#                    beside the default one (the failover drill, `make dc-drill`, runs one)
+#   AP_DC_CONFIG     a config file layered over each datacenter's (tenants, partitions, ...), for
+#                    both datacenters' roles (default: none)
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -40,15 +45,21 @@ DC_DIR=${AP_DC_DIR:-${AP_REPO_ROOT}/.stack-dc}
 BIN=${AP_DC_BIN:-${AP_REPO_ROOT}/target/debug/activity-pipeline}
 TIMEOUT=${AP_DC_TIMEOUT:-240}
 [[ "${TIMEOUT}" =~ ^[0-9]+$ ]] || ap_die "AP_DC_TIMEOUT must be a number, got '${TIMEOUT}'"
+OFFSET=${AP_DC_PORT_OFFSET:-0}
+[[ "${OFFSET}" =~ ^[0-9]+$ ]] && ((OFFSET <= 5000)) \
+    || ap_die "AP_DC_PORT_OFFSET must be a number from 0 to 5000, got '${OFFSET}'"
+EXTRA_CONFIG=${AP_DC_CONFIG:-}
+[[ -z "${EXTRA_CONFIG}" || "${EXTRA_CONFIG}" == /* ]] || EXTRA_CONFIG="${PWD}/${EXTRA_CONFIG}"
+[[ -z "${EXTRA_CONFIG}" || -f "${EXTRA_CONFIG}" ]] || ap_die "AP_DC_CONFIG: no file at '${EXTRA_CONFIG}'"
 DCS=(east west)
 TOPIC=activities
 API_KEY=demo-key-acme
 
-kafka_port() { case $1 in east) printf 9592 ;; west) printf 9692 ;; esac; }
-mongo_port() { case $1 in east) printf 27517 ;; west) printf 27617 ;; esac; }
-redis_port() { case $1 in east) printf 6779 ;; west) printf 6879 ;; esac; }
-api_port() { case $1 in east) printf 8581 ;; west) printf 8681 ;; esac; }
-metrics_port() { case $1 in east) printf 9581 ;; west) printf 9781 ;; esac; }
+kafka_port() { case $1 in east) printf %s $((9592 + OFFSET)) ;; west) printf %s $((9692 + OFFSET)) ;; esac; }
+mongo_port() { case $1 in east) printf %s $((27517 + OFFSET)) ;; west) printf %s $((27617 + OFFSET)) ;; esac; }
+redis_port() { case $1 in east) printf %s $((6779 + OFFSET)) ;; west) printf %s $((6879 + OFFSET)) ;; esac; }
+api_port() { case $1 in east) printf %s $((8581 + OFFSET)) ;; west) printf %s $((8681 + OFFSET)) ;; esac; }
+metrics_port() { case $1 in east) printf %s $((9581 + OFFSET)) ;; west) printf %s $((9781 + OFFSET)) ;; esac; }
 other_dc() { case $1 in east) printf west ;; west) printf east ;; esac; }
 dc_dir() { printf '%s/%s' "${DC_DIR}" "$1"; }
 app_dir() { printf '%s/%s/app' "${DC_DIR}" "$1"; }
@@ -70,11 +81,26 @@ stack() {
     fi
 }
 
+# pipeline_args DC: the binary's configuration arguments for datacenter DC, one per line. The
+# addresses are set here too (the same as config/dc-<dc>.toml's at offset 0), so an offset moves them.
+pipeline_args() {
+    local dc=$1
+    printf '%s\n' --config "${AP_REPO_ROOT}/config/dev.toml" --config "${AP_REPO_ROOT}/config/dc-${dc}.toml"
+    [[ -z "${EXTRA_CONFIG}" ]] || printf '%s\n' --config "${EXTRA_CONFIG}"
+    printf '%s\n' --set "kafka.brokers=${HOST}:$(kafka_port "${dc}")" \
+        --set "mongo.uri=mongodb://${HOST}:$(mongo_port "${dc}")" \
+        --set "redis.url=redis://${HOST}:$(redis_port "${dc}")" \
+        --set "http.listen=${HOST}:$(api_port "${dc}")" \
+        --set "consumer.metrics_listen=${HOST}:$(metrics_port "${dc}")"
+}
+
 # pipeline DC ARGS...: the binary with datacenter DC's configuration.
 pipeline() {
     local dc=$1
     shift
-    "${BIN}" --config "${AP_REPO_ROOT}/config/dev.toml" --config "${AP_REPO_ROOT}/config/dc-${dc}.toml" "$@"
+    local -a args
+    mapfile -t args < <(pipeline_args "${dc}")
+    "${BIN}" "${args[@]}" "$@"
 }
 
 fail() {
@@ -101,8 +127,9 @@ start_role() {
     fi
     mkdir -p "$(app_dir "${dc}")"
     ap_log "${dc}: starting ${role} (log: $(role_log "${dc}" "${role}"))"
-    spawn "$(role_pidfile "${dc}" "${role}")" "$(role_log "${dc}" "${role}")" \
-        "${BIN}" --config "${AP_REPO_ROOT}/config/dev.toml" --config "${AP_REPO_ROOT}/config/dc-${dc}.toml" "${role}"
+    local -a args
+    mapfile -t args < <(pipeline_args "${dc}")
+    spawn "$(role_pidfile "${dc}" "${role}")" "$(role_log "${dc}" "${role}")" "${BIN}" "${args[@]}" "${role}"
 }
 
 api() { printf 'http://%s:%s' "${HOST}" "$(api_port "$1")"; }
@@ -144,7 +171,13 @@ sync.topic.acls.enabled = false
 # New and changed source topics are noticed within seconds (the default is ten minutes).
 refresh.topics.interval.seconds = 5
 # Records are flushed and offsets committed often, so a restart re-mirrors little (at-least-once).
-offset.flush.interval.ms = 2000
+# A worker setting, read per target cluster: in dedicated mode MirrorMaker 2 builds each herder's
+# worker config from the target's `<cluster>.` settings and only a few top-level prefixes
+# (offset.storage, config.storage, status.storage, converters, task, worker), so a top-level
+# offset.flush.interval.ms is ignored and the default 60 s applies (the failover drill measured a
+# restarted MirrorMaker 2 copying about three quarters of a topic again).
+east.offset.flush.interval.ms = 2000
+west.offset.flush.interval.ms = 2000
 EOF
     ap_write_kafka_log4j2 "${dir}" activity-pipeline-mirrormaker
 }
@@ -254,7 +287,8 @@ cmd_where() {
         printf '    %-5s API %s   Kafka %s:%s   FerretDB mongodb://%s:%s   Redis redis://%s:%s   consumer metrics http://%s:%s/metrics\n' \
             "${dc}" "$(api "${dc}")" "${HOST}" "$(kafka_port "${dc}")" "${HOST}" "$(mongo_port "${dc}")" \
             "${HOST}" "$(redis_port "${dc}")" "${HOST}" "$(metrics_port "${dc}")"
-        printf '          config: config/dev.toml + config/dc-%s.toml; logs: %s/{produce,consume}.log\n' "${dc}" "$(app_dir "${dc}")"
+        printf '          config: config/dev.toml + config/dc-%s.toml%s; logs: %s/{produce,consume}.log\n' "${dc}" \
+            "${EXTRA_CONFIG:+ + ${EXTRA_CONFIG}}" "$(app_dir "${dc}")"
     done
     printf '    MirrorMaker 2: %s/config/mm2.properties, log %s\n' "$(mirror_dir)" "$(mirror_log)"
     printf '\n  Post in east, read it in west:\n'

@@ -1,5 +1,6 @@
 //! The checker: reads MongoDB, Redis and the DLQ topic directly (its own clients, none of the
-//! project's code) and holds them to the workload's ledger.
+//! project's code) and holds them to the workload's ledger. It checks one set of `Stores` at a
+//! time: the run's, or one datacenter's (the datacenter drill checks each, then compares them).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -20,6 +21,37 @@ use crate::ledger::{Outcome, SentActivity, WorkloadReport};
 use crate::live::{LiveClient, Via};
 use crate::poison::{InjectedPoison, POISON_HEADER};
 
+/// Where one pipeline keeps its effects: a run's stores, or one datacenter's.
+#[derive(Debug, Clone)]
+pub struct Stores {
+    pub mongo_uri: String,
+    pub redis: RedisTarget,
+    pub brokers: String,
+}
+
+/// Keys of the readiness probes `scripts/dc.sh up` posts (tenant acme, type `dc.probe`): stored and
+/// counted like any activity, but in no ledger, so the ledger checks and the live check skip them.
+pub const PROBE_KEY_PREFIX: &str = "dc-probe-";
+
+pub fn is_probe(key: &str) -> bool {
+    key.starts_with(PROBE_KEY_PREFIX)
+}
+
+/// A `conflict` dead letter of a key the run raced on purpose: the loser of the conflict rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConflictLetter {
+    pub tenant: String,
+    pub key: String,
+    /// The loser's `enqueuedAt` (its envelope's), in milliseconds since the epoch.
+    pub enqueued_at_millis: Option<i64>,
+    /// The datacenter that accepted the loser (`accepted-dc` header).
+    pub accepted_dc: Option<String>,
+    /// The loser's `payload-fingerprint` header.
+    pub fingerprint: Option<String>,
+    /// The loser's activity as it was sent.
+    pub activity: Value,
+}
+
 /// Violations of one kind: how many, and the first few, described.
 #[derive(Debug, Default, Clone)]
 pub struct Violations {
@@ -39,7 +71,12 @@ impl Violations {
 /// Everything the checker found, by check.
 #[derive(Debug, Default)]
 pub struct Checked {
+    /// Stored activities, readiness probes not counted.
     pub stored: usize,
+    /// Readiness probes stored (datacenter drill).
+    pub probes: usize,
+    /// `conflict` dead letters of the keys raced on purpose (`Inputs::conflicts`).
+    pub conflict_letters: Vec<ConflictLetter>,
     pub stored_unanswered: usize,
     pub lost: Violations,
     pub duplicated: Violations,
@@ -128,10 +165,13 @@ pub struct Inputs<'a> {
     pub live: &'a [LiveClient],
     /// When the API was down on purpose (connections may drop then).
     pub api_down: &'a [Window],
+    /// Keys raced on purpose with two bodies (datacenter drill): their `conflict` dead letters are
+    /// expected, and collected for the conflict rule's check.
+    pub conflicts: &'a HashSet<(String, String)>,
 }
 
-pub async fn read_activities(env: &Env) -> anyhow::Result<Vec<Document>> {
-    let client = mongodb::Client::with_uri_str(env.mongo_uri()).await?;
+pub async fn read_activities(stores: &Stores) -> anyhow::Result<Vec<Document>> {
+    let client = mongodb::Client::with_uri_str(&stores.mongo_uri).await?;
     let documents: Vec<Document> = client
         .database(DATABASE)
         .collection::<Document>(COLLECTION)
@@ -184,8 +224,8 @@ impl redis::aio::ConnectionLike for RedisReader {
     }
 }
 
-pub async fn redis(env: &Env) -> anyhow::Result<RedisReader> {
-    Ok(match env.redis_target() {
+pub async fn redis(stores: &Stores) -> anyhow::Result<RedisReader> {
+    Ok(match &stores.redis {
         RedisTarget::Single(url) => RedisReader::Single(
             redis::Client::open(url.as_str())?
                 .get_multiplexed_async_connection()
@@ -199,7 +239,7 @@ pub async fn redis(env: &Env) -> anyhow::Result<RedisReader> {
     })
 }
 
-async fn counters(
+pub async fn counters(
     connection: &mut RedisReader,
     tenant: &str,
 ) -> anyhow::Result<BTreeMap<String, i64>> {
@@ -259,6 +299,7 @@ pub async fn wait_for_drain(env: &Env, within: Duration, until: DrainUntil) -> b
     let mut calm = 0;
     let mut last_stored = None;
     let mut last_print = tokio::time::Instant::now();
+    let stores = env.stores();
     let mongo = match mongodb::Client::with_uri_str(env.mongo_uri()).await {
         Ok(client) => client.database(DATABASE).collection::<Document>(COLLECTION),
         Err(_) => return false,
@@ -272,7 +313,7 @@ pub async fn wait_for_drain(env: &Env, within: Duration, until: DrainUntil) -> b
         let balanced = if lag == Some(0) {
             async {
                 let stored = mongo.count_documents(mongodb::bson::doc! {}).await? as i64;
-                let mut connection = redis(env).await?;
+                let mut connection = redis(&stores).await?;
                 let mut counted = 0;
                 for tenant in TENANTS {
                     counted += counters(&mut connection, tenant.id)
@@ -319,18 +360,19 @@ pub async fn wait_for_drain(env: &Env, within: Duration, until: DrainUntil) -> b
 }
 
 /// `(tenant, id)` of every stored activity: what the live clients must have seen.
-pub async fn read_ids(env: &Env) -> anyhow::Result<Vec<(String, String)>> {
-    let client = mongodb::Client::with_uri_str(env.mongo_uri()).await?;
+pub async fn read_ids(stores: &Stores) -> anyhow::Result<Vec<(String, String)>> {
+    let client = mongodb::Client::with_uri_str(&stores.mongo_uri).await?;
     let documents: Vec<Document> = client
         .database(DATABASE)
         .collection::<Document>(COLLECTION)
         .find(mongodb::bson::doc! {})
-        .projection(mongodb::bson::doc! {"_id": 1, "tenantId": 1})
+        .projection(mongodb::bson::doc! {"_id": 1, "tenantId": 1, "idempotencyKey": 1})
         .await?
         .try_collect()
         .await?;
     Ok(documents
         .iter()
+        .filter(|document| !is_probe(document.get_str("idempotencyKey").unwrap_or_default()))
         .filter_map(|document| {
             Some((
                 document.get_str("tenantId").ok()?.to_owned(),
@@ -345,6 +387,8 @@ pub struct DeadLetter {
     pub partition: i32,
     pub offset: i64,
     pub headers: HashMap<String, String>,
+    /// The record's value as JSON (the original envelope), when it is JSON.
+    pub value: Option<Value>,
 }
 
 pub fn read_dlq(brokers: &str) -> anyhow::Result<Vec<DeadLetter>> {
@@ -396,6 +440,9 @@ pub fn read_dlq(brokers: &str) -> anyhow::Result<Vec<DeadLetter>> {
             partition: message.partition(),
             offset: message.offset(),
             headers,
+            value: message
+                .payload()
+                .and_then(|payload| serde_json::from_slice(payload).ok()),
         });
     }
     anyhow::ensure!(remaining.is_empty(), "reading the DLQ timed out");
@@ -531,10 +578,17 @@ fn compare(sent: &SentActivity, document: &Document) -> Option<String> {
     (!differences.is_empty()).then(|| differences.join("; "))
 }
 
-pub async fn check(env: &Env, inputs: Inputs<'_>) -> anyhow::Result<Checked> {
+pub async fn check(stores: &Stores, inputs: Inputs<'_>) -> anyhow::Result<Checked> {
     let mut checked = Checked::default();
-    let documents = read_activities(env).await?;
+    let all_documents = read_activities(stores).await?;
+    // The probes count in Redis like any activity; no ledger or live client knows them.
+    let documents: Vec<Document> = all_documents
+        .iter()
+        .filter(|document| !is_probe(document.get_str("idempotencyKey").unwrap_or_default()))
+        .cloned()
+        .collect();
     checked.stored = documents.len();
+    checked.probes = all_documents.len() - documents.len();
 
     // Stored documents by (tenant, key), and by the nonce every activity carries in its metadata.
     let mut by_key: HashMap<(String, String), Vec<&Document>> = HashMap::new();
@@ -594,13 +648,15 @@ pub async fn check(env: &Env, inputs: Inputs<'_>) -> anyhow::Result<Checked> {
                     sent.posts
                 ))
             }
-            (Outcome::Refused(status), Some(_)) => checked
+            // A raced body refused (422) is stored under its key: the other body is.
+            (Outcome::Refused(status), Some(_)) if !sent.conflict => checked
                 .refused_but_stored
                 .add(format!("{name}: answered {status}, yet stored")),
             (Outcome::Unanswered, Some(_)) => checked.stored_unanswered += 1,
             _ => {}
         }
-        if let Some(document) = found.first() {
+        // Of a raced key only one body is stored; the conflict rule's check says which.
+        if let Some(document) = found.first().filter(|_| !sent.conflict) {
             if let Some(difference) = compare(sent, document) {
                 checked.altered.add(format!("{name}: {difference}"));
             }
@@ -616,11 +672,11 @@ pub async fn check(env: &Env, inputs: Inputs<'_>) -> anyhow::Result<Checked> {
     }
 
     // 2. Counters: Redis against MongoDB, per tenant and type.
-    let mut connection = redis(env).await?;
+    let mut connection = redis(stores).await?;
     if !lost_keys.is_empty() {
         // Where did they go? Look for them in the topic and in Redis, for whoever debugs this.
         lost_keys.truncate(8);
-        let brokers = env.kafka_brokers();
+        let brokers = stores.brokers.clone();
         let wanted: HashSet<String> = lost_keys.iter().map(|(_, key)| key.clone()).collect();
         let found = tokio::task::spawn_blocking(move || find_in_topic(&brokers, TOPIC, &wanted))
             .await?
@@ -639,7 +695,7 @@ pub async fn check(env: &Env, inputs: Inputs<'_>) -> anyhow::Result<Checked> {
         }
     }
     let mut stored_counts: BTreeMap<(String, String), i64> = BTreeMap::new();
-    for document in &documents {
+    for document in &all_documents {
         *stored_counts
             .entry((
                 document.get_str("tenantId").unwrap_or_default().to_owned(),
@@ -676,7 +732,7 @@ pub async fn check(env: &Env, inputs: Inputs<'_>) -> anyhow::Result<Checked> {
     // 3. Idempotency marks: one per stored activity, holding its document id and fingerprint. One
     // MGET per tenant and chunk: a tenant's keys share a hash slot, so it also runs on a cluster.
     let mut by_tenant: BTreeMap<&str, Vec<&Document>> = BTreeMap::new();
-    for document in &documents {
+    for document in &all_documents {
         by_tenant
             .entry(document.get_str("tenantId").unwrap_or_default())
             .or_default()
@@ -753,6 +809,9 @@ pub async fn check(env: &Env, inputs: Inputs<'_>) -> anyhow::Result<Checked> {
             if event.via == Via::Backfill {
                 checked.live_backfilled += 1;
             }
+            if is_probe(&event.key) && event.tenant == client.tenant.id {
+                continue;
+            }
             if event.tenant != client.tenant.id {
                 checked.live_leaks.add(format!(
                     "client {} got event {} of tenant {:?}",
@@ -767,10 +826,16 @@ pub async fn check(env: &Env, inputs: Inputs<'_>) -> anyhow::Result<Checked> {
                 )),
                 Some(document) => {
                     let stored_key = document.get_str("idempotencyKey").unwrap_or_default();
-                    let data_matches = event.data.as_ref().is_none_or(|data| {
-                        data["type"].as_str() == document.get_str("type").ok()
-                            && data["actorId"].as_str() == document.get_str("actorId").ok()
-                    });
+                    // A raced key's loser may have been stored and announced before the winner
+                    // replaced it (the conflict rule): its event then names the loser's body.
+                    let raced = inputs
+                        .conflicts
+                        .contains(&(event.tenant.clone(), event.key.clone()));
+                    let data_matches = raced
+                        || event.data.as_ref().is_none_or(|data| {
+                            data["type"].as_str() == document.get_str("type").ok()
+                                && data["actorId"].as_str() == document.get_str("actorId").ok()
+                        });
                     if stored_key != event.key || !data_matches {
                         checked.live_phantom.add(format!(
                             "client {} got event {} for key {} whose stored document differs",
@@ -793,7 +858,7 @@ pub async fn check(env: &Env, inputs: Inputs<'_>) -> anyhow::Result<Checked> {
     }
 
     // 5. The DLQ: the injected poison, each with its error, and nothing else.
-    let brokers = env.kafka_brokers();
+    let brokers = stores.brokers.clone();
     let dead = tokio::task::spawn_blocking(move || read_dlq(&brokers)).await??;
     checked.dlq_entries = dead.len();
     let injected: HashMap<&str, &InjectedPoison> = inputs
@@ -809,6 +874,10 @@ pub async fn check(env: &Env, inputs: Inputs<'_>) -> anyhow::Result<Checked> {
             .get("dlq-error-class")
             .cloned()
             .unwrap_or_default();
+        if let Some(letter) = conflict_letter(letter, inputs.conflicts) {
+            checked.conflict_letters.push(letter);
+            continue;
+        }
         let Some(poison) = letter
             .headers
             .get(POISON_HEADER)
@@ -880,6 +949,34 @@ pub async fn check(env: &Env, inputs: Inputs<'_>) -> anyhow::Result<Checked> {
         }
     }
     Ok(checked)
+}
+
+/// The dead letter as a `ConflictLetter` if it is a `conflict` one of a key in `raced`.
+fn conflict_letter(
+    letter: &DeadLetter,
+    raced: &HashSet<(String, String)>,
+) -> Option<ConflictLetter> {
+    if letter.headers.get("dlq-error-class").map(String::as_str) != Some("conflict") {
+        return None;
+    }
+    let value = letter.value.as_ref()?;
+    let tenant = value["tenantId"].as_str()?.to_owned();
+    let key = value["idempotencyKey"].as_str()?.to_owned();
+    if !raced.contains(&(tenant.clone(), key.clone())) {
+        return None;
+    }
+    let enqueued_at_millis = value["enqueuedAt"]
+        .as_str()
+        .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+        .map(|at| at.timestamp_millis());
+    Some(ConflictLetter {
+        tenant,
+        key,
+        enqueued_at_millis,
+        accepted_dc: letter.headers.get("accepted-dc").cloned(),
+        fingerprint: letter.headers.get("payload-fingerprint").cloned(),
+        activity: value["activity"].clone(),
+    })
 }
 
 /// The pure parts, run by `--self-checks` and at the start of every run.

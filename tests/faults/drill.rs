@@ -561,6 +561,8 @@ pub mod checks {
             secs,
             answer: answer.to_owned(),
             retry_after,
+            dc: None,
+            client: 0,
         };
         let mut samples: Vec<PostSample> = (0..100)
             .map(|index| sample(10.0 + f64::from(index) * 0.01, 0.01, "202", false))

@@ -402,6 +402,15 @@ impl Env {
         self.wait_for_api(Duration::from_secs(60)).await
     }
 
+    /// The run's stores, as the checker reads them.
+    pub fn stores(&self) -> crate::checker::Stores {
+        crate::checker::Stores {
+            mongo_uri: self.mongo_uri(),
+            redis: self.redis.clone(),
+            brokers: self.kafka_brokers(),
+        }
+    }
+
     pub fn mongo_uri(&self) -> String {
         format!("mongodb://127.0.0.1:{}", self.ports.mongo)
     }
@@ -412,10 +421,6 @@ impl Env {
             RedisTarget::Single(url) => url.clone(),
             RedisTarget::Cluster(seeds) => seeds[0].clone(),
         }
-    }
-
-    pub fn redis_target(&self) -> &RedisTarget {
-        &self.redis
     }
 
     /// The suite's broker advertises the proxy's port, so every Kafka client goes through it; the

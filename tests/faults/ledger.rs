@@ -33,6 +33,11 @@ pub struct SentActivity {
     pub batched: bool,
     /// Run-clock time of the first 202.
     pub acked_at: Option<f64>,
+    /// The datacenter whose API gave the first 202 (the datacenter drill; `None` elsewhere).
+    pub acked_dc: Option<&'static str>,
+    /// One of the two bodies a racing client sent under one key to two datacenters (the
+    /// datacenter drill's conflicts): only one of them is stored, the conflict rule says which.
+    pub conflict: bool,
 }
 
 /// One invalid request and what it got.
@@ -58,6 +63,10 @@ pub struct PostSample {
     pub answer: String,
     /// Whether the answer carried a `Retry-After` header.
     pub retry_after: bool,
+    /// The datacenter the request went to (the datacenter drill; `None` elsewhere).
+    pub dc: Option<&'static str>,
+    /// The client that sent it (its index).
+    pub client: usize,
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +86,8 @@ pub struct WorkloadReport {
     /// 202s that said `"duplicate": true` (the API's own dedupe, when it has one).
     pub duplicate_answers: u64,
     pub batches: u64,
+    /// Times a client of the datacenter drill left its home datacenter for the other one.
+    pub failovers: u64,
     /// Answers a valid request must never get: a 5xx other than 503, a 4xx other than 429.
     pub unexpected: Vec<String>,
     /// Run-clock times of valid requests that got no answer.
@@ -99,6 +110,7 @@ impl WorkloadReport {
         self.concurrent_sends += other.concurrent_sends;
         self.duplicate_answers += other.duplicate_answers;
         self.batches += other.batches;
+        self.failovers += other.failovers;
         self.unexpected.extend(other.unexpected);
         self.valid_drops.extend(other.valid_drops);
         self.post_samples.extend(other.post_samples);

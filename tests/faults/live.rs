@@ -58,15 +58,20 @@ impl Seen {
     }
 }
 
+#[derive(Clone)]
 pub struct LiveClient {
     pub tenant: Tenant,
     pub name: String,
+    /// The API its stream is open on (with datacenters: the datacenter whose events it gets).
+    pub api: String,
     pub seen: Arc<Mutex<Seen>>,
 }
 
-/// Starts the live clients; they stop when `stop` is cancelled.
+/// Starts the live clients; they stop when `stop` is cancelled. With `every_api` (datacenters,
+/// each with its own events) every tenant has a stream on every API.
 pub fn start(
     sse: bool,
+    every_api: bool,
     apis: &[String],
     redis_url: &str,
     mongo_uri: &str,
@@ -77,7 +82,9 @@ pub fn start(
     for tenant in tenants {
         // Two SSE clients for the first tenant (fan-out to several streams of one tenant), one for
         // the others; one stand-in per tenant.
-        let per_tenant = if sse && tenant.id == tenants[0].id {
+        let per_tenant = if sse && every_api {
+            apis.len()
+        } else if sse && tenant.id == tenants[0].id {
             2
         } else {
             1
@@ -85,15 +92,15 @@ pub fn start(
         for number in 1..=per_tenant {
             let seen = Arc::new(Mutex::new(Seen::default()));
             let name = format!("{}-{number}", tenant.id);
+            // With several API instances the streams spread over them: an event reaches a stream
+            // whichever instance accepted it.
+            let api = if every_api {
+                apis[(number - 1) % apis.len()].clone()
+            } else {
+                apis[clients.len() % apis.len()].clone()
+            };
             if sse {
-                // With several API instances the streams spread over them: an event reaches a
-                // stream whichever instance accepted it.
-                tokio::spawn(sse_client(
-                    apis[clients.len() % apis.len()].clone(),
-                    *tenant,
-                    seen.clone(),
-                    stop.clone(),
-                ));
+                tokio::spawn(sse_client(api.clone(), *tenant, seen.clone(), stop.clone()));
             } else {
                 tokio::spawn(stand_in(
                     redis_url.to_owned(),
@@ -106,6 +113,7 @@ pub fn start(
             clients.push(LiveClient {
                 tenant: *tenant,
                 name,
+                api,
                 seen,
             });
         }

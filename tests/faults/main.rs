@@ -11,6 +11,10 @@
 //! checker against a private cluster of three brokers, two APIs and two consumers, and instead of
 //! the proxy's faults takes the cluster apart step by step (`drill`).
 //!
+//! `--profile dc-drill` (`make dc-drill`) runs the same workload (its clients homed in a datacenter,
+//! failing over), ledger, live clients and checker against two datacenters over MirrorMaker 2,
+//! kills one and MirrorMaker 2, races keys in both, and compares the datacenters (`datacenters`).
+//!
 //! # Layout
 //! - `options`: the command line (`--profile`, `--seed`, `--duration`, `--faults`, ...).
 //! - `env`, `stack`, `toxiproxy`, `roles`: the private stack, the fault proxy and the role processes;
@@ -21,12 +25,15 @@
 //! - `live`: live clients per tenant (SSE, or a stand-in until the endpoint exists).
 //! - `faults`: the fault kinds, the seeded schedule, applying and undoing a fault.
 //! - `drill`: the cluster drill's steps, their heal checks and the statistics per step.
+//! - `datacenters`: the datacenter drill: its private two-datacenter stack (`scripts/dc.sh` at a
+//!   port offset), its phases, the cross-datacenter checks, RPO, RTO and replication lag.
 //! - `checker`: reads the stores with its own clients and holds them to the ledger.
 //! - `report`: the summary.
 
 mod checker;
 mod clock;
 mod cluster;
+mod datacenters;
 mod drill;
 mod env;
 mod faults;
@@ -42,6 +49,7 @@ mod stack;
 mod toxiproxy;
 mod workload;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -122,8 +130,11 @@ async fn run(options: Options) -> anyhow::Result<bool> {
         .clone()
         .unwrap_or_else(|| repo.join("target/faults"));
     let drill = options.profile == Profile::ClusterDrill;
+    let dc_drill = options.profile == Profile::DcDrill;
     let out = if drill && options.out.is_none() {
         repo.join("target/cluster-drill")
+    } else if dc_drill && options.out.is_none() {
+        repo.join("target/dc-drill")
     } else {
         out
     };
@@ -132,7 +143,12 @@ async fn run(options: Options) -> anyhow::Result<bool> {
     prune_runs(&out, RUNS_KEPT - 1);
     std::fs::create_dir_all(&run_dir)?;
     let profile = profile_name(options.profile);
-    let command = if drill {
+    let command = if dc_drill {
+        format!(
+            "make dc-drill SEED={seed} DURATION={}s",
+            options.duration().as_secs()
+        )
+    } else if drill {
         format!(
             "make cluster-drill SEED={seed} DURATION={}s REDIS={}",
             options.duration().as_secs(),
@@ -157,6 +173,9 @@ async fn run(options: Options) -> anyhow::Result<bool> {
         options.duration()
     );
     println!("faults: run directory {}", run_dir.display());
+    if dc_drill {
+        return datacenters::run(&options, seed, &repo, &binary, &run_dir, &command).await;
+    }
 
     let clock = Clock::start();
     let env = if drill {
@@ -211,6 +230,7 @@ async fn exercise(
     let end = CancellationToken::new();
     let live = live::start(
         features.sse,
+        false,
         &env.api_urls,
         &env.redis_url(),
         &env.mongo_uri(),
@@ -235,6 +255,7 @@ async fn exercise(
     let workload = tokio::spawn(workload::run(
         workload::LoadPlan {
             apis: env.api_urls.clone(),
+            datacenters: None,
             features,
             seed,
             clients: options.clients,
@@ -328,13 +349,15 @@ async fn exercise(
         })
         .collect();
     println!("faults: t={:>6.1}s  checking", clock.secs());
+    let no_conflicts = HashSet::new();
     let inputs = checker::Inputs {
         workload: &workload,
         poison: &poison,
         live: &live,
         api_down: &api_down,
+        conflicts: &no_conflicts,
     };
-    let mut checked = checker::check(env, inputs).await?;
+    let mut checked = checker::check(&env.stores(), inputs).await?;
     let failover_finding = if failover {
         let (finding, rechecked) = account_for_failover(env, checked, inputs).await?;
         checked = rechecked;
@@ -439,7 +462,7 @@ async fn account_for_failover(
     env.role_template
         .run_once(&["analytics", "rebuild"], "analytics-rebuild")
         .await?;
-    let mut rechecked = checker::check(env, inputs).await?;
+    let mut rechecked = checker::check(&env.stores(), inputs).await?;
     let still_unmarked: i64 = rechecked.unmarked.values().sum();
     let explained =
         still_unmarked == unmarked && rechecked.mark_mismatches.count as i64 == still_unmarked;
@@ -606,6 +629,7 @@ fn profile_name(profile: Profile) -> String {
         Profile::Short => "short",
         Profile::Long => "long",
         Profile::ClusterDrill => "cluster-drill",
+        Profile::DcDrill => "dc-drill",
     }
     .to_owned()
 }
@@ -641,6 +665,31 @@ fn self_checks() {
             drill::checks::window_stats_count_and_rank,
         ),
         (
+            "datacenters: port offsets",
+            datacenters::checks::offsets_keep_ports_clear,
+        ),
+        ("datacenters: plan", datacenters::checks::plan_is_seeded),
+        (
+            "datacenters: RPO",
+            datacenters::checks::rpo_counts_the_window,
+        ),
+        (
+            "datacenters: RTO",
+            datacenters::checks::rto_times_east_clients,
+        ),
+        (
+            "datacenters: compared",
+            datacenters::checks::datacenters_are_compared,
+        ),
+        (
+            "datacenters: conflict rule",
+            datacenters::checks::conflicts_follow_the_rule,
+        ),
+        (
+            "datacenters: replication lag",
+            datacenters::checks::lag_is_split_and_ranked,
+        ),
+        (
             "checker: lost together",
             checker::checks::losses_together_are_told_from_drift,
         ),
@@ -658,7 +707,7 @@ async fn wait_for_live(env: &Env, live: &[live::LiveClient], within: Duration) {
 
 async fn wait_for_live_unbounded(env: &Env, live: &[live::LiveClient]) {
     loop {
-        if let Ok(stored) = checker::read_ids(env).await {
+        if let Ok(stored) = checker::read_ids(&env.stores()).await {
             let complete = live.iter().all(|client| {
                 let seen = client.seen.lock().expect("seen");
                 stored

@@ -22,6 +22,10 @@ pub enum Profile {
     /// two consumers, taken apart step by step (`drill`); the load lasts until the last step healed
     /// plus a cool-down, `--duration` at most.
     ClusterDrill,
+    /// The datacenter drill (`make dc-drill`): two datacenters over MirrorMaker 2 on a private
+    /// stack (`scripts/dc.sh` at a port offset), east killed and brought back, MirrorMaker 2
+    /// killed and restarted, keys raced in both (`datacenters`); `--duration` at most.
+    DcDrill,
 }
 
 /// Where the drill's Redis is.
@@ -39,7 +43,8 @@ pub enum DrillRedis {
     about = "Fault-injection suite: a workload against a private stack, faults on a seeded schedule, an independent checker."
 )]
 pub struct Options {
-    /// short (about 150 s of load, for CI), long (30 min, before releases), or cluster-drill.
+    /// short (about 150 s of load, for CI), long (30 min, before releases), cluster-drill or
+    /// dc-drill.
     #[arg(long, value_enum, default_value = "short", env = "FAULTS_PROFILE")]
     pub profile: Profile,
     /// Seed of the fault schedule and of the workload's choices; random when absent (printed, so a
@@ -47,7 +52,7 @@ pub struct Options {
     #[arg(long, env = "FAULTS_SEED")]
     pub seed: Option<u64>,
     /// How long the load runs, e.g. `150s`, `5m`, `30m` (default: 150s short, 30m long; for the
-    /// drill the longest it may run, 300s by default).
+    /// drills the longest it may run: 300s for the cluster drill, 240s for the datacenter drill).
     #[arg(long, value_parser = parse_duration, env = "FAULTS_DURATION")]
     pub duration: Option<Duration>,
     /// The fault mix: `all`, `none`, or a comma-separated list of kinds (see `--list-faults`).
@@ -98,6 +103,7 @@ impl Options {
             Profile::Short => Duration::from_secs(150),
             Profile::Long => Duration::from_secs(30 * 60),
             Profile::ClusterDrill => Duration::from_secs(300),
+            Profile::DcDrill => Duration::from_secs(240),
         })
     }
 
@@ -107,13 +113,15 @@ impl Options {
             Profile::Long => 100,
             // Three brokers, two APIs and three consumers share the two cores with the load.
             Profile::ClusterDrill => 80,
+            // Two datacenters (two brokers, two stores, two Redis, four roles) and MirrorMaker 2.
+            Profile::DcDrill => 40,
         })
     }
 
     /// Pause between two faults, in seconds (drawn in this range).
     pub fn gap_secs(&self) -> (u64, u64) {
         match self.profile {
-            Profile::Short | Profile::ClusterDrill => (3, 7),
+            Profile::Short | Profile::ClusterDrill | Profile::DcDrill => (3, 7),
             Profile::Long => (5, 20),
         }
     }
@@ -290,6 +298,14 @@ pub mod checks {
             takes_value("--redis"),
             "its value is not a test-name filter"
         );
+        let dc = parse(&["--profile", "dc-drill", "--seed", "7", "--duration", "200s"]);
+        assert_eq!(dc.profile, Profile::DcDrill);
+        assert_eq!(dc.duration(), Duration::from_secs(200));
+        assert_eq!(
+            parse(&["--profile=dc-drill"]).duration(),
+            Duration::from_secs(240)
+        );
+        assert_eq!(dc.rate(), 40);
         let short = parse(&[]);
         assert_eq!(short.profile, Profile::Short);
         assert_eq!(short.duration(), Duration::from_secs(150));

@@ -66,7 +66,7 @@ pub async fn sabotage(
         .await?;
     done.push("inserted acme/sabotage-phantom, which no client sent".to_owned());
 
-    let mut redis = crate::checker::redis(env).await?;
+    let mut redis = crate::checker::redis(&env.stores()).await?;
     redis::cmd("HINCRBY")
         .arg("analytics:{globex}")
         .arg("login")
@@ -116,7 +116,7 @@ pub async fn lose_like_a_failover(
     workload: &WorkloadReport,
     count: usize,
 ) -> anyhow::Result<Vec<String>> {
-    let mut redis = crate::checker::redis(env).await?;
+    let mut redis = crate::checker::redis(&env.stores()).await?;
     let mut done = Vec::new();
     for activity in workload
         .activities

@@ -4,7 +4,10 @@
 //! Every activity and every answer goes into a ledger (`ledger`) that the checker holds the stores
 //! to; the invalid requests come from `invalid_requests`. With several API instances (the cluster
 //! drill) each request goes to one drawn at random, as behind a load balancer, so a retry may reach
-//! another instance than the first attempt did.
+//! another instance than the first attempt did. With datacenters (the datacenter drill) each client
+//! has a home datacenter and fails over: a request to its home that gets no answer or a 503 sends
+//! it, and its retries with the same key, to the other datacenter for `FAILOVER_HOLD`, after which
+//! it tries its home again (the clients return once the home answers).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +37,9 @@ const MAX_POSTS: u32 = 40;
 /// (the record may still be acknowledged later); patient ones wait for the API's 503.
 const IMPATIENT_TIMEOUT: Duration = Duration::from_secs(3);
 const PATIENT_TIMEOUT: Duration = Duration::from_secs(8);
+/// How long a client of the datacenter drill stays with the other datacenter after its home failed
+/// it, before trying its home again.
+const FAILOVER_HOLD: Duration = Duration::from_secs(5);
 
 /// Endpoints of the API that may or may not exist in the binary under test.
 #[derive(Debug, Clone, Copy, Default)]
@@ -102,6 +108,8 @@ impl Pacer {
 struct Shared {
     http: reqwest::Client,
     apis: Vec<String>,
+    /// The datacenter of each API (the datacenter drill): clients are homed, and fail over.
+    datacenters: Option<Vec<&'static str>>,
     pacer: Pacer,
     features: Features,
     clock: Clock,
@@ -113,8 +121,11 @@ struct Shared {
 
 /// How the load runs.
 pub struct LoadPlan {
-    /// The API instances (one in the suite, two in the cluster drill).
+    /// The API instances (one in the suite, two in the cluster drill, one per datacenter in the
+    /// datacenter drill).
     pub apis: Vec<String>,
+    /// The datacenter of each of `apis` (the datacenter drill), else `None`: requests spread.
+    pub datacenters: Option<Vec<&'static str>>,
     pub features: Features,
     pub seed: u64,
     pub clients: usize,
@@ -133,6 +144,7 @@ pub async fn run(
 ) -> anyhow::Result<WorkloadReport> {
     let LoadPlan {
         apis,
+        datacenters,
         features,
         seed,
         clients,
@@ -145,6 +157,7 @@ pub async fn run(
             .pool_idle_timeout(Duration::from_secs(5))
             .build()?,
         apis,
+        datacenters,
         pacer: Pacer {
             interval: Duration::from_secs_f64(1.0 / f64::from(rate.max(1))),
             next: std::sync::Mutex::new(Instant::now()),
@@ -172,6 +185,8 @@ pub async fn run(
                 report: WorkloadReport::default(),
                 sequence: 0,
                 acked_keys: Vec::new(),
+                target: 0,
+                away_until: None,
             };
             client.run().await;
             client.report
@@ -206,6 +221,11 @@ struct Client {
     sequence: u64,
     /// Index into `report.activities` of this client's acknowledged, keyed activities.
     acked_keys: Vec<usize>,
+    /// The index of the API the last request went to (`api()` chose it).
+    target: usize,
+    /// With datacenters: until when this client sends to the other datacenter, its home having
+    /// failed it.
+    away_until: Option<Instant>,
 }
 
 impl Client {
@@ -251,14 +271,43 @@ impl Client {
             .is_some_and(|deadline| Instant::now() > deadline)
     }
 
-    /// The API instance for the next request: drawn when there are several (a draw only then, so
-    /// the suite's seeded choices stay what they were with one API).
+    /// The API instance for the next request: with datacenters the home's, or the other's while
+    /// failed over; else drawn when there are several (a draw only then, so the suite's seeded
+    /// choices stay what they were with one API).
     fn api(&mut self) -> String {
         let apis = &self.shared.apis;
-        if apis.len() == 1 {
-            return apis[0].clone();
-        }
-        apis[self.rng.random_range(0..apis.len())].clone()
+        self.target = if self.shared.datacenters.is_some() {
+            let away = self.away_until.is_some_and(|until| Instant::now() < until);
+            let home = self.home();
+            if away {
+                (home + 1) % apis.len()
+            } else {
+                home
+            }
+        } else if apis.len() == 1 {
+            0
+        } else {
+            self.rng.random_range(0..apis.len())
+        };
+        apis[self.target].clone()
+    }
+
+    /// With datacenters: the index of this client's home (clients alternate between them).
+    fn home(&self) -> usize {
+        self.index % self.shared.apis.len()
+    }
+
+    /// The datacenter the last request went to.
+    fn target_dc(&self) -> Option<&'static str> {
+        self.shared
+            .datacenters
+            .as_ref()
+            .map(|datacenters| datacenters[self.target])
+    }
+
+    /// The first 202 of an activity, now: when, and from which datacenter.
+    fn ack_now(&self) -> (f64, Option<&'static str>) {
+        (self.shared.clock.secs(), self.target_dc())
     }
 
     /// Sends one request; `timed` ones (valid posts) leave a sample for the per-fault statistics.
@@ -288,6 +337,17 @@ impl Client {
             Answer::Timeout => "timeout".to_owned(),
             Answer::NoConnection => "no-connection".to_owned(),
         };
+        let failed = matches!(
+            answer,
+            Answer::Timeout | Answer::NoConnection | Answer::Status { status: 503, .. }
+        );
+        if self.shared.datacenters.is_some() && failed && self.target == self.home() {
+            let first = self.away_until.is_none_or(|until| Instant::now() >= until);
+            self.away_until = Some(Instant::now() + FAILOVER_HOLD);
+            if first {
+                self.report.failovers += 1;
+            }
+        }
         if timed {
             self.report.post_samples.push(PostSample {
                 at: sent_at,
@@ -300,6 +360,8 @@ impl Client {
                         ..
                     }
                 ),
+                dc: self.target_dc(),
+                client: self.index,
             });
         }
         *self.report.answers.entry(label).or_default() += 1;
@@ -432,7 +494,8 @@ impl Client {
         let key = self.next_key("k");
         let body = self.activity_body(&key, false);
         let (outcome, _, posts) = self.post_until_answered(tenant, Some(&key), &body).await;
-        self.record(tenant, Some(key), body, outcome, posts, false);
+        let ack = (outcome == Outcome::Acked).then(|| self.ack_now());
+        self.record(tenant, Some(key), body, outcome, posts, ack);
     }
 
     async fn keyless(&mut self) {
@@ -440,7 +503,8 @@ impl Client {
         let nonce = self.next_key("nokey");
         let body = self.activity_body(&nonce, true);
         let (outcome, server_key, posts) = self.post_until_answered(tenant, None, &body).await;
-        self.record(tenant, server_key, body, outcome, posts, false);
+        let ack = (outcome == Outcome::Acked).then(|| self.ack_now());
+        self.record(tenant, server_key, body, outcome, posts, ack);
         if let Some(activity) = self.report.activities.last_mut() {
             activity.nonce = nonce;
         }
@@ -507,7 +571,8 @@ impl Client {
             }
         };
         *self.report.answers.entry(label).or_default() += 1;
-        self.record(tenant, Some(key), body, outcome, posts + 1, false);
+        let ack = (outcome == Outcome::Acked).then(|| self.ack_now());
+        self.record(tenant, Some(key), body, outcome, posts + 1, ack);
     }
 
     async fn batch(&mut self) {
@@ -521,6 +586,7 @@ impl Client {
         }
         self.report.batches += 1;
         let mut outcomes: Vec<Option<Outcome>> = vec![None; size];
+        let mut acks: Vec<Option<(f64, Option<&'static str>)>> = vec![None; size];
         let mut posts = vec![0u32; size];
         let mut attempt = 0;
         loop {
@@ -581,6 +647,7 @@ impl Client {
                                     self.report.duplicate_answers += 1;
                                 }
                                 outcomes[at] = Some(Outcome::Acked);
+                                acks[at] = Some(self.ack_now());
                             }
                             409 | 429 | 503 => {}
                             item_status => {
@@ -610,7 +677,10 @@ impl Client {
         }
         for (at, (key, body)) in items.into_iter().enumerate() {
             let outcome = outcomes[at].clone().unwrap_or(Outcome::Unanswered);
-            self.record(tenant, Some(key), body, outcome, posts[at], true);
+            self.record(tenant, Some(key), body, outcome, posts[at], acks[at]);
+            if let Some(activity) = self.report.activities.last_mut() {
+                activity.batched = true;
+            }
         }
     }
 
@@ -621,21 +691,22 @@ impl Client {
         body: Value,
         outcome: Outcome,
         posts: u32,
-        batched: bool,
+        ack: Option<(f64, Option<&'static str>)>,
     ) {
         if outcome == Outcome::Acked && key.is_some() {
             self.acked_keys.push(self.report.activities.len());
         }
-        let acked_at = (outcome == Outcome::Acked).then(|| self.shared.clock.secs());
         self.report.activities.push(SentActivity {
-            acked_at,
+            acked_at: ack.map(|(at, _)| at),
+            acked_dc: ack.and_then(|(_, dc)| dc),
+            conflict: false,
             tenant: tenant.id,
             nonce: key.clone().unwrap_or_default(),
             key,
             body,
             outcome,
             posts,
-            batched,
+            batched: false,
         });
     }
 
