@@ -384,7 +384,7 @@ impl BatchProcessor {
                     item.envelope.tenant_id.clone(),
                     item.envelope.idempotency_key.clone(),
                 );
-                // The same key in the same batch was left to its first occurrence in step 1.
+                // A key twice in this batch was settled in step 1: one record of it is looked up.
                 let failure = match (found.remove(&identity), lookup) {
                     (None, Lookup::DuplicateKey) => Some(RecordFailure::transient(
                         "MongoDB reported a duplicate key, but not on (tenantId, idempotencyKey)",

@@ -62,13 +62,15 @@ impl ActivityEnvelope {
             tenant_id: TenantId,
             idempotency_key: IdempotencyKey,
             enqueued_at: DateTime<Utc>,
-            activity: serde_json::Value,
+            // Kept as its text, so the activity goes through the API's own `parse_body`: the typed
+            // fast path, and the schema path (its errors word for word) only for what that refuses.
+            activity: Box<serde_json::value::RawValue>,
         }
         let raw: Raw = serde_json::from_slice(bytes)?;
         if raw.schema != ACTIVITY_SCHEMA_ID {
             return Err(EnvelopeError::UnsupportedSchema(raw.schema));
         }
-        let activity = validator.validate(raw.activity)?;
+        let activity = validator.parse_body(raw.activity.get().as_bytes())?;
         Ok(ActivityEnvelope {
             schema: raw.schema,
             tenant_id: raw.tenant_id,
