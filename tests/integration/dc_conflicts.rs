@@ -280,13 +280,21 @@ async fn a_redelivery_after_a_crash_mid_replacement_moves_the_mark_and_the_count
     let loser = activity("u-late", "given.up");
     let winner = activity("u-early", "kept");
     let (winner_at, loser_at) = (Utc::now() - TimeDelta::seconds(5), Utc::now());
-    west.produce_raw(
-        &topic,
-        Some("acme"),
-        Some(&envelope("k", &loser, loser_at)),
-        &[("idempotency-key", "k")],
-    )
-    .await;
+    // Key `k` of acme straight into the topic, as accepted at `at`.
+    let redeliver = |body: &Value, at: DateTime<Utc>| {
+        let value = envelope("k", body, at);
+        let (west, topic) = (&west, &topic);
+        async move {
+            west.produce_raw(
+                topic,
+                Some("acme"),
+                Some(&value),
+                &[("idempotency-key", "k")],
+            )
+            .await;
+        }
+    };
+    redeliver(&loser, loser_at).await;
     eventually("the later activity is stored and counted", || async {
         west.counters("acme").await.get("given.up") == Some(&1)
     })
@@ -315,13 +323,7 @@ async fn a_redelivery_after_a_crash_mid_replacement_moves_the_mark_and_the_count
         .unwrap();
     assert_eq!(replaced.modified_count, 1);
 
-    west.produce_raw(
-        &topic,
-        Some("acme"),
-        Some(&envelope("k", &winner, winner_at)),
-        &[("idempotency-key", "k")],
-    )
-    .await;
+    redeliver(&winner, winner_at).await;
     eventually("the count moved to the activity kept", || async {
         west.counters("acme").await.get("kept") == Some(&1)
     })
@@ -339,20 +341,8 @@ async fn a_redelivery_after_a_crash_mid_replacement_moves_the_mark_and_the_count
         )
     );
     // A redelivery of the replaced activity is a conflict; one of the kept one changes nothing.
-    west.produce_raw(
-        &topic,
-        Some("acme"),
-        Some(&envelope("k", &loser, loser_at)),
-        &[("idempotency-key", "k")],
-    )
-    .await;
-    west.produce_raw(
-        &topic,
-        Some("acme"),
-        Some(&envelope("k", &winner, winner_at)),
-        &[("idempotency-key", "k")],
-    )
-    .await;
+    redeliver(&loser, loser_at).await;
+    redeliver(&winner, winner_at).await;
     eventually("the replaced one is dead-lettered", || async {
         !west.dead_letters().await.is_empty()
     })
