@@ -485,6 +485,9 @@ pub struct ConsoleSettings {
     /// Budget of each Kafka read (watermarks, committed offsets, the DLQ) and MongoDB call the
     /// console makes; past it the answer is 503.
     pub read_timeout_ms: u64,
+    /// Memory the console may spend holding the DLQ's records for its dead-letters view (about the
+    /// records' size plus 0.5 KiB each). A DLQ larger than this is read from Kafka on each request.
+    pub dead_letters_memory_mb: usize,
 }
 
 impl ConsoleSettings {
@@ -689,6 +692,11 @@ impl Settings {
             (100..=120_000).contains(&console.read_timeout_ms),
             "console.read_timeout_ms",
             "must be 100 to 120000",
+        )?;
+        require(
+            (1..=65_536).contains(&console.dead_letters_memory_mb),
+            "console.dead_letters_memory_mb",
+            "must be 1 to 65536",
         )?;
         self.operator_credentials()?;
         Ok(())

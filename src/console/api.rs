@@ -1,10 +1,13 @@
 //! The JSON API under `/console/api/`: what the pages show, for scripts. Authenticate with
 //! `Authorization: Bearer <operator token>` (or the session cookie); POSTs carry `X-CSRF-Token`.
 
+use std::sync::Arc;
+
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use super::actions::{self, ActionRequest};
+use super::dead_letter_index::Selection;
 use super::dead_letters::{
     self, DeadLetterDetails, DeadLetterPage, ExportFormat, PurgeSummary, RawFilter, ReplayReport,
 };
@@ -12,7 +15,7 @@ use super::error::{ConsoleError, ConsoleErrorBody};
 use super::overview::Overview;
 use super::ConsoleState;
 use crate::ops::dlq::{self, parse_position, DeadLetterFilter, DeadLetterView};
-use crate::store::AuditEntry;
+use crate::store::{AuditEntry, PurgedDeadLetter};
 
 /// Who is logged in, and the CSRF token their POSTs must carry.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -232,30 +235,78 @@ pub async fn overview(
     Ok(HttpResponse::Ok().json(state.monitor.overview()))
 }
 
-/// The dead letters `filter` selects, newest first, within the console's read budget.
+/// The dead letters `filter` selects, newest first, within the console's read budget: from the
+/// console's [`DeadLetterIndex`](super::dead_letter_index::DeadLetterIndex), or, for a DLQ larger
+/// than it may hold, read from the topic.
 pub(super) async fn selected_dead_letters(
     state: &ConsoleState,
     filter: &DeadLetterFilter,
     include_purged: bool,
-) -> Result<Vec<DeadLetterView>, ConsoleError> {
+) -> Result<Vec<Arc<DeadLetterView>>, ConsoleError> {
     let timeout = state.read_timeout();
-    let mut views = tokio::time::timeout(
-        timeout,
-        dlq::list_matching(&state.settings, &state.repository, filter, timeout),
-    )
-    .await
-    .map_err(|_| {
+    let over_budget = || {
         ConsoleError::Unavailable(anyhow::anyhow!(
             "reading the DLQ took longer than console.read_timeout_ms ({} ms)",
             timeout.as_millis()
         ))
-    })?
-    .map_err(ConsoleError::Unavailable)?;
-    if !include_purged {
-        views.retain(|view| view.purged.is_none());
+    };
+    let indexed = state
+        .dead_letters
+        .select(filter, timeout)
+        .await
+        .map_err(ConsoleError::Unavailable)?;
+    match indexed {
+        Selection::Found(views) => {
+            let purge_log = state.repository.purge_log();
+            let purged = tokio::time::timeout(timeout, purge_log.purged())
+                .await
+                .map_err(|_| over_budget())?
+                .map_err(|error| {
+                    ConsoleError::Unavailable(anyhow::anyhow!("reading the purge log: {error}"))
+                })?;
+            if purged.is_empty() {
+                return Ok(views);
+            }
+            // Keyed by position rather than `topic:partition:offset` text, so the 10^5 dead letters
+            // of a page are not each formatted to be looked up.
+            let topic_prefix = format!("{}:", state.settings.kafka.dlq_topic);
+            let mut purged: std::collections::HashMap<(i32, i64), PurgedDeadLetter> = purged
+                .into_iter()
+                .filter_map(|(log_id, purge)| {
+                    let position = parse_position(log_id.strip_prefix(&topic_prefix)?).ok()?;
+                    Some((position, purge))
+                })
+                .collect();
+            Ok(views
+                .into_iter()
+                .filter_map(|view| {
+                    match purged.remove(&(view.record.partition, view.record.offset)) {
+                        None => Some(view),
+                        Some(purge) => include_purged.then(|| {
+                            let mut marked = DeadLetterView::clone(&view);
+                            marked.purged = Some(purge);
+                            Arc::new(marked)
+                        }),
+                    }
+                })
+                .collect())
+        }
+        Selection::TooLarge => {
+            let mut views: Vec<Arc<DeadLetterView>> = tokio::time::timeout(
+                timeout,
+                dlq::list_matching(&state.settings, &state.repository, filter, timeout),
+            )
+            .await
+            .map_err(|_| over_budget())?
+            .map_err(ConsoleError::Unavailable)?
+            .into_iter()
+            .filter(|view| include_purged || view.purged.is_none())
+            .map(Arc::new)
+            .collect();
+            dead_letters::sort_newest_first(&mut views);
+            Ok(views)
+        }
     }
-    dead_letters::sort_newest_first(&mut views);
-    Ok(views)
 }
 
 /// The page a query asks for (shared with the HTML page).
@@ -304,7 +355,7 @@ pub async fn list_dead_letters(
 pub(super) async fn find_dead_letter(
     state: &ConsoleState,
     raw_position: &str,
-) -> Result<DeadLetterView, ConsoleError> {
+) -> Result<Arc<DeadLetterView>, ConsoleError> {
     let position = parse_position(raw_position)
         .map_err(|error| ConsoleError::BadRequest(format!("`position`: {error}")))?;
     let filter = DeadLetterFilter {

@@ -4,6 +4,7 @@
 //! `ops::dlq_purge`) and are audited.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -164,7 +165,7 @@ impl ExportFormat {
     }
 
     /// The selection (newest first) in this format.
-    pub fn write(self, views: &[DeadLetterView]) -> Result<String, ConsoleError> {
+    pub fn write(self, views: &[Arc<DeadLetterView>]) -> Result<String, ConsoleError> {
         match self {
             ExportFormat::JsonLines => {
                 let mut body = String::new();
@@ -204,7 +205,7 @@ pub const CSV_COLUMNS: [&str; 13] = [
 /// The selection as CSV: the `csv` crate quotes every field that holds a comma, a quote or a line
 /// break (RFC 4180), so tenants' payloads round-trip through any CSV parser. Values are written
 /// as they are: a spreadsheet that evaluates a cell starting with `=` should import as text.
-fn csv_of(views: &[DeadLetterView]) -> Result<String, ConsoleError> {
+fn csv_of(views: &[Arc<DeadLetterView>]) -> Result<String, ConsoleError> {
     let unexpected = |error: csv::Error| ConsoleError::Unexpected(error.into());
     let mut writer = csv::Writer::from_writer(Vec::new());
     writer.write_record(CSV_COLUMNS).map_err(unexpected)?;
@@ -366,19 +367,14 @@ pub struct DeadLetterPage {
     pub next_cursor: Option<String>,
 }
 
-/// Newest first: by last failure time, then by position (the later offset first).
-pub fn sort_newest_first(views: &mut [DeadLetterView]) {
-    views.sort_by(|a, b| {
-        let time = |view: &DeadLetterView| {
-            DateTime::parse_from_rfc3339(&view.facts.last_failure_at)
-                .ok()
-                .map(|at| at.with_timezone(&Utc))
-        };
-        (time(b), b.record.offset, b.record.partition).cmp(&(
-            time(a),
-            a.record.offset,
-            a.record.partition,
-        ))
+/// Newest first: by last failure time, then by position (the later offset first). Each time is
+/// parsed once, not per comparison: at 10^5 dead letters that is most of the sort.
+pub fn sort_newest_first(views: &mut [Arc<DeadLetterView>]) {
+    views.sort_by_cached_key(|view| {
+        let time = DateTime::parse_from_rfc3339(&view.facts.last_failure_at)
+            .ok()
+            .map(|at| at.with_timezone(&Utc));
+        std::cmp::Reverse((time, view.record.offset, view.record.partition))
     });
 }
 
@@ -386,7 +382,7 @@ pub fn sort_newest_first(views: &mut [DeadLetterView]) {
 /// position of the last dead letter of the previous page; one that is not in `views` (dropped
 /// since, or never there) is a 400, so a client never silently restarts from the top.
 pub fn page(
-    views: &[DeadLetterView],
+    views: &[Arc<DeadLetterView>],
     cursor: Option<&str>,
     limit: usize,
 ) -> Result<DeadLetterPage, ConsoleError> {
@@ -410,7 +406,7 @@ pub fn page(
     let end = (start + limit).min(views.len());
     let dead_letters: Vec<DeadLetterSummary> = views[start.min(end)..end]
         .iter()
-        .map(DeadLetterSummary::of)
+        .map(|view| DeadLetterSummary::of(view))
         .collect();
     let next_cursor = (end < views.len())
         .then(|| dead_letters.last().map(|last| last.position.clone()))
@@ -684,7 +680,7 @@ mod tests {
         record
             .headers
             .push(("dlq-error".to_owned(), Some(b"bad, \"very\"\nbad".to_vec())));
-        let views = [DeadLetterView::from_record(record)];
+        let views = [Arc::new(DeadLetterView::from_record(record))];
         let exported = ExportFormat::Csv.write(&views).unwrap();
         let mut reader = csv::Reader::from_reader(exported.as_bytes());
         assert_eq!(
@@ -702,11 +698,14 @@ mod tests {
 
     #[test]
     fn pages_go_newest_first_and_refuse_unknown_cursors() {
-        let mut views = vec![
+        let mut views: Vec<Arc<DeadLetterView>> = [
             view(0, 1, "2026-12-01T10:00:00Z"),
             view(1, 5, "2026-12-02T10:00:00Z"),
             view(0, 2, "2026-12-01T11:00:00Z"),
-        ];
+        ]
+        .into_iter()
+        .map(Arc::new)
+        .collect();
         sort_newest_first(&mut views);
         let first = page(&views, None, 2).unwrap();
         let positions: Vec<&str> = first

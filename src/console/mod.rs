@@ -32,6 +32,7 @@ mod api;
 mod auth;
 mod chart;
 mod consumers;
+mod dead_letter_index;
 mod dead_letters;
 mod error;
 mod openapi;
@@ -65,6 +66,8 @@ pub(crate) struct ConsoleState {
     pub settings: Settings,
     pub gate: auth::Gate,
     pub monitor: Arc<overview::LagMonitor>,
+    /// The DLQ, followed and held in memory for the dead-letters view.
+    pub dead_letters: Arc<dead_letter_index::DeadLetterIndex>,
     /// One MongoDB client for the console's life: the `dlq` code reads the purge and replay logs
     /// through it, rather than connecting for every page.
     pub repository: ActivityRepository,
@@ -118,6 +121,7 @@ impl Console {
         let shutdown = shutdown.child_token();
         let monitor = Arc::new(overview::LagMonitor::new(settings)?);
         tokio::spawn(Arc::clone(&monitor).run(shutdown.clone()));
+        let dead_letters = dead_letter_index::DeadLetterIndex::start(settings, shutdown.clone())?;
         let repository = ActivityRepository::connect(&settings.mongo).await?;
         let redis = RedisStore::connect(&settings.redis)?;
         let fanout = Fanout::start(
@@ -138,6 +142,7 @@ impl Console {
                 settings.console.secure_cookie,
             ),
             monitor,
+            dead_letters,
             audit: repository.audit_log(),
             repository,
             redis,

@@ -157,8 +157,8 @@ pub async fn counts_of(
     };
     let mut dead_lettered: BTreeMap<String, usize> = BTreeMap::new();
     for view in super::api::selected_dead_letters(state, &filter, false).await? {
-        if let Some(tenant) = view.tenant {
-            *dead_lettered.entry(tenant).or_default() += 1;
+        if let Some(tenant) = &view.tenant {
+            *dead_lettered.entry(tenant.clone()).or_default() += 1;
         }
     }
     let mut counts = Vec::with_capacity(tenants.len());

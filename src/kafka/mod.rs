@@ -25,7 +25,7 @@ pub use consumer::{ActivityConsumer, ConsumedRecord, ConsumerObserver};
 pub use lag::{BacklogReader, PartitionBacklog};
 pub use publisher::{ActivityPublisher, PublishError};
 pub use spread::PartitionSpread;
-pub use topic_reader::{read_heads, read_topic};
+pub use topic_reader::{read_heads, read_topic, FollowEvent, TopicFollower, TopicWatermarks};
 
 /// Header names carried on every activity record; constants so producer and consumer cannot drift.
 pub mod headers {

@@ -118,7 +118,10 @@ fn read_ranges(
 
 /// The partition ids of `topic`, from the cluster's metadata; an error that says to create it when
 /// it does not exist. Blocking.
-pub(super) fn partitions_of<C: rdkafka::consumer::Consumer>(
+pub(super) fn partitions_of<
+    X: rdkafka::consumer::ConsumerContext,
+    C: rdkafka::consumer::Consumer<X>,
+>(
     consumer: &C,
     topic: &str,
     timeout: Duration,
@@ -135,4 +138,131 @@ pub(super) fn partitions_of<C: rdkafka::consumer::Consumer>(
         .iter()
         .map(|partition| partition.id())
         .collect())
+}
+
+/// What [`TopicFollower::poll`] saw.
+#[derive(Debug)]
+pub enum FollowEvent {
+    /// The next record of one partition.
+    Record(ConsumedRecord),
+    /// A partition was read to its end: its next record will be at `next_offset`.
+    CaughtUp { partition: i32, next_offset: i64 },
+    /// Nothing within the poll's timeout.
+    Idle,
+}
+
+/// Follows every partition of a topic from its first record on, without joining a group or
+/// committing: a reader that stays, for a view kept current (the console's dead letters). It also
+/// says when a partition is read to its end, so a caller can tell "nothing new" from "not read yet".
+/// Blocking; one thread owns it.
+pub struct TopicFollower {
+    consumer: BaseConsumer<FollowerContext>,
+    topic: String,
+    assigned: std::collections::BTreeSet<i32>,
+}
+
+impl TopicFollower {
+    pub fn new(settings: &KafkaSettings, topic: &str, name: &str) -> anyhow::Result<TopicFollower> {
+        let consumer: BaseConsumer<FollowerContext> = base_client_config(settings)
+            .set("group.id", format!("{}.{name}", settings.consumer_group))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest")
+            .create_with_context(FollowerContext)
+            .map_err(|error| anyhow::anyhow!("creating a Kafka follower: {error}"))?;
+        Ok(TopicFollower {
+            consumer,
+            topic: topic.to_owned(),
+            assigned: std::collections::BTreeSet::new(),
+        })
+    }
+
+    /// Starts reading the partitions that appeared since the last call (all of them, the first
+    /// time), each from its first record. Returns the partitions now followed.
+    pub fn follow_new_partitions(&mut self, timeout: Duration) -> anyhow::Result<Vec<i32>> {
+        let partitions = partitions_of(&self.consumer, &self.topic, timeout)?;
+        let mut added = TopicPartitionList::new();
+        for &partition in &partitions {
+            if !self.assigned.contains(&partition) {
+                added.add_partition_offset(&self.topic, partition, Offset::Beginning)?;
+            }
+        }
+        if added.count() > 0 {
+            self.consumer
+                .incremental_assign(&added)
+                .map_err(|error| anyhow::anyhow!("following {}: {error}", self.topic))?;
+            self.assigned.extend(
+                added
+                    .elements()
+                    .iter()
+                    .map(rdkafka::topic_partition_list::TopicPartitionListElem::partition),
+            );
+        }
+        Ok(partitions)
+    }
+
+    pub fn poll(&self, timeout: Duration) -> anyhow::Result<FollowEvent> {
+        match self.consumer.poll(timeout) {
+            None => Ok(FollowEvent::Idle),
+            Some(Ok(message)) => Ok(FollowEvent::Record(ConsumedRecord::from_message(&message))),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                let next_offset = self
+                    .consumer
+                    .position()
+                    .ok()
+                    .and_then(|positions| {
+                        positions
+                            .find_partition(&self.topic, partition)
+                            .and_then(|element| element.offset().to_raw())
+                    })
+                    .unwrap_or(-1);
+                Ok(FollowEvent::CaughtUp {
+                    partition,
+                    next_offset,
+                })
+            }
+            Some(Err(error)) => Err(anyhow::anyhow!("reading {}: {error}", self.topic)),
+        }
+    }
+}
+
+/// librdkafka also reports every end of partition as a client error, which the default context logs
+/// as one; for a follower that is the expected news [`TopicFollower::poll`] returns.
+struct FollowerContext;
+
+impl rdkafka::ClientContext for FollowerContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if !matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+            tracing::warn!(%error, reason, "Kafka follower");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for FollowerContext {}
+
+/// Each partition of `topic` with its low and high watermarks: where its records begin (retention
+/// and DeleteRecords move it) and where the next one will be written. Blocking.
+pub struct TopicWatermarks {
+    consumer: BaseConsumer,
+    topic: String,
+}
+
+impl TopicWatermarks {
+    pub fn new(settings: &KafkaSettings, topic: &str, name: &str) -> anyhow::Result<Self> {
+        Ok(TopicWatermarks {
+            consumer: reader(settings, name)?,
+            topic: topic.to_owned(),
+        })
+    }
+
+    /// `(partition, low, high)` for every partition, within `timeout` per request.
+    pub fn read(&self, timeout: Duration) -> anyhow::Result<Vec<(i32, i64, i64)>> {
+        partitions_of(&self.consumer, &self.topic, timeout)?
+            .into_iter()
+            .map(|partition| {
+                let (low, high) = watermarks(&self.consumer, &self.topic, partition, timeout)?;
+                Ok((partition, low, high))
+            })
+            .collect()
+    }
 }

@@ -160,45 +160,61 @@ impl DeadLetterFilter {
         *self == DeadLetterFilter::default()
     }
 
+    /// Whether `view` meets every criterion. The cheap ones are checked first: the console asks
+    /// this of every dead letter it holds for each page.
     pub fn matches(&self, view: &DeadLetterView) -> bool {
-        let tenant_matches = self
-            .tenant
-            .as_ref()
-            .is_none_or(|tenant| view.tenant.as_deref() == Some(tenant.as_str()));
-        let class_matches = self
-            .class
-            .as_deref()
-            .is_none_or(|class| view.facts.class == class);
-        let failed_at = DateTime::parse_from_rfc3339(&view.facts.last_failure_at)
-            .ok()
-            .map(|at| at.with_timezone(&Utc));
-        let time_matches = (self.failed_from.is_none() && self.failed_until.is_none())
-            || failed_at.is_some_and(|at| {
-                self.failed_from.is_none_or(|from| at >= from)
-                    && self.failed_until.is_none_or(|until| at < until)
-            });
-        let position_matches = self.positions.is_empty()
-            || self
-                .positions
-                .contains(&(view.record.partition, view.record.offset));
-        let text_matches = self.text.as_deref().is_none_or(|text| {
-            let needle = text.to_lowercase();
-            let payload = view
-                .record
-                .payload
+        let tenant_matches = || {
+            self.tenant
+                .as_ref()
+                .is_none_or(|tenant| view.tenant.as_deref() == Some(tenant.as_str()))
+        };
+        let class_matches = || {
+            self.class
                 .as_deref()
-                .map(String::from_utf8_lossy)
-                .unwrap_or_default();
-            [
-                view.facts.error.as_str(),
-                view.tenant.as_deref().unwrap_or(""),
-                view.idempotency_key.as_deref().unwrap_or(""),
-                &payload,
-            ]
-            .iter()
-            .any(|haystack| haystack.to_lowercase().contains(&needle))
-        });
-        tenant_matches && class_matches && time_matches && position_matches && text_matches
+                .is_none_or(|class| view.facts.class == class)
+        };
+        let position_matches = || {
+            self.positions.is_empty()
+                || self
+                    .positions
+                    .contains(&(view.record.partition, view.record.offset))
+        };
+        let time_matches = || {
+            if self.failed_from.is_none() && self.failed_until.is_none() {
+                return true;
+            }
+            DateTime::parse_from_rfc3339(&view.facts.last_failure_at)
+                .ok()
+                .map(|at| at.with_timezone(&Utc))
+                .is_some_and(|at| {
+                    self.failed_from.is_none_or(|from| at >= from)
+                        && self.failed_until.is_none_or(|until| at < until)
+                })
+        };
+        let text_matches = || {
+            self.text.as_deref().is_none_or(|text| {
+                let needle = text.to_lowercase();
+                let payload = view
+                    .record
+                    .payload
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
+                [
+                    view.facts.error.as_str(),
+                    view.tenant.as_deref().unwrap_or(""),
+                    view.idempotency_key.as_deref().unwrap_or(""),
+                    &payload,
+                ]
+                .iter()
+                .any(|haystack| haystack.to_lowercase().contains(&needle))
+            })
+        };
+        tenant_matches()
+            && class_matches()
+            && position_matches()
+            && time_matches()
+            && text_matches()
     }
 
     /// The filter as the logs record it: `tenant=acme class=poison text="timeout"`; empty for none.

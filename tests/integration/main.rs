@@ -11,6 +11,7 @@ mod backpressure;
 mod conflicts;
 mod console;
 mod console_browser;
+mod console_index;
 mod console_volume;
 mod consumer;
 mod datacenters;

@@ -1,0 +1,289 @@
+//! The DLQ held in the console's memory, so its dead-letters view does not read the whole topic for
+//! every page.
+//!
+//! A thread follows every partition of the DLQ from its first record (no group, nothing committed)
+//! and keeps each record as a [`DeadLetterView`]. A request first reads the partitions' watermarks
+//! and waits until the follower has read up to each high watermark seen then, so an answer includes
+//! every dead letter written before the request (as reading the topic did); it drops what is below a
+//! low watermark (retention, or a purge that dropped a prefix). Filtering, sorting and paging are
+//! then done in memory: milliseconds at 10^5 dead letters instead of seconds.
+//!
+//! Memory is bounded by `console.dead_letters_memory_mb`. Past it the index lets go of everything it
+//! holds and says so ([`Selection::TooLarge`]); the caller then reads the topic as before. A DLQ that
+//! large is an incident of its own: replay or purge what is understood.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::kafka::{ConsumedRecord, FollowEvent, TopicFollower, TopicWatermarks};
+use crate::ops::dlq::{DeadLetterFilter, DeadLetterView};
+
+/// How often the follower looks for partitions added to the DLQ.
+const PARTITION_REFRESH: Duration = Duration::from_secs(5);
+/// The longest one poll of the follower blocks, so it sees the shutdown promptly.
+const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// What a kept record costs beyond its key, payload and headers (the view's strings, the map).
+const OVERHEAD_BYTES: usize = 512;
+
+/// What [`DeadLetterIndex::select`] found.
+pub enum Selection {
+    /// The dead letters the filter selects, in position order.
+    Found(Vec<Arc<DeadLetterView>>),
+    /// The DLQ is larger than `console.dead_letters_memory_mb`: the index holds nothing.
+    TooLarge,
+}
+
+/// Orders dead letters newest first: by last failure time (none last), then the later offset, then
+/// the higher partition. The index keeps them in this order, so no request sorts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Recency(std::cmp::Reverse<(Option<DateTime<Utc>>, i64, i32)>);
+
+impl Recency {
+    fn of(view: &DeadLetterView) -> Recency {
+        let time = DateTime::parse_from_rfc3339(&view.facts.last_failure_at)
+            .ok()
+            .map(|at| at.with_timezone(&Utc));
+        Recency(std::cmp::Reverse((
+            time,
+            view.record.offset,
+            view.record.partition,
+        )))
+    }
+}
+
+#[derive(Default)]
+struct Indexed {
+    /// Every dead letter held, newest first.
+    views: BTreeMap<Recency, Arc<DeadLetterView>>,
+    /// Where each position is in `views`.
+    positions: BTreeMap<(i32, i64), Recency>,
+    /// Per partition, the offset of the next record the follower will read: everything before it
+    /// is in `views` (or was dropped).
+    read_up_to: HashMap<i32, i64>,
+    bytes: usize,
+    too_large: bool,
+    /// The follower's last error, for the answer of a request that waited in vain.
+    last_error: Option<String>,
+}
+
+/// See the module documentation.
+pub struct DeadLetterIndex {
+    indexed: RwLock<Indexed>,
+    /// Woken whenever the follower has read more.
+    progress: Notify,
+    watermarks: TopicWatermarks,
+    max_bytes: usize,
+}
+
+impl DeadLetterIndex {
+    /// Starts following the DLQ of `settings` on a thread of its own, until `shutdown`.
+    pub fn start(
+        settings: &Settings,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Arc<DeadLetterIndex>> {
+        let topic = settings.kafka.dlq_topic.clone();
+        let index = Arc::new(DeadLetterIndex {
+            indexed: RwLock::new(Indexed::default()),
+            progress: Notify::new(),
+            watermarks: TopicWatermarks::new(&settings.kafka, &topic, "console-dlq-watermarks")?,
+            max_bytes: settings
+                .console
+                .dead_letters_memory_mb
+                .saturating_mul(1024 * 1024),
+        });
+        let follower = TopicFollower::new(&settings.kafka, &topic, "console-dlq-follower")?;
+        let timeout = settings.console.read_timeout();
+        let following = Arc::clone(&index);
+        std::thread::Builder::new()
+            .name("console-dlq".to_owned())
+            .spawn(move || following.follow(follower, timeout, &shutdown))?;
+        Ok(index)
+    }
+
+    /// The follower's loop: read, keep, wake the waiting requests.
+    fn follow(&self, mut follower: TopicFollower, timeout: Duration, shutdown: &CancellationToken) {
+        let mut partitions_checked: Option<Instant> = None;
+        while !shutdown.is_cancelled() {
+            if partitions_checked.is_none_or(|at| at.elapsed() >= PARTITION_REFRESH) {
+                partitions_checked = Some(Instant::now());
+                if let Err(error) = follower.follow_new_partitions(timeout) {
+                    self.failed(format!("{error:#}"));
+                }
+            }
+            match follower.poll(POLL_TIMEOUT) {
+                Ok(FollowEvent::Idle) => {}
+                Ok(FollowEvent::Record(record)) => self.keep(record),
+                Ok(FollowEvent::CaughtUp {
+                    partition,
+                    next_offset,
+                }) => {
+                    let mut indexed = self.indexed.write().expect("index lock");
+                    let read_up_to = indexed.read_up_to.entry(partition).or_default();
+                    *read_up_to = (*read_up_to).max(next_offset);
+                    drop(indexed);
+                    self.progress.notify_waiters();
+                }
+                Err(error) => {
+                    self.failed(format!("{error:#}"));
+                    std::thread::sleep(POLL_TIMEOUT);
+                }
+            }
+        }
+    }
+
+    fn keep(&self, record: ConsumedRecord) {
+        let size = record_size(&record);
+        let position = (record.partition, record.offset);
+        let view = Arc::new(DeadLetterView::from_record(record));
+        let recency = Recency::of(&view);
+        let mut indexed = self.indexed.write().expect("index lock");
+        let read_up_to = indexed.read_up_to.entry(position.0).or_default();
+        *read_up_to = (*read_up_to).max(position.1 + 1);
+        if !indexed.too_large {
+            if indexed.bytes + size > self.max_bytes {
+                tracing::warn!(
+                    max_mb = self.max_bytes / (1024 * 1024),
+                    "the DLQ outgrew console.dead_letters_memory_mb: the dead-letters view reads \
+                     the topic on every request from now on (slow); replay or purge what is \
+                     understood, or raise the limit and restart the console"
+                );
+                indexed.too_large = true;
+                indexed.views = BTreeMap::new();
+                indexed.positions = BTreeMap::new();
+                indexed.bytes = 0;
+            } else if indexed.positions.insert(position, recency).is_none() {
+                indexed.views.insert(recency, view);
+                indexed.bytes += size;
+            }
+        }
+        indexed.last_error = None;
+        drop(indexed);
+        self.progress.notify_waiters();
+    }
+
+    fn failed(&self, error: String) {
+        tracing::warn!(%error, "the console's DLQ follower");
+        self.indexed.write().expect("index lock").last_error = Some(error);
+    }
+
+    /// The dead letters `filter` selects, newest first (by last failure, then the later position),
+    /// including every one written before this call, within `timeout`.
+    pub async fn select(
+        self: &Arc<Self>,
+        filter: &DeadLetterFilter,
+        timeout: Duration,
+    ) -> anyhow::Result<Selection> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let watermarks = {
+            // A few blocking round trips to the broker, each bounded by `timeout`: off the async
+            // workers.
+            let index = Arc::clone(self);
+            tokio::task::spawn_blocking(move || index.watermarks.read(timeout)).await??
+        };
+        self.drop_below(&watermarks);
+        loop {
+            // Registered before the check, so progress made between the check and the wait wakes it.
+            let progressed = self.progress.notified();
+            {
+                let indexed = self.indexed.read().expect("index lock");
+                if indexed.too_large {
+                    return Ok(Selection::TooLarge);
+                }
+                let behind = watermarks.iter().any(|&(partition, low, high)| {
+                    high > low && indexed.read_up_to.get(&partition).copied().unwrap_or(0) < high
+                });
+                if !behind {
+                    let found = match filter.positions.len() {
+                        // A record's page: look the positions up rather than scan.
+                        1..=1000 => {
+                            let mut found: Vec<(Recency, Arc<DeadLetterView>)> = filter
+                                .positions
+                                .iter()
+                                .filter_map(|position| indexed.positions.get(position))
+                                .filter_map(|recency| {
+                                    indexed.views.get(recency).map(|view| (*recency, view))
+                                })
+                                .filter(|(_, view)| filter.matches(view))
+                                .map(|(recency, view)| (recency, Arc::clone(view)))
+                                .collect();
+                            found.sort_by_key(|(recency, _)| *recency);
+                            found.into_iter().map(|(_, view)| view).collect()
+                        }
+                        _ => indexed
+                            .views
+                            .values()
+                            .filter(|view| filter.matches(view))
+                            .cloned()
+                            .collect(),
+                    };
+                    return Ok(Selection::Found(found));
+                }
+            }
+            if tokio::time::timeout_at(deadline, progressed).await.is_err() {
+                let indexed = self.indexed.read().expect("index lock");
+                let read: usize = indexed.views.len();
+                let cause = indexed
+                    .last_error
+                    .as_deref()
+                    .map_or_else(String::new, |error| format!(" (last error: {error})"));
+                anyhow::bail!(
+                    "the console has not read the DLQ up to its end within {} ms ({read} dead \
+                     letters read so far){cause}",
+                    timeout.as_millis()
+                );
+            }
+        }
+    }
+
+    /// Lets go of the records below each partition's low watermark: Kafka dropped them.
+    fn drop_below(&self, watermarks: &[(i32, i64, i64)]) {
+        let dropped = {
+            let indexed = self.indexed.read().expect("index lock");
+            watermarks.iter().any(|&(partition, low, _)| {
+                indexed
+                    .positions
+                    .range((partition, i64::MIN)..(partition, low))
+                    .next()
+                    .is_some()
+            })
+        };
+        if !dropped {
+            return;
+        }
+        let mut indexed = self.indexed.write().expect("index lock");
+        for &(partition, low, _) in watermarks {
+            let below: Vec<(i32, i64)> = indexed
+                .positions
+                .range((partition, i64::MIN)..(partition, low))
+                .map(|(position, _)| *position)
+                .collect();
+            for position in below {
+                let Some(recency) = indexed.positions.remove(&position) else {
+                    continue;
+                };
+                if let Some(view) = indexed.views.remove(&recency) {
+                    indexed.bytes = indexed.bytes.saturating_sub(record_size(&view.record));
+                }
+            }
+        }
+    }
+}
+
+/// What a kept record costs, roughly: its bytes, the view's copies of some headers, and overhead.
+fn record_size(record: &ConsumedRecord) -> usize {
+    let headers: usize = record
+        .headers
+        .iter()
+        .map(|(name, value)| name.len() + value.as_ref().map_or(0, Vec::len))
+        .sum();
+    record.key.as_ref().map_or(0, Vec::len)
+        + record.payload.as_ref().map_or(0, Vec::len)
+        + 2 * headers
+        + OVERHEAD_BYTES
+}
