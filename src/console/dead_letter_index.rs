@@ -28,8 +28,6 @@ use crate::ops::dlq::{DeadLetterFilter, DeadLetterView};
 const PARTITION_REFRESH: Duration = Duration::from_secs(5);
 /// The longest one poll of the follower blocks, so it sees the shutdown promptly.
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
-/// What a kept record costs beyond its key, payload and headers (the view's strings, the map).
-const OVERHEAD_BYTES: usize = 512;
 
 /// What [`DeadLetterIndex::select`] found.
 pub enum Selection {
@@ -138,9 +136,9 @@ impl DeadLetterIndex {
     }
 
     fn keep(&self, record: ConsumedRecord) {
-        let size = record_size(&record);
         let position = (record.partition, record.offset);
         let view = Arc::new(DeadLetterView::from_record(record));
+        let size = record_size(&view);
         let recency = Recency::of(&view);
         let mut indexed = self.indexed.write().expect("index lock");
         let read_up_to = indexed.read_up_to.entry(position.0).or_default();
@@ -268,22 +266,59 @@ impl DeadLetterIndex {
                     continue;
                 };
                 if let Some(view) = indexed.views.remove(&recency) {
-                    indexed.bytes = indexed.bytes.saturating_sub(record_size(&view.record));
+                    indexed.bytes = indexed.bytes.saturating_sub(record_size(&view));
                 }
             }
         }
     }
 }
 
-/// What a kept record costs, roughly: its bytes, the view's copies of some headers, and overhead.
-fn record_size(record: &ConsumedRecord) -> usize {
+/// What a kept dead letter costs: the view and its map entries, and each heap block it owns (the
+/// record's key, payload and headers, and the header values the view copies out), each rounded up
+/// as an allocator does. An estimate, but of what is really held: it decides when the budget is
+/// spent.
+fn record_size(view: &DeadLetterView) -> usize {
+    /// One heap block: its length rounded up to 16 bytes, plus the allocator's own 16.
+    fn block(len: usize) -> usize {
+        if len == 0 {
+            0
+        } else {
+            len.div_ceil(16) * 16 + 16
+        }
+    }
+    let record = &view.record;
     let headers: usize = record
         .headers
         .iter()
-        .map(|(name, value)| name.len() + value.as_ref().map_or(0, Vec::len))
-        .sum();
-    record.key.as_ref().map_or(0, Vec::len)
-        + record.payload.as_ref().map_or(0, Vec::len)
-        + 2 * headers
-        + OVERHEAD_BYTES
+        .map(|(name, value)| {
+            block(name.len()) + value.as_ref().map_or(0, |value| block(value.len()))
+        })
+        .sum::<usize>()
+        + block(record.headers.len() * std::mem::size_of::<(String, Option<Vec<u8>>)>());
+    let facts = &view.facts;
+    let copies: usize = [
+        facts.error.len(),
+        facts.class.len(),
+        facts.attempts.len(),
+        facts.first_failure_at.len(),
+        facts.last_failure_at.len(),
+        facts.source.len(),
+        view.tenant.as_ref().map_or(0, String::len),
+        view.idempotency_key.as_ref().map_or(0, String::len),
+        record.topic.len(),
+    ]
+    .into_iter()
+    .map(block)
+    .sum();
+    // The view behind its Arc, and one entry in each of the two maps (B-tree nodes are about
+    // two-thirds full).
+    let entries = block(std::mem::size_of::<DeadLetterView>() + 16)
+        + 3 * (std::mem::size_of::<(Recency, Arc<DeadLetterView>)>()
+            + std::mem::size_of::<((i32, i64), Recency)>())
+            / 2;
+    block(record.key.as_ref().map_or(0, Vec::len))
+        + block(record.payload.as_ref().map_or(0, Vec::len))
+        + headers
+        + copies
+        + entries
 }

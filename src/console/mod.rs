@@ -2,7 +2,7 @@
 //! (`console.listen`), never on the tenants' API.
 //!
 //! It shows what each stage has waiting (sampled by the console, with an hour of history drawn as a
-//! chart) and the dead letters, and acts on them (replay, purge, export) with the `dlq` verbs' own
+//! chart) and the dead letters (held in its memory, following the DLQ), and acts on them (replay, purge, export) with the `dlq` verbs' own
 //! code, and per tenant the stores' counts and a live tail. Pages are rendered on the server
 //! (maud); the only script is the live tail's few compiled-in lines (EventSource); the JSON API under
 //! `/console/api/` serves scripts and is described by `/console/api/openapi.json`.
@@ -22,6 +22,7 @@
 //! - `auth`: operators, sessions, CSRF. `error`: the error type and its answers.
 //! - `overview`: the lag sampler and its bounded history, and the rates. `chart`: its SVG drawings.
 //! - `consumers`: per stage, the `consume` instances' reports (partitions, breaker, last commit).
+//! - `dead_letter_index`: the DLQ followed and held in memory for the dead-letters view.
 //! - `dead_letters`: filters, pages, action reports. `actions`: the audited actions.
 //! - `retries`: what waits in each retry topic and when its head is due.
 //! - `tenants`: per-tenant counts from the stores, the live tail (the API's `Fanout`).

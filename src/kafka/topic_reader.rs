@@ -168,6 +168,9 @@ impl TopicFollower {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
+            // What it reads is kept by the caller; librdkafka's own read-ahead need not be large
+            // too (its default is 64 MiB).
+            .set("queued.max.messages.kbytes", "8192")
             .create_with_context(FollowerContext)
             .map_err(|error| anyhow::anyhow!("creating a Kafka follower: {error}"))?;
         Ok(TopicFollower {

@@ -70,7 +70,7 @@ impl TestConsole {
     }
 
     /// POSTs a JSON action as the operator of `token`, with its CSRF token.
-    async fn act(&self, token: &str, action: &str, body: &Value) -> (u16, Value) {
+    pub async fn act(&self, token: &str, action: &str, body: &Value) -> (u16, Value) {
         let csrf = self.csrf(token).await;
         let response = self
             .http

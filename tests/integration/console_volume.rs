@@ -97,6 +97,17 @@ fn tenant_of(index: usize) -> String {
     }
 }
 
+/// This process's resident set, in MiB (Linux).
+fn resident_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
 /// GETs `path` as the admin and prints how long it took; the JSON body.
 async fn timed(console: &TestConsole, what: &str, path: &str) -> serde_json::Value {
     let started = Instant::now();
@@ -121,6 +132,7 @@ async fn console_volume_dead_letters_at_100k() {
         "MEASURE wrote {DEAD_LETTERS} dead letters in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    let rss_before = resident_mib();
     let console = TestConsole::spawn(&pipeline).await;
 
     let first = timed(
@@ -130,6 +142,17 @@ async fn console_volume_dead_letters_at_100k() {
     )
     .await;
     assert_eq!(first["total"], DEAD_LETTERS);
+    // The console runs in this process: what its DLQ index added to the resident set, roughly.
+    println!(
+        "MEASURE resident memory grew by {:.0} MiB while the console read the DLQ",
+        resident_mib() - rss_before
+    );
+    timed(
+        &console,
+        "dead letters, first page again",
+        "/console/api/dead-letters",
+    )
+    .await;
     let cursor = first["nextCursor"].as_str().unwrap().to_owned();
     timed(
         &console,
@@ -160,6 +183,26 @@ async fn console_volume_dead_letters_at_100k() {
     .await;
     assert_eq!(tenant["deadLettered"], DEAD_LETTERS / TENANTS, "{tenant}");
     timed(&console, "tenants list", "/console/api/tenants").await;
+    // The actions' previews run the `dlq` verbs' code, which reads the topic itself.
+    for (action, body) in [
+        (
+            "replay",
+            serde_json::json!({"tenant": "acme", "class": "poison", "dryRun": true}),
+        ),
+        (
+            "purge",
+            serde_json::json!({"tenant": "acme", "class": "poison", "dryRun": true}),
+        ),
+    ] {
+        let started = Instant::now();
+        let (status, report) = console.act(ADMIN_TOKEN, action, &body).await;
+        println!(
+            "MEASURE {:<40} {:>8.1} ms  (status {status})",
+            format!("{action} preview, tenant + class"),
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        assert_eq!(status, 200, "{report}");
+    }
     let cookie = console.log_in(ADMIN_TOKEN).await;
     for (what, path) in [
         ("page: dead letters", "/console/dead-letters"),
