@@ -486,8 +486,8 @@ pub struct ConsoleSettings {
     /// console makes; past it the answer is 503.
     pub read_timeout_ms: u64,
     /// Memory the console may spend holding the DLQ's records for its dead-letters view (a dead
-    /// letter costs about its key, payload and headers twice over plus 0.5 KiB). A DLQ larger than
-    /// this is read from Kafka on each request.
+    /// letter costs about its key, payload and the facts of its headers plus 0.5 KiB). A DLQ
+    /// larger than this is read from Kafka on each request.
     pub dead_letters_memory_mb: usize,
 }
 

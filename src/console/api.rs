@@ -1,6 +1,7 @@
 //! The JSON API under `/console/api/`: what the pages show, for scripts. Authenticate with
 //! `Authorization: Bearer <operator token>` (or the session cookie); POSTs carry `X-CSRF-Token`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -14,6 +15,7 @@ use super::dead_letters::{
 use super::error::{ConsoleError, ConsoleErrorBody};
 use super::overview::Overview;
 use super::ConsoleState;
+use crate::kafka::read_heads;
 use crate::ops::dlq::{self, parse_position, DeadLetterFilter, DeadLetterView};
 use crate::store::{AuditEntry, PurgedDeadLetter};
 
@@ -235,69 +237,49 @@ pub async fn overview(
     Ok(HttpResponse::Ok().json(state.monitor.overview()))
 }
 
+/// What a caller needs of each dead letter it selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Detail {
+    /// What listings, filters and counts use: the facts, the key and the payload. The index holds
+    /// no more (the headers would double what it costs).
+    Summary,
+    /// The whole record, every header included (a record's page, an export): read from Kafka.
+    Record,
+}
+
 /// The dead letters `filter` selects, newest first, within the console's read budget: from the
-/// console's [`DeadLetterIndex`](super::dead_letter_index::DeadLetterIndex), or, for a DLQ larger
-/// than it may hold, read from the topic.
+/// console's [`DeadLetterIndex`](super::dead_letter_index::DeadLetterIndex), with whole records read
+/// by position when `detail` asks for them; or, for a DLQ larger than the index may hold (or whole
+/// records of several dead letters in one partition), read from the topic.
 pub(super) async fn selected_dead_letters(
     state: &ConsoleState,
     filter: &DeadLetterFilter,
     include_purged: bool,
+    detail: Detail,
 ) -> Result<Vec<Arc<DeadLetterView>>, ConsoleError> {
     let timeout = state.read_timeout();
-    let over_budget = || {
-        ConsoleError::Unavailable(anyhow::anyhow!(
-            "reading the DLQ took longer than console.read_timeout_ms ({} ms)",
-            timeout.as_millis()
-        ))
-    };
     let indexed = state
         .dead_letters
         .select(filter, timeout)
         .await
         .map_err(ConsoleError::Unavailable)?;
     match indexed {
-        Selection::Found(views) => {
-            let purge_log = state.repository.purge_log();
-            let purged = tokio::time::timeout(timeout, purge_log.purged())
-                .await
-                .map_err(|_| over_budget())?
-                .map_err(|error| {
-                    ConsoleError::Unavailable(anyhow::anyhow!("reading the purge log: {error}"))
-                })?;
-            if purged.is_empty() {
-                return Ok(views);
+        // Whole records are read by position when there is at most one per partition (a record's
+        // page); more (an export) read the DLQ once, as the `dlq` verbs do.
+        Selection::Found(views) if detail == Detail::Summary || one_per_partition(&views) => {
+            let views = with_purges(state, views, include_purged).await?;
+            match detail {
+                Detail::Summary => Ok(views),
+                Detail::Record => whole_records(state, views).await,
             }
-            // Keyed by position rather than `topic:partition:offset` text, so the 10^5 dead letters
-            // of a page are not each formatted to be looked up.
-            let topic_prefix = format!("{}:", state.settings.kafka.dlq_topic);
-            let mut purged: std::collections::HashMap<(i32, i64), PurgedDeadLetter> = purged
-                .into_iter()
-                .filter_map(|(log_id, purge)| {
-                    let position = parse_position(log_id.strip_prefix(&topic_prefix)?).ok()?;
-                    Some((position, purge))
-                })
-                .collect();
-            Ok(views
-                .into_iter()
-                .filter_map(|view| {
-                    match purged.remove(&(view.record.partition, view.record.offset)) {
-                        None => Some(view),
-                        Some(purge) => include_purged.then(|| {
-                            let mut marked = DeadLetterView::clone(&view);
-                            marked.purged = Some(purge);
-                            Arc::new(marked)
-                        }),
-                    }
-                })
-                .collect())
         }
-        Selection::TooLarge => {
+        _ => {
             let mut views: Vec<Arc<DeadLetterView>> = tokio::time::timeout(
                 timeout,
                 dlq::list_matching(&state.settings, &state.repository, filter, timeout),
             )
             .await
-            .map_err(|_| over_budget())?
+            .map_err(|_| over_budget(timeout, "reading the DLQ"))?
             .map_err(ConsoleError::Unavailable)?
             .into_iter()
             .filter(|view| include_purged || view.purged.is_none())
@@ -307,6 +289,101 @@ pub(super) async fn selected_dead_letters(
             Ok(views)
         }
     }
+}
+
+fn one_per_partition(views: &[Arc<DeadLetterView>]) -> bool {
+    let mut partitions = std::collections::HashSet::new();
+    views
+        .iter()
+        .all(|view| partitions.insert(view.record.partition))
+}
+
+fn over_budget(timeout: std::time::Duration, what: &str) -> ConsoleError {
+    ConsoleError::Unavailable(anyhow::anyhow!(
+        "{what} took longer than console.read_timeout_ms ({} ms)",
+        timeout.as_millis()
+    ))
+}
+
+/// Marks the purged ones among `views` with their purge (and drops them unless `include_purged`).
+async fn with_purges(
+    state: &ConsoleState,
+    views: Vec<Arc<DeadLetterView>>,
+    include_purged: bool,
+) -> Result<Vec<Arc<DeadLetterView>>, ConsoleError> {
+    let timeout = state.read_timeout();
+    let purge_log = state.repository.purge_log();
+    let purged = tokio::time::timeout(timeout, purge_log.purged())
+        .await
+        .map_err(|_| over_budget(timeout, "reading the purge log"))?
+        .map_err(|error| {
+            ConsoleError::Unavailable(anyhow::anyhow!("reading the purge log: {error}"))
+        })?;
+    if purged.is_empty() {
+        return Ok(views);
+    }
+    // Keyed by position rather than `topic:partition:offset` text, so the 10^5 dead letters of a
+    // listing are not each formatted to be looked up.
+    let topic_prefix = format!("{}:", state.settings.kafka.dlq_topic);
+    let mut purged: HashMap<(i32, i64), PurgedDeadLetter> = purged
+        .into_iter()
+        .filter_map(|(log_id, purge)| {
+            let position = parse_position(log_id.strip_prefix(&topic_prefix)?).ok()?;
+            Some((position, purge))
+        })
+        .collect();
+    Ok(views
+        .into_iter()
+        .filter_map(
+            |view| match purged.remove(&(view.record.partition, view.record.offset)) {
+                None => Some(view),
+                Some(purge) => include_purged.then(|| {
+                    let mut marked = DeadLetterView::clone(&view);
+                    marked.purged = Some(purge);
+                    Arc::new(marked)
+                }),
+            },
+        )
+        .collect())
+}
+
+/// `views` again, each read whole from the DLQ by its position (in the same order, with the same
+/// purge marks). One Kafka dropped since is left out.
+async fn whole_records(
+    state: &ConsoleState,
+    views: Vec<Arc<DeadLetterView>>,
+) -> Result<Vec<Arc<DeadLetterView>>, ConsoleError> {
+    if views.is_empty() {
+        return Ok(views);
+    }
+    let timeout = state.read_timeout();
+    let positions: Vec<(i32, i64)> = views
+        .iter()
+        .map(|view| (view.record.partition, view.record.offset))
+        .collect();
+    let kafka = state.settings.kafka.clone();
+    let topic = kafka.dlq_topic.clone();
+    let records = tokio::time::timeout(
+        timeout,
+        tokio::task::spawn_blocking(move || read_heads(&kafka, &topic, &positions, timeout)),
+    )
+    .await
+    .map_err(|_| over_budget(timeout, "reading dead letters by position"))?
+    .map_err(|error| ConsoleError::Unexpected(error.into()))?
+    .map_err(ConsoleError::Unavailable)?;
+    let mut by_position: HashMap<(i32, i64), _> = records
+        .into_iter()
+        .map(|record| ((record.partition, record.offset), record))
+        .collect();
+    Ok(views
+        .into_iter()
+        .filter_map(|held| {
+            let record = by_position.remove(&(held.record.partition, held.record.offset))?;
+            let mut view = DeadLetterView::from_record(record);
+            view.purged = held.purged.clone();
+            Some(Arc::new(view))
+        })
+        .collect())
 }
 
 /// The page a query asks for (shared with the HTML page).
@@ -321,8 +398,13 @@ pub(super) async fn dead_letter_page(
         console.page_default_limit,
         console.page_max_limit,
     )?;
-    let views =
-        selected_dead_letters(state, &filter, query.include_purged.unwrap_or(false)).await?;
+    let views = selected_dead_letters(
+        state,
+        &filter,
+        query.include_purged.unwrap_or(false),
+        Detail::Summary,
+    )
+    .await?;
     dead_letters::page(&views, query.cursor.as_deref(), limit)
 }
 
@@ -362,7 +444,7 @@ pub(super) async fn find_dead_letter(
         positions: [position].into(),
         ..DeadLetterFilter::default()
     };
-    selected_dead_letters(state, &filter, true)
+    selected_dead_letters(state, &filter, true, Detail::Record)
         .await?
         .into_iter()
         .next()
@@ -431,7 +513,7 @@ pub async fn export_dead_letters(
     let format = ExportFormat::parse(query.format.as_deref())?;
     let filter = query.raw_filter().parse()?;
     // One path for both formats: the same selection, only the writing differs.
-    let views = selected_dead_letters(&state, &filter, false).await?;
+    let views = selected_dead_letters(&state, &filter, false, Detail::Record).await?;
     let body = format.write(&views)?;
     actions::audit(
         &state,

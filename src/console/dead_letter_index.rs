@@ -2,10 +2,11 @@
 //! every page.
 //!
 //! A thread follows every partition of the DLQ from its first record (no group, nothing committed)
-//! and keeps each record as a [`DeadLetterView`]. A request first reads the partitions' watermarks
-//! and waits until the follower has read up to each high watermark seen then, so an answer includes
-//! every dead letter written before the request (as reading the topic did); it drops what is below a
-//! low watermark (retention, or a purge that dropped a prefix). Filtering, sorting and paging are
+//! and keeps each record as a [`DeadLetterView`] without its headers (their facts are kept; a
+//! record's page reads the whole record by position, an export the whole DLQ). A request first
+//! reads the partitions' watermarks and waits until the follower has read up to each high watermark
+//! seen then, so an answer includes every dead letter written before the request (as reading the
+//! topic did); it drops what is below a low watermark (retention, or a purge that dropped a prefix). Filtering, sorting and paging are
 //! then done in memory: milliseconds at 10^5 dead letters instead of seconds.
 //!
 //! Memory is bounded by `console.dead_letters_memory_mb`. Past it the index lets go of everything it
@@ -137,7 +138,11 @@ impl DeadLetterIndex {
 
     fn keep(&self, record: ConsumedRecord) {
         let position = (record.partition, record.offset);
-        let view = Arc::new(DeadLetterView::from_record(record));
+        let mut view = DeadLetterView::from_record(record);
+        // The facts are read out of the headers; the headers themselves would double what a dead
+        // letter costs, and only a record's page and an export show them (they read Kafka).
+        view.record.headers = Vec::new();
+        let view = Arc::new(view);
         let size = record_size(&view);
         let recency = Recency::of(&view);
         let mut indexed = self.indexed.write().expect("index lock");

@@ -156,7 +156,10 @@ pub async fn counts_of(
         _ => DeadLetterFilter::default(),
     };
     let mut dead_lettered: BTreeMap<String, usize> = BTreeMap::new();
-    for view in super::api::selected_dead_letters(state, &filter, false).await? {
+    for view in
+        super::api::selected_dead_letters(state, &filter, false, super::api::Detail::Summary)
+            .await?
+    {
         if let Some(tenant) = &view.tenant {
             *dead_lettered.entry(tenant.clone()).or_default() += 1;
         }

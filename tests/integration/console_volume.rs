@@ -3,7 +3,11 @@
 //!
 //! ```text
 //! cargo test --test integration console_volume -- --ignored --nocapture
+//! CONSOLE_VOLUME_DEAD_LETTERS=1000000 cargo test --test integration console_volume -- --ignored --nocapture
 //! ```
+//!
+//! Past 400,000 dead letters it gives the console 2 GiB (`console.dead_letters_memory_mb=2048`):
+//! the default 512 MiB holds some 440,000 of these.
 //!
 //! It prints one line per measured request; the README's "Dead letters at volume" table holds the
 //! numbers. Nothing is asserted about speed: only that every answer is correct.
@@ -18,8 +22,17 @@ use rdkafka::ClientConfig;
 use crate::console::{TestConsole, ADMIN_TOKEN};
 use crate::helpers::TestPipeline;
 
-/// How many dead letters the measurement writes.
+/// How many dead letters the measurement writes, unless `CONSOLE_VOLUME_DEAD_LETTERS` says (a
+/// multiple of 100).
 const DEAD_LETTERS: usize = 100_000;
+
+fn dead_letters() -> usize {
+    std::env::var("CONSOLE_VOLUME_DEAD_LETTERS")
+        .ok()
+        .and_then(|raw| raw.parse::<usize>().ok())
+        .filter(|count| *count > 0 && count % 100 == 0)
+        .unwrap_or(DEAD_LETTERS)
+}
 /// Tenants they are spread over: the configured `acme` and `globex` (the console's tenant pages
 /// show only configured tenants) and `volume-02` .. `volume-49`.
 const TENANTS: usize = 50;
@@ -124,12 +137,16 @@ async fn timed(console: &TestConsole, what: &str, path: &str) -> serde_json::Val
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "writes 100,000 dead letters and takes minutes; run by hand (see the module doc)"]
 async fn console_volume_dead_letters_at_100k() {
-    let pipeline =
-        TestPipeline::spawn_api_only(&["console.read_timeout_ms=120000".to_owned()]).await;
+    let count = dead_letters();
+    let mut overrides = vec!["console.read_timeout_ms=120000".to_owned()];
+    if count > 400_000 {
+        overrides.push("console.dead_letters_memory_mb=2048".to_owned());
+    }
+    let pipeline = TestPipeline::spawn_api_only(&overrides).await;
     let started = Instant::now();
-    write_dead_letters(&pipeline, DEAD_LETTERS).await;
+    write_dead_letters(&pipeline, count).await;
     println!(
-        "MEASURE wrote {DEAD_LETTERS} dead letters in {:.1} s",
+        "MEASURE wrote {count} dead letters in {:.1} s",
         started.elapsed().as_secs_f64()
     );
     let rss_before = resident_mib();
@@ -141,7 +158,7 @@ async fn console_volume_dead_letters_at_100k() {
         "/console/api/dead-letters",
     )
     .await;
-    assert_eq!(first["total"], DEAD_LETTERS);
+    assert_eq!(first["total"], count);
     // The console runs in this process: what its DLQ index added to the resident set, roughly.
     println!(
         "MEASURE resident memory grew by {:.0} MiB while the console read the DLQ",
@@ -167,7 +184,7 @@ async fn console_volume_dead_letters_at_100k() {
     )
     .await;
     // acme is i % 50 == 0 and poison i % 4 == 0: the indexes i with i % 100 == 0.
-    assert_eq!(filtered["total"], DEAD_LETTERS / 100);
+    assert_eq!(filtered["total"], count / 100);
     let text = timed(
         &console,
         "dead letters, text in the payload",
@@ -181,7 +198,7 @@ async fn console_volume_dead_letters_at_100k() {
         "/console/api/tenants/acme",
     )
     .await;
-    assert_eq!(tenant["deadLettered"], DEAD_LETTERS / TENANTS, "{tenant}");
+    assert_eq!(tenant["deadLettered"], count / TENANTS, "{tenant}");
     timed(&console, "tenants list", "/console/api/tenants").await;
     // The actions' previews run the `dlq` verbs' code, which reads the topic itself.
     for (action, body) in [
