@@ -37,6 +37,11 @@
 //! - `processes`: role processes, peak RSS, CPU, metrics;
 //! - `report`: the JSON and Markdown report, targets.
 
+// The service's allocator (src/main.rs): the publish-path phase runs the API's code in this process,
+// and should allocate as the API does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod ceilings;
 mod e2e;
 mod http;
@@ -276,11 +281,15 @@ impl Bench {
                 load_before,
                 load_after: f64::NAN,
                 kafka: None,
+                publish: None,
                 store: None,
                 subjects: Vec::new(),
             };
             if self.phase("kafka") {
                 round.kafka = Some(self.kafka_ceiling(index, &base, &payload_file).await?);
+            }
+            if self.phase("publish") {
+                round.publish = Some(self.publish_path(index, &base).await?);
             }
             if self.phase("store") {
                 round.store = Some(self.store_ceiling(index, &base).await?);

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 
 /// The figures `--phases` can name.
-pub const PHASES: [&str; 10] = [
-    "kafka", "store", "single", "http", "batch", "drain", "e2e", "reads", "hot", "scaling",
+pub const PHASES: [&str; 11] = [
+    "kafka", "publish", "store", "single", "http", "batch", "drain", "e2e", "reads", "hot",
+    "scaling",
 ];
 
 /// The pipeline bench. Usually run by `make bench` (scripts/bench.sh), which starts a private stack
@@ -40,6 +41,9 @@ pub struct Options {
     /// Records ProducerPerformance sends (the first fifth is its warm-up).
     #[arg(long, default_value_t = 2_000_000)]
     pub kafka_records: u64,
+    /// Records each subject of the publish-path phase sends (the first fifth is its warm-up).
+    #[arg(long, default_value_t = 300_000)]
+    pub publish_records: usize,
     /// insert_many calls in flight for the store ceiling; the best is the ceiling.
     #[arg(long, value_delimiter = ',', default_value = "1,4")]
     pub store_concurrency: Vec<usize>,
@@ -62,7 +66,7 @@ pub struct Options {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "kafka,store,single,batch,drain,e2e"
+        default_value = "kafka,publish,store,single,batch,drain,e2e"
     )]
     pub phases: Vec<String>,
     /// What to measure: NAME[@BINARY][+KEY=VALUE...] (repeatable; default: `current`, the binary of

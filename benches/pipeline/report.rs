@@ -53,6 +53,10 @@ pub struct Round {
     pub load_before: f64,
     pub load_after: f64,
     pub kafka: Option<KafkaCeiling>,
+    /// Phase 1b: the publish path alone and the floors under it (the bench's own code, so one per
+    /// run, not per subject).
+    #[serde(default)]
+    pub publish: Option<PublishPath>,
     pub store: Option<StoreCeiling>,
     pub subjects: Vec<SubjectRound>,
 }
@@ -210,6 +214,18 @@ pub struct ReadFigure {
     pub cpu_busy_percent: Option<f64>,
     /// CPU of the API, the bench and the stack's processes over the kind's requests, in cores.
     pub cpu_cores: Vec<(String, f64)>,
+}
+
+/// Phase 1b: records per second over the same timed records, each on a topic of its own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublishPath {
+    pub records: usize,
+    /// `ActivityPublisher::publish`: the code the API calls.
+    pub publisher_per_s: f64,
+    /// The bare rdkafka `FutureProducer`, pre-encoded records, no headers.
+    pub future_producer_per_s: f64,
+    /// librdkafka through `ThreadedProducer`, a delivery callback, no futures.
+    pub threaded_producer_per_s: f64,
 }
 
 /// The drain's pre-fill, timed: our `ActivityPublisher` in-process (no HTTP), all records in flight.
@@ -629,6 +645,46 @@ fn rows() -> Vec<(&'static str, &'static str, Extract, Option<Target>)> {
             "us",
             |_, s| {
                 scaled_drain(&scaling(s)?.drain, 2).and_then(|d| drain_cpu_per_activity(&d.drain))
+            },
+            None,
+        ),
+        (
+            "1b. Publish path: ActivityPublisher::publish (no HTTP)",
+            "records/s",
+            |round, _| round.publish.as_ref().map(|p| p.publisher_per_s),
+            None,
+        ),
+        (
+            "1b. Floor: rdkafka FutureProducer, bare",
+            "records/s",
+            |round, _| round.publish.as_ref().map(|p| p.future_producer_per_s),
+            None,
+        ),
+        (
+            "1b. Floor: librdkafka (ThreadedProducer, callback)",
+            "records/s",
+            |round, _| round.publish.as_ref().map(|p| p.threaded_producer_per_s),
+            None,
+        ),
+        (
+            "Ratio 1b/1: publish path / Kafka ceiling",
+            "ratio",
+            |round, _| {
+                ratio(
+                    round.publish.as_ref().map(|p| p.publisher_per_s),
+                    round.kafka.as_ref().map(|k| k.records_per_s),
+                )
+            },
+            Some(Target::AtLeast(0.7)),
+        ),
+        (
+            "Ratio: librdkafka floor / Kafka ceiling",
+            "ratio",
+            |round, _| {
+                ratio(
+                    round.publish.as_ref().map(|p| p.threaded_producer_per_s),
+                    round.kafka.as_ref().map(|k| k.records_per_s),
+                )
             },
             None,
         ),
@@ -1134,6 +1190,7 @@ pub mod checks {
                 p99_latency_ms: 1.0,
                 producer_props: vec![],
             }),
+            publish: None,
             store: None,
             subjects: vec![SubjectRound {
                 subject: "current".to_owned(),

@@ -46,7 +46,11 @@ impl ActivityEnvelope {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("an envelope always serializes")
+        // Room for a typical envelope (~330 bytes), so it is written without growing the buffer
+        // (`to_vec` starts at 128 bytes and reallocates twice).
+        let mut bytes = Vec::with_capacity(512);
+        serde_json::to_writer(&mut bytes, self).expect("an envelope always serializes");
+        bytes
     }
 
     /// Decodes a record value, re-validating the activity: records can reach the topic without going

@@ -145,7 +145,9 @@ impl ActivityPublisher {
                 value: Some(&*self.accepted_dc),
             });
         let partition = if self.spread.spreads(&envelope.tenant_id) {
-            let partitions = self.partition_count().await?;
+            // Boxed: awaited once per process in practice, and inline its state would make every
+            // publish's future as large as the metadata fetch's.
+            let partitions = Box::pin(self.partition_count()).await?;
             self.spread.partition(envelope, partitions)
         } else {
             None
@@ -157,7 +159,9 @@ impl ActivityPublisher {
         if let Some(partition) = partition {
             record = record.partition(partition);
         }
-        self.deliver(record).await
+        let acknowledged = self.enqueue(record)?;
+        drop(payload);
+        acknowledged.await
     }
 
     /// Writes a dead letter: the original key, value and headers, plus the failure's facts and where
@@ -264,22 +268,44 @@ impl ActivityPublisher {
         &self.dlq_topic
     }
 
+    /// Hands `record` to librdkafka now and returns what waits for its acknowledgement. Enqueued
+    /// synchronously (`send_result`), so the future a caller awaits holds only the delivery report's
+    /// receiver, not the record and the enqueueing: at 10^5 records/s the size of that future showed
+    /// in the publish path's profile.
+    fn enqueue<K, P>(
+        &self,
+        record: FutureRecord<'_, K, P>,
+    ) -> Result<impl std::future::Future<Output = Result<(), PublishError>>, PublishError>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
+        // When the queue is full, fail now (503) instead of blocking a worker.
+        let delivery = self
+            .producer
+            .send_result(record)
+            .map_err(|(error, _)| match error {
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
+                    PublishError::QueueFull
+                }
+                error => PublishError::NotAcknowledged(error.to_string()),
+            })?;
+        Ok(async move {
+            match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((error, _))) => Err(PublishError::NotAcknowledged(error.to_string())),
+                Err(_) => Err(PublishError::NotAcknowledged(
+                    "the producer went away before the broker answered".to_owned(),
+                )),
+            }
+        })
+    }
+
     async fn deliver<K, P>(&self, record: FutureRecord<'_, K, P>) -> Result<(), PublishError>
     where
         K: rdkafka::message::ToBytes + ?Sized,
         P: rdkafka::message::ToBytes + ?Sized,
     {
-        // A zero queue timeout: when the queue is full, fail now (503) instead of blocking a worker.
-        match self
-            .producer
-            .send(record, Timeout::After(Duration::ZERO))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                Err(PublishError::QueueFull)
-            }
-            Err((error, _)) => Err(PublishError::NotAcknowledged(error.to_string())),
-        }
+        self.enqueue(record)?.await
     }
 }

@@ -16,6 +16,7 @@ mod drain;
 mod end_to_end;
 mod hot_tenant;
 mod ingest;
+mod publish;
 mod reads;
 mod scaling;
 
