@@ -133,6 +133,7 @@ impl Console {
             settings: settings.clone(),
             gate: auth::Gate::new(
                 operators,
+                redis.console_sessions(settings.console.read_timeout()),
                 Duration::from_secs(settings.console.session_ttl_secs),
                 settings.console.max_sessions,
                 settings.console.secure_cookie,
