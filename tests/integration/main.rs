@@ -11,6 +11,7 @@ mod backpressure;
 mod conflicts;
 mod console;
 mod console_browser;
+mod console_sessions;
 mod console_volume;
 mod consumer;
 mod datacenters;
