@@ -8,8 +8,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use activity_pipeline::store::RedisStore;
+
 use crate::console::{TestConsole, ADMIN_TOKEN, VIEWER_TOKEN};
-use crate::helpers::{eventually, TestPipeline};
+use crate::helpers::{eventually, load_settings, test_overrides, TestPipeline};
 
 const PREVIEW_EVERYTHING: &str = r#"{"all": true, "dryRun": true}"#;
 
@@ -435,4 +437,43 @@ async fn without_redis_a_session_cookie_gets_503_and_a_bearer_token_still_works(
 
     console.stop();
     pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_store_keeps_its_bound_and_ends_sessions_on_a_real_redis_cluster() {
+    // The local Redis Cluster (`make redis-cluster-up`): the bound's script deletes records it was
+    // not handed as keys, which a cluster allows only within the slot of its keys (`{console}`).
+    let settings = load_settings(&test_overrides(&[
+        "redis.url=redis://127.0.0.1:7001,redis://127.0.0.1:7002".to_owned(),
+        "redis.cluster=true".to_owned(),
+    ]));
+    let store = RedisStore::connect(&settings.redis)
+        .expect("cluster settings are valid")
+        .console_sessions(Duration::from_secs(10));
+    let ttl = Duration::from_secs(60);
+    let digests: Vec<String> = (0..3)
+        .map(|n| sha256_hex(&format!("session-{n}")))
+        .collect();
+    let mut ended = Vec::new();
+    for digest in &digests {
+        ended.push(
+            store
+                .open(digest, "ada", &format!("record of {digest}"), ttl, 2)
+                .await
+                .expect("opened on the cluster"),
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(ended, [0, 0, 1]);
+    assert_eq!(store.find(&digests[0]).await.unwrap(), None);
+    assert_eq!(
+        store.find(&digests[2]).await.unwrap(),
+        Some(format!("record of {}", digests[2]))
+    );
+    store.end(&digests[2], "ada").await.expect("ended");
+    assert_eq!(store.find(&digests[2]).await.unwrap(), None);
+    assert!(store.find(&digests[1]).await.unwrap().is_some());
+    store.end(&digests[1], "ada").await.unwrap();
+    // Ending a session that is gone already is not an error.
+    store.end(&digests[1], "ada").await.unwrap();
 }
