@@ -477,3 +477,47 @@ async fn the_session_store_keeps_its_bound_and_ends_sessions_on_a_real_redis_clu
     // Ending a session that is gone already is not an error.
     store.end(&digests[1], "ada").await.unwrap();
 }
+
+/// A Redis that accepts and never answers costs a session cookie `console.read_timeout_ms`, not
+/// the connection's longer `redis.op_timeout_ms`: then 503. Bearer tokens do not wait at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_does_not_answer_costs_a_session_the_console_read_budget() {
+    let pipeline = TestPipeline::spawn_api_only(&[]).await;
+    let healthy = TestConsole::spawn(&pipeline).await;
+    let (cookie, _) = json_log_in(&healthy, ADMIN_TOKEN).await;
+    healthy.stop();
+
+    let blackhole = crate::blackhole::ReplyBlackhole::start(6379).await;
+    blackhole.swallow(true);
+    let console = TestConsole::spawn_with(
+        &pipeline,
+        &[
+            format!("redis.url=redis://127.0.0.1:{}", blackhole.port()),
+            "redis.op_timeout_ms=60000".to_owned(),
+            "console.read_timeout_ms=1000".to_owned(),
+        ],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let (status, body) = session_of(&console, &cookie).await;
+    let waited = started.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("console.read_timeout_ms"),
+        "{body}"
+    );
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    let started = std::time::Instant::now();
+    let (status, _) = console.get(Some(ADMIN_TOKEN), "/console/api/session").await;
+    assert_eq!(status, 200);
+    assert!(started.elapsed() < Duration::from_millis(500));
+
+    console.stop();
+    pipeline.stop().await;
+}
