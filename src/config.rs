@@ -470,7 +470,9 @@ pub struct ConsoleSettings {
     pub listen: SocketAddr,
     /// How long a login session lasts.
     pub session_ttl_secs: u64,
-    /// Sessions kept at once; the oldest is dropped past it, so logins cannot grow memory unbounded.
+    /// Login sessions one operator keeps at once (in Redis, shared by every console instance): a
+    /// login past it ends that operator's oldest session, so no operator's logins grow Redis without
+    /// bound and a forgotten browser's session ends by itself.
     pub max_sessions: usize,
     /// Sets the session cookie's `Secure` attribute (the console is served over https, e.g. behind
     /// a TLS proxy).
@@ -662,9 +664,9 @@ impl Settings {
             "must be 60 to 604800 (a week)",
         )?;
         require(
-            (1..=1_000_000).contains(&console.max_sessions),
+            (1..=10_000).contains(&console.max_sessions),
             "console.max_sessions",
-            "must be 1 to 1000000",
+            "must be 1 to 10000 (login sessions per operator)",
         )?;
         require(
             (1..=300).contains(&console.lag_sample_interval_secs),
@@ -1406,6 +1408,14 @@ mod tests {
             (
                 vec!["console.read_timeout_ms=0".to_owned()],
                 "console.read_timeout_ms",
+            ),
+            (
+                vec!["console.max_sessions=0".to_owned()],
+                "console.max_sessions",
+            ),
+            (
+                vec!["console.max_sessions=10001".to_owned()],
+                "console.max_sessions",
             ),
             (
                 vec![

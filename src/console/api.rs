@@ -145,6 +145,7 @@ fn session_info(state: &ConsoleState, operator: &super::auth::Operator) -> Sessi
     responses(
         (status = 200, description = "The operator.", body = SessionInfo),
         (status = 401, description = "No, malformed or unknown credentials (a tenant's API key among them).", body = ConsoleErrorBody),
+        (status = 503, description = "Redis, where sessions are kept, did not answer (bearer tokens need no Redis).", body = ConsoleErrorBody),
     ),
     security(("operator" = []), ("session" = []))
 )]
@@ -152,7 +153,7 @@ pub async fn session(
     request: HttpRequest,
     state: web::Data<ConsoleState>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let operator = state.gate.authenticate(&request)?;
+    let operator = state.gate.authenticate(&request).await?;
     Ok(HttpResponse::Ok().json(session_info(&state, &operator)))
 }
 
@@ -168,13 +169,14 @@ pub async fn session(
         (status = 200, description = "Logged in.", body = SessionInfo),
         (status = 400, description = "Not a JSON login request.", body = ConsoleErrorBody),
         (status = 401, description = "Unknown token.", body = ConsoleErrorBody),
+        (status = 503, description = "Redis, where sessions are kept, did not answer (bearer tokens need no Redis).", body = ConsoleErrorBody),
     )
 )]
 pub async fn log_in(
     state: web::Data<ConsoleState>,
     body: web::Json<LoginRequest>,
 ) -> Result<HttpResponse, ConsoleError> {
-    match state.gate.log_in(&body.token) {
+    match state.gate.log_in(&body.token).await {
         Ok((operator, cookie, csrf_token)) => {
             actions::audit(&state, operator.name.as_str(), "login", "", "ok").await?;
             Ok(HttpResponse::Ok().cookie(cookie).json(SessionInfo {
@@ -184,9 +186,17 @@ pub async fn log_in(
             }))
         }
         Err(error) => {
-            actions::audit(&state, "-", "login", "", "refused: unknown token").await?;
+            actions::audit(&state, "-", "login", "", &login_refusal(&error)).await?;
             Err(error)
         }
+    }
+}
+
+/// The audit log's outcome of a login that did not open a session.
+pub(super) fn login_refusal(error: &ConsoleError) -> String {
+    match error {
+        ConsoleError::Unauthorized(_) => "refused: unknown token".to_owned(),
+        other => format!("failed: {other}"),
     }
 }
 
@@ -200,6 +210,7 @@ pub async fn log_in(
         (status = 204, description = "Logged out."),
         (status = 401, description = "Not logged in.", body = ConsoleErrorBody),
         (status = 403, description = "Missing or wrong CSRF token.", body = ConsoleErrorBody),
+        (status = 503, description = "Redis, where sessions are kept, did not answer (bearer tokens need no Redis).", body = ConsoleErrorBody),
     ),
     security(("operator" = []), ("session" = []))
 )]
@@ -207,9 +218,9 @@ pub async fn log_out(
     request: HttpRequest,
     state: web::Data<ConsoleState>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let operator = state.gate.authenticate(&request)?;
+    let operator = state.gate.authenticate(&request).await?;
     state.gate.check_csrf(&request, &operator, None)?;
-    let cookie = state.gate.log_out(&operator);
+    let cookie = state.gate.log_out(&operator).await?;
     Ok(HttpResponse::NoContent().cookie(cookie).finish())
 }
 
@@ -233,7 +244,7 @@ pub async fn overview(
     request: HttpRequest,
     state: web::Data<ConsoleState>,
 ) -> Result<HttpResponse, ConsoleError> {
-    state.gate.authenticate(&request)?;
+    state.gate.authenticate(&request).await?;
     Ok(HttpResponse::Ok().json(state.monitor.overview()))
 }
 
@@ -429,7 +440,7 @@ pub async fn list_dead_letters(
     state: web::Data<ConsoleState>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ConsoleError> {
-    state.gate.authenticate(&request)?;
+    state.gate.authenticate(&request).await?;
     Ok(HttpResponse::Ok().json(dead_letter_page(&state, &query).await?))
 }
 
@@ -477,7 +488,7 @@ pub async fn dead_letter(
     state: web::Data<ConsoleState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ConsoleError> {
-    state.gate.authenticate(&request)?;
+    state.gate.authenticate(&request).await?;
     let view = find_dead_letter(&state, &path).await?;
     Ok(HttpResponse::Ok().json(DeadLetterDetails::of(&view)))
 }
@@ -509,7 +520,7 @@ pub async fn export_dead_letters(
     state: web::Data<ConsoleState>,
     query: web::Query<ExportQuery>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let operator = state.gate.authenticate(&request)?;
+    let operator = state.gate.authenticate(&request).await?;
     let format = ExportFormat::parse(query.format.as_deref())?;
     let filter = query.raw_filter().parse()?;
     // One path for both formats: the same selection, only the writing differs.
@@ -556,7 +567,7 @@ pub async fn replay(
     state: web::Data<ConsoleState>,
     body: web::Json<ActionRequest>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let operator = state.gate.authenticate(&request)?;
+    let operator = state.gate.authenticate(&request).await?;
     let report = actions::replay(&state, &request, &operator, &body).await?;
     Ok(HttpResponse::Ok().json(report))
 }
@@ -585,7 +596,7 @@ pub async fn purge(
     state: web::Data<ConsoleState>,
     body: web::Json<ActionRequest>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let operator = state.gate.authenticate(&request)?;
+    let operator = state.gate.authenticate(&request).await?;
     let summary = actions::purge(&state, &request, &operator, &body).await?;
     Ok(HttpResponse::Ok().json(summary))
 }
@@ -619,7 +630,7 @@ pub async fn audit(
     request: HttpRequest,
     state: web::Data<ConsoleState>,
 ) -> Result<HttpResponse, ConsoleError> {
-    state.gate.authenticate(&request)?;
+    state.gate.authenticate(&request).await?;
     let entries = newest_audit_entries(&state).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "entries": entries })))
 }

@@ -211,7 +211,7 @@ pub async fn consumers(
     request: HttpRequest,
     state: web::Data<ConsoleState>,
 ) -> Result<HttpResponse, ConsoleError> {
-    state.gate.authenticate(&request)?;
+    state.gate.authenticate(&request).await?;
     let overview = state.monitor.overview();
     let view = consumers_now(&ConsumerSources::of(&state, &overview)).await?;
     Ok(HttpResponse::Ok().json(view))

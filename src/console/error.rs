@@ -20,7 +20,8 @@ pub enum ConsoleError {
     /// A limit of this console reached (its live tails of one tenant).
     #[error("{0}")]
     TooMany(String),
-    /// Kafka or MongoDB did not answer within `console.read_timeout_ms`, or failed.
+    /// Kafka, MongoDB or Redis (the sessions, the counters) did not answer within
+    /// `console.read_timeout_ms`, or failed.
     #[error("a dependency did not answer: {0:#}")]
     Unavailable(anyhow::Error),
     #[error("unexpected error: {0:#}")]

@@ -10,6 +10,11 @@
 //! Architecture invariants:
 //! - Only operators open it: configured token digests with a role; the operator directory does not
 //!   hold tenants, so a tenant's API key is refused like any unknown token.
+//! - It keeps no session of its own: login sessions are in Redis (under their id's SHA-256) and every
+//!   CSRF token is checkable by any instance, so instances behind a load balancer share them, a
+//!   restart ends none and a logout ends one everywhere; each request re-checks its session against
+//!   the operator directory. A session that Redis cannot answer about is a 503, not a 401; bearer
+//!   tokens need no Redis.
 //! - Every POST carries the CSRF token of its session (or bearer token; the login form, of its
 //!   pre-login cookie), and only `admin`s replay or purge.
 //! - Every action is in the audit log before it runs (and its outcome after): if the audit log
@@ -19,7 +24,8 @@
 //!   `console.read_timeout_ms`: it cannot slow the pipeline down or hang on it.
 //!
 //! # Layout
-//! - `auth`: operators, sessions, CSRF. `error`: the error type and its answers.
+//! - `auth`: operators, sessions (in Redis, `store::ConsoleSessionStore`), CSRF. `error`: the error
+//!   type and its answers.
 //! - `overview`: the lag sampler and its bounded history, and the rates. `chart`: its SVG drawings.
 //! - `consumers`: per stage, the `consume` instances' reports (partitions, breaker, last commit).
 //! - `dead_letter_index`: the DLQ followed and held in memory for the dead-letters view.
@@ -138,6 +144,7 @@ impl Console {
             settings: settings.clone(),
             gate: auth::Gate::new(
                 operators,
+                redis.console_sessions(settings.console.read_timeout()),
                 Duration::from_secs(settings.console.session_ttl_secs),
                 settings.console.max_sessions,
                 settings.console.secure_cookie,

@@ -164,7 +164,7 @@ pub async fn log_in(
             Some(&error.to_string()),
         ));
     }
-    match state.gate.log_in(&form.token) {
+    match state.gate.log_in(&form.token).await {
         Ok((operator, cookie, _)) => {
             actions::audit(&state, operator.name.as_str(), "login", "", "ok").await?;
             Ok(HttpResponse::SeeOther()
@@ -174,10 +174,10 @@ pub async fn log_in(
                 .finish())
         }
         Err(error) => {
-            actions::audit(&state, "-", "login", "", "refused: unknown token").await?;
+            actions::audit(&state, "-", "login", "", &super::api::login_refusal(&error)).await?;
             Ok(login_answer(
                 &state,
-                StatusCode::UNAUTHORIZED,
+                error.status_code(),
                 Some(&error.to_string()),
             ))
         }
@@ -195,12 +195,12 @@ pub async fn log_out(
     state: web::Data<ConsoleState>,
     form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, PageError> {
-    let operator = state.gate.authenticate(&request)?;
+    let operator = state.gate.authenticate(&request).await?;
     state
         .gate
         .check_csrf(&request, &operator, form.csrf_token.as_deref())?;
     Ok(HttpResponse::SeeOther()
-        .cookie(state.gate.log_out(&operator))
+        .cookie(state.gate.log_out(&operator).await?)
         .insert_header((header::LOCATION, "/console/login"))
         .finish())
 }
@@ -209,7 +209,7 @@ pub async fn overview(
     request: HttpRequest,
     state: web::Data<ConsoleState>,
 ) -> Result<HttpResponse, PageError> {
-    let operator = state.gate.authenticate(&request)?;
+    let operator = state.gate.authenticate(&request).await?;
     let csrf = state.gate.csrf_token(&operator);
     let overview = state.monitor.overview();
     // Without Redis the consumers section says so; the backlog (from Kafka) still shows.
@@ -351,7 +351,7 @@ pub async fn dead_letters(
     state: web::Data<ConsoleState>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, PageError> {
-    let operator = state.gate.authenticate(&request)?;
+    let operator = state.gate.authenticate(&request).await?;
     let csrf = state.gate.csrf_token(&operator);
     let page_data = api::dead_letter_page(&state, &query).await?;
     let filter = query.raw_filter();
@@ -398,7 +398,7 @@ pub async fn dead_letter(
     state: web::Data<ConsoleState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, PageError> {
-    let operator = state.gate.authenticate(&request)?;
+    let operator = state.gate.authenticate(&request).await?;
     let csrf = state.gate.csrf_token(&operator);
     let view = api::find_dead_letter(&state, &path).await?;
     let details = DeadLetterDetails::of(&view);
@@ -467,7 +467,7 @@ pub async fn replay(
     state: web::Data<ConsoleState>,
     form: web::Form<ActionRequest>,
 ) -> Result<HttpResponse, PageError> {
-    let operator = state.gate.authenticate(&request)?;
+    let operator = state.gate.authenticate(&request).await?;
     let csrf = state.gate.csrf_token(&operator);
     let report = actions::replay(&state, &request, &operator, &form).await?;
     let title = if report.dry_run {
@@ -503,7 +503,7 @@ pub async fn purge(
     state: web::Data<ConsoleState>,
     form: web::Form<ActionRequest>,
 ) -> Result<HttpResponse, PageError> {
-    let operator = state.gate.authenticate(&request)?;
+    let operator = state.gate.authenticate(&request).await?;
     let csrf = state.gate.csrf_token(&operator);
     let summary = actions::purge(&state, &request, &operator, &form).await?;
     let title = if summary.dry_run {
@@ -539,7 +539,7 @@ pub async fn audit(
     request: HttpRequest,
     state: web::Data<ConsoleState>,
 ) -> Result<HttpResponse, PageError> {
-    let operator = state.gate.authenticate(&request)?;
+    let operator = state.gate.authenticate(&request).await?;
     let csrf = state.gate.csrf_token(&operator);
     let entries = api::newest_audit_entries(&state).await?;
     Ok(page(layout(
@@ -586,7 +586,7 @@ pub async fn tenants(
     request: HttpRequest,
     state: web::Data<ConsoleState>,
 ) -> Result<HttpResponse, PageError> {
-    let operator = state.gate.authenticate(&request)?;
+    let operator = state.gate.authenticate(&request).await?;
     let csrf = state.gate.csrf_token(&operator);
     let counts = tenants::counts_of(&state, &tenants::configured_tenants(&state)).await?;
     Ok(page(layout(
@@ -622,7 +622,7 @@ pub async fn tenant(
     path: web::Path<String>,
     query: web::Query<TailQuery>,
 ) -> Result<HttpResponse, PageError> {
-    let operator = state.gate.authenticate(&request)?;
+    let operator = state.gate.authenticate(&request).await?;
     let csrf = state.gate.csrf_token(&operator);
     let tenant = tenants::configured_tenant(&state, &path)?;
     // Checked here too, so a bad filter is a 400 page rather than a tail that never connects.
@@ -690,7 +690,7 @@ pub async fn retries(
     request: HttpRequest,
     state: web::Data<ConsoleState>,
 ) -> Result<HttpResponse, PageError> {
-    let operator = state.gate.authenticate(&request)?;
+    let operator = state.gate.authenticate(&request).await?;
     let csrf = state.gate.csrf_token(&operator);
     let view = retries_now(&state).await;
     Ok(page(layout(

@@ -208,7 +208,7 @@ pub async fn retries(
     request: HttpRequest,
     state: web::Data<ConsoleState>,
 ) -> Result<HttpResponse, ConsoleError> {
-    state.gate.authenticate(&request)?;
+    state.gate.authenticate(&request).await?;
     Ok(HttpResponse::Ok().json(retries_now(&state).await))
 }
 

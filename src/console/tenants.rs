@@ -242,7 +242,7 @@ pub async fn list(
     request: HttpRequest,
     state: web::Data<ConsoleState>,
 ) -> Result<HttpResponse, ConsoleError> {
-    state.gate.authenticate(&request)?;
+    state.gate.authenticate(&request).await?;
     let tenants = counts_of(&state, &configured_tenants(&state)).await?;
     Ok(HttpResponse::Ok().json(TenantList { tenants }))
 }
@@ -268,7 +268,7 @@ pub async fn one(
     state: web::Data<ConsoleState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ConsoleError> {
-    state.gate.authenticate(&request)?;
+    state.gate.authenticate(&request).await?;
     let tenant = configured_tenant(&state, &path)?;
     let counts = counts_of(&state, std::slice::from_ref(&tenant))
         .await?
@@ -307,7 +307,7 @@ pub async fn tail(
     path: web::Path<String>,
     query: web::Query<TailQuery>,
 ) -> Result<HttpResponse, ConsoleError> {
-    state.gate.authenticate(&request)?;
+    state.gate.authenticate(&request).await?;
     let tenant = configured_tenant(&state, &path)?;
     let types = parse_types(query.activity_type.as_deref())?;
     let feed = state

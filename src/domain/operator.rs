@@ -93,6 +93,18 @@ impl OperatorDirectory {
         found.map(|(name, role)| (name, role, presented))
     }
 
+    /// The current role of operator `name` if it is still configured with the token of `digest`:
+    /// a session outlives neither its operator's removal nor a change of its token, and acts with
+    /// the role configured now.
+    pub fn role_of(&self, name: &OperatorName, digest: &ApiKeyDigest) -> Option<OperatorRole> {
+        self.operators
+            .iter()
+            .find(|(configured, configured_digest, _)| {
+                configured == name && configured_digest.matches(digest)
+            })
+            .map(|(_, _, role)| *role)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.operators.is_empty()
     }
@@ -123,6 +135,27 @@ mod tests {
         assert!(!role.may_act());
         assert!(directory.authenticate("token-ad").is_none());
         assert!(directory.authenticate("").is_none());
+
+        let ada = OperatorName::parse("ada").unwrap();
+        let vic = OperatorName::parse("vic").unwrap();
+        assert_eq!(
+            directory.role_of(&ada, &ApiKeyDigest::of_key("token-ada")),
+            Some(OperatorRole::Admin)
+        );
+        assert_eq!(
+            directory.role_of(&vic, &ApiKeyDigest::of_key("token-vic")),
+            Some(OperatorRole::Viewer)
+        );
+        // Another operator's token, or a name no longer configured: no role.
+        assert_eq!(
+            directory.role_of(&ada, &ApiKeyDigest::of_key("token-vic")),
+            None
+        );
+        let gone = OperatorName::parse("gone").unwrap();
+        assert_eq!(
+            directory.role_of(&gone, &ApiKeyDigest::of_key("token-ada")),
+            None
+        );
     }
 
     #[test]

@@ -103,6 +103,22 @@ impl RedisKeys {
         format!("{}instances:{{consumers}}:{group}", self.prefix)
     }
 
+    /// A console login session's record, named by the SHA-256 (hex) of the session id (never the id
+    /// itself), living as long as the session. Every console key has the hash tag `{console}`, so a
+    /// record and its operator's index share a slot (`store::ConsoleSessionStore`).
+    pub fn console_session(&self, session_digest: &str) -> String {
+        format!(
+            "{}console:session:{{console}}:{session_digest}",
+            self.prefix
+        )
+    }
+
+    /// Sorted set of one operator's live sessions (their digests, scored by expiry): what bounds the
+    /// sessions of an operator (`console.max_sessions`).
+    pub fn console_operator_sessions(&self, operator: &str) -> String {
+        format!("{}console:sessions:{{console}}:{operator}", self.prefix)
+    }
+
     /// The API's marker of a client-chosen key (the queue-level layer of idempotency): reserved as
     /// `pending:<fingerprint>` before the record is produced, `<fingerprint>` once the broker
     /// acknowledged it (`1` from versions before fingerprints), see `AcceptedState`.
@@ -134,6 +150,14 @@ mod tests {
         assert_eq!(
             keys.consumer_instances("activity-pipeline.retry.1"),
             "instances:{consumers}:activity-pipeline.retry.1"
+        );
+        assert_eq!(
+            keys.console_session("ab12"),
+            "console:session:{console}:ab12"
+        );
+        assert_eq!(
+            keys.console_operator_sessions("ada"),
+            "console:sessions:{console}:ada"
         );
         let prefixed = RedisKeys::new("test-1:");
         assert_eq!(prefixed.analytics(&tenant), "test-1:analytics:{acme}");

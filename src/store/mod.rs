@@ -1,16 +1,18 @@
 //! The stores: MongoDB (the source of truth for activities) and Redis (idempotency marks, per-tenant
-//! counters, the live fan-out channel).
+//! counters, the live fan-out channel, the console's login sessions).
 //!
 //! Architecture invariant: this is the only module that imports `mongodb` or `redis`. Errors are
 //! classified here into what the caller branches on: an outage of the whole store (retry the batch in
 //! place) versus a failure of one record (retry topic or DLQ).
 
+mod console_sessions;
 mod keys;
 mod mongo;
 mod pubsub;
 mod redis_connection;
 mod redis_store;
 
+pub use console_sessions::ConsoleSessionStore;
 pub use keys::{IntakeFlushId, RedisKeys};
 pub use mongo::{
     ActivityCursor, ActivityFilter, ActivityRepository, AuditEntry, AuditLog, CorruptDocument,

@@ -377,6 +377,12 @@ impl RedisStore {
         })
     }
 
+    /// The console's session records over this store's connection and key prefix, each call bounded
+    /// by `timeout` (the console's read budget).
+    pub fn console_sessions(&self, timeout: std::time::Duration) -> super::ConsoleSessionStore {
+        super::ConsoleSessionStore::new(self.connection.clone(), self.keys.clone(), timeout)
+    }
+
     pub fn keys(&self) -> &RedisKeys {
         &self.keys
     }

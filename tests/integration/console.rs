@@ -24,12 +24,19 @@ pub struct TestConsole {
 
 impl TestConsole {
     pub async fn spawn(pipeline: &TestPipeline) -> TestConsole {
+        TestConsole::spawn_with(pipeline, &[]).await
+    }
+
+    /// A console over the pipeline's settings with `extra` overrides (its own operators, a Redis
+    /// that is not there, ...).
+    pub async fn spawn_with(pipeline: &TestPipeline, extra: &[String]) -> TestConsole {
         let mut overrides = pipeline.overrides.clone();
         overrides.extend([
             "console.listen=127.0.0.1:0".to_owned(),
             "console.lag_sample_interval_secs=1".to_owned(),
             "console.lag_history_secs=120".to_owned(),
         ]);
+        overrides.extend_from_slice(extra);
         let settings = load_settings(&overrides);
         let shutdown = CancellationToken::new();
         let console = Console::build(&settings, shutdown.clone())
@@ -63,7 +70,7 @@ impl TestConsole {
     }
 
     /// The CSRF token of a bearer token.
-    async fn csrf(&self, token: &str) -> String {
+    pub async fn csrf(&self, token: &str) -> String {
         let (status, session) = self.get(Some(token), "/console/api/session").await;
         assert_eq!(status, 200, "{session}");
         session["csrfToken"].as_str().unwrap().to_owned()
@@ -87,7 +94,7 @@ impl TestConsole {
 
     /// Opens the login page like a browser: its pre-login cookie (`name=value`) and the form's CSRF
     /// token.
-    async fn login_challenge(&self) -> (String, String) {
+    pub async fn login_challenge(&self) -> (String, String) {
         let response = self
             .http
             .get(self.url("/console/login"))
@@ -117,7 +124,7 @@ impl TestConsole {
     }
 
     /// POSTs the login form with the given pre-login cookie and CSRF field (each may be absent).
-    async fn post_login(
+    pub async fn post_login(
         &self,
         cookie: Option<&str>,
         csrf: Option<&str>,

@@ -12,6 +12,7 @@ mod conflicts;
 mod console;
 mod console_browser;
 mod console_index;
+mod console_sessions;
 mod console_volume;
 mod consumer;
 mod datacenters;
