@@ -4,7 +4,8 @@
 //! It shows what each stage has waiting (sampled by the console, with an hour of history drawn as a
 //! chart) and the dead letters, and acts on them (replay, purge, export) with the `dlq` verbs' own
 //! code, and per tenant the stores' counts and a live tail. Pages are rendered on the server
-//! (maud); the only script is the live tail's few compiled-in lines (EventSource); the JSON API under
+//! (maud); the only scripts are a few compiled-in lines: the live tail's (EventSource) and the job
+//! page's (polls the job's JSON); the JSON API under
 //! `/console/api/` serves scripts and is described by `/console/api/openapi.json`.
 //!
 //! Architecture invariants:
@@ -13,7 +14,10 @@
 //! - Every POST carries the CSRF token of its session (or bearer token; the login form, of its
 //!   pre-login cookie), and only `admin`s replay or purge.
 //! - Every action is in the audit log before it runs (and its outcome after): if the audit log
-//!   cannot be written, the action does not run.
+//!   cannot be written, the action does not run. A job's entry is written before its task is
+//!   spawned, and its task writes the outcome (also when shutdown stops it) before the job shows
+//!   as ended.
+//! - At most one replay or purge job runs at a time (a second gets 409 naming the first).
 //! - Everything shown is escaped: payloads are tenants' data, and markup in them renders as text.
 //! - The console reads Kafka without joining any consumer group and bounds every read by
 //!   `console.read_timeout_ms`: it cannot slow the pipeline down or hang on it.
@@ -23,6 +27,7 @@
 //! - `overview`: the lag sampler and its bounded history, and the rates. `chart`: its SVG drawings.
 //! - `consumers`: per stage, the `consume` instances' reports (partitions, breaker, last commit).
 //! - `dead_letters`: filters, pages, action reports. `actions`: the audited actions.
+//! - `jobs`: real replays and purges run as jobs: the registry (memory only), their progress.
 //! - `retries`: what waits in each retry topic and when its head is due.
 //! - `tenants`: per-tenant counts from the stores, the live tail (the API's `Fanout`).
 //! - `api`: the JSON API. `pages`: the HTML. `openapi`: the API's document.
@@ -34,6 +39,7 @@ mod chart;
 mod consumers;
 mod dead_letters;
 mod error;
+mod jobs;
 mod openapi;
 mod overview;
 mod pages;
@@ -80,6 +86,8 @@ pub(crate) struct ConsoleState {
     pub shutdown: CancellationToken,
     /// The OpenAPI document, rendered once.
     pub openapi_json: String,
+    /// The replays and purges running as jobs, and the last finished ones (memory only).
+    pub jobs: Arc<jobs::JobRegistry>,
 }
 
 impl ConsoleState {
@@ -93,6 +101,10 @@ pub struct Console {
     server: Server,
     port: u16,
     shutdown: CancellationToken,
+    /// Shutdown waits for a running job to stop between two dead letters and record its outcome.
+    jobs: Arc<jobs::JobRegistry>,
+    /// How long shutdown waits for that (`http.shutdown_timeout_secs`).
+    jobs_stop_timeout: Duration,
 }
 
 impl Console {
@@ -129,6 +141,7 @@ impl Console {
         );
         let tail_streams =
             prometheus::IntGauge::new("console_tail_streams", "Open live tails of the console.")?;
+        let jobs = Arc::new(jobs::JobRegistry::default());
         let state = web::Data::new(ConsoleState {
             settings: settings.clone(),
             gate: auth::Gate::new(
@@ -145,6 +158,7 @@ impl Console {
             tail_streams,
             shutdown: shutdown.clone(),
             openapi_json: openapi::document().to_string(),
+            jobs: Arc::clone(&jobs),
         });
         let server =
             HttpServer::new(move || {
@@ -181,6 +195,8 @@ impl Console {
             server,
             port,
             shutdown,
+            jobs,
+            jobs_stop_timeout: Duration::from_secs(settings.http.shutdown_timeout_secs),
         })
     }
 
@@ -192,9 +208,21 @@ impl Console {
         self.server.handle()
     }
 
-    /// Serves until the shutdown token is cancelled (or `handle().stop(..)`).
+    /// While a test holds this for writing, console jobs wait before each dead letter: a test
+    /// sees a job running (and a second one refused) without racing it. Not for anything else.
+    #[doc(hidden)]
+    pub fn job_hold(&self) -> Arc<tokio::sync::RwLock<()>> {
+        self.jobs.hold()
+    }
+
+    /// Serves until the shutdown token is cancelled (or `handle().stop(..)`); then a running job
+    /// stops between two dead letters and records its outcome (waited for up to
+    /// `http.shutdown_timeout_secs`).
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        routes::serve_until_cancelled(self.server, &self.shutdown).await?;
+        let served = routes::serve_until_cancelled(self.server, &self.shutdown).await;
+        // serve_until_cancelled cancels the token on its way out, which tells the jobs to stop.
+        self.jobs.wait_finished(self.jobs_stop_timeout).await;
+        served?;
         Ok(())
     }
 }
@@ -272,6 +300,14 @@ fn api_route_table() -> RouteTable {
             vec![(Method::GET, web::get().to(retries::retries))],
         ),
         (
+            "/console/api/jobs",
+            vec![(Method::GET, web::get().to(api::list_jobs))],
+        ),
+        (
+            "/console/api/jobs/{id}",
+            vec![(Method::GET, web::get().to(api::job))],
+        ),
+        (
             "/console/api/audit",
             vec![(Method::GET, web::get().to(api::audit))],
         ),
@@ -333,8 +369,20 @@ fn page_route_table() -> RouteTable {
             vec![(Method::GET, web::get().to(pages::audit))],
         ),
         (
+            "/console/jobs",
+            vec![(Method::GET, web::get().to(pages::jobs))],
+        ),
+        (
+            "/console/jobs/{id}",
+            vec![(Method::GET, web::get().to(pages::job))],
+        ),
+        (
             "/console/assets/tail.js",
             vec![(Method::GET, web::get().to(pages::tail_script))],
+        ),
+        (
+            "/console/assets/job.js",
+            vec![(Method::GET, web::get().to(pages::job_script))],
         ),
         (
             "/console/assets/console.css",
