@@ -654,7 +654,7 @@ pub async fn job(
                     " " span #job-count { (done_of_total(&job)) } " dead letter(s)"
                 }
             }
-            @if let Some(outcome) = &job.outcome { p #job-outcome { (outcome) } }
+            @if let Some(outcome) = &job.outcome { p.muted #job-outcome { "In the audit log: " (outcome) } }
             @if let Some(error) = &job.error { p.error { (error) } }
             @match &job.report {
                 Some(JobReport::Replay(report)) => { (replay_counts(report)) (outcomes_table(&report.items)) }

@@ -23,7 +23,7 @@ pub struct TestConsole {
     http: reqwest::Client,
     shutdown: CancellationToken,
     /// Held for writing, it keeps the console's jobs before their next dead letter.
-    job_hold: Arc<tokio::sync::RwLock<()>>,
+    pub job_hold: Arc<tokio::sync::RwLock<()>>,
     /// The console's run, ended once it has stopped (and its jobs have).
     stopped: tokio::task::JoinHandle<anyhow::Result<()>>,
 }

@@ -366,6 +366,10 @@ async fn an_operator_uses_the_console_in_a_browser() {
     browser
         .wait_for_text("p.counts", "1 selected: 1 would be replayed")
         .await;
+    // The replay runs as a job: the browser lands on its page, which follows it to the end. Held
+    // before its dead letter, the page shows it running; released, the page's script sees it
+    // succeed and shows the report.
+    let held = std::sync::Arc::clone(&console.job_hold).write_owned().await;
     browser
         .client
         .find(Locator::XPath("//button[text()='Replay these 1']"))
@@ -374,10 +378,12 @@ async fn an_operator_uses_the_console_in_a_browser() {
         .click()
         .await
         .unwrap();
-    // The replay runs as a job: the browser lands on its page, which follows it to the end.
     browser.wait_for_text("h1", "Replay job").await;
     let job_page = browser.client.current_url().await.unwrap();
     assert!(job_page.path().starts_with("/console/jobs/"), "{job_page}");
+    browser.wait_for_text("#job-state", "running").await;
+    assert!(browser.text_of("#job-count").await.starts_with("0 / 1"));
+    drop(held);
     browser.wait_for_text("#job-state", "succeeded").await;
     browser
         .wait_for_text("p.counts", "1 selected: 1 replayed")
