@@ -4,10 +4,12 @@
 //! request; a real replay or purge runs as a job (see `jobs`) and the request answers the job.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use actix_web::{web, HttpRequest};
 use chrono::Utc;
+use futures::FutureExt;
 use serde::Deserialize;
 
 use super::auth::{require_admin, Operator};
@@ -256,7 +258,16 @@ where
     let task_state = state.clone();
     let task_job = Arc::clone(&job);
     let mut task = state.jobs.spawn(async move {
-        let result = work(task_state.clone(), task_job.progress()).await;
+        // A panic in the work must still end the job: a job left `running` would refuse every
+        // later one (409) until a restart, and leave its audit entry `started`.
+        let result = AssertUnwindSafe(work(task_state.clone(), task_job.progress()))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "the job panicked (a bug; the console's log has the panic message)"
+                ))
+            });
         let (job_state, outcome, outcome_of, answer) = match result {
             Ok(report) => {
                 let outcome = match &report {
