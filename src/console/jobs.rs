@@ -100,12 +100,17 @@ pub struct JobList {
 /// One job: what it is, how far it is (shared with the verb it runs), and how it ended.
 #[derive(Debug)]
 pub struct Job {
+    /// A UUIDv7: unguessable enough for a URL, and sorted by start like the list.
     pub id: Uuid,
+    /// `replay` or `purge`: the audit entry's action.
     pub action: &'static str,
+    /// The selection as the audit entry records it, so the two read alike.
     pub filter: String,
     pub operator: String,
     pub started_at: DateTime<Utc>,
+    /// Written by the `dlq` verb as it goes, read by every view of the job.
     progress: Arc<Progress>,
+    /// `None` while running; set once, by the job's task, after the audit outcome is written.
     end: Mutex<Option<JobEnd>>,
 }
 
