@@ -190,22 +190,26 @@ pub struct JobRegistry {
     jobs: Mutex<VecDeque<Arc<Job>>>,
     /// The jobs' tasks, so shutdown can wait for them to write their outcome.
     tasks: TaskTracker,
+    /// The runtime the console was built on, where jobs run. Not the request's: actix-web runs
+    /// handlers on its workers' own runtimes, which stop with the server and would drop a job
+    /// mid-way, before it records its outcome.
+    runtime: tokio::runtime::Handle,
     /// Jobs wait before each dead letter while this is held for writing: tests hold it to see a
     /// job running, deterministically. Nothing else takes it.
     hold: Arc<RwLock<()>>,
 }
 
-impl Default for JobRegistry {
-    fn default() -> JobRegistry {
+impl JobRegistry {
+    /// A registry whose jobs run on `runtime` (see the field).
+    pub fn new(runtime: tokio::runtime::Handle) -> JobRegistry {
         JobRegistry {
             jobs: Mutex::new(VecDeque::new()),
             tasks: TaskTracker::new(),
+            runtime,
             hold: Arc::new(RwLock::new(())),
         }
     }
-}
 
-impl JobRegistry {
     /// Registers a running job, unless one runs already (then that one is the error). The job
     /// stops between two dead letters once `stop` is cancelled.
     pub fn start(
@@ -267,13 +271,13 @@ impl JobRegistry {
             })
     }
 
-    /// Runs a job's task, tracked so shutdown can wait for it.
+    /// Runs a job's task on the console's runtime, tracked so shutdown can wait for it.
     pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
     where
         F: std::future::Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.tasks.spawn(task)
+        self.tasks.spawn_on(task, &self.runtime)
     }
 
     /// Waits (at most `timeout`) for the jobs' tasks to end. Call after cancelling their stop
@@ -309,9 +313,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn one_job_runs_at_a_time_and_only_the_last_finished_are_kept() {
-        let registry = JobRegistry::default();
+    #[tokio::test]
+    async fn one_job_runs_at_a_time_and_only_the_last_finished_are_kept() {
+        let registry = JobRegistry::new(tokio::runtime::Handle::current());
         let first = registry
             .start("replay", "tenant=acme", "ada", CancellationToken::new())
             .unwrap();
@@ -350,9 +354,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn ids_are_checked_before_they_are_looked_up() {
-        let registry = JobRegistry::default();
+    #[tokio::test]
+    async fn ids_are_checked_before_they_are_looked_up() {
+        let registry = JobRegistry::new(tokio::runtime::Handle::current());
         assert!(matches!(
             registry.find("nope"),
             Err(ConsoleError::BadRequest(message)) if message.contains("`id`")

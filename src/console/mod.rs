@@ -141,7 +141,8 @@ impl Console {
         );
         let tail_streams =
             prometheus::IntGauge::new("console_tail_streams", "Open live tails of the console.")?;
-        let jobs = Arc::new(jobs::JobRegistry::default());
+        // `build` runs on the runtime that runs the console (main's, or a test's): jobs run there.
+        let jobs = Arc::new(jobs::JobRegistry::new(tokio::runtime::Handle::current()));
         let state = web::Data::new(ConsoleState {
             settings: settings.clone(),
             gate: auth::Gate::new(

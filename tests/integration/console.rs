@@ -1231,6 +1231,42 @@ async fn a_replay_runs_as_a_job_that_shows_progress_refuses_a_second_and_ends_in
         .collect();
     assert_eq!(listed, [("purge", "succeeded"), ("replay", "succeeded")]);
 
+    // The form redirects to the job's page.
+    let admin = console.log_in(ADMIN_TOKEN).await;
+    let session: Value = console
+        .http
+        .get(console.url("/console/api/session"))
+        .header("Cookie", &admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let response = console
+        .http
+        .post(console.url("/console/dead-letters/replay"))
+        .header("Cookie", &admin)
+        .form(&[
+            ("tenant", "globex"),
+            ("dryRun", "false"),
+            ("csrfToken", session["csrfToken"].as_str().unwrap()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 303);
+    let job_page = response.headers()["location"].to_str().unwrap().to_owned();
+    let form_job = job_page
+        .strip_prefix("/console/jobs/")
+        .expect("the job's page");
+    let ended = console.follow_job(form_job).await;
+    assert_eq!(
+        (&ended["filter"], &ended["state"]),
+        (&json!("tenant=globex"), &json!("succeeded")),
+        "{ended}"
+    );
+
     // The job's page: progress and the report, escaped like every page.
     let cookie = console.log_in(VIEWER_TOKEN).await;
     let (status, page) = console.page(&cookie, &format!("/console/jobs/{id}")).await;
