@@ -492,6 +492,7 @@ async fn run_dlq(command: DlqCommand, settings: &Settings) -> anyhow::Result<()>
                 &selection,
                 reason.as_deref(),
                 dry_run,
+                &crate::ops::progress::Progress::unwatched(),
             )
             .await?;
             let (mut newly, mut before) = (0, 0);

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
-use super::actions::{self, ActionRequest};
+use super::actions::{self, ActionAnswer, ActionRequest};
 use super::dead_letter_index::Selection;
 use super::dead_letters::{
     self, DeadLetterDetails, DeadLetterPage, ExportFormat, PurgeSummary, RawFilter, ReplayReport,
 };
 use super::error::{ConsoleError, ConsoleErrorBody};
+use super::jobs::{JobList, JobView};
 use super::overview::Overview;
 use super::ConsoleState;
 use crate::kafka::read_heads;
@@ -550,14 +551,19 @@ pub async fn export_dead_letters(
     operation_id = "replayDeadLetters",
     description = "Replays the dead letters the filter selects (the code of `dlq replay`): each is \
         republished to the main topic under its idempotency key, so one already stored changes nothing. \
-        With dryRun=true, says what would happen (how many, which skipped as already replayed or \
-        purged). Admins only; needs X-CSRF-Token; audited before it runs.",
+        With dryRun=true, says at once what would happen (how many, which skipped as already replayed \
+        or purged). Without, starts a job: answers 202 with it (its total known) and a Location to \
+        follow (GET /console/api/jobs/{id}) until it has succeeded, failed or stopped. One replay or \
+        purge job runs at a time. Admins only; needs X-CSRF-Token; audited before it runs.",
     request_body = ActionRequest,
     responses(
-        (status = 200, description = "What was (or would be) replayed.", body = ReplayReport),
+        (status = 200, description = "The preview (dryRun=true): what would be replayed.", body = ReplayReport),
+        (status = 202, description = "The job that replays them, running (or already ended).", body = JobView,
+            headers(("Location" = String, description = "The job: /console/api/jobs/{id}."))),
         (status = 400, description = "Bad JSON, a bad filter field, no selection without `all`.", body = ConsoleErrorBody),
         (status = 401, description = "Not an operator.", body = ConsoleErrorBody),
         (status = 403, description = "A viewer, or a missing or wrong CSRF token.", body = ConsoleErrorBody),
+        (status = 409, description = "Another replay or purge job is running; the message names it.", body = ConsoleErrorBody),
         (status = 503, description = "Kafka or MongoDB (or the audit log) failed.", body = ConsoleErrorBody),
     ),
     security(("operator" = []), ("session" = []))
@@ -568,8 +574,19 @@ pub async fn replay(
     body: web::Json<ActionRequest>,
 ) -> Result<HttpResponse, ConsoleError> {
     let operator = state.gate.authenticate(&request).await?;
-    let report = actions::replay(&state, &request, &operator, &body).await?;
-    Ok(HttpResponse::Ok().json(report))
+    Ok(action_answer(
+        actions::replay(&state, &request, &operator, &body).await?,
+    ))
+}
+
+/// 200 with a preview's report, or 202 with the started job and where to follow it.
+fn action_answer<T: Serialize>(answer: ActionAnswer<T>) -> HttpResponse {
+    match answer {
+        ActionAnswer::Previewed(report) => HttpResponse::Ok().json(report),
+        ActionAnswer::Started(job) => HttpResponse::Accepted()
+            .insert_header(("Location", format!("/console/api/jobs/{}", job.id)))
+            .json(job),
+    }
 }
 
 #[utoipa::path(
@@ -579,14 +596,18 @@ pub async fn replay(
     operation_id = "purgeDeadLetters",
     description = "Purges the dead letters the filter selects (the code of `dlq purge`): records them \
         in the purge log (hidden, never replayed) and drops each partition's all-purged prefix from \
-        Kafka. With dryRun=true, says what would happen. Admins only; needs X-CSRF-Token; audited \
-        before it runs.",
+        Kafka. With dryRun=true, says at once what would happen. Without, starts a job: answers 202 \
+        with it (its total known) and a Location to follow (GET /console/api/jobs/{id}). One replay \
+        or purge job runs at a time. Admins only; needs X-CSRF-Token; audited before it runs.",
     request_body = ActionRequest,
     responses(
-        (status = 200, description = "What was (or would be) purged and dropped.", body = PurgeSummary),
+        (status = 200, description = "The preview (dryRun=true): what would be purged and dropped.", body = PurgeSummary),
+        (status = 202, description = "The job that purges them, running (or already ended).", body = JobView,
+            headers(("Location" = String, description = "The job: /console/api/jobs/{id}."))),
         (status = 400, description = "Bad JSON, a bad filter field, no selection without `all`, a position without a dead letter.", body = ConsoleErrorBody),
         (status = 401, description = "Not an operator.", body = ConsoleErrorBody),
         (status = 403, description = "A viewer, or a missing or wrong CSRF token.", body = ConsoleErrorBody),
+        (status = 409, description = "Another replay or purge job is running; the message names it.", body = ConsoleErrorBody),
         (status = 503, description = "Kafka or MongoDB (or the audit log) failed.", body = ConsoleErrorBody),
     ),
     security(("operator" = []), ("session" = []))
@@ -597,8 +618,58 @@ pub async fn purge(
     body: web::Json<ActionRequest>,
 ) -> Result<HttpResponse, ConsoleError> {
     let operator = state.gate.authenticate(&request).await?;
-    let summary = actions::purge(&state, &request, &operator, &body).await?;
-    Ok(HttpResponse::Ok().json(summary))
+    Ok(action_answer(
+        actions::purge(&state, &request, &operator, &body).await?,
+    ))
+}
+
+#[utoipa::path(
+    get,
+    path = "/console/api/jobs",
+    tag = "jobs",
+    operation_id = "listJobs",
+    description = "The replay and purge jobs this console runs or ran, newest first: the running one \
+        and the last 50 finished. Jobs live in the console's memory only (a restart forgets them); \
+        the audit log keeps who did what and the outcome.",
+    responses(
+        (status = 200, description = "The jobs.", body = JobList),
+        (status = 401, description = "Not an operator.", body = ConsoleErrorBody),
+    ),
+    security(("operator" = []), ("session" = []))
+)]
+pub async fn list_jobs(
+    request: HttpRequest,
+    state: web::Data<ConsoleState>,
+) -> Result<HttpResponse, ConsoleError> {
+    state.gate.authenticate(&request).await?;
+    Ok(HttpResponse::Ok().json(JobList {
+        jobs: state.jobs.list(),
+    }))
+}
+
+#[utoipa::path(
+    get,
+    path = "/console/api/jobs/{id}",
+    tag = "jobs",
+    operation_id = "getJob",
+    description = "One job: its state (running, succeeded, failed, stopped), `done` of `total` dead \
+        letters, and at the end its outcome and report (or error). Poll it to follow a job.",
+    params(("id" = String, Path, description = "The job's id (a UUID), from the 202 or its Location.")),
+    responses(
+        (status = 200, description = "The job.", body = JobView),
+        (status = 400, description = "Not a job id.", body = ConsoleErrorBody),
+        (status = 401, description = "Not an operator.", body = ConsoleErrorBody),
+        (status = 404, description = "No such job in this console (or forgotten: restarted, or older than the last 50).", body = ConsoleErrorBody),
+    ),
+    security(("operator" = []), ("session" = []))
+)]
+pub async fn job(
+    request: HttpRequest,
+    state: web::Data<ConsoleState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ConsoleError> {
+    state.gate.authenticate(&request).await?;
+    Ok(HttpResponse::Ok().json(state.jobs.find(&path)?))
 }
 
 /// The newest audit entries (shared with the HTML page).

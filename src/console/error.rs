@@ -17,6 +17,9 @@ pub enum ConsoleError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    /// An action while another job runs; the message names that job.
+    #[error("{0}")]
+    Conflict(String),
     /// A limit of this console reached (its live tails of one tenant).
     #[error("{0}")]
     TooMany(String),
@@ -41,6 +44,7 @@ impl ResponseError for ConsoleError {
             ConsoleError::Forbidden(_) => StatusCode::FORBIDDEN,
             ConsoleError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ConsoleError::NotFound(_) => StatusCode::NOT_FOUND,
+            ConsoleError::Conflict(_) => StatusCode::CONFLICT,
             ConsoleError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             ConsoleError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ConsoleError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -4,7 +4,8 @@
 //! It shows what each stage has waiting (sampled by the console, with an hour of history drawn as a
 //! chart) and the dead letters (held in its memory, following the DLQ), and acts on them (replay, purge, export) with the `dlq` verbs' own
 //! code, and per tenant the stores' counts and a live tail. Pages are rendered on the server
-//! (maud); the only script is the live tail's few compiled-in lines (EventSource); the JSON API under
+//! (maud); the only scripts are a few compiled-in lines: the live tail's (EventSource) and the job
+//! page's (polls the job's JSON); the JSON API under
 //! `/console/api/` serves scripts and is described by `/console/api/openapi.json`.
 //!
 //! Architecture invariants:
@@ -18,7 +19,10 @@
 //! - Every POST carries the CSRF token of its session (or bearer token; the login form, of its
 //!   pre-login cookie), and only `admin`s replay or purge.
 //! - Every action is in the audit log before it runs (and its outcome after): if the audit log
-//!   cannot be written, the action does not run.
+//!   cannot be written, the action does not run. A job's entry is written before its task is
+//!   spawned, and its task writes the outcome (also when shutdown stops it) before the job shows
+//!   as ended.
+//! - At most one replay or purge job runs at a time (a second gets 409 naming the first).
 //! - Everything shown is escaped: payloads are tenants' data, and markup in them renders as text.
 //! - The console reads Kafka without joining any consumer group and bounds every read by
 //!   `console.read_timeout_ms`: it cannot slow the pipeline down or hang on it.
@@ -30,6 +34,7 @@
 //! - `consumers`: per stage, the `consume` instances' reports (partitions, breaker, last commit).
 //! - `dead_letter_index`: the DLQ followed and held in memory for the dead-letters view.
 //! - `dead_letters`: filters, pages, action reports. `actions`: the audited actions.
+//! - `jobs`: real replays and purges run as jobs: the registry (memory only), their progress.
 //! - `retries`: what waits in each retry topic and when its head is due.
 //! - `tenants`: per-tenant counts from the stores, the live tail (the API's `Fanout`).
 //! - `api`: the JSON API. `pages`: the HTML. `openapi`: the API's document.
@@ -42,6 +47,7 @@ mod consumers;
 mod dead_letter_index;
 mod dead_letters;
 mod error;
+mod jobs;
 mod openapi;
 mod overview;
 mod pages;
@@ -90,6 +96,8 @@ pub(crate) struct ConsoleState {
     pub shutdown: CancellationToken,
     /// The OpenAPI document, rendered once.
     pub openapi_json: String,
+    /// The replays and purges running as jobs, and the last finished ones (memory only).
+    pub jobs: Arc<jobs::JobRegistry>,
 }
 
 impl ConsoleState {
@@ -103,6 +111,10 @@ pub struct Console {
     server: Server,
     port: u16,
     shutdown: CancellationToken,
+    /// Shutdown waits for a running job to stop between two dead letters and record its outcome.
+    jobs: Arc<jobs::JobRegistry>,
+    /// How long shutdown waits for that (`http.shutdown_timeout_secs`).
+    jobs_stop_timeout: Duration,
 }
 
 impl Console {
@@ -140,6 +152,8 @@ impl Console {
         );
         let tail_streams =
             prometheus::IntGauge::new("console_tail_streams", "Open live tails of the console.")?;
+        // `build` runs on the runtime that runs the console (main's, or a test's): jobs run there.
+        let jobs = Arc::new(jobs::JobRegistry::new(tokio::runtime::Handle::current()));
         let state = web::Data::new(ConsoleState {
             settings: settings.clone(),
             gate: auth::Gate::new(
@@ -158,6 +172,7 @@ impl Console {
             tail_streams,
             shutdown: shutdown.clone(),
             openapi_json: openapi::document().to_string(),
+            jobs: Arc::clone(&jobs),
         });
         let server =
             HttpServer::new(move || {
@@ -194,6 +209,8 @@ impl Console {
             server,
             port,
             shutdown,
+            jobs,
+            jobs_stop_timeout: Duration::from_secs(settings.http.shutdown_timeout_secs),
         })
     }
 
@@ -205,9 +222,21 @@ impl Console {
         self.server.handle()
     }
 
-    /// Serves until the shutdown token is cancelled (or `handle().stop(..)`).
+    /// While a test holds this for writing, console jobs wait before each dead letter: a test
+    /// sees a job running (and a second one refused) without racing it. Not for anything else.
+    #[doc(hidden)]
+    pub fn job_hold(&self) -> Arc<tokio::sync::RwLock<()>> {
+        self.jobs.hold()
+    }
+
+    /// Serves until the shutdown token is cancelled (or `handle().stop(..)`); then a running job
+    /// stops between two dead letters and records its outcome (waited for up to
+    /// `http.shutdown_timeout_secs`).
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        routes::serve_until_cancelled(self.server, &self.shutdown).await?;
+        let served = routes::serve_until_cancelled(self.server, &self.shutdown).await;
+        // serve_until_cancelled cancels the token on its way out, which tells the jobs to stop.
+        self.jobs.wait_finished(self.jobs_stop_timeout).await;
+        served?;
         Ok(())
     }
 }
@@ -285,6 +314,14 @@ fn api_route_table() -> RouteTable {
             vec![(Method::GET, web::get().to(retries::retries))],
         ),
         (
+            "/console/api/jobs",
+            vec![(Method::GET, web::get().to(api::list_jobs))],
+        ),
+        (
+            "/console/api/jobs/{id}",
+            vec![(Method::GET, web::get().to(api::job))],
+        ),
+        (
             "/console/api/audit",
             vec![(Method::GET, web::get().to(api::audit))],
         ),
@@ -346,8 +383,20 @@ fn page_route_table() -> RouteTable {
             vec![(Method::GET, web::get().to(pages::audit))],
         ),
         (
+            "/console/jobs",
+            vec![(Method::GET, web::get().to(pages::jobs))],
+        ),
+        (
+            "/console/jobs/{id}",
+            vec![(Method::GET, web::get().to(pages::job))],
+        ),
+        (
             "/console/assets/tail.js",
             vec![(Method::GET, web::get().to(pages::tail_script))],
+        ),
+        (
+            "/console/assets/job.js",
+            vec![(Method::GET, web::get().to(pages::job_script))],
         ),
         (
             "/console/assets/console.css",

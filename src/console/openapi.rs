@@ -5,7 +5,7 @@ use serde_json::Value;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{actions, api, consumers, dead_letters, error, overview, retries, tenants};
+use super::{actions, api, consumers, dead_letters, error, jobs, overview, retries, tenants};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,7 +15,8 @@ use super::{actions, api, consumers, dead_letters, error, overview, retries, ten
             replay and purge. Authenticate with `Authorization: Bearer <operator token>` (tenants' API \
             keys are refused) or the session cookie from `POST /console/api/session`. Every POST (and \
             DELETE) carries `X-CSRF-Token` (from `GET /console/api/session`); replay and purge need the \
-            `admin` role and are written to the audit log before they run. Errors are `{\"error\": \"...\"}`."
+            `admin` role, are written to the audit log before they run, and (unless dry runs) run as jobs \
+            followed under /console/api/jobs. Errors are `{\"error\": \"...\"}`."
     ),
     paths(
         api::session,
@@ -32,6 +33,8 @@ use super::{actions, api, consumers, dead_letters, error, overview, retries, ten
         tenants::one,
         tenants::tail,
         retries::retries,
+        api::list_jobs,
+        api::job,
         api::audit,
         api::openapi,
     ),
@@ -57,6 +60,10 @@ use super::{actions, api, consumers, dead_letters, error, overview, retries, ten
         dead_letters::DroppedPrefix,
         dead_letters::ActionItem,
         actions::ActionRequest,
+        jobs::JobView,
+        jobs::JobList,
+        jobs::JobState,
+        jobs::JobReport,
         tenants::TenantList,
         tenants::TenantCounts,
         tenants::TypeCount,
@@ -72,6 +79,7 @@ use super::{actions, api, consumers, dead_letters, error, overview, retries, ten
         (name = "dead-letters", description = "The DLQ: listing, reading, exporting, replaying, purging."),
         (name = "tenants", description = "Per tenant: the stores' counts and a live tail of its events."),
         (name = "retries", description = "What waits in each retry topic, and when it is due."),
+        (name = "jobs", description = "Replays and purges running as jobs: their progress and reports."),
         (name = "audit", description = "What operators did."),
         (name = "documents", description = "This document."),
     )

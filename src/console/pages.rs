@@ -1,26 +1,31 @@
 //! The console's HTML pages, rendered on the server with maud: every value is escaped (a payload
-//! holding markup shows as text), the stylesheet is compiled into the binary, and the only script
-//! is the live tail's (`assets/tail.js`, compiled in; it adds events as text). Actions are forms
-//! that POST with the session's CSRF token.
+//! holding markup shows as text), the stylesheet is compiled into the binary, and the only scripts
+//! are a few compiled-in lines: the live tail's (`assets/tail.js`; it adds events as text) and the
+//! job page's (`assets/job.js`; it polls the job and updates its progress). Actions are forms that
+//! POST with the session's CSRF token; a real replay or purge redirects to its job's page.
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 
-use super::actions::{self, ActionRequest};
+use super::actions::{self, ActionAnswer, ActionRequest};
 use super::api::{self, ListQuery};
 use super::auth::Operator;
 use super::chart::{lag_chart, rate_chart};
 use super::consumers::{consumers_now, consumers_section, ConsumerSources};
-use super::dead_letters::{ActionItem, DeadLetterDetails, DeadLetterSummary, RawFilter};
+use super::dead_letters::{
+    ActionItem, DeadLetterDetails, DeadLetterSummary, PurgeSummary, RawFilter, ReplayReport,
+};
 use super::error::ConsoleError;
+use super::jobs::{JobReport, JobState, JobView};
 use super::retries::retries_now;
 use super::tenants::{self, TailQuery};
 use super::ConsoleState;
 
 const STYLESHEET: &str = include_str!("assets/console.css");
 const TAIL_SCRIPT: &str = include_str!("assets/tail.js");
+const JOB_SCRIPT: &str = include_str!("assets/job.js");
 
 /// A page's failure: to the login page when not logged in, else an HTML page with the message.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +87,7 @@ fn layout(title: &str, session: Option<(&Operator, &str)>, body: Markup) -> Mark
                             a href="/console/dead-letters" { "Dead letters" }
                             a href="/console/tenants" { "Tenants" }
                             a href="/console/retries" { "Retries" }
+                            a href="/console/jobs" { "Jobs" }
                             a href="/console/audit" { "Audit log" }
                         }
                         form.logout method="post" action="/console/logout" {
@@ -107,6 +113,12 @@ pub async fn tail_script() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/javascript; charset=utf-8")
         .body(TAIL_SCRIPT)
+}
+
+pub async fn job_script() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .body(JOB_SCRIPT)
 }
 
 pub async fn login_form(state: web::Data<ConsoleState>) -> HttpResponse {
@@ -445,6 +457,13 @@ fn action_result(title: &str, counts: Markup, items: &[ActionItem]) -> Markup {
     html! {
         h1 { (title) }
         (counts)
+        (outcomes_table(items))
+        p { a href="/console/dead-letters" { "Back to the dead letters" } }
+    }
+}
+
+fn outcomes_table(items: &[ActionItem]) -> Markup {
+    html! {
         table #outcomes {
             thead { tr { th { "Position" } th { "Tenant" } th { "Idempotency key" } th { "Outcome" } } }
             tbody {
@@ -458,8 +477,38 @@ fn action_result(title: &str, counts: Markup, items: &[ActionItem]) -> Markup {
                 }
             }
         }
-        p { a href="/console/dead-letters" { "Back to the dead letters" } }
     }
+}
+
+/// A replay's counts, for its preview and its job's page.
+fn replay_counts(report: &ReplayReport) -> Markup {
+    html! {
+        p.counts {
+            (report.matched) " selected: "
+            @if report.dry_run { (report.would_replay) " would be replayed" } @else { (report.replayed) " replayed" }
+            ", " (report.skipped_already_replayed) " skipped as already replayed, "
+            (report.skipped_purged) " skipped as purged."
+        }
+    }
+}
+
+/// A purge's counts, for its preview and its job's page.
+fn purge_counts(summary: &PurgeSummary) -> Markup {
+    html! {
+        p.counts {
+            (summary.matched) " selected: "
+            @if summary.dry_run { (summary.would_purge) " would be purged" } @else { (summary.purged) " purged" }
+            ", " (summary.skipped_already_purged) " already purged; "
+            (summary.dropped.len()) " partition prefix(es) dropped from Kafka."
+        }
+    }
+}
+
+/// Where a started job's page is.
+fn to_job_page(job: &JobView) -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, format!("/console/jobs/{}", job.id)))
+        .finish()
 }
 
 pub async fn replay(
@@ -469,24 +518,19 @@ pub async fn replay(
 ) -> Result<HttpResponse, PageError> {
     let operator = state.gate.authenticate(&request).await?;
     let csrf = state.gate.csrf_token(&operator);
-    let report = actions::replay(&state, &request, &operator, &form).await?;
-    let title = if report.dry_run {
-        "Replay preview"
-    } else {
-        "Replayed"
+    let report = match actions::replay(&state, &request, &operator, &form).await? {
+        ActionAnswer::Previewed(report) => report,
+        ActionAnswer::Started(job) => return Ok(to_job_page(&job)),
     };
+    let title = "Replay preview";
     let counts = html! {
-        p.counts {
-            (report.matched) " selected: "
-            @if report.dry_run { (report.would_replay) " would be replayed" } @else { (report.replayed) " replayed" }
-            ", " (report.skipped_already_replayed) " skipped as already replayed, "
-            (report.skipped_purged) " skipped as purged."
-        }
-        @if report.dry_run && report.would_replay > 0 {
+        (replay_counts(&report))
+        @if report.would_replay > 0 {
             form method="post" action="/console/dead-letters/replay" {
                 (hidden_filter(&form.raw_filter()))
                 input type="hidden" name="csrfToken" value=(csrf);
                 @if form.all { input type="hidden" name="all" value="true"; }
+                @if form.again { input type="hidden" name="again" value="true"; }
                 button type="submit" name="dryRun" value="false" { "Replay these " (report.would_replay) }
             }
         }
@@ -505,20 +549,14 @@ pub async fn purge(
 ) -> Result<HttpResponse, PageError> {
     let operator = state.gate.authenticate(&request).await?;
     let csrf = state.gate.csrf_token(&operator);
-    let summary = actions::purge(&state, &request, &operator, &form).await?;
-    let title = if summary.dry_run {
-        "Purge preview"
-    } else {
-        "Purged"
+    let summary = match actions::purge(&state, &request, &operator, &form).await? {
+        ActionAnswer::Previewed(summary) => summary,
+        ActionAnswer::Started(job) => return Ok(to_job_page(&job)),
     };
+    let title = "Purge preview";
     let counts = html! {
-        p.counts {
-            (summary.matched) " selected: "
-            @if summary.dry_run { (summary.would_purge) " would be purged" } @else { (summary.purged) " purged" }
-            ", " (summary.skipped_already_purged) " already purged; "
-            (summary.dropped.len()) " partition prefix(es) dropped from Kafka."
-        }
-        @if summary.dry_run && summary.would_purge > 0 {
+        (purge_counts(&summary))
+        @if summary.would_purge > 0 {
             form method="post" action="/console/dead-letters/purge" {
                 (hidden_filter(&form.raw_filter()))
                 input type="hidden" name="csrfToken" value=(csrf);
@@ -532,6 +570,105 @@ pub async fn purge(
         title,
         Some((&operator, &csrf)),
         action_result(title, counts, &summary.items),
+    )))
+}
+
+fn done_of_total(job: &JobView) -> String {
+    match job.total {
+        Some(total) => format!("{} / {total}", job.done),
+        None => format!("{} / ?", job.done),
+    }
+}
+
+fn time(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+pub async fn jobs(
+    request: HttpRequest,
+    state: web::Data<ConsoleState>,
+) -> Result<HttpResponse, PageError> {
+    let operator = state.gate.authenticate(&request).await?;
+    let csrf = state.gate.csrf_token(&operator);
+    let jobs = state.jobs.list();
+    Ok(page(layout(
+        "Jobs",
+        Some((&operator, &csrf)),
+        html! {
+            h1 { "Jobs" }
+            p.muted { "Replays and purges run as jobs, one at a time; newest first. This console keeps them in memory only (a restart forgets them, and only the last " (super::jobs::FINISHED_JOBS_KEPT) " finished are kept): the " a href="/console/audit" { "audit log" } " keeps who did what and the outcome." }
+            @if jobs.is_empty() {
+                p { "No job since this console started." }
+            } @else {
+                table #jobs {
+                    thead { tr { th { "Started" } th { "Action" } th { "Selection" } th { "Operator" } th { "State" } th.num { "Done / total" } th { "Finished" } } }
+                    tbody {
+                        @for job in &jobs {
+                            tr {
+                                td { a href=(format!("/console/jobs/{}", job.id)) { (time(job.started_at)) } }
+                                td { (job.action) }
+                                td { code { (job.filter) } }
+                                td { (job.operator) }
+                                td class=(format!("job-{}", job.state.as_str())) { (job.state.as_str()) }
+                                td.num { (done_of_total(job)) }
+                                td { (job.finished_at.map(time).unwrap_or_default()) }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )))
+}
+
+pub async fn job(
+    request: HttpRequest,
+    state: web::Data<ConsoleState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, PageError> {
+    let operator = state.gate.authenticate(&request).await?;
+    let csrf = state.gate.csrf_token(&operator);
+    let job = state.jobs.find(&path)?;
+    let running = job.state == JobState::Running;
+    let title = format!(
+        "{} job",
+        if job.action == "purge" {
+            "Purge"
+        } else {
+            "Replay"
+        }
+    );
+    Ok(page(layout(
+        &title,
+        Some((&operator, &csrf)),
+        html! {
+            h1 { (title) }
+            dl.facts #job data-source=(format!("/console/api/jobs/{}", job.id)) {
+                dt { "State" } dd #job-state class=(format!("job-{}", job.state.as_str())) { (job.state.as_str()) }
+                dt { "Selection" } dd { code { (job.filter) } }
+                dt { "Operator" } dd { (job.operator) }
+                dt { "Started" } dd { (time(job.started_at)) }
+                dt { "Finished" } dd #job-finished { (job.finished_at.map(time).unwrap_or_else(|| "—".to_owned())) }
+                dt { "Progress" } dd {
+                    progress #job-progress max=(job.total.unwrap_or(0).max(1)) value=(if job.total == Some(0) { 1 } else { job.done }) {}
+                    " " span #job-count { (done_of_total(&job)) } " dead letter(s)"
+                }
+            }
+            @if let Some(outcome) = &job.outcome { p.muted #job-outcome { "In the audit log: " (outcome) } }
+            @if let Some(error) = &job.error { p.error { (error) } }
+            @match &job.report {
+                Some(JobReport::Replay(report)) => { (replay_counts(report)) (outcomes_table(&report.items)) }
+                Some(JobReport::Purge(summary)) => { (purge_counts(summary)) (outcomes_table(&summary.items)) }
+                None => {}
+            }
+            @if running {
+                // Without script, the reload link (and the browser's own refresh) follow it.
+                p #job-follow { "Running: this page follows it. " a href=(format!("/console/jobs/{}", job.id)) { "Reload" } }
+                noscript { meta http-equiv="refresh" content="2"; }
+                script src="/console/assets/job.js" {}
+            }
+            p { a href="/console/jobs" { "All jobs" } " · " a href="/console/dead-letters" { "Back to the dead letters" } }
+        },
     )))
 }
 

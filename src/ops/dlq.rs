@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::progress::Progress;
 use crate::config::Settings;
 use crate::domain::TenantId;
 use crate::failures::DeadLetterFacts;
@@ -338,17 +339,22 @@ pub async fn replay(
         &DeadLetterFilter::for_tenant(tenant),
         dry_run,
         again,
+        &Progress::unwatched(),
     )
     .await
 }
 
 /// [`replay`] of the dead letters `filter` selects: the one path of `dlq replay` and the console.
+/// `progress` learns how many were selected and counts them as they are worked through; when it
+/// says stop, the replay ends between two dead letters with [`super::progress::Stopped`] (each
+/// one replayed before is in the replay log, so running it again does the rest).
 pub async fn replay_matching(
     settings: &Settings,
     repository: &ActivityRepository,
     filter: &DeadLetterFilter,
     dry_run: bool,
     again: bool,
+    progress: &Progress,
 ) -> anyhow::Result<Vec<(DeadLetterView, ReplayOutcome)>> {
     let dead_letters = list_matching(settings, repository, filter, READ_TIMEOUT).await?;
     let replay_log = repository.replay_log();
@@ -358,8 +364,10 @@ pub async fn replay_matching(
     } else {
         Some(ActivityPublisher::new(&settings.kafka)?)
     };
+    progress.listed(dead_letters.len());
     let mut outcomes = Vec::with_capacity(dead_letters.len());
     for view in dead_letters {
+        progress.next_record().await?;
         let log_id = view.log_id();
         let outcome = if view.purged.is_some() {
             ReplayOutcome::Purged
@@ -383,6 +391,7 @@ pub async fn replay_matching(
             ReplayOutcome::WouldReplay
         };
         outcomes.push((view, outcome));
+        progress.advance();
     }
     Ok(outcomes)
 }

@@ -20,6 +20,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::dlq::{list_matching, DeadLetterFilter, DeadLetterView};
+use super::progress::Progress;
 use crate::config::Settings;
 use crate::kafka::delete_records_before;
 use crate::store::{ActivityRepository, PurgedDeadLetter};
@@ -140,13 +141,17 @@ pub struct PurgeReport {
 
 /// Purges the dead letters `selection` names (see the module doc for the two steps). With
 /// `dry_run`, reports the same without changing anything. Positions that are not in the DLQ are an
-/// error, before anything is purged.
+/// error, before anything is purged. `progress` learns how many dead letters are selected and
+/// counts them as they are recorded; when it says stop, the purge ends between two of them with
+/// [`super::progress::Stopped`], before dropping anything from Kafka (what it recorded stays
+/// purged, and any later purge drops the prefixes).
 pub async fn purge(
     settings: &Settings,
     repository: &ActivityRepository,
     selection: &PurgeSelection,
     reason: Option<&str>,
     dry_run: bool,
+    progress: &Progress,
 ) -> anyhow::Result<PurgeReport> {
     selection.validate().map_err(anyhow::Error::msg)?;
     let dead_letters = list_matching(
@@ -180,6 +185,12 @@ pub async fn purge(
     let description = selection.describe();
     let mut purged_positions: HashSet<(i32, i64)> = HashSet::new();
     let mut outcomes = Vec::new();
+    progress.listed(
+        dead_letters
+            .iter()
+            .filter(|view| selection.matches(view, now))
+            .count(),
+    );
     for view in &dead_letters {
         let position = (view.record.partition, view.record.offset);
         let selected = selection.matches(view, now);
@@ -187,15 +198,18 @@ pub async fn purge(
             purged_positions.insert(position);
             if selected {
                 outcomes.push((view.clone(), PurgeOutcome::AlreadyPurged));
+                progress.advance();
             }
             continue;
         }
         if !selected {
             continue;
         }
+        progress.next_record().await?;
         purged_positions.insert(position);
         if dry_run {
             outcomes.push((view.clone(), PurgeOutcome::WouldPurge));
+            progress.advance();
             continue;
         }
         let entry = PurgedDeadLetter {
@@ -211,6 +225,7 @@ pub async fn purge(
         let mut view = view.clone();
         view.purged = Some(entry);
         outcomes.push((view, PurgeOutcome::Purged));
+        progress.advance();
     }
 
     let positions: Vec<(i32, i64)> = dead_letters

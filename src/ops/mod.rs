@@ -3,3 +3,4 @@
 pub mod analytics;
 pub mod dlq;
 pub mod dlq_purge;
+pub mod progress;

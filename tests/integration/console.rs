@@ -1,7 +1,9 @@
 //! The operators' console (`activity-pipeline console`) against the real stack: who gets in, what
 //! the overview shows while no consumer runs, the dead letters' filter, preview, replay and purge
-//! (through the `dlq` verbs' code), escaping of tenants' payloads, and precise 400s for garbage.
+//! (through the `dlq` verbs' code) as jobs followed to their end, escaping of tenants' payloads, and
+//! precise 400s for garbage.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use activity_pipeline::console::Console;
@@ -20,6 +22,10 @@ pub struct TestConsole {
     pub address: String,
     http: reqwest::Client,
     shutdown: CancellationToken,
+    /// Held for writing, it keeps the console's jobs before their next dead letter.
+    pub job_hold: Arc<tokio::sync::RwLock<()>>,
+    /// The console's run, ended once it has stopped (and its jobs have).
+    stopped: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl TestConsole {
@@ -43,7 +49,8 @@ impl TestConsole {
             .await
             .expect("the console starts");
         let address = format!("http://127.0.0.1:{}", console.port());
-        tokio::spawn(console.run_until_stopped());
+        let job_hold = console.job_hold();
+        let stopped = tokio::spawn(console.run_until_stopped());
         TestConsole {
             address,
             http: reqwest::Client::builder()
@@ -51,6 +58,8 @@ impl TestConsole {
                 .build()
                 .unwrap(),
             shutdown,
+            job_hold,
+            stopped,
         }
     }
 
@@ -78,6 +87,17 @@ impl TestConsole {
 
     /// POSTs a JSON action as the operator of `token`, with its CSRF token.
     pub async fn act(&self, token: &str, action: &str, body: &Value) -> (u16, Value) {
+        let (status, _, body) = self.act_located(token, action, body).await;
+        (status, body)
+    }
+
+    /// [`Self::act`], with the answer's Location (a started job's).
+    async fn act_located(
+        &self,
+        token: &str,
+        action: &str,
+        body: &Value,
+    ) -> (u16, Option<String>, Value) {
         let csrf = self.csrf(token).await;
         let response = self
             .http
@@ -89,7 +109,50 @@ impl TestConsole {
             .await
             .unwrap();
         let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        let location = response
+            .headers()
+            .get("location")
+            .map(|value| value.to_str().unwrap().to_owned());
+        (
+            status,
+            location,
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    /// Runs a real replay or purge: 202 and a job, followed until it ended; the ended job.
+    async fn act_as_job(&self, action: &str, body: &Value) -> Value {
+        let (status, location, job) = self.act_located(ADMIN_TOKEN, action, body).await;
+        assert_eq!(status, 202, "{action} {body}: {job}");
+        let id = job["id"].as_str().expect("a job id").to_owned();
+        assert_eq!(
+            location.as_deref(),
+            Some(format!("/console/api/jobs/{id}").as_str())
+        );
+        self.follow_job(&id).await
+    }
+
+    /// Polls a job until it is no longer running (checking its progress stays in bounds); the
+    /// ended job.
+    async fn follow_job(&self, id: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, job) = self
+                .get(Some(VIEWER_TOKEN), &format!("/console/api/jobs/{id}"))
+                .await;
+            assert_eq!(status, 200, "{job}");
+            if let Some(total) = job["total"].as_u64() {
+                assert!(job["done"].as_u64().unwrap() <= total, "{job}");
+            }
+            if job["state"] != "running" {
+                return job;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {id} still running: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Opens the login page like a browser: its pre-login cookie (`name=value`) and the form's CSRF
@@ -182,6 +245,15 @@ impl TestConsole {
 
     pub fn stop(self) {
         self.shutdown.cancel();
+    }
+
+    /// Stops the console and waits until it has (its jobs included).
+    async fn stop_and_wait(self) {
+        self.shutdown.cancel();
+        self.stopped
+            .await
+            .expect("the console's task")
+            .expect("the console stops cleanly");
     }
 }
 
@@ -630,15 +702,19 @@ async fn dead_letters_are_filtered_previewed_replayed_once_and_purged() {
         0,
         "a dry run changes nothing"
     );
-    let (status, replayed) = console
-        .act(
-            ADMIN_TOKEN,
+    let job = console
+        .act_as_job(
             "replay",
             &json!({"position": lost_position, "dryRun": false}),
         )
         .await;
-    assert_eq!(status, 200, "{replayed}");
-    assert_eq!(replayed["replayed"], 1);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(
+        (job["total"].as_u64(), job["done"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let replayed = &job["report"];
+    assert_eq!(replayed["replayed"], 1, "{job}");
     assert_eq!(
         pipeline
             .wait_for_count(filter("acme", "lost-in-incident"), 1)
@@ -657,14 +733,17 @@ async fn dead_letters_are_filtered_previewed_replayed_once_and_purged() {
         again["wouldReplay"], 1,
         "the poison one was never replayed: {again}"
     );
-    let (_, replayed_again) = console
-        .act(
-            ADMIN_TOKEN,
+    let replayed_again = console
+        .act_as_job(
             "replay",
             &json!({"position": lost_position, "dryRun": false}),
         )
         .await;
-    assert_eq!(replayed_again["replayed"], 0, "{replayed_again}");
+    assert_eq!(replayed_again["report"]["replayed"], 0, "{replayed_again}");
+    assert_eq!(
+        replayed_again["report"]["skippedAlreadyReplayed"], 1,
+        "{replayed_again}"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(pipeline.count(filter("acme", "lost-in-incident")).await, 1);
 
@@ -673,15 +752,12 @@ async fn dead_letters_are_filtered_previewed_replayed_once_and_purged() {
     let (status, preview) = console.act(ADMIN_TOKEN, "purge", &globex).await;
     assert_eq!(status, 200, "{preview}");
     assert_eq!(preview["wouldPurge"], 1);
-    let (status, purged) = console
-        .act(
-            ADMIN_TOKEN,
-            "purge",
-            &json!({"tenant": "globex", "dryRun": false}),
-        )
+    let job = console
+        .act_as_job("purge", &json!({"tenant": "globex", "dryRun": false}))
         .await;
-    assert_eq!(status, 200, "{purged}");
-    assert_eq!(purged["purged"], 1);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let purged = &job["report"];
+    assert_eq!(purged["purged"], 1, "{job}");
     let (_, globex_left) = console
         .get(
             Some(VIEWER_TOKEN),
@@ -925,7 +1001,334 @@ async fn garbage_gets_a_precise_400() {
             .contains("no dead letter at 0:999999"),
         "{body}"
     );
+    // A real purge of it fails the request too (the job checks before it is announced), and
+    // leaves no job behind.
+    let (status, body) = console
+        .act(
+            ADMIN_TOKEN,
+            "purge",
+            &json!({"position": "0:999999", "dryRun": false}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("no dead letter at 0:999999"),
+        "{body}"
+    );
+    let (status, jobs) = console.get(Some(VIEWER_TOKEN), "/console/api/jobs").await;
+    assert_eq!(status, 200, "{jobs}");
+    assert_eq!(jobs["jobs"], json!([]), "{jobs}");
+    for (id, status, expected) in [
+        ("garbage", 400, "`id`: \"garbage\" is not a job id"),
+        ("0193a4e2-7c1d-7b3e-9f00", 400, "is not a job id"),
+        (
+            "0193a4e2-7c1d-7b3e-9f00-1a2b3c4d5e6f",
+            404,
+            "no job 0193a4e2-7c1d-7b3e-9f00-1a2b3c4d5e6f",
+        ),
+    ] {
+        let (answered, body) = console
+            .get(Some(VIEWER_TOKEN), &format!("/console/api/jobs/{id}"))
+            .await;
+        assert_eq!(answered, status, "{id}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(expected),
+            "{id}: {body}"
+        );
+    }
+    let cookie = console.log_in(VIEWER_TOKEN).await;
+    let (status, page) = console.page(&cookie, "/console/jobs/%3Cb%3Enope").await;
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("&lt;b&gt;nope"), "{page}");
     console.stop();
+    pipeline.stop().await;
+}
+
+/// `count` dead letters of `tenant` whose payloads are valid envelopes (keys `{prefix}-{i}`).
+async fn replayable_dead_letters(
+    pipeline: &TestPipeline,
+    tenant: &str,
+    prefix: &str,
+    count: usize,
+) {
+    for i in 0..count {
+        let key = format!("{prefix}-{i}");
+        let payload = pipeline.envelope(tenant, &key, &activity("u1", "login"));
+        dead_letter(
+            pipeline,
+            tenant,
+            &key,
+            "transient",
+            "MongoDB was on fire",
+            &payload,
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_runs_as_a_job_that_shows_progress_refuses_a_second_and_ends_in_the_audit_log() {
+    let pipeline = TestPipeline::spawn().await;
+    let console = TestConsole::spawn(&pipeline).await;
+    replayable_dead_letters(&pipeline, "acme", "job", 5).await;
+    dead_letter(&pipeline, "globex", "g-1", "poison", "bad", b"{}").await;
+    eventually("six dead letters listed", || async {
+        console
+            .get(Some(VIEWER_TOKEN), "/console/api/dead-letters")
+            .await
+            .1["total"]
+            == 6
+    })
+    .await;
+
+    // A viewer may not start one.
+    let acme = json!({"tenant": "acme", "dryRun": false});
+    let (status, body) = console.act(VIEWER_TOKEN, "replay", &acme).await;
+    assert_eq!(status, 403, "{body}");
+
+    // Held before its first dead letter: the job is running, its total known, nothing done.
+    let held = Arc::clone(&console.job_hold).write_owned().await;
+    let (status, location, job) = console.act_located(ADMIN_TOKEN, "replay", &acme).await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    assert_eq!(location, Some(format!("/console/api/jobs/{id}")));
+    assert_eq!(
+        (
+            &job["action"],
+            &job["filter"],
+            &job["operator"],
+            &job["state"]
+        ),
+        (
+            &json!("replay"),
+            &json!("tenant=acme"),
+            &json!("dev-admin"),
+            &json!("running")
+        ),
+        "{job}"
+    );
+    assert_eq!(
+        (job["total"].as_u64(), job["done"].as_u64()),
+        (Some(5), Some(0)),
+        "{job}"
+    );
+    assert!(
+        job["finishedAt"].is_null() && job["report"].is_null(),
+        "{job}"
+    );
+    let (status, seen) = console
+        .get(Some(VIEWER_TOKEN), &format!("/console/api/jobs/{id}"))
+        .await;
+    assert_eq!(status, 200, "a viewer follows a job: {seen}");
+    assert_eq!(seen["state"], "running");
+
+    // A second one, of the same selection or any other, is refused, naming the running one.
+    for (action, body) in [
+        ("replay", acme.clone()),
+        ("purge", json!({"tenant": "globex", "dryRun": false})),
+    ] {
+        let (status, refused) = console.act(ADMIN_TOKEN, action, &body).await;
+        assert_eq!(status, 409, "{action}: {refused}");
+        let message = refused["error"].as_str().unwrap();
+        assert!(
+            message.contains(&id) && message.contains("replay of tenant=acme"),
+            "{action}: {message}"
+        );
+    }
+    // Previews still answer at once.
+    let (status, preview) = console
+        .act(
+            ADMIN_TOKEN,
+            "replay",
+            &json!({"tenant": "acme", "dryRun": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{preview}");
+    assert_eq!(preview["wouldReplay"], 5, "{preview}");
+
+    drop(held);
+    let ended = console.follow_job(&id).await;
+    assert_eq!(ended["state"], "succeeded", "{ended}");
+    assert_eq!(
+        (ended["total"].as_u64(), ended["done"].as_u64()),
+        (Some(5), Some(5))
+    );
+    assert_eq!(ended["report"]["replayed"], 5, "{ended}");
+    assert_eq!(ended["report"]["items"].as_array().unwrap().len(), 5);
+    assert!(ended["finishedAt"].is_string(), "{ended}");
+    assert!(
+        ended["outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("ok: matched 5, replayed 5"),
+        "{ended}"
+    );
+    for i in 0..5 {
+        assert_eq!(
+            pipeline
+                .wait_for_count(filter("acme", &format!("job-{i}")), 1)
+                .await,
+            1
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        pipeline.count(doc! {"tenantId": "acme"}).await,
+        5,
+        "each replayed activity is stored once"
+    );
+
+    // The audit log: the refusals, and the job's entry with its outcome (no longer `started`).
+    let audit = console.audit().await;
+    let replays: Vec<&str> = audit
+        .iter()
+        .filter(|entry| entry["action"] == "replay" && entry["filter"] == "tenant=acme")
+        .map(|entry| entry["outcome"].as_str().unwrap())
+        .collect();
+    assert!(
+        replays
+            .iter()
+            .any(|outcome| outcome.starts_with("ok: matched 5, replayed 5")),
+        "{replays:?}"
+    );
+    assert!(
+        replays
+            .iter()
+            .any(|outcome| outcome.starts_with("refused: one replay or purge runs at a time")),
+        "{replays:?}"
+    );
+    assert!(
+        replays
+            .iter()
+            .any(|outcome| outcome.starts_with("refused") && outcome.contains("viewer")),
+        "{replays:?}"
+    );
+    assert!(
+        audit.iter().all(|entry| entry["outcome"] != "started"),
+        "{audit:?}"
+    );
+
+    // A purge job, then the list, newest first.
+    let purged = console
+        .act_as_job(
+            "purge",
+            &json!({"tenant": "acme", "dryRun": false, "reason": "replayed"}),
+        )
+        .await;
+    assert_eq!(purged["state"], "succeeded", "{purged}");
+    assert_eq!(
+        (purged["total"].as_u64(), purged["done"].as_u64()),
+        (Some(5), Some(5))
+    );
+    assert_eq!(purged["report"]["purged"], 5, "{purged}");
+    let (_, jobs) = console.get(Some(VIEWER_TOKEN), "/console/api/jobs").await;
+    let listed: Vec<(&str, &str)> = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| {
+            (
+                job["action"].as_str().unwrap(),
+                job["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(listed, [("purge", "succeeded"), ("replay", "succeeded")]);
+
+    // The form redirects to the job's page.
+    let admin = console.log_in(ADMIN_TOKEN).await;
+    let session: Value = console
+        .http
+        .get(console.url("/console/api/session"))
+        .header("Cookie", &admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let response = console
+        .http
+        .post(console.url("/console/dead-letters/replay"))
+        .header("Cookie", &admin)
+        .form(&[
+            ("tenant", "globex"),
+            ("dryRun", "false"),
+            ("csrfToken", session["csrfToken"].as_str().unwrap()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 303);
+    let job_page = response.headers()["location"].to_str().unwrap().to_owned();
+    let form_job = job_page
+        .strip_prefix("/console/jobs/")
+        .expect("the job's page");
+    let ended = console.follow_job(form_job).await;
+    assert_eq!(
+        (&ended["filter"], &ended["state"]),
+        (&json!("tenant=globex"), &json!("succeeded")),
+        "{ended}"
+    );
+
+    // The job's page: progress and the report, escaped like every page.
+    let cookie = console.log_in(VIEWER_TOKEN).await;
+    let (status, page) = console.page(&cookie, &format!("/console/jobs/{id}")).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("succeeded") && page.contains("5 / 5"),
+        "{page}"
+    );
+    assert!(page.contains("5 replayed"), "{page}");
+    let (status, list) = console.page(&cookie, "/console/jobs").await;
+    assert_eq!(status, 200);
+    assert!(list.contains(&format!("/console/jobs/{id}")), "{list}");
+    console.stop();
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_stops_between_dead_letters_when_the_console_shuts_down_and_says_so() {
+    let pipeline = TestPipeline::spawn_api_only(&[]).await;
+    let console = TestConsole::spawn(&pipeline).await;
+    replayable_dead_letters(&pipeline, "acme", "stop", 3).await;
+    eventually("three dead letters listed", || async {
+        console
+            .get(Some(VIEWER_TOKEN), "/console/api/dead-letters")
+            .await
+            .1["total"]
+            == 3
+    })
+    .await;
+    let _held = Arc::clone(&console.job_hold).write_owned().await;
+    let (status, job) = console
+        .act(
+            ADMIN_TOKEN,
+            "replay",
+            &json!({"tenant": "acme", "dryRun": false}),
+        )
+        .await;
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(job["total"], 3, "{job}");
+    // The console stops while the job waits before its first dead letter: it stops there, and
+    // its audit entry says so before the console is gone.
+    console.stop_and_wait().await;
+    let after = TestConsole::spawn(&pipeline).await;
+    let entry = after
+        .audit()
+        .await
+        .into_iter()
+        .find(|entry| entry["action"] == "replay" && entry["filter"] == "tenant=acme")
+        .expect("the job's audit entry");
+    let outcome = entry["outcome"].as_str().unwrap();
+    assert!(
+        outcome.starts_with("stopped: stopped after 0 of 3 dead letter(s)"),
+        "{outcome}"
+    );
+    after.stop();
     pipeline.stop().await;
 }
 

@@ -2,10 +2,12 @@
 //! `chromium-driver`, installed by `scripts/install-chromium.sh`, which `make test` runs), driven over
 //! WebDriver with fantoccini, against the real stack: log in, watch a stopped consumer's lag grow, a
 //! viewer refused an action, filter dead letters by tenant and class, open one, preview and replay it
-//! and see the activity stored once, purge one, and a markup payload rendered as text; and a
-//! tenant's live tail showing a posted activity (markup in it as text, other types filtered out).
+//! (a job, followed on its page to "succeeded") and see the activity stored once, purge one (a job
+//! too), the jobs list, and a markup payload rendered as text; and a tenant's live tail showing a
+//! posted activity (markup in it as text, other types filtered out).
 //!
-//! It saves screenshots of the overview, the dead letters, a record's page and a tenant's page in
+//! It saves screenshots of the overview, the dead letters, a record's page, a job's page and a
+//! tenant's page in
 //! `target/console-screenshots/` (or `$CONSOLE_SCREENSHOTS_DIR`); the README's are copies of them.
 
 use std::os::unix::process::CommandExt;
@@ -364,6 +366,10 @@ async fn an_operator_uses_the_console_in_a_browser() {
     browser
         .wait_for_text("p.counts", "1 selected: 1 would be replayed")
         .await;
+    // The replay runs as a job: the browser lands on its page, which follows it to the end. Held
+    // before its dead letter, the page shows it running; released, the page's script sees it
+    // succeed and shows the report.
+    let held = std::sync::Arc::clone(&console.job_hold).write_owned().await;
     browser
         .client
         .find(Locator::XPath("//button[text()='Replay these 1']"))
@@ -372,10 +378,18 @@ async fn an_operator_uses_the_console_in_a_browser() {
         .click()
         .await
         .unwrap();
-    browser.wait_for_text("h1", "Replayed").await;
+    browser.wait_for_text("h1", "Replay job").await;
+    let job_page = browser.client.current_url().await.unwrap();
+    assert!(job_page.path().starts_with("/console/jobs/"), "{job_page}");
+    browser.wait_for_text("#job-state", "running").await;
+    assert!(browser.text_of("#job-count").await.starts_with("0 / 1"));
+    drop(held);
+    browser.wait_for_text("#job-state", "succeeded").await;
     browser
         .wait_for_text("p.counts", "1 selected: 1 replayed")
         .await;
+    assert!(browser.text_of("#job-count").await.starts_with("1 / 1"));
+    browser.screenshot("console-job").await;
     assert_eq!(
         pipeline
             .wait_for_count(filter("acme", "lost-in-incident"), 1)
@@ -413,9 +427,26 @@ async fn an_operator_uses_the_console_in_a_browser() {
         .click()
         .await
         .unwrap();
+    browser.wait_for_text("h1", "Purge job").await;
+    browser.wait_for_text("#job-state", "succeeded").await;
     browser
         .wait_for_text("p.counts", "1 selected: 1 purged")
         .await;
+    // The jobs list, linked from the navigation, has both, newest first.
+    browser
+        .client
+        .find(Locator::LinkText("Jobs"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.wait_for_text("h1", "Jobs").await;
+    let jobs = browser.text_of("#jobs tbody").await;
+    assert!(
+        jobs.find("purge").unwrap() < jobs.find("replay").unwrap(),
+        "{jobs}"
+    );
     browser
         .client
         .goto(&console.url("/console/dead-letters?tenant=globex"))
