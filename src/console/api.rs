@@ -18,7 +18,7 @@ use super::overview::Overview;
 use super::ConsoleState;
 use crate::kafka::read_heads;
 use crate::ops::dlq::{self, parse_position, DeadLetterFilter, DeadLetterView};
-use crate::store::{AuditEntry, PurgedDeadLetter};
+use crate::store::AuditEntry;
 
 /// Who is logged in, and the CSRF token their POSTs must carry.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -317,41 +317,34 @@ fn over_budget(timeout: std::time::Duration, what: &str) -> ConsoleError {
     ))
 }
 
-/// Marks the purged ones among `views` with their purge (and drops them unless `include_purged`).
+/// Marks the purged ones among `views` with their purge (and drops them unless `include_purged`),
+/// from the console's copy of the purge log.
 async fn with_purges(
     state: &ConsoleState,
     views: Vec<Arc<DeadLetterView>>,
     include_purged: bool,
 ) -> Result<Vec<Arc<DeadLetterView>>, ConsoleError> {
-    let timeout = state.read_timeout();
-    let purge_log = state.repository.purge_log();
-    let purged = tokio::time::timeout(timeout, purge_log.purged())
+    let purged = state
+        .purges
+        .current(
+            &state.redis,
+            &state.repository,
+            &state.settings.kafka.dlq_topic,
+            state.read_timeout(),
+        )
         .await
-        .map_err(|_| over_budget(timeout, "reading the purge log"))?
-        .map_err(|error| {
-            ConsoleError::Unavailable(anyhow::anyhow!("reading the purge log: {error}"))
-        })?;
+        .map_err(ConsoleError::Unavailable)?;
     if purged.is_empty() {
         return Ok(views);
     }
-    // Keyed by position rather than `topic:partition:offset` text, so the 10^5 dead letters of a
-    // listing are not each formatted to be looked up.
-    let topic_prefix = format!("{}:", state.settings.kafka.dlq_topic);
-    let mut purged: HashMap<(i32, i64), PurgedDeadLetter> = purged
-        .into_iter()
-        .filter_map(|(log_id, purge)| {
-            let position = parse_position(log_id.strip_prefix(&topic_prefix)?).ok()?;
-            Some((position, purge))
-        })
-        .collect();
     Ok(views
         .into_iter()
         .filter_map(
-            |view| match purged.remove(&(view.record.partition, view.record.offset)) {
+            |view| match purged.get(&(view.record.partition, view.record.offset)) {
                 None => Some(view),
                 Some(purge) => include_purged.then(|| {
                     let mut marked = DeadLetterView::clone(&view);
-                    marked.purged = Some(purge);
+                    marked.purged = Some(purge.clone());
                     Arc::new(marked)
                 }),
             },

@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::kafka::{ConsumedRecord, FollowEvent, TopicFollower, TopicWatermarks};
-use crate::ops::dlq::{DeadLetterFilter, DeadLetterView};
+use crate::ops::dlq::{parse_position, DeadLetterFilter, DeadLetterView};
+use crate::store::{ActivityRepository, PurgedDeadLetter, RedisStore};
 
 /// How often the follower looks for partitions added to the DLQ.
 const PARTITION_REFRESH: Duration = Duration::from_secs(5);
@@ -326,4 +327,78 @@ fn record_size(view: &DeadLetterView) -> usize {
         + headers
         + copies
         + entries
+}
+
+/// How long the console trusts its copy of the purge log without a change announced in Redis: a
+/// purge whose announcement failed (Redis down at the time) shows within this.
+const PURGE_LOG_RELOAD_AFTER: Duration = Duration::from_secs(60);
+
+type PurgedByPosition = HashMap<(i32, i64), PurgedDeadLetter>;
+
+/// The console's copy of the purge log, by position, reloaded only when the log's generation in
+/// Redis moved (every purge bumps it, `ops::dlq_purge`) or after a minute: on FerretDB each read of
+/// that log reads all of it (0.9 s at 10^4 entries), which a page must not pay.
+#[derive(Default)]
+pub struct PurgeLogCopy {
+    held: std::sync::Mutex<Option<HeldPurges>>,
+}
+
+struct HeldPurges {
+    generation: u64,
+    read_at: Instant,
+    purged: Arc<PurgedByPosition>,
+}
+
+impl PurgeLogCopy {
+    /// The purged dead letters of `dlq_topic`, by position: the copy, or the log read again if it
+    /// changed (or Redis cannot say whether it did).
+    pub async fn current(
+        &self,
+        redis: &RedisStore,
+        repository: &ActivityRepository,
+        dlq_topic: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Arc<PurgedByPosition>> {
+        let generation = tokio::time::timeout(timeout, redis.purge_log_generation())
+            .await
+            .ok()
+            .and_then(Result::ok);
+        if let Some(generation) = generation {
+            let held = self.held.lock().expect("purge log copy lock");
+            if let Some(held) = held.as_ref() {
+                if held.generation == generation && held.read_at.elapsed() < PURGE_LOG_RELOAD_AFTER
+                {
+                    return Ok(Arc::clone(&held.purged));
+                }
+            }
+        }
+        let log = tokio::time::timeout(timeout, repository.purge_log().purged())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "reading the purge log took longer than console.read_timeout_ms ({} ms)",
+                    timeout.as_millis()
+                )
+            })?
+            .map_err(|error| anyhow::anyhow!("reading the purge log: {error}"))?;
+        // Keyed by position rather than `topic:partition:offset` text, so the 10^5 dead letters of
+        // a listing are not each formatted to be looked up.
+        let topic_prefix = format!("{dlq_topic}:");
+        let purged: Arc<PurgedByPosition> = Arc::new(
+            log.into_iter()
+                .filter_map(|(log_id, purge)| {
+                    let position = parse_position(log_id.strip_prefix(&topic_prefix)?).ok()?;
+                    Some((position, purge))
+                })
+                .collect(),
+        );
+        if let Some(generation) = generation {
+            *self.held.lock().expect("purge log copy lock") = Some(HeldPurges {
+                generation,
+                read_at: Instant::now(),
+                purged: Arc::clone(&purged),
+            });
+        }
+        Ok(purged)
+    }
 }

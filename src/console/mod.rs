@@ -81,6 +81,8 @@ pub(crate) struct ConsoleState {
     pub monitor: Arc<overview::LagMonitor>,
     /// The DLQ, followed and held in memory for the dead-letters view.
     pub dead_letters: Arc<dead_letter_index::DeadLetterIndex>,
+    /// The purge log, copied and reloaded when a purge announces itself.
+    pub purges: dead_letter_index::PurgeLogCopy,
     /// One MongoDB client for the console's life: the `dlq` code reads the purge and replay logs
     /// through it, rather than connecting for every page.
     pub repository: ActivityRepository,
@@ -165,6 +167,7 @@ impl Console {
             ),
             monitor,
             dead_letters,
+            purges: dead_letter_index::PurgeLogCopy::default(),
             audit: repository.audit_log(),
             repository,
             redis,

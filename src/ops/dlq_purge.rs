@@ -23,7 +23,7 @@ use super::dlq::{list_matching, DeadLetterFilter, DeadLetterView};
 use super::progress::Progress;
 use crate::config::Settings;
 use crate::kafka::delete_records_before;
-use crate::store::{ActivityRepository, PurgedDeadLetter};
+use crate::store::{ActivityRepository, PurgeLog, PurgedDeadLetter, RedisStore};
 
 /// How long reading the DLQ and the purge log may take.
 const LIST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -181,6 +181,12 @@ pub async fn purge(
     }
 
     let purge_log = repository.purge_log();
+    // Told after each recorded chunk, so the console's copy of the purge log follows.
+    let generation = if dry_run {
+        None
+    } else {
+        Some(RedisStore::connect(&settings.redis)?)
+    };
     let now = Utc::now();
     let description = selection.describe();
     let mut purged_positions: HashSet<(i32, i64)> = HashSet::new();
@@ -191,6 +197,8 @@ pub async fn purge(
             .filter(|view| selection.matches(view, now))
             .count(),
     );
+    // Purges recorded together, in one call to the purge log per chunk.
+    let mut pending: Vec<(DeadLetterView, PurgedDeadLetter)> = Vec::new();
     for view in &dead_letters {
         let position = (view.record.partition, view.record.offset);
         let selected = selection.matches(view, now);
@@ -205,9 +213,11 @@ pub async fn purge(
         if !selected {
             continue;
         }
+        // Stopping here leaves the pending chunk unrecorded: those are not purged, and the prefix
+        // drops below only count what was recorded.
         progress.next_record().await?;
-        purged_positions.insert(position);
         if dry_run {
+            purged_positions.insert(position);
             outcomes.push((view.clone(), PurgeOutcome::WouldPurge));
             progress.advance();
             continue;
@@ -220,13 +230,28 @@ pub async fn purge(
             selection: description.clone(),
             reason: reason.map(str::to_owned),
         };
-        purge_log.record(&entry).await?;
-        tracing::info!(position = %view.position(), tenant = ?view.tenant, key = ?view.idempotency_key, selection = %description, "dead letter purged");
-        let mut view = view.clone();
-        view.purged = Some(entry);
-        outcomes.push((view, PurgeOutcome::Purged));
-        progress.advance();
+        pending.push((view.clone(), entry));
+        if pending.len() == PURGE_CHUNK {
+            record_purges(
+                &purge_log,
+                generation.as_ref(),
+                &mut pending,
+                &mut purged_positions,
+                &mut outcomes,
+                progress,
+            )
+            .await?;
+        }
     }
+    record_purges(
+        &purge_log,
+        generation.as_ref(),
+        &mut pending,
+        &mut purged_positions,
+        &mut outcomes,
+        progress,
+    )
+    .await?;
 
     let positions: Vec<(i32, i64)> = dead_letters
         .iter()
@@ -252,6 +277,47 @@ pub async fn purge(
         dropped,
         dry_run,
     })
+}
+
+/// Purges recorded with one call to the purge log: one at a time, an upsert each, a purge of 10^4
+/// took minutes on FerretDB (each upsert slower as the log grew).
+const PURGE_CHUNK: usize = 500;
+
+/// Bumps the purge log's generation in Redis, so consoles reload their copy of the log. Redis down
+/// does not undo or fail the purge: a console also reloads its copy once a minute.
+async fn announce_purges(redis: Option<&RedisStore>) {
+    if let Some(redis) = redis {
+        if let Err(error) = redis.bump_purge_log_generation().await {
+            tracing::warn!(%error, "the purge is recorded, but Redis did not take the purge log's generation: consoles show it within a minute");
+        }
+    }
+}
+
+/// Records the `pending` purges in the purge log (and says so through `generation`), then counts them
+/// purged.
+async fn record_purges(
+    purge_log: &PurgeLog,
+    generation: Option<&RedisStore>,
+    pending: &mut Vec<(DeadLetterView, PurgedDeadLetter)>,
+    purged_positions: &mut HashSet<(i32, i64)>,
+    outcomes: &mut Vec<(DeadLetterView, PurgeOutcome)>,
+    progress: &Progress,
+) -> anyhow::Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let entries: Vec<PurgedDeadLetter> = pending.iter().map(|(_, entry)| entry.clone()).collect();
+    purge_log.record_new(&entries).await?;
+    announce_purges(generation).await;
+    let recorded = pending.len();
+    for (mut view, entry) in pending.drain(..) {
+        tracing::info!(position = %view.position(), tenant = ?view.tenant, key = ?view.idempotency_key, selection = %entry.selection, "dead letter purged");
+        purged_positions.insert((view.record.partition, view.record.offset));
+        view.purged = Some(entry);
+        outcomes.push((view, PurgeOutcome::Purged));
+    }
+    progress.advance_by(recorded);
+    Ok(())
 }
 
 /// For each partition of `positions` (every record now in the DLQ), the longest prefix whose records

@@ -74,7 +74,12 @@ impl Progress {
 
     /// One more record worked through.
     pub fn advance(&self) {
-        self.done.fetch_add(1, Ordering::Relaxed);
+        self.advance_by(1);
+    }
+
+    /// `records` more worked through (a chunk done at once).
+    pub fn advance_by(&self, records: usize) {
+        self.done.fetch_add(records, Ordering::Relaxed);
     }
 
     pub fn total(&self) -> Option<usize> {

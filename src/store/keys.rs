@@ -119,6 +119,13 @@ impl RedisKeys {
         format!("{}console:sessions:{{console}}:{operator}", self.prefix)
     }
 
+    /// A counter `dlq purge` (and the console's purges) bump after recording purges: the console
+    /// reloads its copy of the purge log only when it moved (on FerretDB every query of that log
+    /// reads all of it).
+    pub fn purge_log_generation(&self) -> String {
+        format!("{}dlq:purge-log-generation", self.prefix)
+    }
+
     /// The API's marker of a client-chosen key (the queue-level layer of idempotency): reserved as
     /// `pending:<fingerprint>` before the record is produced, `<fingerprint>` once the broker
     /// acknowledged it (`1` from versions before fingerprints), see `AcceptedState`.

@@ -702,6 +702,26 @@ impl RedisStore {
             .map_err(StoreOutage::redis)
     }
 
+    /// The purge log's generation (0 before the first purge): see `RedisKeys::purge_log_generation`.
+    pub async fn purge_log_generation(&self) -> Result<u64, StoreOutage> {
+        let generation: Option<u64> = redis::cmd("GET")
+            .arg(self.keys.purge_log_generation())
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(StoreOutage::redis)?;
+        Ok(generation.unwrap_or(0))
+    }
+
+    /// Says that purges were recorded: readers of the purge log reload it.
+    pub async fn bump_purge_log_generation(&self) -> Result<(), StoreOutage> {
+        redis::cmd("INCR")
+            .arg(self.keys.purge_log_generation())
+            .query_async::<i64>(&mut self.connection.clone())
+            .await
+            .map(|_| ())
+            .map_err(StoreOutage::redis)
+    }
+
     /// Adds `counts` (field -> amount) to the tenant's intake counts once per `flush`: one script
     /// that first sets the flush's marker (NX), so sending the same flush again (a retry after a
     /// timeout whose write had landed) adds nothing. Answers whether this call added the counts.

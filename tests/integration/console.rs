@@ -92,7 +92,7 @@ impl TestConsole {
     }
 
     /// [`Self::act`], with the answer's Location (a started job's).
-    async fn act_located(
+    pub async fn act_located(
         &self,
         token: &str,
         action: &str,

@@ -6,6 +6,10 @@
 use std::time::Duration;
 
 use activity_pipeline::kafka::delete_records_before;
+use activity_pipeline::ops::dlq::{parse_position, DeadLetterFilter};
+use activity_pipeline::ops::dlq_purge::{self, PurgeSelection};
+use activity_pipeline::ops::progress::Progress;
+use activity_pipeline::store::ActivityRepository;
 use futures::future::join_all;
 use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
 use rdkafka::client::DefaultClientContext;
@@ -137,8 +141,46 @@ async fn the_view_answers_with_every_dead_letter_written_before_the_request() {
     assert_eq!(status, 200, "{record}");
     assert_eq!(record["idempotencyKey"], "in-new-partition");
 
+    // A purge by another process (`dlq purge`, here its code) is seen at once: it announces itself
+    // in Redis, and the console reloads its copy of the purge log.
+    let written_2 = total(&console, "?text=written-2").await;
+    let position = positions(&written_2)[0].clone();
+    let repository = ActivityRepository::connect(&pipeline.settings.mongo)
+        .await
+        .unwrap();
+    let (partition, offset) = parse_position(&position).unwrap();
+    let report = dlq_purge::purge(
+        &pipeline.settings,
+        &repository,
+        &PurgeSelection {
+            filter: DeadLetterFilter {
+                positions: [(partition, offset)].into(),
+                ..DeadLetterFilter::default()
+            },
+            older_than: None,
+            all: false,
+        },
+        Some("seen by the console at once"),
+        false,
+        &Progress::unwatched(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.outcomes.len(), 1);
+    let after_purge = total(&console, "").await;
+    assert_eq!(after_purge["total"], 5, "{after_purge}");
+    assert!(
+        !positions(&after_purge).contains(&position),
+        "{after_purge}"
+    );
+    let with_purged = total(&console, "?includePurged=true&text=written-2").await;
+    assert!(
+        with_purged["deadLetters"][0]["purgedAt"].is_string(),
+        "{with_purged}"
+    );
+
     // Records Kafka dropped (retention, or a purge's prefix drop) leave the view too.
-    let every = total(&console, "?limit=500").await;
+    let every = total(&console, "?limit=500&includePurged=true").await;
     assert_eq!(every["total"], 6);
     let dropped = delete_records_before(
         &pipeline.settings.kafka,

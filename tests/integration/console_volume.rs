@@ -110,6 +110,72 @@ fn tenant_of(index: usize) -> String {
     }
 }
 
+/// Replays or purges the newest 10,000 dead letters (those that failed at or after the 10,000th
+/// newest's time: dead letter `i` failed `count - i` seconds before the write) as a job, follows it
+/// to its end, and prints how long it took and how its progress went.
+async fn the_newest_as_a_job(
+    console: &TestConsole,
+    first_page: &serde_json::Value,
+    count: usize,
+    action: &str,
+) {
+    const REPLAYED: usize = 10_000;
+    let newest = chrono::DateTime::parse_from_rfc3339(
+        first_page["deadLetters"][0]["lastFailureAt"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let from = newest - chrono::Duration::seconds(REPLAYED as i64 - 1);
+    let body = serde_json::json!({"from": from.to_rfc3339(), "dryRun": false});
+    let started = Instant::now();
+    let (status, _, job) = console.act_located(ADMIN_TOKEN, action, &body).await;
+    println!(
+        "MEASURE {:<40} {:>8.1} ms  (status {status}: the job started, its dead letters listed)",
+        format!("{action} of 10,000 as a job: 202"),
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(job["total"], REPLAYED.min(count), "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let mut last_report = Instant::now();
+    let ended = loop {
+        let (status, job) = console
+            .get(Some(ADMIN_TOKEN), &format!("/console/api/jobs/{id}"))
+            .await;
+        assert_eq!(status, 200, "{job}");
+        assert!(job["done"].as_u64() <= job["total"].as_u64(), "{job}");
+        if job["state"] != "running" {
+            break job;
+        }
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            println!(
+                "MEASURE   ... {} of {} after {:.0} s",
+                job["done"],
+                job["total"],
+                started.elapsed().as_secs_f64()
+            );
+            last_report = Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replay job is still running: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!(
+        "MEASURE {:<40} {:>8.1} s  (state {}, {} of {})",
+        format!("{action} of 10,000 as a job: to its end"),
+        started.elapsed().as_secs_f64(),
+        ended["state"],
+        ended["done"],
+        ended["total"]
+    );
+    assert_eq!(ended["state"], "succeeded", "{ended}");
+    assert_eq!(ended["done"], REPLAYED.min(count), "{ended}");
+}
+
 /// This process's resident set, in MiB (Linux).
 fn resident_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -219,6 +285,9 @@ async fn console_volume_dead_letters_at_100k() {
             started.elapsed().as_secs_f64() * 1e3
         );
         assert_eq!(status, 200, "{report}");
+    }
+    for action in ["replay", "purge"] {
+        the_newest_as_a_job(&console, &first, count, action).await;
     }
     let cookie = console.log_in(ADMIN_TOKEN).await;
     for (what, path) in [
