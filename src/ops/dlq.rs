@@ -344,8 +344,8 @@ pub async fn replay(
     .await
 }
 
-/// Dead letters replayed together: published concurrently, then recorded in the replay log with one
-/// call. One at a time, a replay of 10,000 took minutes (a round trip to the broker and a log upsert
+/// Dead letters worked through together: those to replay are published concurrently, then recorded
+/// in the replay log with one call. One at a time, a replay of 10,000 took minutes (a round trip to the broker and a log upsert
 /// per record, the upsert slower as the log grew).
 const REPLAY_CHUNK: usize = 500;
 
@@ -355,15 +355,11 @@ const REPLAY_CHUNK: usize = 500;
 /// that happened.
 async fn replay_chunk(
     outcomes: &mut [(DeadLetterView, ReplayOutcome)],
-    pending: &mut Vec<usize>,
-    publisher: Option<&ActivityPublisher>,
+    pending: &[usize],
+    publisher: &ActivityPublisher,
     replay_log: &ReplayLog,
     replayed_before: &HashSet<String>,
 ) -> anyhow::Result<()> {
-    let Some(publisher) = publisher else {
-        pending.clear();
-        return Ok(());
-    };
     let published = futures::future::join_all(
         pending
             .iter()
@@ -401,7 +397,6 @@ async fn replay_chunk(
             )
             .await?;
     }
-    pending.clear();
     first_failure.map_or(Ok(()), Err)
 }
 
@@ -427,49 +422,32 @@ pub async fn replay_matching(
     };
     progress.listed(dead_letters.len());
     let mut outcomes: Vec<(DeadLetterView, ReplayOutcome)> = Vec::with_capacity(dead_letters.len());
-    // Indexes into `outcomes` of the dead letters to replay with the next chunk.
-    let mut pending: Vec<usize> = Vec::new();
-    for view in dead_letters {
-        if let Err(stopped) = progress.next_record().await {
-            // Nothing of the pending chunk was published: stopping here leaves it unreplayed.
-            return Err(stopped.into());
-        }
-        let outcome = if view.purged.is_some() {
-            ReplayOutcome::Purged
-        } else if replayed.contains(&view.log_id()) && !again {
-            ReplayOutcome::AlreadyReplayed
-        } else {
-            ReplayOutcome::WouldReplay
-        };
-        let to_replay = outcome == ReplayOutcome::WouldReplay && publisher.is_some();
-        outcomes.push((view, outcome));
-        if to_replay {
-            pending.push(outcomes.len() - 1);
-            if pending.len() == REPLAY_CHUNK {
-                replay_chunk(
-                    &mut outcomes,
-                    &mut pending,
-                    publisher.as_ref(),
-                    &replay_log,
-                    &replayed,
-                )
-                .await?;
-                progress.advance_by(REPLAY_CHUNK);
+    let mut listed = dead_letters.into_iter().peekable();
+    while listed.peek().is_some() {
+        // Indexes into `outcomes` of this chunk's dead letters to replay.
+        let mut pending: Vec<usize> = Vec::new();
+        for view in listed.by_ref().take(REPLAY_CHUNK) {
+            // Stopping here leaves this chunk's pending dead letters unpublished, so unreplayed.
+            progress.next_record().await?;
+            let outcome = if view.purged.is_some() {
+                ReplayOutcome::Purged
+            } else if replayed.contains(&view.log_id()) && !again {
+                ReplayOutcome::AlreadyReplayed
+            } else {
+                ReplayOutcome::WouldReplay
+            };
+            if outcome == ReplayOutcome::WouldReplay && publisher.is_some() {
+                pending.push(outcomes.len());
+            } else {
+                progress.advance();
             }
-        } else {
-            progress.advance();
+            outcomes.push((view, outcome));
+        }
+        if let Some(publisher) = &publisher {
+            replay_chunk(&mut outcomes, &pending, publisher, &replay_log, &replayed).await?;
+            progress.advance_by(pending.len());
         }
     }
-    let last = pending.len();
-    replay_chunk(
-        &mut outcomes,
-        &mut pending,
-        publisher.as_ref(),
-        &replay_log,
-        &replayed,
-    )
-    .await?;
-    progress.advance_by(last);
     Ok(outcomes)
 }
 

@@ -197,61 +197,52 @@ pub async fn purge(
             .filter(|view| selection.matches(view, now))
             .count(),
     );
-    // Purges recorded together, in one call to the purge log per chunk.
-    let mut pending: Vec<(DeadLetterView, PurgedDeadLetter)> = Vec::new();
-    for view in &dead_letters {
-        let position = (view.record.partition, view.record.offset);
-        let selected = selection.matches(view, now);
-        if view.purged.is_some() {
-            purged_positions.insert(position);
-            if selected {
-                outcomes.push((view.clone(), PurgeOutcome::AlreadyPurged));
-                progress.advance();
+    for chunk in dead_letters.chunks(PURGE_CHUNK) {
+        // This chunk's purges, recorded together with one call to the purge log.
+        let mut pending: Vec<(DeadLetterView, PurgedDeadLetter)> = Vec::new();
+        for view in chunk {
+            let position = (view.record.partition, view.record.offset);
+            let selected = selection.matches(view, now);
+            if view.purged.is_some() {
+                purged_positions.insert(position);
+                if selected {
+                    outcomes.push((view.clone(), PurgeOutcome::AlreadyPurged));
+                    progress.advance();
+                }
+                continue;
             }
-            continue;
+            if !selected {
+                continue;
+            }
+            // Stopping here leaves this chunk's pending purges unrecorded: those are not purged,
+            // and the prefix drops below only count what was recorded.
+            progress.next_record().await?;
+            if dry_run {
+                purged_positions.insert(position);
+                outcomes.push((view.clone(), PurgeOutcome::WouldPurge));
+                progress.advance();
+                continue;
+            }
+            let entry = PurgedDeadLetter {
+                position: view.log_id(),
+                tenant: view.tenant.clone(),
+                idempotency_key: view.idempotency_key.clone(),
+                purged_at: now,
+                selection: description.clone(),
+                reason: reason.map(str::to_owned),
+            };
+            pending.push((view.clone(), entry));
         }
-        if !selected {
-            continue;
-        }
-        // Stopping here leaves the pending chunk unrecorded: those are not purged, and the prefix
-        // drops below only count what was recorded.
-        progress.next_record().await?;
-        if dry_run {
-            purged_positions.insert(position);
-            outcomes.push((view.clone(), PurgeOutcome::WouldPurge));
-            progress.advance();
-            continue;
-        }
-        let entry = PurgedDeadLetter {
-            position: view.log_id(),
-            tenant: view.tenant.clone(),
-            idempotency_key: view.idempotency_key.clone(),
-            purged_at: now,
-            selection: description.clone(),
-            reason: reason.map(str::to_owned),
-        };
-        pending.push((view.clone(), entry));
-        if pending.len() == PURGE_CHUNK {
-            record_purges(
-                &purge_log,
-                generation.as_ref(),
-                &mut pending,
-                &mut purged_positions,
-                &mut outcomes,
-                progress,
-            )
-            .await?;
-        }
+        record_purges(
+            &purge_log,
+            generation.as_ref(),
+            pending,
+            &mut purged_positions,
+            &mut outcomes,
+            progress,
+        )
+        .await?;
     }
-    record_purges(
-        &purge_log,
-        generation.as_ref(),
-        &mut pending,
-        &mut purged_positions,
-        &mut outcomes,
-        progress,
-    )
-    .await?;
 
     let positions: Vec<(i32, i64)> = dead_letters
         .iter()
@@ -279,8 +270,9 @@ pub async fn purge(
     })
 }
 
-/// Purges recorded with one call to the purge log: one at a time, an upsert each, a purge of 10^4
-/// took minutes on FerretDB (each upsert slower as the log grew).
+/// Dead letters worked through together, their purges recorded with one call to the purge log: one
+/// at a time, an upsert each, a purge of 10^4 took minutes on FerretDB (each upsert slower as the
+/// log grew).
 const PURGE_CHUNK: usize = 500;
 
 /// Bumps the purge log's generation in Redis, so consoles reload their copy of the log. Redis down
@@ -298,7 +290,7 @@ async fn announce_purges(redis: Option<&RedisStore>) {
 async fn record_purges(
     purge_log: &PurgeLog,
     generation: Option<&RedisStore>,
-    pending: &mut Vec<(DeadLetterView, PurgedDeadLetter)>,
+    pending: Vec<(DeadLetterView, PurgedDeadLetter)>,
     purged_positions: &mut HashSet<(i32, i64)>,
     outcomes: &mut Vec<(DeadLetterView, PurgeOutcome)>,
     progress: &Progress,
@@ -310,7 +302,7 @@ async fn record_purges(
     purge_log.record_new(&entries).await?;
     announce_purges(generation).await;
     let recorded = pending.len();
-    for (mut view, entry) in pending.drain(..) {
+    for (mut view, entry) in pending {
         tracing::info!(position = %view.position(), tenant = ?view.tenant, key = ?view.idempotency_key, selection = %entry.selection, "dead letter purged");
         purged_positions.insert((view.record.partition, view.record.offset));
         view.purged = Some(entry);
