@@ -44,6 +44,10 @@ pub struct Options {
     /// Records each subject of the publish-path phase sends (the first fifth is its warm-up).
     #[arg(long, default_value_t = 300_000)]
     pub publish_records: usize,
+    /// Records the publish-path subjects that wait keep in flight (ThreadedProducer's floor is
+    /// bounded by the producer queue alone, `kafka.queue_max_messages`).
+    #[arg(long, default_value_t = 20_000)]
+    pub publish_in_flight: usize,
     /// insert_many calls in flight for the store ceiling; the best is the ceiling.
     #[arg(long, value_delimiter = ',', default_value = "1,4")]
     pub store_concurrency: Vec<usize>,

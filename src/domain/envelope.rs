@@ -49,8 +49,13 @@ impl ActivityEnvelope {
         // Room for a typical envelope (~330 bytes), so it is written without growing the buffer
         // (`to_vec` starts at 128 bytes and reallocates twice).
         let mut bytes = Vec::with_capacity(512);
-        serde_json::to_writer(&mut bytes, self).expect("an envelope always serializes");
+        self.encode_into(&mut bytes);
         bytes
+    }
+
+    /// Appends the record value to `bytes` (a publisher reuses one buffer for a whole batch).
+    pub fn encode_into(&self, bytes: &mut Vec<u8>) {
+        serde_json::to_writer(bytes, self).expect("an envelope always serializes");
     }
 
     /// Decodes a record value, re-validating the activity: records can reach the topic without going

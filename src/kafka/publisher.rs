@@ -1,13 +1,15 @@
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::util::Timeout;
+use rdkafka::ClientContext;
 
-use tokio::sync::OnceCell;
+use tokio::sync::{oneshot, OnceCell};
 
 use super::consumer::ConsumedRecord;
 use super::spread::PartitionSpread;
@@ -17,7 +19,7 @@ use crate::domain::{ActivityEnvelope, PayloadFingerprint, ACTIVITY_SCHEMA_ID};
 use crate::failures::{headers as failure_headers, Failure};
 
 /// Why a record was not acknowledged. Either way the API must not answer 202.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
     /// The producer's in-memory queue is full: the broker is slower than the intake. Retry later.
     #[error("the producer queue is full")]
@@ -29,9 +31,13 @@ pub enum PublishError {
 
 /// Publishes to Kafka with an idempotent, `acks=all` producer and waits for the delivery report:
 /// a successful `publish` means the record is durably in the topic.
+///
+/// Records are sent together (`publish_all`) and the caller is woken once, when the last one of them
+/// is reported: rdkafka's `FutureProducer` gives every record a channel and wakes its task per
+/// record, which cost the publish path 1.75x against librdkafka alone (BENCHMARKS.md, phase 1b).
 #[derive(Clone)]
 pub struct ActivityPublisher {
-    producer: FutureProducer,
+    producer: Arc<ThreadedProducer<DeliveryReports>>,
     topic: String,
     dlq_topic: String,
     /// Hot tenants whose records this publisher places on partitions itself (`publish`).
@@ -45,7 +51,7 @@ pub struct ActivityPublisher {
 
 impl ActivityPublisher {
     pub fn new(settings: &KafkaSettings) -> anyhow::Result<ActivityPublisher> {
-        let producer: FutureProducer = base_client_config(settings)
+        let producer: ThreadedProducer<DeliveryReports> = base_client_config(settings)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", settings.linger_ms.to_string())
@@ -58,10 +64,10 @@ impl ActivityPublisher {
                 "queue.buffering.max.messages",
                 settings.queue_max_messages.to_string(),
             )
-            .create()
+            .create_with_context(DeliveryReports)
             .map_err(|error| anyhow::anyhow!("creating the Kafka producer: {error}"))?;
         Ok(ActivityPublisher {
-            producer,
+            producer: Arc::new(producer),
             topic: settings.topic.clone(),
             dlq_topic: settings.dlq_topic.clone(),
             spread: Arc::new(PartitionSpread::default()),
@@ -126,7 +132,90 @@ impl ActivityPublisher {
         envelope: &ActivityEnvelope,
         fingerprint: &PayloadFingerprint,
     ) -> Result<(), PublishError> {
+        let partition = if self.spread.spreads(&envelope.tenant_id) {
+            // Boxed: awaited once per process in practice, and inline its state would make every
+            // publish's future as large as the metadata fetch's.
+            let partitions = Box::pin(self.partition_count()).await?;
+            self.spread.partition(envelope, partitions)
+        } else {
+            None
+        };
         let payload = envelope.encode();
+        let (reported, report) = oneshot::channel();
+        let record = self.activity_record(
+            envelope,
+            fingerprint,
+            &payload,
+            partition,
+            Box::new(PendingAck::Alone(reported)),
+        );
+        self.send(record)?;
+        drop(payload);
+        acknowledged(report).await
+    }
+
+    /// Publishes `activities` together and waits until the broker has answered for every one of
+    /// them: one outcome per activity, in order. They share the producer's batches, and the caller
+    /// is woken once, after the last report, instead of once per record (what rdkafka's
+    /// `FutureProducer` does, and `publish` still does for a lone record).
+    #[tracing::instrument(level = "debug", skip_all, fields(records = activities.len()))]
+    pub async fn publish_all(
+        &self,
+        activities: &[(&ActivityEnvelope, &PayloadFingerprint)],
+    ) -> Vec<Result<(), PublishError>> {
+        if let [(envelope, fingerprint)] = activities {
+            return vec![self.publish(envelope, fingerprint).await];
+        }
+        let acks = BatchAcks::new(activities.len());
+        // Asked once for the whole batch: a metadata fetch that fails takes up to the delivery
+        // timeout, which a batch must not pay per record.
+        let partitions = if activities
+            .iter()
+            .any(|(envelope, _)| self.spread.spreads(&envelope.tenant_id))
+        {
+            Some(Box::pin(self.partition_count()).await)
+        } else {
+            None
+        };
+        // librdkafka copies the value when it takes a record, so one buffer serves the whole batch.
+        let mut payload = Vec::with_capacity(512);
+        for (index, (envelope, fingerprint)) in activities.iter().enumerate() {
+            let partition = match &partitions {
+                Some(count) if self.spread.spreads(&envelope.tenant_id) => match count {
+                    Ok(count) => self.spread.partition(envelope, *count),
+                    Err(error) => {
+                        acks.refused(index, error.clone());
+                        continue;
+                    }
+                },
+                _ => None,
+            };
+            payload.clear();
+            envelope.encode_into(&mut payload);
+            let record = self.activity_record(
+                envelope,
+                fingerprint,
+                &payload,
+                partition,
+                acks.pending(index),
+            );
+            if let Err(error) = self.send(record) {
+                // The record, and its claim on the batch, were dropped unsent.
+                acks.refused(index, error);
+            }
+        }
+        acks.wait().await
+    }
+
+    /// The record of an activity: keyed by tenant, with the pipeline's four headers.
+    fn activity_record<'a>(
+        &'a self,
+        envelope: &'a ActivityEnvelope,
+        fingerprint: &'a PayloadFingerprint,
+        payload: &'a [u8],
+        partition: Option<i32>,
+        pending: Box<PendingAck>,
+    ) -> BaseRecord<'a, str, [u8], Box<PendingAck>> {
         let record_headers = OwnedHeaders::new_with_capacity(4)
             .insert(Header {
                 key: headers::IDEMPOTENCY_KEY,
@@ -144,24 +233,14 @@ impl ActivityPublisher {
                 key: headers::ACCEPTED_DC,
                 value: Some(&*self.accepted_dc),
             });
-        let partition = if self.spread.spreads(&envelope.tenant_id) {
-            // Boxed: awaited once per process in practice, and inline its state would make every
-            // publish's future as large as the metadata fetch's.
-            let partitions = Box::pin(self.partition_count()).await?;
-            self.spread.partition(envelope, partitions)
-        } else {
-            None
-        };
-        let mut record = FutureRecord::to(&self.topic)
+        let record = BaseRecord::with_opaque_to(&self.topic, pending)
             .key(envelope.tenant_id.as_str())
-            .payload(&payload)
+            .payload(payload)
             .headers(record_headers);
-        if let Some(partition) = partition {
-            record = record.partition(partition);
+        match partition {
+            Some(partition) => record.partition(partition),
+            None => record,
         }
-        let acknowledged = self.enqueue(record)?;
-        drop(payload);
-        acknowledged.await
     }
 
     /// Writes a dead letter: the original key, value and headers, plus the failure's facts and where
@@ -223,14 +302,20 @@ impl ActivityPublisher {
                 value: Some(value.as_str()),
             });
         }
-        let mut forwarded = FutureRecord::<[u8], [u8]>::to(topic).headers(record_headers);
+        let (reported, report) = oneshot::channel();
+        let mut forwarded = BaseRecord::<[u8], [u8], _>::with_opaque_to(
+            topic,
+            Box::new(PendingAck::Alone(reported)),
+        )
+        .headers(record_headers);
         if let Some(key) = &record.key {
             forwarded = forwarded.key(key.as_slice());
         }
         if let Some(payload) = &record.payload {
             forwarded = forwarded.payload(payload.as_slice());
         }
-        self.deliver(forwarded).await
+        self.send(forwarded)?;
+        acknowledged(report).await
     }
 
     /// Waits up to `timeout` for queued records to be delivered (graceful shutdown).
@@ -268,44 +353,248 @@ impl ActivityPublisher {
         &self.dlq_topic
     }
 
-    /// Hands `record` to librdkafka now and returns what waits for its acknowledgement. Enqueued
-    /// synchronously (`send_result`), so the future a caller awaits holds only the delivery report's
-    /// receiver, not the record and the enqueueing: at 10^5 records/s the size of that future showed
-    /// in the publish path's profile.
-    fn enqueue<K, P>(
-        &self,
-        record: FutureRecord<'_, K, P>,
-    ) -> Result<impl std::future::Future<Output = Result<(), PublishError>>, PublishError>
+    /// Hands `record` to librdkafka now. When the queue is full this fails at once (503) instead
+    /// of blocking a worker.
+    fn send<K, P>(&self, record: BaseRecord<'_, K, P, Box<PendingAck>>) -> Result<(), PublishError>
     where
         K: rdkafka::message::ToBytes + ?Sized,
         P: rdkafka::message::ToBytes + ?Sized,
     {
-        // When the queue is full, fail now (503) instead of blocking a worker.
-        let delivery = self
-            .producer
-            .send_result(record)
-            .map_err(|(error, _)| match error {
+        self.producer
+            .send(record)
+            .map_err(|(error, _unsent)| match error {
                 KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
                     PublishError::QueueFull
                 }
                 error => PublishError::NotAcknowledged(error.to_string()),
-            })?;
-        Ok(async move {
-            match delivery.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((error, _))) => Err(PublishError::NotAcknowledged(error.to_string())),
-                Err(_) => Err(PublishError::NotAcknowledged(
-                    "the producer went away before the broker answered".to_owned(),
-                )),
+            })
+    }
+}
+
+/// A lone record's outcome, once its delivery report came.
+async fn acknowledged(
+    report: oneshot::Receiver<Result<(), PublishError>>,
+) -> Result<(), PublishError> {
+    report.await.unwrap_or_else(|_| Err(went_away()))
+}
+
+fn went_away() -> PublishError {
+    PublishError::NotAcknowledged("the producer went away before the broker answered".to_owned())
+}
+
+/// The producer's context: a delivery report settles its record's place in the batch it was sent
+/// with. Reports arrive on the producer's polling thread.
+pub struct DeliveryReports;
+
+impl ClientContext for DeliveryReports {}
+
+impl ProducerContext for DeliveryReports {
+    type DeliveryOpaque = Box<PendingAck>;
+
+    fn delivery(&self, report: &DeliveryResult<'_>, pending: Box<PendingAck>) {
+        let outcome = match report {
+            Ok(_) => Ok(()),
+            Err((error, _)) => Err(PublishError::NotAcknowledged(error.to_string())),
+        };
+        pending.report(outcome);
+    }
+}
+
+/// Who waits for a record's delivery report, handed to librdkafka with the record.
+pub enum PendingAck {
+    /// A record sent on its own: its sender waits for this one report.
+    Alone(oneshot::Sender<Result<(), PublishError>>),
+    /// A record of a batch: its report fills in place `index` of the batch's outcomes.
+    InBatch {
+        batch: Arc<BatchShared>,
+        index: usize,
+    },
+}
+
+impl PendingAck {
+    fn report(self, outcome: Result<(), PublishError>) {
+        match self {
+            // The waiter may be gone (its request cancelled): nobody left to tell.
+            PendingAck::Alone(reported) => drop(reported.send(outcome)),
+            PendingAck::InBatch { batch, index } => batch.settle(index, outcome),
+        }
+    }
+}
+
+/// The records of a batch that were not acknowledged, by place in the batch, with why; every other
+/// one was.
+type BatchFailures = Vec<(usize, PublishError)>;
+
+/// What the delivery reports of a batch fill in, shared with the polling thread.
+pub struct BatchShared {
+    /// Records not yet reported, plus one held by the sender until every record is enqueued (so
+    /// an early report cannot complete a batch still being sent).
+    outstanding: AtomicUsize,
+    /// The records that were not acknowledged, with why; every other one was.
+    failures: Mutex<BatchFailures>,
+    done: Mutex<Option<oneshot::Sender<BatchFailures>>>,
+}
+
+impl BatchShared {
+    fn settle(&self, index: usize, outcome: Result<(), PublishError>) {
+        if let Err(error) = outcome {
+            lock(&self.failures).push((index, error));
+        }
+        self.release();
+    }
+
+    fn release(&self) {
+        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let failures = std::mem::take(&mut *lock(&self.failures));
+            if let Some(done) = lock(&self.done).take() {
+                // The waiter may be gone (its request cancelled): nobody left to tell.
+                let _ = done.send(failures);
             }
+        }
+    }
+}
+
+/// The sender's side of a batch: hands out a `PendingAck` per record and waits for all of them.
+struct BatchAcks {
+    shared: Arc<BatchShared>,
+    records: usize,
+    done: oneshot::Receiver<BatchFailures>,
+}
+
+impl BatchAcks {
+    fn new(records: usize) -> BatchAcks {
+        let (done, receiver) = oneshot::channel();
+        BatchAcks {
+            shared: Arc::new(BatchShared {
+                outstanding: AtomicUsize::new(records + 1),
+                failures: Mutex::new(Vec::new()),
+                done: Mutex::new(Some(done)),
+            }),
+            records,
+            done: receiver,
+        }
+    }
+
+    fn pending(&self, index: usize) -> Box<PendingAck> {
+        Box::new(PendingAck::InBatch {
+            batch: Arc::clone(&self.shared),
+            index,
         })
     }
 
-    async fn deliver<K, P>(&self, record: FutureRecord<'_, K, P>) -> Result<(), PublishError>
-    where
-        K: rdkafka::message::ToBytes + ?Sized,
-        P: rdkafka::message::ToBytes + ?Sized,
-    {
-        self.enqueue(record)?.await
+    /// Record `index` was not handed to librdkafka (its `PendingAck`, if any, was dropped unsent).
+    fn refused(&self, index: usize, error: PublishError) {
+        self.shared.settle(index, Err(error));
+    }
+
+    /// Every record's outcome, once the broker has answered for the last one.
+    async fn wait(self) -> Vec<Result<(), PublishError>> {
+        let BatchAcks {
+            shared,
+            records,
+            done,
+        } = self;
+        shared.release();
+        // The polling thread holds the other references; dropping ours lets a batch whose reports
+        // never come (the producer destroyed first) end in an error instead of waiting forever.
+        drop(shared);
+        let mut outcomes: Vec<Result<(), PublishError>> = (0..records).map(|_| Ok(())).collect();
+        match done.await {
+            Ok(failures) => {
+                for (index, error) in failures {
+                    outcomes[index] = Err(error);
+                }
+            }
+            Err(_) => {
+                for outcome in &mut outcomes {
+                    *outcome = Err(went_away());
+                }
+            }
+        }
+        outcomes
+    }
+}
+
+/// A poisoned lock only means a delivery report panicked while holding it; the outcomes it guards
+/// are still whole.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(outcomes: &[Result<(), PublishError>]) -> Vec<&'static str> {
+        outcomes
+            .iter()
+            .map(|outcome| match outcome {
+                Ok(()) => "acked",
+                Err(PublishError::QueueFull) => "queue full",
+                Err(PublishError::NotAcknowledged(_)) => "not acknowledged",
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_ends_when_its_last_record_is_reported_with_each_outcome_in_place() {
+        let acks = BatchAcks::new(4);
+        let pending: Vec<_> = (0..3).map(|index| acks.pending(index)).collect();
+        // Record 3 never reached librdkafka; records 0 and 2 are reported before the sender waits.
+        acks.refused(3, PublishError::QueueFull);
+        let mut pending = pending.into_iter();
+        pending.next().unwrap().report(Ok(()));
+        let (second, third) = (pending.next().unwrap(), pending.next().unwrap());
+        third.report(Err(PublishError::NotAcknowledged("timed out".into())));
+        let waiting = tokio::spawn(acks.wait());
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "record 1 is not reported yet");
+        second.report(Ok(()));
+        let outcomes = waiting.await.unwrap();
+        assert_eq!(
+            kinds(&outcomes),
+            ["acked", "acked", "not acknowledged", "queue full"]
+        );
+    }
+
+    #[tokio::test]
+    async fn every_report_before_the_wait_still_completes_the_batch() {
+        let acks = BatchAcks::new(2);
+        for index in 0..2 {
+            acks.pending(index).report(Ok(()));
+        }
+        assert_eq!(kinds(&acks.wait().await), ["acked", "acked"]);
+    }
+
+    #[tokio::test]
+    async fn a_lone_record_is_told_its_own_outcome_or_that_the_producer_went_away() {
+        let (reported, report) = oneshot::channel();
+        PendingAck::Alone(reported).report(Err(PublishError::QueueFull));
+        assert!(matches!(
+            acknowledged(report).await,
+            Err(PublishError::QueueFull)
+        ));
+        let (reported, report) = oneshot::channel();
+        drop(Box::new(PendingAck::Alone(reported)));
+        assert!(matches!(
+            acknowledged(report).await,
+            Err(PublishError::NotAcknowledged(reason)) if reason.contains("went away")
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_empty_batch_is_answered_at_once() {
+        assert!(BatchAcks::new(0).wait().await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn records_whose_reports_never_come_end_as_not_acknowledged() {
+        let acks = BatchAcks::new(2);
+        let lost = (acks.pending(0), acks.pending(1));
+        let waiting = tokio::spawn(acks.wait());
+        // The producer destroyed without reporting: its claims on the batch are dropped.
+        drop(lost);
+        let outcomes = waiting.await.unwrap();
+        assert_eq!(kinds(&outcomes), ["not acknowledged", "not acknowledged"]);
     }
 }

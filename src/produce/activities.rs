@@ -325,12 +325,14 @@ pub async fn create_batch(
         result.error = Some(refusal.to_string());
     }
 
-    // Every record is handed to the producer at once (join_all polls each future, which enqueues
-    // it), so they share the producer's batches; then all delivery reports are awaited.
-    let outcomes = futures::future::join_all(
-        to_publish
+    // Every record is handed to the producer at once, so they share its batches, and the handler
+    // is woken once, when the broker has answered for all of them.
+    let outcomes = publish_all(
+        &state,
+        &to_publish
             .iter()
-            .map(|(_, _, envelope, fingerprint)| publish(&state, envelope, fingerprint)),
+            .map(|(_, _, envelope, fingerprint)| (envelope, fingerprint))
+            .collect::<Vec<_>>(),
     )
     .await;
     let mut retry_after_secs = 0;
@@ -430,19 +432,34 @@ async fn publish(
     envelope: &ActivityEnvelope,
     fingerprint: &PayloadFingerprint,
 ) -> Result<(), ApiError> {
+    let mut outcomes = publish_all(state, &[(envelope, fingerprint)]).await;
+    outcomes.pop().unwrap_or(Ok(()))
+}
+
+/// Publishes envelopes together and records how long the broker took for each, by outcome.
+async fn publish_all(
+    state: &ApiState,
+    activities: &[(&ActivityEnvelope, &PayloadFingerprint)],
+) -> Vec<Result<(), ApiError>> {
     let started = Instant::now();
-    let result = state.publisher.publish(envelope, fingerprint).await;
-    let outcome = match &result {
-        Ok(()) => "acked",
-        Err(PublishError::QueueFull) => "queue_full",
-        Err(PublishError::NotAcknowledged(_)) => "not_acknowledged",
-    };
-    state.metrics.observe_produce(outcome, started);
-    if let Err(error) = &result {
-        // Debug, not warn: with Kafka down this is every record; the metrics and /readyz say it.
-        tracing::debug!(%error, "record not acknowledged; answering 503");
-    }
-    result.map_err(ApiError::from)
+    let results = state.publisher.publish_all(activities).await;
+    results
+        .into_iter()
+        .map(|result| {
+            let outcome = match &result {
+                Ok(()) => "acked",
+                Err(PublishError::QueueFull) => "queue_full",
+                Err(PublishError::NotAcknowledged(_)) => "not_acknowledged",
+            };
+            state.metrics.observe_produce(outcome, started);
+            if let Err(error) = &result {
+                // Debug, not warn: with Kafka down this is every record; the metrics and /readyz
+                // say it.
+                tracing::debug!(%error, "record not acknowledged; answering 503");
+            }
+            result.map_err(ApiError::from)
+        })
+        .collect()
 }
 
 async fn rate_limit(

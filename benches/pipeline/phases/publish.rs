@@ -2,8 +2,11 @@
 //! producer settings as ProducerPerformance (phase 1), each run on a topic of its own, the first fifth
 //! of the records a warm-up left out of the figure (as ProducerPerformance's):
 //!
-//! - `ActivityPublisher::publish`, the code the API calls (envelope encoding, four headers, a future
-//!   per record awaited by the caller), 20,000 records in flight;
+//! - `ActivityPublisher::publish_all` with batches of 100, the code the batch endpoint calls
+//!   (envelope encoding, four headers, one wake-up per batch), 20,000 records in flight
+//!   (`--publish-in-flight`);
+//! - `ActivityPublisher::publish`, the code a single POST calls (a batch of one, awaited by the
+//!   caller), 20,000 records in flight;
 //! - the bare rdkafka `FutureProducer`, the same settings, the envelopes encoded beforehand, the
 //!   same four headers: what the binding's future-per-record model costs without our code;
 //! - librdkafka through rdkafka's `ThreadedProducer`, the same records, a delivery callback counting
@@ -36,14 +39,15 @@ use rdkafka::{ClientConfig, ClientContext};
 use crate::report::PublishPath;
 use crate::{workload, Bench};
 
-/// Records in flight at once for the two future-based subjects (what the drain's pre-fill uses).
-const IN_FLIGHT: usize = 20_000;
+/// Activities per `publish_all` call: the bench's HTTP batches (phase 3) hold as many.
+const BATCH: usize = 100;
 
 impl Bench {
     pub async fn publish_path(&self, round: usize, base: &Settings) -> anyhow::Result<PublishPath> {
         let names = self.names(round, "all", "pub");
         let records = self.options.publish_records;
         let warmup = records / 5;
+        let in_flight = self.options.publish_in_flight;
         let envelopes = workload::envelopes(&self.tenants, &names.key_prefix, records);
         let fingerprints: Vec<PayloadFingerprint> = envelopes
             .iter()
@@ -63,7 +67,7 @@ impl Bench {
         );
 
         let topic = |subject: &str| format!("{}-{subject}", names.topic);
-        let topics: Vec<String> = ["publisher", "future", "threaded"]
+        let topics: Vec<String> = ["batches", "publisher", "future", "threaded"]
             .iter()
             .map(|subject| topic(subject))
             .collect();
@@ -71,22 +75,29 @@ impl Bench {
         settings.kafka.brokers = self.options.brokers.clone();
         create_topics(&settings.kafka, &topics).await?;
         let outcome = async {
+            let batches_per_s =
+                publisher_batches(&settings, &topics[0], &envelopes, &fingerprints, warmup, in_flight)
+                    .await?;
+            println!(
+                "  1b. ActivityPublisher::publish_all, batches of {BATCH}: {batches_per_s:.0} records/s"
+            );
             let publisher_per_s =
-                activity_publisher(&settings, &topics[0], &envelopes, &fingerprints, warmup)
+                activity_publisher(&settings, &topics[1], &envelopes, &fingerprints, warmup, in_flight)
                     .await?;
             println!("  1b. ActivityPublisher::publish: {publisher_per_s:.0} records/s");
             let config = producer_config(&settings);
             let future_per_s =
-                future_producer(&config, &topics[1], Arc::clone(&encoded), warmup).await?;
+                future_producer(&config, &topics[2], Arc::clone(&encoded), warmup, in_flight).await?;
             println!("  1b. rdkafka FutureProducer, bare: {future_per_s:.0} records/s");
             let threaded_per_s =
-                threaded_producer(&config, &topics[2], Arc::clone(&encoded), warmup).await?;
+                threaded_producer(&config, &topics[3], Arc::clone(&encoded), warmup).await?;
             println!(
                 "  1b. librdkafka (ThreadedProducer, callback): {threaded_per_s:.0} records/s"
             );
             anyhow::Ok(PublishPath {
                 records: records - warmup,
                 publisher_per_s,
+                publisher_batches_per_s: Some(batches_per_s),
                 future_producer_per_s: future_per_s,
                 threaded_producer_per_s: threaded_per_s,
             })
@@ -149,6 +160,7 @@ async fn activity_publisher(
     envelopes: &[ActivityEnvelope],
     fingerprints: &[PayloadFingerprint],
     warmup: usize,
+    in_flight: usize,
 ) -> anyhow::Result<f64> {
     let mut kafka = settings.kafka.clone();
     kafka.topic = topic.to_owned();
@@ -161,7 +173,7 @@ async fn activity_publisher(
                     .publish(&envelopes[index], &fingerprints[index])
                     .await
             })
-            .buffer_unordered(IN_FLIGHT)
+            .buffer_unordered(in_flight.max(1))
             .filter(|outcome| futures::future::ready(outcome.is_err()))
             .count()
     };
@@ -176,12 +188,51 @@ async fn activity_publisher(
     Ok((envelopes.len() - warmup) as f64 / elapsed)
 }
 
+/// Records per second of `ActivityPublisher::publish_all`, `BATCH` records a call, over the records
+/// after `warmup`.
+async fn publisher_batches(
+    settings: &Settings,
+    topic: &str,
+    envelopes: &[ActivityEnvelope],
+    fingerprints: &[PayloadFingerprint],
+    warmup: usize,
+    in_flight: usize,
+) -> anyhow::Result<f64> {
+    let mut kafka = settings.kafka.clone();
+    kafka.topic = topic.to_owned();
+    let publisher = ActivityPublisher::new(&kafka)?;
+    let activities: Vec<_> = envelopes.iter().zip(fingerprints).collect();
+    let publish_all = |range: std::ops::Range<usize>| {
+        let (publisher, activities, end) = (&publisher, &activities, range.end);
+        futures::stream::iter(range.step_by(BATCH))
+            .map(move |start| async move {
+                let batch = &activities[start..(start + BATCH).min(end)];
+                let outcomes = publisher.publish_all(batch).await;
+                outcomes.iter().filter(|outcome| outcome.is_err()).count()
+            })
+            .buffer_unordered((in_flight / BATCH).max(1))
+            .fold(0, |failed, in_batch| {
+                futures::future::ready(failed + in_batch)
+            })
+    };
+    let failed = publish_all(0..warmup).await;
+    let started = Instant::now();
+    let failed = failed + publish_all(warmup..activities.len()).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        failed == 0,
+        "ActivityPublisher::publish_all: {failed} records not acknowledged"
+    );
+    Ok((envelopes.len() - warmup) as f64 / elapsed)
+}
+
 /// Records per second of a bare `FutureProducer` over the records after `warmup`.
 async fn future_producer(
     config: &ClientConfig,
     topic: &str,
     encoded: Arc<Vec<Encoded>>,
     warmup: usize,
+    in_flight: usize,
 ) -> anyhow::Result<f64> {
     let producer: FutureProducer = config.create()?;
     let send_all = |range: std::ops::Range<usize>| {
@@ -199,7 +250,7 @@ async fn future_producer(
                     )
                     .await
             })
-            .buffer_unordered(IN_FLIGHT)
+            .buffer_unordered(in_flight.max(1))
             .filter(|outcome| futures::future::ready(outcome.is_err()))
             .count()
     };
