@@ -75,19 +75,27 @@ impl Bench {
         settings.kafka.brokers = self.options.brokers.clone();
         create_topics(&settings.kafka, &topics).await?;
         let outcome = async {
-            let batches_per_s =
-                publisher_batches(&settings, &topics[0], &envelopes, &fingerprints, warmup, in_flight)
-                    .await?;
+            let publisher_figure = |topic, per_call| {
+                activity_publisher(
+                    &settings,
+                    topic,
+                    &envelopes,
+                    &fingerprints,
+                    warmup,
+                    in_flight,
+                    per_call,
+                )
+            };
+            let batches_per_s = publisher_figure(&topics[0], BATCH).await?;
             println!(
-                "  1b. ActivityPublisher::publish_all, batches of {BATCH}: {batches_per_s:.0} records/s"
+                "  1b. ActivityPublisher::publish_all, batches of {BATCH}: {batches_per_s:.0}/s"
             );
-            let publisher_per_s =
-                activity_publisher(&settings, &topics[1], &envelopes, &fingerprints, warmup, in_flight)
-                    .await?;
+            let publisher_per_s = publisher_figure(&topics[1], 1).await?;
             println!("  1b. ActivityPublisher::publish: {publisher_per_s:.0} records/s");
             let config = producer_config(&settings);
             let future_per_s =
-                future_producer(&config, &topics[2], Arc::clone(&encoded), warmup, in_flight).await?;
+                future_producer(&config, &topics[2], Arc::clone(&encoded), warmup, in_flight)
+                    .await?;
             println!("  1b. rdkafka FutureProducer, bare: {future_per_s:.0} records/s");
             let threaded_per_s =
                 threaded_producer(&config, &topics[3], Arc::clone(&encoded), warmup).await?;
@@ -153,7 +161,9 @@ fn producer_config(settings: &Settings) -> ClientConfig {
     config
 }
 
-/// Records per second of `ActivityPublisher::publish` over the records after `warmup`.
+/// Records per second of `ActivityPublisher` over the records after `warmup`: `publish` when
+/// `per_call` is 1 (a single POST's path), else `publish_all` with `per_call` records a call (the
+/// batch endpoint's).
 async fn activity_publisher(
     settings: &Settings,
     topic: &str,
@@ -161,67 +171,36 @@ async fn activity_publisher(
     fingerprints: &[PayloadFingerprint],
     warmup: usize,
     in_flight: usize,
-) -> anyhow::Result<f64> {
-    let mut kafka = settings.kafka.clone();
-    kafka.topic = topic.to_owned();
-    let publisher = ActivityPublisher::new(&kafka)?;
-    let publish_all = |range: std::ops::Range<usize>| {
-        let publisher = &publisher;
-        futures::stream::iter(range)
-            .map(move |index| async move {
-                publisher
-                    .publish(&envelopes[index], &fingerprints[index])
-                    .await
-            })
-            .buffer_unordered(in_flight.max(1))
-            .filter(|outcome| futures::future::ready(outcome.is_err()))
-            .count()
-    };
-    let failed = publish_all(0..warmup).await;
-    let started = Instant::now();
-    let failed = failed + publish_all(warmup..envelopes.len()).await;
-    let elapsed = started.elapsed().as_secs_f64();
-    anyhow::ensure!(
-        failed == 0,
-        "ActivityPublisher: {failed} records not acknowledged"
-    );
-    Ok((envelopes.len() - warmup) as f64 / elapsed)
-}
-
-/// Records per second of `ActivityPublisher::publish_all`, `BATCH` records a call, over the records
-/// after `warmup`.
-async fn publisher_batches(
-    settings: &Settings,
-    topic: &str,
-    envelopes: &[ActivityEnvelope],
-    fingerprints: &[PayloadFingerprint],
-    warmup: usize,
-    in_flight: usize,
+    per_call: usize,
 ) -> anyhow::Result<f64> {
     let mut kafka = settings.kafka.clone();
     kafka.topic = topic.to_owned();
     let publisher = ActivityPublisher::new(&kafka)?;
     let activities: Vec<_> = envelopes.iter().zip(fingerprints).collect();
-    let publish_all = |range: std::ops::Range<usize>| {
+    let publish_range = |range: std::ops::Range<usize>| {
         let (publisher, activities, end) = (&publisher, &activities, range.end);
-        futures::stream::iter(range.step_by(BATCH))
+        futures::stream::iter(range.step_by(per_call))
             .map(move |start| async move {
-                let batch = &activities[start..(start + BATCH).min(end)];
-                let outcomes = publisher.publish_all(batch).await;
-                outcomes.iter().filter(|outcome| outcome.is_err()).count()
+                let calls = &activities[start..(start + per_call).min(end)];
+                if let [(envelope, fingerprint)] = calls {
+                    usize::from(publisher.publish(envelope, fingerprint).await.is_err())
+                } else {
+                    let outcomes = publisher.publish_all(calls).await;
+                    outcomes.iter().filter(|outcome| outcome.is_err()).count()
+                }
             })
-            .buffer_unordered((in_flight / BATCH).max(1))
-            .fold(0, |failed, in_batch| {
-                futures::future::ready(failed + in_batch)
+            .buffer_unordered((in_flight / per_call).max(1))
+            .fold(0, |failed, in_call| {
+                futures::future::ready(failed + in_call)
             })
     };
-    let failed = publish_all(0..warmup).await;
+    let failed = publish_range(0..warmup).await;
     let started = Instant::now();
-    let failed = failed + publish_all(warmup..activities.len()).await;
+    let failed = failed + publish_range(warmup..activities.len()).await;
     let elapsed = started.elapsed().as_secs_f64();
     anyhow::ensure!(
         failed == 0,
-        "ActivityPublisher::publish_all: {failed} records not acknowledged"
+        "ActivityPublisher, {per_call} a call: {failed} records not acknowledged"
     );
     Ok((envelopes.len() - warmup) as f64 / elapsed)
 }
