@@ -105,12 +105,8 @@ impl BacklogReader {
         }
         let mut backlog = Vec::with_capacity(partitions.len());
         for partition in partitions {
-            let (low, high) = self
-                .consumer
-                .fetch_watermarks(topic, partition, timeout)
-                .map_err(|error| {
-                    anyhow::anyhow!("reading watermarks of {topic}[{partition}]: {error}")
-                })?;
+            let (low, high) =
+                super::topic_reader::watermarks(&self.consumer, topic, partition, timeout)?;
             backlog.push(PartitionBacklog {
                 partition,
                 low,

@@ -1,7 +1,8 @@
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::base_client_config;
@@ -61,15 +62,46 @@ fn reader(settings: &KafkaSettings, name: &str) -> anyhow::Result<BaseConsumer> 
         .map_err(|error| anyhow::anyhow!("creating a Kafka reader: {error}"))
 }
 
-fn watermarks(
-    consumer: &BaseConsumer,
+/// The low and high watermarks of `topic[partition]`, within `timeout`. For a moment after a leader
+/// change, or after partitions were added, the broker answers "not leader" or "leader not
+/// available" although nothing is wrong: those answers are asked again until `timeout`, the way
+/// librdkafka itself retries a produce request, instead of failing a console page or a DLQ tool.
+/// Blocking.
+pub(super) fn watermarks<X: ConsumerContext, C: Consumer<X>>(
+    consumer: &C,
     topic: &str,
     partition: i32,
     timeout: Duration,
 ) -> anyhow::Result<(i64, i64)> {
-    consumer
-        .fetch_watermarks(topic, partition, timeout)
-        .map_err(|error| anyhow::anyhow!("reading watermarks of {topic}[{partition}]: {error}"))
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match consumer.fetch_watermarks(topic, partition, left) {
+            Ok(watermarks) => return Ok(watermarks),
+            Err(error) if is_leadership_moving(&error) && left > LEADERSHIP_RETRY_PAUSE => {
+                tracing::debug!(topic, partition, %error, "partition leadership moving; asking again");
+                std::thread::sleep(LEADERSHIP_RETRY_PAUSE);
+            }
+            Err(error) => {
+                return Err(anyhow::anyhow!(
+                    "reading watermarks of {topic}[{partition}]: {error}"
+                ))
+            }
+        }
+    }
+}
+
+/// How long to wait before asking again a broker that said leadership is moving: about one
+/// metadata round trip, so a brief election costs a few asks and not the whole timeout.
+const LEADERSHIP_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Whether `error` says the partition's leadership is moving (it will answer shortly), not that
+/// the partition or the cluster is wrong.
+fn is_leadership_moving(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::NotLeaderForPartition | RDKafkaErrorCode::LeaderNotAvailable)
+    )
 }
 
 /// Reads each `(partition, start, end)` range of `topic`: its records from `start` until one at or
@@ -273,5 +305,29 @@ impl TopicWatermarks {
                 Ok((partition, low, high))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_moving_leadership_is_asked_again() {
+        for moving in [
+            RDKafkaErrorCode::NotLeaderForPartition,
+            RDKafkaErrorCode::LeaderNotAvailable,
+        ] {
+            assert!(is_leadership_moving(&KafkaError::MetadataFetch(moving)));
+        }
+        for settled in [
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::OperationTimedOut,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::AllBrokersDown,
+        ] {
+            assert!(!is_leadership_moving(&KafkaError::MetadataFetch(settled)));
+        }
+        assert!(!is_leadership_moving(&KafkaError::Canceled));
     }
 }
