@@ -4,8 +4,8 @@ use serde::{Deserialize, Serialize};
 
 /// The key that makes an activity unique within its tenant: sent by the client as
 /// `X-Idempotency-Key` (1-128 characters of `[A-Za-z0-9._:-]`) or made by the server as a UUIDv7.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct IdempotencyKey(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +49,14 @@ impl TryFrom<String> for IdempotencyKey {
 impl From<IdempotencyKey> for String {
     fn from(key: IdempotencyKey) -> String {
         key.0
+    }
+}
+
+/// Written as the string it is, borrowed: every record's envelope holds one, and `into = "String"`
+/// would clone it for each.
+impl Serialize for IdempotencyKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
     }
 }
 

@@ -6,8 +6,8 @@ use subtle::ConstantTimeEq;
 
 /// A tenant's id: 1-64 characters of `[a-z0-9_-]`, starting with a letter or digit. Tenant ids appear
 /// in Kafka keys, Redis keys and channel names, so they are kept to a charset safe in all of them.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
 pub struct TenantId(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,6 +44,14 @@ impl TryFrom<String> for TenantId {
 impl From<TenantId> for String {
     fn from(tenant: TenantId) -> String {
         tenant.0
+    }
+}
+
+/// Written as the string it is, borrowed: every record's envelope holds one, and `into = "String"`
+/// would clone it for each.
+impl Serialize for TenantId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
     }
 }
 
