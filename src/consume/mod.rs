@@ -32,6 +32,10 @@ pub use metrics::ConsumerMetrics;
 use processor::ProcessingOutage;
 pub use processor::{BatchProcessor, BatchReport, Stage};
 
+/// How long a stopping stage waits for its partitions' revocation after leaving the group; the
+/// coordinator answers within a round trip unless it is down, and then the close goes on without it.
+const LEAVE_GROUP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Which stages a `consume` process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Stages {
@@ -358,14 +362,17 @@ impl StageLoop {
                 }
             }
         }
-        // Committing and closing (leaving the group) block on the broker: keep them off the async
-        // workers, which the other stages are still using to shut down.
+        // Committing and closing block on the broker: keep them off the async workers, which the
+        // other stages are still using to shut down. In between, the stage leaves the group and
+        // serves its revocation itself, so the close has nothing left to revoke.
         let consumer = self.consumer;
-        tokio::task::spawn_blocking(move || {
+        let mut consumer = tokio::task::spawn_blocking(move || {
             consumer.commit_stored();
-            drop(consumer);
+            consumer
         })
         .await?;
+        consumer.leave_group(LEAVE_GROUP_TIMEOUT).await;
+        tokio::task::spawn_blocking(move || drop(consumer)).await?;
         tracing::info!(stage = %label, "consumer stage stopped");
         Ok(())
     }

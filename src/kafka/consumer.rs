@@ -470,6 +470,35 @@ impl ActivityConsumer {
         }
     }
 
+    /// Leaves the group before the consumer is dropped (shutdown, after `commit_stored`):
+    /// unsubscribes, then serves the revocation that follows (a rebalance is served only inside a
+    /// receive) until no partition is assigned or `timeout` passes. A consumer dropped while it still
+    /// holds partitions has them revoked inside librdkafka's close, where the callback's
+    /// `incremental_unassign` can wait forever on a group that no longer answers (librdkafka
+    /// #4884; CI hung there once, at a test pipeline's stop). Records received meanwhile are
+    /// dropped without storing their offsets: the partitions' next owner gets them.
+    pub async fn leave_group(&mut self, timeout: Duration) {
+        self.carried.clear();
+        self.consumer.unsubscribe();
+        let deadline = Instant::now() + timeout;
+        while !self.assigned_partitions().is_empty() {
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    partitions = ?self.assigned_partitions(),
+                    "the revocation after unsubscribing did not come in time; closing with these"
+                );
+                return;
+            }
+            // A receive serves the revocation but returns only with a record: ask it in short
+            // slices and look at the assignment in between.
+            let slice_end = deadline.min(Instant::now() + Duration::from_millis(50));
+            if let Ok(Err(error)) = tokio::time::timeout_at(slice_end, self.consumer.recv()).await {
+                tracing::debug!(%error, "Kafka consumer error while leaving the group");
+                tokio::time::sleep_until(slice_end).await;
+            }
+        }
+    }
+
     fn own<M: Message>(&self, message: &M) -> ConsumedRecord {
         let epoch = self
             .epochs
