@@ -47,6 +47,14 @@ fn api(c: &mut Criterion) {
     group.bench_function("envelope_encode", |b| {
         b.iter(|| black_box(&envelope).encode())
     });
+    // The definition the written envelope is held to (serde's derive), measured in the same run.
+    group.bench_function("envelope_encode_by_serde", |b| {
+        b.iter(|| {
+            let mut bytes = Vec::with_capacity(512);
+            black_box(&envelope).encode_into_by_serde(&mut bytes);
+            bytes
+        })
+    });
     group.finish();
 
     // The pipeline bench's batch body: 100 bare activities under one batch key.
