@@ -144,6 +144,20 @@ impl Tracker {
         state.early = 0;
     }
 
+    /// Up to `limit` keys answered 202 whose event has not arrived.
+    pub fn unmatched(&self, limit: usize) -> Vec<String> {
+        let state = self.inner.lock().expect("tracker lock");
+        let mut keys: Vec<String> = state
+            .slots
+            .iter()
+            .filter(|(_, slot)| slot.accepted.is_some() && slot.event.is_none())
+            .map(|(key, _)| key.clone())
+            .collect();
+        keys.sort();
+        keys.truncate(limit);
+        keys
+    }
+
     /// (accepted, matched)
     pub fn counts(&self) -> (u64, u64) {
         let state = self.inner.lock().expect("tracker lock");

@@ -121,14 +121,17 @@ impl Bench {
             observed: vec![],
         };
         http::run(warmup).await;
-        wait_matched(&tracker, Duration::from_secs(60))
-            .await
-            .with_context(|| {
+        if let Err(error) = wait_matched(&tracker, Duration::from_secs(60)).await {
+            let missing = self
+                .describe_unmatched(&tracker, &self.settings(overrides)?)
+                .await;
+            return Err(error).with_context(|| {
                 format!(
-                "end to end: the warm-up's events did not all arrive ({source}); consumer log {:?}",
-                log("consume")
-            )
-            })?;
+                    "end to end: the warm-up's events did not all arrive ({source}); {missing}; consumer log {:?}",
+                    log("consume")
+                )
+            });
+        }
         tracker.reset();
         let mut plan = self.plan(
             address,
@@ -186,6 +189,39 @@ impl Bench {
 }
 
 /// A histogram bucket bound in milliseconds, or `?` past the last finite bucket.
+impl Bench {
+    /// Which accepted activities have no event yet, and whether each was stored: tells a lost
+    /// activity from a lost event.
+    async fn describe_unmatched(
+        &self,
+        tracker: &e2e::Tracker,
+        settings: &activity_pipeline::config::Settings,
+    ) -> String {
+        let collection = self
+            .mongo
+            .database(&settings.mongo.database)
+            .collection::<mongodb::bson::Document>(&settings.mongo.collection);
+        let mut described = Vec::new();
+        for key in tracker.unmatched(5) {
+            let stored = collection
+                .find_one(mongodb::bson::doc! { "idempotencyKey": &key })
+                .await;
+            described.push(match stored {
+                Ok(Some(document)) => format!(
+                    "{key}: stored as {} (tenant {})",
+                    document
+                        .get("_id")
+                        .map_or("?".to_owned(), ToString::to_string),
+                    document.get_str("tenantId").unwrap_or("?")
+                ),
+                Ok(None) => format!("{key}: not stored"),
+                Err(error) => format!("{key}: store not read ({error})"),
+            });
+        }
+        format!("unmatched: [{}]", described.join("; "))
+    }
+}
+
 fn describe_bound(bound_ms: Option<f64>) -> String {
     bound_ms.map_or_else(|| "?".to_owned(), |ms| format!("{ms:.0} ms"))
 }
