@@ -50,6 +50,9 @@ pub fn test_overrides(extra: &[String]) -> Vec<String> {
         "http.listen=127.0.0.1:0".to_owned(),
         "http.workers=2".to_owned(),
         "consumer.batch_max_wait_ms=20".to_owned(),
+        // Parts of a batch applied concurrently (the default is 1): the suite keeps that path, with
+        // its partial outages, under test; the faults suite and the bench run the defaults.
+        "consumer.partition_parallelism=4".to_owned(),
         "consumer.outage_backoff_max_ms=500".to_owned(),
         "consumer.metrics_listen=127.0.0.1:0".to_owned(),
         "log.filter=warn".to_owned(),
