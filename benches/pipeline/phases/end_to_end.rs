@@ -186,10 +186,7 @@ impl Bench {
         result.consume_peak_rss_mib = max_mib(result.consume_peak_rss_mib, consume_peak);
         Ok(())
     }
-}
 
-/// A histogram bucket bound in milliseconds, or `?` past the last finite bucket.
-impl Bench {
     /// Which accepted activities have no event yet, and whether each was stored: tells a lost
     /// activity from a lost event.
     async fn describe_unmatched(
@@ -222,6 +219,7 @@ impl Bench {
     }
 }
 
+/// A histogram bucket bound in milliseconds, or `?` past the last finite bucket.
 fn describe_bound(bound_ms: Option<f64>) -> String {
     bound_ms.map_or_else(|| "?".to_owned(), |ms| format!("{ms:.0} ms"))
 }
