@@ -154,6 +154,9 @@ pub struct KafkaSettings {
     pub linger_ms: u64,
     pub compression: Compression,
     pub queue_max_messages: u32,
+    /// librdkafka's `queued.max.messages.kbytes` for the consume stages: records fetched ahead of
+    /// processing, per stage, in KiB.
+    pub consumer_queue_max_kb: u32,
     /// `retention.ms` that `topics create` sets and keeps on the main topic; -1 keeps records until
     /// they are deleted.
     pub topic_retention_ms: i64,
@@ -814,6 +817,14 @@ impl Settings {
             "kafka.queue_max_messages",
             "must be at least 1",
         )?;
+        require(
+            (1024..=MAX_CONSUMER_QUEUE_KB).contains(&kafka.consumer_queue_max_kb),
+            "kafka.consumer_queue_max_kb",
+            &format!(
+                "must be 1024 (one fetch of a partition, 1 MiB) to {MAX_CONSUMER_QUEUE_KB} \
+                 (librdkafka's bound)"
+            ),
+        )?;
         if kafka.security_protocol.uses_sasl() {
             require(
                 matches!(
@@ -975,6 +986,9 @@ pub const RETRY_RETENTION_DELAY_MULTIPLE: u64 = 10;
 /// The shortest finite retention of the main topic and the DLQ: less would drop records before a
 /// stopped consumer or an operator could get to them.
 const MIN_FINITE_RETENTION_MS: i64 = 3_600_000;
+
+/// librdkafka's largest `queued.max.messages.kbytes` (`INT_MAX / 1024`).
+const MAX_CONSUMER_QUEUE_KB: u32 = 2_097_151;
 
 impl Settings {
     /// The longest one batch can take to process while every dependency answers within its budget:
@@ -1274,6 +1288,28 @@ mod tests {
             error.starts_with("configuration key `log.filter`"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn the_consumer_queue_is_bounded_on_both_sides() {
+        assert_eq!(load_with(&[]).unwrap().kafka.consumer_queue_max_kb, 4_096);
+        for bad in ["1023", "0", "2097152"] {
+            let error = load_with(&[&format!("kafka.consumer_queue_max_kb={bad}")])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.starts_with("configuration key `kafka.consumer_queue_max_kb`: must be 1024"),
+                "{bad}: {error}"
+            );
+        }
+        let error = load_with(&["kafka.consumer_queue_max_kb=-5"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("consumer_queue_max_kb"), "{error}");
+        for good in ["1024", "2097151"] {
+            let settings = load_with(&[&format!("kafka.consumer_queue_max_kb={good}")]).unwrap();
+            assert_eq!(settings.kafka.consumer_queue_max_kb.to_string(), good);
+        }
     }
 
     #[test]

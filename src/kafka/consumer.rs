@@ -271,6 +271,10 @@ impl ActivityConsumer {
             .set("enable.partition.eof", "false")
             .set("statistics.interval.ms", "5000")
             .set(
+                "queued.max.messages.kbytes",
+                settings.consumer_queue_max_kb.to_string(),
+            )
+            .set(
                 "session.timeout.ms",
                 settings.session_timeout_ms.to_string(),
             )
