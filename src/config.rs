@@ -353,6 +353,22 @@ pub struct RateLimitSettings {
     pub burst: u32,
     /// One bucket per tenant in Redis for all API instances (true), or one per instance (false).
     pub shared: bool,
+    /// With `shared`: each call to Redis takes this long's worth of the tenant's rate (at least what
+    /// the request needs, at most `burst`) and the instance spends it locally; 0 takes exactly each
+    /// request's cost, one call per request.
+    pub lease_ms: u32,
+}
+
+/// The longest lease of the shared rate limit: a second's worth of a tenant's rate.
+pub const MAX_RATE_LIMIT_LEASE_MS: u32 = 1000;
+
+impl RateLimitSettings {
+    /// Tokens one call to the shared bucket takes beyond a request's cost: `lease_ms` of the
+    /// sustained rate, at most `burst`; 0 when that is less than one activity.
+    pub fn lease_tokens(&self) -> u64 {
+        let lease = u64::from(self.per_tenant_per_sec) * u64::from(self.lease_ms) / 1000;
+        lease.min(u64::from(self.burst))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1061,6 +1077,11 @@ impl Settings {
             "intake.dedupe_timeout_ms",
             "must be at least 1",
         )?;
+        require(
+            self.rate_limit.lease_ms <= MAX_RATE_LIMIT_LEASE_MS,
+            "rate_limit.lease_ms",
+            &format!("must be at most {MAX_RATE_LIMIT_LEASE_MS} (a second of the tenant's rate)"),
+        )?;
         if self.rate_limit.per_tenant_per_sec > 0 {
             require(
                 self.rate_limit.burst as usize >= self.intake.batch_max_items,
@@ -1310,6 +1331,35 @@ mod tests {
             let settings = load_with(&[&format!("kafka.consumer_queue_max_kb={good}")]).unwrap();
             assert_eq!(settings.kafka.consumer_queue_max_kb.to_string(), good);
         }
+    }
+
+    #[test]
+    fn the_rate_limit_lease_is_a_bounded_share_of_the_rate() {
+        let defaults = load_with(&[]).unwrap().rate_limit;
+        assert_eq!(defaults.lease_ms, 10);
+        assert_eq!(defaults.lease_tokens(), 500, "50,000/s x 10 ms");
+        for bad in ["1001", "-1"] {
+            let error = load_with(&[&format!("rate_limit.lease_ms={bad}")])
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("rate_limit.lease_ms"), "{bad}: {error}");
+        }
+        let lease = |overrides: &[&str]| load_with(overrides).unwrap().rate_limit.lease_tokens();
+        assert_eq!(lease(&["rate_limit.lease_ms=0"]), 0, "off");
+        assert_eq!(
+            lease(&["rate_limit.per_tenant_per_sec=50", "rate_limit.lease_ms=10"]),
+            0,
+            "under one activity: each request takes its own cost"
+        );
+        assert_eq!(
+            lease(&[
+                "rate_limit.per_tenant_per_sec=5000",
+                "rate_limit.burst=1000",
+                "rate_limit.lease_ms=1000"
+            ]),
+            1000,
+            "never more than the bucket holds"
+        );
     }
 
     #[test]

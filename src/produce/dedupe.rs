@@ -63,6 +63,7 @@ impl AcceptedMarkers {
         redis: RedisStore,
         timeout: Duration,
         delivery_timeout: Duration,
+        fallbacks: prometheus::IntCounter,
     ) -> AcceptedMarkers {
         AcceptedMarkers {
             redis,
@@ -70,6 +71,7 @@ impl AcceptedMarkers {
             pending_ttl: delivery_timeout + RESERVATION_SLACK,
             skip: SkipAfterFailure::new(
                 "accepted markers unavailable; producing without them for a moment",
+                fallbacks,
             ),
         }
     }

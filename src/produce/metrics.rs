@@ -8,7 +8,8 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::web;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 use super::error::ApiError;
@@ -49,6 +50,8 @@ pub struct ApiMetrics {
     activity_pages: IntCounterVec,
     /// Lookups of `GET /activities/{key}` by how they found the document: `mark` or `query`.
     activity_lookups: IntCounterVec,
+    /// Times an optional Redis part failed or was too slow and was skipped for a moment, by part.
+    redis_fallbacks: IntCounterVec,
 }
 
 impl ApiMetrics {
@@ -133,6 +136,14 @@ impl ApiMetrics {
             &["path"],
         )
         .expect("valid metric");
+        let redis_fallbacks = IntCounterVec::new(
+            Opts::new(
+                "redis_fallbacks_total",
+                "Times an optional Redis call failed or passed its budget, so the API went without that part for a second, by part (accepted_markers: idempotency layer 2, the consumer deduplicates; rate_limit: each instance's own bucket decides; read_shortcuts: reads go to MongoDB).",
+            ),
+            &["part"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -145,6 +156,7 @@ impl ApiMetrics {
             Box::new(sse_replays_cut.clone()),
             Box::new(activity_pages.clone()),
             Box::new(activity_lookups.clone()),
+            Box::new(redis_fallbacks.clone()),
         ] {
             registry
                 .register(collector)
@@ -163,7 +175,14 @@ impl ApiMetrics {
             activity_pages,
             activity_lookups,
             sse_replays_cut,
+            redis_fallbacks,
         }
+    }
+
+    /// The fallback counter of one optional Redis part (`accepted_markers`, `rate_limit`,
+    /// `read_shortcuts`), for its `SkipAfterFailure`.
+    pub fn redis_fallbacks(&self, part: &str) -> IntCounter {
+        self.redis_fallbacks.with_label_values(&[part])
     }
 
     /// Observes one delivery: `outcome` is `acked`, `queue_full` or `not_acknowledged`.

@@ -136,11 +136,13 @@ impl Application {
             .map(|(tenant, _)| tenant)
             .collect();
         let redis = RedisStore::connect(&settings.redis)?;
+        let api_metrics = metrics::ApiMetrics::new();
         let rate_limiter = rate_limit::TenantRateLimiter::new(&settings.rate_limit, &tenant_ids)
             .shared_through(
                 &settings.rate_limit,
                 redis.clone(),
                 settings.intake.dedupe_timeout(),
+                api_metrics.redis_fallbacks("rate_limit"),
             );
         let shutdown = shutdown.child_token();
         let tally = Arc::new(tally::IntakeTally::new(&tenant_ids));
@@ -160,6 +162,7 @@ impl Application {
                 redis.clone(),
                 settings.intake.dedupe_timeout(),
                 settings.kafka.delivery_timeout(),
+                api_metrics.redis_fallbacks("accepted_markers"),
             ),
             redis,
             rate_limiter,
@@ -171,7 +174,7 @@ impl Application {
                 Duration::from_secs(settings.sse.heartbeat_secs),
                 shutdown.clone(),
             ),
-            metrics: metrics::ApiMetrics::new(),
+            metrics: api_metrics.clone(),
             read: settings.read.clone(),
             sse: settings.sse.clone(),
             replay_slots: replay::ReplaySlots::new(
@@ -186,6 +189,7 @@ impl Application {
             ),
             read_shortcuts: skip::SkipAfterFailure::new(
                 "the read side's Redis shortcuts are unavailable; reads go to MongoDB for a moment",
+                api_metrics.redis_fallbacks("read_shortcuts"),
             ),
             readiness_timeout: settings.readiness.timeout(),
             openapi_json,

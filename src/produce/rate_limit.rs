@@ -3,14 +3,18 @@
 //!
 //! With `rate_limit.shared` (the default) the bucket lives in Redis and every API instance takes
 //! from it, so a tenant's limit holds however its clients spread over the instances (one script
-//! call per request, within `intake.dedupe_timeout_ms`). When Redis fails or is slower than that,
+//! call per lease, within `intake.dedupe_timeout_ms`). A call takes `rate_limit.lease_ms` worth of
+//! the tenant's rate, or what the request needs if more, and the instance spends it before calling
+//! again: a call per request cost a third of the single-request intake rate in CPU (BENCHMARKS.md),
+//! and what an instance holds unspent (at most one lease) is taken from the shared bucket already,
+//! so the limit still holds across instances. When Redis fails or is slower than that,
 //! each instance falls back to a bucket of its own (`governor`) for a moment: Redis never fails
 //! intake, and during a Redis outage a tenant may get up to its limit from each instance. Tenants
 //! are known from the configuration, so every local bucket is made up front and the map never grows.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -18,7 +22,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use super::skip::SkipAfterFailure;
 use crate::config::RateLimitSettings;
 use crate::domain::TenantId;
-use crate::store::RedisStore;
+use crate::store::{RedisStore, TokensTaken};
 
 /// Per-tenant token buckets; `None` when the limit is off (`rate_limit.per_tenant_per_sec = 0`).
 pub struct TenantRateLimiter {
@@ -37,6 +41,32 @@ struct SharedBuckets {
     tolerance: Duration,
     timeout: Duration,
     skip: SkipAfterFailure,
+    /// Activities one call takes beyond what the request needs (`rate_limit.lease_tokens`); 0: no
+    /// leases, one call per request.
+    lease: u64,
+    /// What this instance holds of each tenant's bucket. The lock is held across the call that
+    /// refills it, so one request per tenant and instance calls Redis while the others wait for its
+    /// lease instead of each taking one.
+    leases: HashMap<TenantId, tokio::sync::Mutex<Lease>>,
+}
+
+/// What this instance holds of one tenant's shared bucket.
+#[derive(Default)]
+struct Lease {
+    /// Activities taken from the shared bucket and not spent yet.
+    unspent: u64,
+    /// The bucket's last refusal: before this instant it cannot give this many activities (other
+    /// instances only take from it), so a request missing as many is refused without a call: a
+    /// tenant over its limit costs Redis a call per refusal period, not one per request.
+    refused: Option<(Instant, u64)>,
+}
+
+/// What the shared bucket decided for one request.
+enum SharedDecision {
+    Admit,
+    Refuse(Duration),
+    /// Redis failed, was too slow, or is being skipped: the local bucket decides.
+    Unavailable,
 }
 
 /// Over the limit: retry after this long.
@@ -74,16 +104,23 @@ impl TenantRateLimiter {
 
     /// Takes from the tenant's bucket in Redis, shared by every instance, when the limit is on and
     /// `rate_limit.shared`; `timeout` bounds each call (past it, or on a failure, this instance's own
-    /// bucket decides for a moment).
+    /// bucket decides for a moment, counted in `fallbacks`).
     pub fn shared_through(
         mut self,
         settings: &RateLimitSettings,
         redis: RedisStore,
         timeout: Duration,
+        fallbacks: prometheus::IntCounter,
     ) -> TenantRateLimiter {
         if settings.shared && settings.per_tenant_per_sec > 0 {
             let interval = Duration::from_secs_f64(1.0 / f64::from(settings.per_tenant_per_sec));
             let burst = settings.burst.max(1);
+            let leases = self
+                .buckets
+                .iter()
+                .flat_map(HashMap::keys)
+                .map(|tenant| (tenant.clone(), tokio::sync::Mutex::default()))
+                .collect();
             self.shared = Some(SharedBuckets {
                 redis,
                 interval,
@@ -91,7 +128,10 @@ impl TenantRateLimiter {
                 timeout,
                 skip: SkipAfterFailure::new(
                     "the shared rate limit is unavailable; this instance's own bucket decides for a moment",
+                    fallbacks,
                 ),
+                lease: settings.lease_tokens(),
+                leases,
             });
         }
         self
@@ -103,22 +143,11 @@ impl TenantRateLimiter {
         if self.buckets.is_none() || activities == 0 {
             return Ok(());
         }
-        if let Some(shared) = self
-            .shared
-            .as_ref()
-            .filter(|shared| !shared.skip.skipping())
-        {
-            let call = shared.redis.take_tokens(
-                tenant,
-                activities as u64,
-                shared.interval,
-                shared.tolerance,
-            );
-            match tokio::time::timeout(shared.timeout, call).await {
-                Ok(Ok(None)) => return Ok(()),
-                Ok(Ok(Some(retry_after))) => return Err(RateLimited { retry_after }),
-                Ok(Err(outage)) => shared.skip.failed(&outage.to_string()),
-                Err(_) => shared.skip.failed("timed out"),
+        if let Some(shared) = &self.shared {
+            match shared.take(tenant, activities as u64).await {
+                SharedDecision::Admit => return Ok(()),
+                SharedDecision::Refuse(retry_after) => return Err(RateLimited { retry_after }),
+                SharedDecision::Unavailable => {}
             }
         }
         self.check_locally(tenant, activities)
@@ -150,6 +179,73 @@ impl TenantRateLimiter {
     }
 }
 
+impl SharedBuckets {
+    /// Spends `cost` from what this instance holds of the tenant's shared bucket, first taking a
+    /// lease from Redis when that is not enough.
+    async fn take(&self, tenant: &TenantId, cost: u64) -> SharedDecision {
+        if self.skip.skipping() {
+            return SharedDecision::Unavailable;
+        }
+        let lease = match self.leases.get(tenant) {
+            Some(lease) if self.lease > 0 => lease,
+            // No leases (`lease_ms` 0), or not a configured tenant (authentication refuses those
+            // first): exactly the cost, concurrent requests each with a call of their own.
+            _ => return self.call(tenant, cost, cost).await.0,
+        };
+        let mut lease = lease.lock().await;
+        if lease.unspent >= cost {
+            lease.unspent -= cost;
+            return SharedDecision::Admit;
+        }
+        let missing = cost - lease.unspent;
+        if let Some((until, at_least)) = lease.refused {
+            let now = Instant::now();
+            if now < until && missing >= at_least {
+                return SharedDecision::Refuse(until - now);
+            }
+        }
+        // Asked again after the wait for the lock: the request before may have found Redis down.
+        if self.skip.skipping() {
+            return SharedDecision::Unavailable;
+        }
+        let asked_at = Instant::now();
+        let (decision, taken) = self.call(tenant, missing, missing.max(self.lease)).await;
+        match decision {
+            SharedDecision::Admit => {
+                lease.unspent = (lease.unspent + taken).saturating_sub(cost);
+                lease.refused = None;
+            }
+            // Redis answered at or after `asked_at`, so `until` is at or before the moment the
+            // bucket could give `missing`: refusing until then never refuses what it would admit.
+            SharedDecision::Refuse(retry_after) => {
+                lease.refused = Some((asked_at + retry_after, missing));
+            }
+            SharedDecision::Unavailable => {}
+        }
+        decision
+    }
+
+    /// One call to the tenant's bucket in Redis for at least `fewest` and at most `most` activities:
+    /// the decision and how many it took.
+    async fn call(&self, tenant: &TenantId, fewest: u64, most: u64) -> (SharedDecision, u64) {
+        let call = self
+            .redis
+            .take_tokens(tenant, fewest, most, self.interval, self.tolerance);
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(TokensTaken::Taken(taken))) => (SharedDecision::Admit, taken),
+            Ok(Ok(TokensTaken::NotBefore(retry_after))) => (SharedDecision::Refuse(retry_after), 0),
+            Ok(Err(outage)) => {
+                self.skip.failed(&outage.to_string());
+                (SharedDecision::Unavailable, 0)
+            }
+            Err(_) => {
+                self.skip.failed("timed out");
+                (SharedDecision::Unavailable, 0)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +258,7 @@ mod tests {
                 per_tenant_per_sec: per_sec,
                 burst,
                 shared: false,
+                lease_ms: 0,
             },
             [&acme, &globex],
         );

@@ -5,6 +5,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use prometheus::IntCounter;
+
 /// How long Redis is skipped after it failed or was too slow.
 const SKIP_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
@@ -15,14 +17,18 @@ pub struct SkipAfterFailure {
     epoch: Instant,
     /// Milliseconds since `epoch` before which Redis is not asked.
     skip_until_ms: AtomicU64,
+    /// Counts each failure (`activity_pipeline_redis_fallbacks_total`): without it, an API that
+    /// keeps going without Redis looks healthy from outside.
+    fallbacks: IntCounter,
 }
 
 impl SkipAfterFailure {
-    pub fn new(meanwhile: &'static str) -> SkipAfterFailure {
+    pub fn new(meanwhile: &'static str, fallbacks: IntCounter) -> SkipAfterFailure {
         SkipAfterFailure {
             meanwhile,
             epoch: Instant::now(),
             skip_until_ms: AtomicU64::new(0),
+            fallbacks,
         }
     }
 
@@ -33,6 +39,7 @@ impl SkipAfterFailure {
     pub fn failed(&self, why: &str) {
         let until = self.now_ms() + SKIP_AFTER_FAILURE.as_millis() as u64;
         self.skip_until_ms.store(until, Ordering::Relaxed);
+        self.fallbacks.inc();
         tracing::debug!(why, "{}", self.meanwhile);
     }
 
@@ -46,10 +53,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_failure_skips_redis_for_a_moment() {
-        let skip = SkipAfterFailure::new("test");
+    fn a_failure_skips_redis_for_a_moment_and_is_counted() {
+        let fallbacks = IntCounter::new("fallbacks", "test").unwrap();
+        let skip = SkipAfterFailure::new("test", fallbacks.clone());
         assert!(!skip.skipping());
+        assert_eq!(fallbacks.get(), 0);
         skip.failed("down");
         assert!(skip.skipping());
+        assert_eq!(fallbacks.get(), 1);
     }
 }

@@ -23,6 +23,7 @@ pub use pubsub::{open_live_connection, LiveMessage, LiveMessages, LiveSubscripti
 pub use redis_connection::RedisConnection;
 pub use redis_store::{
     AcceptedState, EffectRequest, IdempotencyMark, RecentEvent, RecentPagesSlice, RedisStore,
+    TokensTaken,
 };
 
 /// Which store.

@@ -132,7 +132,9 @@ const INTAKE_FLUSH_MARKER_TTL_SECS: u64 = 3600;
 /// A tenant's shared token bucket as GCRA (the algorithm `governor` uses in each instance): KEYS[1]
 /// holds the theoretical arrival time in microseconds of Redis's clock; ARGV[1] is the emission
 /// interval (microseconds per activity), ARGV[2] the burst tolerance (interval x burst), ARGV[3] the
-/// cost. Answers 0 when the cost was taken, else the microseconds until it could be.
+/// fewest activities to take, ARGV[4] the most. Takes as many as the bucket holds up to the most and
+/// answers {taken, 0}; when it holds fewer than the fewest, takes nothing and answers {0, the
+/// microseconds until they could be taken} (at least 1).
 const TAKE_TOKENS_LUA: &str = r"
 local now = redis.call('TIME')
 local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
@@ -140,13 +142,17 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or now_us)
 if tat < now_us then
   tat = now_us
 end
-local new_tat = tat + tonumber(ARGV[3]) * tonumber(ARGV[1])
-local allowed_at = new_tat - tonumber(ARGV[2])
-if allowed_at > now_us then
-  return math.ceil(allowed_at - now_us)
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local fewest = tonumber(ARGV[3])
+local room = math.floor((now_us + tolerance - tat) / interval)
+if room < fewest then
+  return {0, math.max(1, math.ceil(tat + fewest * interval - tolerance - now_us))}
 end
+local taken = math.min(room, tonumber(ARGV[4]))
+local new_tat = tat + taken * interval
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now_us) / 1000) + 1)
-return 0
+return {taken, 0}
 ";
 
 /// Entries read per XREVRANGE while looking for a resume point in the recent-events stream.
@@ -161,6 +167,15 @@ type RecentEntry = (String, Vec<(String, String)>);
 pub struct RecentEvent {
     pub document_id: String,
     pub event: String,
+}
+
+/// What a call to a tenant's shared token bucket took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokensTaken {
+    /// This many activities (at least the fewest asked for).
+    Taken(u64),
+    /// Nothing: the fewest asked for fit after this long.
+    NotBefore(std::time::Duration),
 }
 
 /// A slice of a tenant's recent-pages set (`RedisStore::recent_pages_below`).
@@ -668,26 +683,32 @@ impl RedisStore {
         Ok(RecentPagesSlice { floor, events })
     }
 
-    /// Takes `cost` activities from the tenant's shared bucket (`interval` per activity, room for
-    /// `tolerance` ahead of now): `None` when taken, else how long until they could be.
+    /// Takes from the tenant's shared bucket (`interval` per activity, room for `tolerance` ahead of
+    /// now) as many activities as it holds, at least `fewest` and at most `most`.
     pub async fn take_tokens(
         &self,
         tenant: &TenantId,
-        cost: u64,
+        fewest: u64,
+        most: u64,
         interval: std::time::Duration,
         tolerance: std::time::Duration,
-    ) -> Result<Option<std::time::Duration>, StoreOutage> {
-        let wait_us: u64 = self
+    ) -> Result<TokensTaken, StoreOutage> {
+        let (taken, wait_us): (u64, u64) = self
             .scripts
             .take_tokens
             .key(self.keys.rate_limit(tenant))
             .arg(interval.as_secs_f64() * 1e6)
             .arg(tolerance.as_secs_f64() * 1e6)
-            .arg(cost)
+            .arg(fewest)
+            .arg(most.max(fewest))
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(StoreOutage::redis)?;
-        Ok((wait_us > 0).then(|| std::time::Duration::from_micros(wait_us)))
+        Ok(if wait_us > 0 {
+            TokensTaken::NotBefore(std::time::Duration::from_micros(wait_us))
+        } else {
+            TokensTaken::Taken(taken)
+        })
     }
 
     /// The tenant's counters: activity type -> count.

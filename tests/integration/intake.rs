@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use activity_pipeline::domain::TenantId;
 use activity_pipeline::produce::{IntakeOutcome, IntakeTally};
-use activity_pipeline::store::RedisStore;
+use activity_pipeline::store::{RedisKeys, RedisStore, TokensTaken};
 
 use mongodb::bson::doc;
 use serde_json::{json, Value};
@@ -136,6 +136,17 @@ async fn redis_down_never_fails_intake() {
         )
         .await;
     assert_eq!(batch.status(), 202);
+    // Going without Redis shows in the metrics, per part.
+    let metrics = metrics_text(&api.http, &api.address).await;
+    for part in ["accepted_markers", "rate_limit"] {
+        let series = format!("activity_pipeline_redis_fallbacks_total{{part=\"{part}\"}} ");
+        let fallbacks: u64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .and_then(|count| count.parse().ok())
+            .unwrap_or(0);
+        assert!(fallbacks >= 1, "{part}: {metrics}");
+    }
     api.stop().await;
 }
 
@@ -437,6 +448,119 @@ async fn the_rate_limit_holds_across_api_instances_and_falls_back_without_redis(
     );
     for api in [first, second, alone] {
         api.stop().await;
+    }
+}
+
+/// `rate_limit.lease_ms`: an instance takes a lease from the shared bucket and spends it without
+/// asking Redis again, so another instance finds the bucket emptier by what it holds; the limit
+/// still holds across both. The bucket's script takes what it holds, between the fewest and the most
+/// asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_spends_its_lease_of_the_shared_bucket_and_the_limit_still_holds() {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    // 2 activities/s, a lease of 1 s of that: every call takes 2 while the bucket (4) has them.
+    let leased = [
+        "rate_limit.per_tenant_per_sec=2".to_owned(),
+        "rate_limit.burst=4".to_owned(),
+        "rate_limit.lease_ms=1000".to_owned(),
+        "intake.batch_max_items=4".to_owned(),
+        format!("kafka.topic=it-lease-{id}.activities"),
+        format!("kafka.retry_topic=it-lease-{id}.activities.retry"),
+        format!("kafka.dlq_topic=it-lease-{id}.activities.dlq"),
+        format!("redis.key_prefix=it:lease-{id}:"),
+    ];
+    let first = TestApi::spawn(&leased, true).await;
+    let second = TestApi::spawn(&leased, false).await;
+    let mut statuses = Vec::new();
+    // The first instance takes 2 and spends 1; the second takes the other 2 and spends them; its
+    // third request finds the bucket empty (a token comes back after 500 ms); the first instance
+    // still holds one.
+    for (index, api) in [&first, &second, &second, &second, &first]
+        .into_iter()
+        .enumerate()
+    {
+        let response = api
+            .post_activity(ACME_KEY, None, &activity(&format!("l{index}"), "login"))
+            .await;
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [202, 202, 202, 429, 202],
+        "leases of 2 from one bucket of 4: {statuses:?}"
+    );
+
+    // A refusal is remembered until the bucket could give as much. Globex's bucket, emptied by a
+    // lease to each instance: a batch of 4 on the second (which holds 1) misses 3, which come back
+    // in 1.5 s, and is refused. With the bucket's state deleted behind the instance's back, the
+    // same batch is still refused without asking Redis; a single is served from what the instance
+    // holds, and the next, which misses only 1, asks Redis (and so makes the bucket again).
+    let batch_of_4 = || {
+        let items: Vec<Value> = (0..4)
+            .map(|item| activity(&format!("b{item}"), "login"))
+            .collect();
+        json!({ "activities": items })
+    };
+    async fn single(api: &TestApi, index: usize) -> reqwest::Response {
+        let body = activity(&format!("g{index}"), "login");
+        api.post_activity(GLOBEX_KEY, None, &body).await
+    }
+    assert_eq!(single(&first, 0).await.status(), 202);
+    assert_eq!(single(&second, 1).await.status(), 202);
+    assert_eq!(
+        second.post_batch(GLOBEX_KEY, &batch_of_4()).await.status(),
+        429
+    );
+    let settings = load_settings(&test_overrides(&[format!(
+        "redis.key_prefix=it:lease-{id}:"
+    )]));
+    let connection =
+        activity_pipeline::store::RedisConnection::prepare(&settings.redis, Duration::from_secs(5))
+            .expect("redis settings are valid");
+    let bucket = RedisKeys::new(settings.redis.key_prefix.clone())
+        .rate_limit(&TenantId::parse("globex").unwrap());
+    let exists = || async {
+        redis::cmd("EXISTS")
+            .arg(&bucket)
+            .query_async::<u64>(&mut connection.clone())
+            .await
+    };
+    assert_eq!(exists().await.unwrap(), 1, "the bucket {bucket} exists");
+    let _: () = redis::cmd("DEL")
+        .arg(&bucket)
+        .query_async(&mut connection.clone())
+        .await
+        .unwrap();
+    let again = second.post_batch(GLOBEX_KEY, &batch_of_4()).await;
+    assert_eq!(again.status(), 429, "refused from the remembered refusal");
+    assert!(again.headers().contains_key("retry-after"));
+    assert_eq!(exists().await.unwrap(), 0, "Redis was not asked");
+    assert_eq!(single(&second, 2).await.status(), 202, "what it held");
+    assert_eq!(exists().await.unwrap(), 0, "Redis was not asked");
+    assert_eq!(single(&second, 3).await.status(), 202, "a call for 1");
+    assert_eq!(exists().await.unwrap(), 1, "Redis was asked");
+    for api in [first, second] {
+        api.stop().await;
+    }
+
+    let redis = RedisStore::connect(&settings.redis).expect("redis settings are valid");
+    // A bucket no API instance above used.
+    let initech = TenantId::parse("initech").unwrap();
+    let interval = Duration::from_secs(1);
+    let tolerance = interval * 4;
+    let take = |fewest, most| redis.take_tokens(&initech, fewest, most, interval, tolerance);
+    assert_eq!(take(1, 3).await.unwrap(), TokensTaken::Taken(3));
+    assert_eq!(
+        take(1, 3).await.unwrap(),
+        TokensTaken::Taken(1),
+        "what is left, fewer than the most"
+    );
+    match take(1, 1).await.unwrap() {
+        TokensTaken::NotBefore(wait) => assert!(
+            wait > Duration::ZERO && wait <= interval,
+            "the next one comes back within an interval: {wait:?}"
+        ),
+        taken => panic!("an empty bucket gave {taken:?}"),
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use activity_pipeline::domain::{IdempotencyKey, PayloadFingerprint, TenantId};
 use activity_pipeline::produce::Application;
 use activity_pipeline::store::{
-    open_live_connection, EffectRequest, RedisConnection, RedisKeys, RedisStore,
+    open_live_connection, EffectRequest, RedisConnection, RedisKeys, RedisStore, TokensTaken,
 };
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -215,16 +215,18 @@ async fn effects_pre_check_and_reads_stay_in_each_tenants_slot_on_a_real_cluster
     let interval = Duration::from_millis(100);
     assert_eq!(
         store
-            .take_tokens(&tenants[2], 1, interval, interval)
+            .take_tokens(&tenants[2], 1, 1, interval, interval)
             .await
             .unwrap(),
-        None
+        TokensTaken::Taken(1)
     );
-    assert!(store
-        .take_tokens(&tenants[2], 5, interval, interval)
-        .await
-        .unwrap()
-        .is_some());
+    assert!(matches!(
+        store
+            .take_tokens(&tenants[2], 5, 5, interval, interval)
+            .await
+            .unwrap(),
+        TokensTaken::NotBefore(_)
+    ));
 
     // The API's markers of one request: a pipeline in its tenant's slot.
     let marker = [(&tenants[4], &key_names[7], &fingerprint)];
