@@ -78,6 +78,12 @@ pub struct SubjectRound {
     pub e2e: Option<E2eResult>,
     pub produce_peak_rss_mib: Option<f64>,
     pub consume_peak_rss_mib: Option<f64>,
+    /// Times `produce` went without an optional Redis part for a second during the ingest phases
+    /// (`activity_pipeline_redis_fallbacks_total`, every part): more than 0 means some of its
+    /// requests skipped the layer-2 markers or the shared rate limit. `None` for a binary without
+    /// the metric.
+    #[serde(default)]
+    pub produce_redis_fallbacks: Option<f64>,
     /// Phase 8: reads at growing sizes of one tenant.
     #[serde(default)]
     pub reads: Option<ReadsResult>,
@@ -488,6 +494,12 @@ fn rows() -> Vec<(&'static str, &'static str, Extract, Option<Target>)> {
             "MiB",
             |_, s| s.produce_peak_rss_mib,
             Some(Target::AtMost(100.0)),
+        ),
+        (
+            "7. Redis fallbacks of produce in ingest (a part skipped for 1 s)",
+            "count",
+            |_, s| s.produce_redis_fallbacks,
+            None,
         ),
         (
             "7. Peak RSS: consume",

@@ -10,7 +10,7 @@ use activity_pipeline::kafka::create_topics;
 use super::{describe_cpu, max_mib, Names, STOP_GRACE};
 use crate::http::{self, LoadResult, Pacing};
 use crate::options::Subject;
-use crate::processes::{free_port, wait_ready};
+use crate::processes::{free_port, metric_sum, wait_ready};
 use crate::report::SubjectRound;
 use crate::{workload, Bench};
 
@@ -148,6 +148,18 @@ impl Bench {
                     }
                 }
             }
+        }
+        const FALLBACKS: &str = "activity_pipeline_redis_fallbacks_total";
+        result.produce_redis_fallbacks = self
+            .scrape(&format!("http://{address}/metrics"))
+            .await
+            .filter(|text| text.contains(FALLBACKS))
+            .map(|text| metric_sum(&text, FALLBACKS));
+        if let Some(fallbacks) = result.produce_redis_fallbacks.filter(|count| *count > 0.0) {
+            println!(
+                "  [{}] produce went without a Redis part {fallbacks} times (1 s each)",
+                subject.name
+            );
         }
         let peak = produce.stop(STOP_GRACE).await;
         result.produce_peak_rss_mib = max_mib(result.produce_peak_rss_mib, peak);
