@@ -5,9 +5,12 @@
 //! from it, so a tenant's limit holds however its clients spread over the instances (one script
 //! call per lease, within `intake.dedupe_timeout_ms`). A call takes `rate_limit.lease_ms` worth of
 //! the tenant's rate, or what the request needs if more, and the instance spends it before calling
-//! again: a call per request cost a third of the single-request intake rate in CPU (BENCHMARKS.md),
-//! and what an instance holds unspent (at most one lease) is taken from the shared bucket already,
-//! so the limit still holds across instances. When Redis fails or is slower than that,
+//! again (with a call per request, single-request intake made 0.6–0.8 of the rate it makes with
+//! leases; BENCHMARKS.md). What an instance holds unspent (less than one lease) was taken from the
+//! shared bucket already, so the instances never admit more than the bucket gave; a lease taken
+//! while the tenant was quiet can add to its next burst, by at most a lease per instance, and a
+//! lease lost with a call that timed out or a request that was dropped is never admitted. When
+//! Redis fails or is slower than that,
 //! each instance falls back to a bucket of its own (`governor`) for a moment: Redis never fails
 //! intake, and during a Redis outage a tenant may get up to its limit from each instance. Tenants
 //! are known from the configuration, so every local bucket is made up front and the map never grows.
