@@ -78,8 +78,9 @@ pub struct SubjectRound {
     pub e2e: Option<E2eResult>,
     pub produce_peak_rss_mib: Option<f64>,
     pub consume_peak_rss_mib: Option<f64>,
-    /// Times `produce` went without an optional Redis part for a second during the ingest phases
-    /// (`activity_pipeline_redis_fallbacks_total`, every part): more than 0 means some of its
+    /// `produce`'s optional Redis calls that failed or passed their budget during the ingest phases
+    /// (`activity_pipeline_redis_fallbacks_total`, every part; each is followed by up to a second
+    /// without that part, and calls in flight together may fail together): more than 0 means some
     /// requests skipped the layer-2 markers or the shared rate limit. `None` for a binary without
     /// the metric.
     #[serde(default)]
@@ -496,7 +497,7 @@ fn rows() -> Vec<(&'static str, &'static str, Extract, Option<Target>)> {
             Some(Target::AtMost(100.0)),
         ),
         (
-            "7. Redis fallbacks of produce in ingest (a part skipped for 1 s)",
+            "7. Redis fallbacks of produce in ingest (calls failed or past budget)",
             "count",
             |_, s| s.produce_redis_fallbacks,
             None,

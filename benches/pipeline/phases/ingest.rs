@@ -157,7 +157,7 @@ impl Bench {
             .map(|text| metric_sum(&text, FALLBACKS));
         if let Some(fallbacks) = result.produce_redis_fallbacks.filter(|count| *count > 0.0) {
             println!(
-                "  [{}] produce went without a Redis part {fallbacks} times (1 s each)",
+                "  [{}] {fallbacks} of produce's Redis calls failed or passed their budget (each skips that part for up to 1 s)",
                 subject.name
             );
         }
