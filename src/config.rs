@@ -360,7 +360,7 @@ pub struct RateLimitSettings {
 }
 
 /// The longest lease of the shared rate limit: a second's worth of a tenant's rate.
-pub const MAX_RATE_LIMIT_LEASE_MS: u32 = 1000;
+const MAX_RATE_LIMIT_LEASE_MS: u32 = 1000;
 
 impl RateLimitSettings {
     /// Tokens one call to the shared bucket takes beyond a request's cost: `lease_ms` of the

@@ -44,12 +44,11 @@ struct SharedBuckets {
     tolerance: Duration,
     timeout: Duration,
     skip: SkipAfterFailure,
-    /// Activities one call takes beyond what the request needs (`rate_limit.lease_tokens`); 0: no
-    /// leases, one call per request.
+    /// Activities one call takes beyond what the request needs (`rate_limit.lease_tokens`).
     lease: u64,
-    /// What this instance holds of each tenant's bucket. The lock is held across the call that
-    /// refills it, so one request per tenant and instance calls Redis while the others wait for its
-    /// lease instead of each taking one.
+    /// What this instance holds of each tenant's bucket; empty without leases (`lease` 0). The lock
+    /// is held across the call that refills it, so one request per tenant and instance calls Redis
+    /// while the others wait for its lease instead of each taking one.
     leases: HashMap<TenantId, tokio::sync::Mutex<Lease>>,
 }
 
@@ -118,12 +117,16 @@ impl TenantRateLimiter {
         if settings.shared && settings.per_tenant_per_sec > 0 {
             let interval = Duration::from_secs_f64(1.0 / f64::from(settings.per_tenant_per_sec));
             let burst = settings.burst.max(1);
-            let leases = self
-                .buckets
-                .iter()
-                .flat_map(HashMap::keys)
-                .map(|tenant| (tenant.clone(), tokio::sync::Mutex::default()))
-                .collect();
+            let lease = settings.lease_tokens();
+            let leases = match lease {
+                0 => HashMap::new(),
+                _ => self
+                    .buckets
+                    .iter()
+                    .flat_map(HashMap::keys)
+                    .map(|tenant| (tenant.clone(), tokio::sync::Mutex::default()))
+                    .collect(),
+            };
             self.shared = Some(SharedBuckets {
                 redis,
                 interval,
@@ -133,7 +136,7 @@ impl TenantRateLimiter {
                     "the shared rate limit is unavailable; this instance's own bucket decides for a moment",
                     fallbacks,
                 ),
-                lease: settings.lease_tokens(),
+                lease,
                 leases,
             });
         }
@@ -189,11 +192,10 @@ impl SharedBuckets {
         if self.skip.skipping() {
             return SharedDecision::Unavailable;
         }
-        let lease = match self.leases.get(tenant) {
-            Some(lease) if self.lease > 0 => lease,
+        let Some(lease) = self.leases.get(tenant) else {
             // No leases (`lease_ms` 0), or not a configured tenant (authentication refuses those
             // first): exactly the cost, concurrent requests each with a call of their own.
-            _ => return self.call(tenant, cost, cost).await.0,
+            return self.call(tenant, cost, cost).await.0;
         };
         let mut lease = lease.lock().await;
         if lease.unspent >= cost {

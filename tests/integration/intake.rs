@@ -400,21 +400,33 @@ async fn a_batch_built_to_fail_gets_an_answer_bounded_per_item_and_in_all() {
     pipeline.stop().await;
 }
 
+/// Overrides for API instances that share one topic and one Redis prefix (each `test_overrides`
+/// call makes names of its own): `settings` and names unique to this call, labelled `label`.
+fn shared_by_instances(label: &str, settings: &[&str]) -> Vec<String> {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let mut overrides: Vec<String> = settings.iter().map(|&setting| setting.to_owned()).collect();
+    overrides.extend([
+        format!("kafka.topic=it-{label}-{id}.activities"),
+        format!("kafka.retry_topic=it-{label}-{id}.activities.retry"),
+        format!("kafka.dlq_topic=it-{label}-{id}.activities.dlq"),
+        format!("redis.key_prefix=it:{label}-{id}:"),
+    ]);
+    overrides
+}
+
 /// `rate_limit.shared`: a tenant's bucket lives in Redis, so its limit holds however its requests
 /// spread over the API instances; an instance that cannot reach Redis falls back to a bucket of its
 /// own (still a limit, never a 503).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rate_limit_holds_across_api_instances_and_falls_back_without_redis() {
-    let id = uuid::Uuid::now_v7().simple().to_string();
-    let shared = [
-        "rate_limit.per_tenant_per_sec=1".to_owned(),
-        "rate_limit.burst=4".to_owned(),
-        "intake.batch_max_items=4".to_owned(),
-        format!("kafka.topic=it-shared-{id}.activities"),
-        format!("kafka.retry_topic=it-shared-{id}.activities.retry"),
-        format!("kafka.dlq_topic=it-shared-{id}.activities.dlq"),
-        format!("redis.key_prefix=it:shared-{id}:"),
-    ];
+    let shared = shared_by_instances(
+        "shared",
+        &[
+            "rate_limit.per_tenant_per_sec=1",
+            "rate_limit.burst=4",
+            "intake.batch_max_items=4",
+        ],
+    );
     let first = TestApi::spawn(&shared, true).await;
     let second = TestApi::spawn(&shared, false).await;
     let mut statuses = Vec::new();
@@ -457,18 +469,16 @@ async fn the_rate_limit_holds_across_api_instances_and_falls_back_without_redis(
 /// asked for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_spends_its_lease_of_the_shared_bucket_and_the_limit_still_holds() {
-    let id = uuid::Uuid::now_v7().simple().to_string();
     // 2 activities/s, a lease of 1 s of that: every call takes 2 while the bucket (4) has them.
-    let leased = [
-        "rate_limit.per_tenant_per_sec=2".to_owned(),
-        "rate_limit.burst=4".to_owned(),
-        "rate_limit.lease_ms=1000".to_owned(),
-        "intake.batch_max_items=4".to_owned(),
-        format!("kafka.topic=it-lease-{id}.activities"),
-        format!("kafka.retry_topic=it-lease-{id}.activities.retry"),
-        format!("kafka.dlq_topic=it-lease-{id}.activities.dlq"),
-        format!("redis.key_prefix=it:lease-{id}:"),
-    ];
+    let leased = shared_by_instances(
+        "lease",
+        &[
+            "rate_limit.per_tenant_per_sec=2",
+            "rate_limit.burst=4",
+            "rate_limit.lease_ms=1000",
+            "intake.batch_max_items=4",
+        ],
+    );
     let first = TestApi::spawn(&leased, true).await;
     let second = TestApi::spawn(&leased, false).await;
     let mut statuses = Vec::new();
@@ -511,9 +521,7 @@ async fn an_instance_spends_its_lease_of_the_shared_bucket_and_the_limit_still_h
         second.post_batch(GLOBEX_KEY, &batch_of_4()).await.status(),
         429
     );
-    let settings = load_settings(&test_overrides(&[format!(
-        "redis.key_prefix=it:lease-{id}:"
-    )]));
+    let settings = load_settings(&test_overrides(&leased));
     let connection =
         activity_pipeline::store::RedisConnection::prepare(&settings.redis, Duration::from_secs(5))
             .expect("redis settings are valid");
