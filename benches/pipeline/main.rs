@@ -131,6 +131,10 @@ fn self_checks() -> ExitCode {
         ),
         ("processes: /proc", processes::checks::proc_files_are_parsed),
         (
+            "processes: children's CPU",
+            processes::checks::children_cpu_is_counted,
+        ),
+        (
             "processes: metrics",
             processes::checks::metrics_are_summed_over_labels,
         ),
