@@ -336,6 +336,25 @@ impl AcceptedState {
     }
 }
 
+/// Reserves one request's client-chosen keys (KEYS, one tenant's hash slot) for their payloads:
+/// `SET NX GET PX` each, ARGV[1] the reservation's lifetime in ms and ARGV[i + 1] KEYS[i]'s pending
+/// value. Answers each key's value from before the call (nil where this call reserved it).
+///
+/// The reservations are neither appended to the AOF nor sent to replicas (`REPL_NONE`): they live
+/// for seconds, and the mark that replaces each once its record is acknowledged is. Writing them
+/// too doubled what the AOF and its rewrites carry (a rewrite, in a forked child, took a third of
+/// Redis's CPU in the bench's batch phase; BENCHMARKS.md). A restart or failover forgets the
+/// reservations in flight: a concurrent retry with the same key is then produced instead of told
+/// 409, and the consumer deduplicates it (layer 3); nothing accepted is lost.
+const RESERVE_ACCEPTED_LUA: &str = r"
+redis.set_repl(redis.REPL_NONE)
+local previous = {}
+for i, key in ipairs(KEYS) do
+  previous[i] = redis.call('SET', key, ARGV[i + 1], 'NX', 'GET', 'PX', ARGV[1])
+end
+return previous
+";
+
 /// Deletes a reservation only if it is still this request's (`pending:<fingerprint>`): a request
 /// whose record the broker refused gives the key back, so the client's retry is not told 409.
 const RELEASE_RESERVATION_LUA: &str = r"
@@ -363,6 +382,7 @@ pub struct RedisStore {
 /// The Lua scripts `RedisStore` runs.
 struct Scripts {
     mark_count_publish: Script,
+    reserve_accepted: Script,
     release_reservation: Script,
     take_tokens: Script,
     add_intake_counts: Script,
@@ -385,6 +405,7 @@ impl RedisStore {
             op_timeout,
             scripts: std::sync::Arc::new(Scripts {
                 mark_count_publish: Script::new(MARK_COUNT_PUBLISH_LUA),
+                reserve_accepted: Script::new(RESERVE_ACCEPTED_LUA),
                 release_reservation: Script::new(RELEASE_RESERVATION_LUA),
                 take_tokens: Script::new(TAKE_TOKENS_LUA),
                 add_intake_counts: Script::new(ADD_INTAKE_COUNTS_LUA),
@@ -886,8 +907,8 @@ fn one_tenant(pairs: &[(&TenantId, &IdempotencyKey, &PayloadFingerprint)]) -> bo
 /// (the consumer deduplicates and detects conflicts anyway).
 impl RedisStore {
     /// Reserves each of `pairs` (one request's, so one tenant's) for its fingerprint (`SET NX GET`,
-    /// one pipeline) for `pending_ttl` (longer than the broker may take to answer), and says what
-    /// was there before.
+    /// one script call, not persisted: `RESERVE_ACCEPTED_LUA`) for `pending_ttl` (longer than the
+    /// broker may take to answer), and says what was there before.
     pub async fn reserve_accepted(
         &self,
         pairs: &[(&TenantId, &IdempotencyKey, &PayloadFingerprint)],
@@ -895,30 +916,26 @@ impl RedisStore {
     ) -> Result<Vec<AcceptedState>, StoreOutage> {
         debug_assert!(
             one_tenant(pairs),
-            "one pipeline, one hash slot: the pairs of one request"
+            "one script call, one hash slot: the pairs of one request"
         );
         if pairs.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipeline = redis::pipe();
+        let mut invocation = self.scripts.reserve_accepted.prepare_invoke();
+        invocation.arg(
+            u64::try_from(pending_ttl.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        );
         for (tenant, key, fingerprint) in pairs {
-            pipeline
-                .cmd("SET")
-                .arg(self.keys.accepted(tenant, key))
-                .arg(AcceptedState::pending(fingerprint))
-                .arg("NX")
-                .arg("GET")
-                .arg("PX")
-                .arg(
-                    u64::try_from(pending_ttl.as_millis())
-                        .unwrap_or(u64::MAX)
-                        .max(1),
-                );
+            invocation
+                .key(self.keys.accepted(tenant, key))
+                .arg(AcceptedState::pending(fingerprint));
         }
         let previous: Vec<Option<String>> = self
             .within(
                 "the accepted reservation",
-                pipeline.query_async(&mut self.connection.clone()),
+                invocation.invoke_async(&mut self.connection.clone()),
             )
             .await?;
         Ok(previous.into_iter().map(AcceptedState::decode).collect())

@@ -9,7 +9,8 @@ use std::time::Duration;
 use activity_pipeline::domain::{IdempotencyKey, PayloadFingerprint, TenantId};
 use activity_pipeline::produce::Application;
 use activity_pipeline::store::{
-    open_live_connection, EffectRequest, RedisConnection, RedisKeys, RedisStore, TokensTaken,
+    open_live_connection, AcceptedState, EffectRequest, RedisConnection, RedisKeys, RedisStore,
+    TokensTaken,
 };
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -25,6 +26,8 @@ use crate::sse_client::SseClient;
 /// third from them.
 const CLUSTER_SEEDS: &str = "redis://127.0.0.1:7001,redis://127.0.0.1:7002";
 const WAIT: Duration = Duration::from_secs(20);
+/// Every node of the local Redis Cluster, masters and replicas.
+const CLUSTER_PORTS: std::ops::RangeInclusive<u16> = 7001..=7006;
 
 fn cluster_overrides(extra: &[&str]) -> Vec<String> {
     let mut overrides = vec![
@@ -238,6 +241,97 @@ async fn effects_pre_check_and_reads_stay_in_each_tenants_slot_on_a_real_cluster
     store.release_accepted(&marker).await.unwrap();
     store.ping().await.expect("PING");
 
+    delete_prefix(&mut connection, &settings.redis.key_prefix).await;
+}
+
+/// An accepted marker's reservation stays on its master (not in the AOF, not on the replica), while
+/// the mark that replaces it once the broker acknowledged reaches the replica: the reservations
+/// cost Redis no persistence, and the marks keep it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_stay_on_the_master_and_marks_reach_its_replica() {
+    let settings = load_settings(&test_overrides(&cluster_overrides(&[])));
+    let store = RedisStore::connect(&settings.redis).expect("cluster settings are valid");
+    let mut connection =
+        RedisConnection::prepare(&settings.redis, Duration::from_secs(5)).expect("connection");
+    let keys = RedisKeys::new(settings.redis.key_prefix.clone());
+    let tenant = TenantId::parse("replicated").unwrap();
+    let only_reserved = IdempotencyKey::parse("only-reserved").unwrap();
+    let marked = IdempotencyKey::parse("marked").unwrap();
+    let fingerprint = PayloadFingerprint::parse(&"c".repeat(32)).unwrap();
+
+    let both = [
+        (&tenant, &only_reserved, &fingerprint),
+        (&tenant, &marked, &fingerprint),
+    ];
+    assert_eq!(
+        store
+            .reserve_accepted(&both, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        [AcceptedState::Reserved, AcceptedState::Reserved]
+    );
+    store
+        .mark_accepted(&[(&tenant, &marked, &fingerprint)])
+        .await
+        .unwrap();
+
+    // The replica serving the tenant's slot: the one that answers a read of it instead of MOVED.
+    let marked_key = keys.accepted(&tenant, &marked);
+    let mut replica = None;
+    for port in CLUSTER_PORTS {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        let mut node = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("a cluster node");
+        let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut node).await.unwrap();
+        if role.first() != Some(&redis::Value::BulkString(b"slave".to_vec())) {
+            continue;
+        }
+        let _: () = redis::cmd("READONLY").query_async(&mut node).await.unwrap();
+        let read: redis::RedisResult<Option<String>> = redis::cmd("GET")
+            .arg(&marked_key)
+            .query_async(&mut node)
+            .await;
+        if read.is_ok() {
+            replica = Some(node);
+            break;
+        }
+    }
+    let replica = replica.expect("a replica serves the tenant's slot");
+    let get = |key: String| {
+        let mut replica = replica.clone();
+        async move {
+            redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<String>>(&mut replica)
+                .await
+                .unwrap()
+        }
+    };
+    // Replication is asynchronous: the mark arrives, and with it everything written before it.
+    eventually("the mark reaches the replica", || {
+        let read = get(marked_key.clone());
+        let expected = fingerprint.as_str().to_owned();
+        async move { read.await.as_deref() == Some(expected.as_str()) }
+    })
+    .await;
+    assert_eq!(
+        get(keys.accepted(&tenant, &only_reserved)).await,
+        None,
+        "a reservation is not replicated"
+    );
+    // The master holds it all the same: a second request with the key finds it in flight.
+    assert_eq!(
+        store
+            .reserve_accepted(
+                &[(&tenant, &only_reserved, &fingerprint)],
+                Duration::from_secs(60)
+            )
+            .await
+            .unwrap(),
+        [AcceptedState::InFlight(fingerprint.clone())]
+    );
     delete_prefix(&mut connection, &settings.redis.key_prefix).await;
 }
 
