@@ -32,7 +32,10 @@
 #   AP_BENCH_CLUSTER_DIR, AP_BENCH_CLUSTER_PORT_OFFSET
 #                        with `--phases scaling`: the private cluster's data (default
 #                        <repo>/.stack-bench-cluster) and the offset added to the cluster profile's
-#                        ports (default 30000: brokers on 39192-39194, Redis Cluster on 37001-37006);
+#                        ports (default 15700: brokers on 24892-24894, Redis Cluster on 22701-22706,
+#                        its buses on 32701-32706: below the kernel's ephemeral range, 32768 and up,
+#                        where any connection's local end may hold a port; at 30000, as before, a
+#                        Redis node once failed to start on a port taken that way);
 #                        its Kafka and Redis Cluster are started here and reset afterwards like the
 #                        private stack (kept with AP_BENCH_KEEP_STACK=1); FerretDB is the private
 #                        stack's
@@ -96,7 +99,7 @@ for arg in "$@"; do
 done
 if ((wants_cluster)); then
     export AP_CLUSTER_DIR=${AP_BENCH_CLUSTER_DIR:-${AP_REPO_ROOT}/.stack-bench-cluster}
-    export AP_CLUSTER_PORT_OFFSET=${AP_BENCH_CLUSTER_PORT_OFFSET:-30000}
+    export AP_CLUSTER_PORT_OFFSET=${AP_BENCH_CLUSTER_PORT_OFFSET:-15700}
     stop_cluster() {
         if [[ "${AP_BENCH_KEEP_STACK:-0}" == 1 ]]; then
             ap_log "bench: leaving the private cluster running (${AP_CLUSTER_DIR})"
