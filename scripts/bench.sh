@@ -35,7 +35,8 @@
 #                        ports (default 15700: brokers on 24892-24894, Redis Cluster on 22701-22706,
 #                        its buses on 32701-32706: below the kernel's ephemeral range, 32768 and up,
 #                        where any connection's local end may hold a port; at 30000, as before, a
-#                        Redis node once failed to start on a port taken that way);
+#                        Redis node once failed to start with "Address already in use" while
+#                        nothing listened there);
 #                        its Kafka and Redis Cluster are started here and reset afterwards like the
 #                        private stack (kept with AP_BENCH_KEEP_STACK=1); FerretDB is the private
 #                        stack's
