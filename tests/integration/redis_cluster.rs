@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use activity_pipeline::config::Settings;
 use activity_pipeline::domain::{IdempotencyKey, PayloadFingerprint, TenantId};
 use activity_pipeline::produce::Application;
 use activity_pipeline::store::{
@@ -38,6 +39,17 @@ fn cluster_overrides(extra: &[&str]) -> Vec<String> {
     overrides
 }
 
+/// A test's settings on the local cluster (its own key prefix), its store, a plain connection for
+/// what the store does not offer, and its key names.
+fn cluster_store() -> (Settings, RedisStore, RedisConnection, RedisKeys) {
+    let settings = load_settings(&test_overrides(&cluster_overrides(&[])));
+    let store = RedisStore::connect(&settings.redis).expect("cluster settings are valid");
+    let connection =
+        RedisConnection::prepare(&settings.redis, Duration::from_secs(5)).expect("connection");
+    let keys = RedisKeys::new(settings.redis.key_prefix.clone());
+    (settings, store, connection, keys)
+}
+
 /// The hash slot of `key`, as the cluster computes it.
 async fn slot(connection: &mut RedisConnection, key: &str) -> i64 {
     redis::cmd("CLUSTER")
@@ -50,11 +62,7 @@ async fn slot(connection: &mut RedisConnection, key: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn effects_pre_check_and_reads_stay_in_each_tenants_slot_on_a_real_cluster() {
-    let settings = load_settings(&test_overrides(&cluster_overrides(&[])));
-    let store = RedisStore::connect(&settings.redis).expect("cluster settings are valid");
-    let mut connection =
-        RedisConnection::prepare(&settings.redis, Duration::from_secs(5)).expect("connection");
-    let keys = RedisKeys::new(settings.redis.key_prefix.clone());
+    let (settings, store, mut connection, keys) = cluster_store();
 
     // Twelve tenants: their slots spread over the three masters, so one consumer batch spans nodes.
     let tenants: Vec<TenantId> = (0..12)
@@ -249,11 +257,7 @@ async fn effects_pre_check_and_reads_stay_in_each_tenants_slot_on_a_real_cluster
 /// cost Redis no persistence, and the marks keep it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reservations_stay_on_the_master_and_marks_reach_its_replica() {
-    let settings = load_settings(&test_overrides(&cluster_overrides(&[])));
-    let store = RedisStore::connect(&settings.redis).expect("cluster settings are valid");
-    let mut connection =
-        RedisConnection::prepare(&settings.redis, Duration::from_secs(5)).expect("connection");
-    let keys = RedisKeys::new(settings.redis.key_prefix.clone());
+    let (settings, store, mut connection, keys) = cluster_store();
     let tenant = TenantId::parse("replicated").unwrap();
     let only_reserved = IdempotencyKey::parse("only-reserved").unwrap();
     let marked = IdempotencyKey::parse("marked").unwrap();
