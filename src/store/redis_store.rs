@@ -336,7 +336,7 @@ impl AcceptedState {
     }
 }
 
-/// Reserves one request's client-chosen keys (KEYS, one tenant's hash slot) for their payloads:
+/// Reserves a batch's client-chosen keys (KEYS, one tenant's hash slot) for their payloads:
 /// `SET NX GET PX` each, ARGV[1] the reservation's lifetime in ms and ARGV[i + 1] KEYS[i]'s pending
 /// value. Answers each key's value from before the call (nil where this call reserved it).
 ///
@@ -906,9 +906,12 @@ fn one_tenant(pairs: &[(&TenantId, &IdempotencyKey, &PayloadFingerprint)]) -> bo
 /// Best effort by design: callers bound these calls with a short timeout and carry on without them
 /// (the consumer deduplicates and detects conflicts anyway).
 impl RedisStore {
-    /// Reserves each of `pairs` (one request's, so one tenant's) for its fingerprint (`SET NX GET`,
-    /// one script call, not persisted: `RESERVE_ACCEPTED_LUA`) for `pending_ttl` (longer than the
-    /// broker may take to answer), and says what was there before.
+    /// Reserves each of `pairs` (one request's, so one tenant's) for its fingerprint (`SET NX GET`)
+    /// for `pending_ttl` (longer than the broker may take to answer), and says what was there
+    /// before. Several keys (a batch's): one script call, not persisted (`RESERVE_ACCEPTED_LUA`).
+    /// One key: a plain `SET`, persisted and replicated like the mark. For one key the script
+    /// saves one AOF entry but costs a Lua call on Redis's one thread, and single-request intake
+    /// measured slower with it in every round (BENCHMARKS.md, "One key, one `SET`").
     pub async fn reserve_accepted(
         &self,
         pairs: &[(&TenantId, &IdempotencyKey, &PayloadFingerprint)],
@@ -916,17 +919,32 @@ impl RedisStore {
     ) -> Result<Vec<AcceptedState>, StoreOutage> {
         debug_assert!(
             one_tenant(pairs),
-            "one script call, one hash slot: the pairs of one request"
+            "one call, one hash slot: the pairs of one request"
         );
         if pairs.is_empty() {
             return Ok(Vec::new());
         }
+        let pending_ms = u64::try_from(pending_ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        if let [(tenant, key, fingerprint)] = pairs {
+            let previous: Option<String> = self
+                .within(
+                    "the accepted reservation",
+                    redis::cmd("SET")
+                        .arg(self.keys.accepted(tenant, key))
+                        .arg(AcceptedState::pending(fingerprint))
+                        .arg("NX")
+                        .arg("GET")
+                        .arg("PX")
+                        .arg(pending_ms)
+                        .query_async(&mut self.connection.clone()),
+                )
+                .await?;
+            return Ok(vec![AcceptedState::decode(previous)]);
+        }
         let mut invocation = self.scripts.reserve_accepted.prepare_invoke();
-        invocation.arg(
-            u64::try_from(pending_ttl.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1),
-        );
+        invocation.arg(pending_ms);
         for (tenant, key, fingerprint) in pairs {
             invocation
                 .key(self.keys.accepted(tenant, key))

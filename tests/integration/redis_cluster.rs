@@ -252,15 +252,17 @@ async fn effects_pre_check_and_reads_stay_in_each_tenants_slot_on_a_real_cluster
     delete_prefix(&mut connection, &settings.redis.key_prefix).await;
 }
 
-/// An accepted marker's reservation stays on its master (not in the AOF, not on the replica), while
-/// the mark that replaces it once the broker acknowledged reaches the replica: the reservations
-/// cost Redis no persistence, and the marks keep it.
+/// A batch's reservations stay on their master (not in the AOF, not on the replica), while the
+/// mark that replaces one once the broker acknowledged reaches the replica: a batch's reservations
+/// cost Redis no persistence, and the marks keep it. A single request's reservation is a plain
+/// `SET`, replicated like the mark.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reservations_stay_on_the_master_and_marks_reach_its_replica() {
+async fn a_batchs_reservations_stay_on_the_master_and_marks_reach_its_replica() {
     let (settings, store, mut connection, keys) = cluster_store();
     let tenant = TenantId::parse("replicated").unwrap();
     let only_reserved = IdempotencyKey::parse("only-reserved").unwrap();
     let marked = IdempotencyKey::parse("marked").unwrap();
+    let single = IdempotencyKey::parse("single").unwrap();
     let fingerprint = PayloadFingerprint::parse(&"c".repeat(32)).unwrap();
 
     let both = [
@@ -273,6 +275,13 @@ async fn reservations_stay_on_the_master_and_marks_reach_its_replica() {
             .await
             .unwrap(),
         [AcceptedState::Reserved, AcceptedState::Reserved]
+    );
+    assert_eq!(
+        store
+            .reserve_accepted(&[(&tenant, &single, &fingerprint)], Duration::from_secs(60))
+            .await
+            .unwrap(),
+        [AcceptedState::Reserved]
     );
     store
         .mark_accepted(&[(&tenant, &marked, &fingerprint)])
@@ -323,7 +332,12 @@ async fn reservations_stay_on_the_master_and_marks_reach_its_replica() {
     assert_eq!(
         get(keys.accepted(&tenant, &only_reserved)).await,
         None,
-        "a reservation is not replicated"
+        "a batch's reservation is not replicated"
+    );
+    assert_eq!(
+        get(keys.accepted(&tenant, &single)).await,
+        Some(format!("pending:{}", fingerprint.as_str())),
+        "a single request's reservation is replicated"
     );
     // The master holds it all the same: a second request with the key finds it in flight.
     assert_eq!(
